@@ -1,0 +1,291 @@
+//! A recorded dataset directory: readings plus reference data.
+//!
+//! See `docs/formats.md` for the contract. Reference files are small and are
+//! read whole when the dataset is opened; any error in them stops the run
+//! with the file, the line, the field and the reason. Readings are streamed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use eddy_core::reference::{RefChange, RefUpdate, Row, Table, FOREVER};
+
+use crate::error::{Error, Result};
+use crate::lines::FileLines;
+
+/// An opened dataset.
+#[derive(Debug)]
+pub struct Dataset {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `readings.jsonl` or `readings.jsonl.gz`.
+    pub readings: PathBuf,
+    /// Size of the readings file in bytes.
+    pub readings_bytes: u64,
+    /// The base reference tables (`devices.csv`, `calibration.csv`,
+    /// `thresholds.csv`) as changes at time 0, in that order.
+    pub base: Vec<RefUpdate>,
+    /// `updates.jsonl`, sorted by `ts` (stable: equal times keep file order).
+    pub updates: Vec<RefUpdate>,
+}
+
+impl Dataset {
+    /// Opens `dir`, reading its reference files.
+    pub fn open(dir: &Path) -> Result<Dataset> {
+        if !dir.is_dir() {
+            return Err(Error::NotFound {
+                path: dir.to_path_buf(),
+                hint: " (expected a dataset directory holding readings.jsonl; make one with `eddy gen DIR`)".into(),
+            });
+        }
+        let readings = ["readings.jsonl", "readings.jsonl.gz"]
+            .iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| Error::NotFound {
+                path: dir.join("readings.jsonl"),
+                hint: " (a dataset needs readings.jsonl or readings.jsonl.gz)".into(),
+            })?;
+        let readings_bytes = std::fs::metadata(&readings)
+            .map_err(|e| Error::io(&readings, e))?
+            .len();
+        let mut base = Vec::new();
+        for (file, table, required) in [
+            ("devices.csv", Table::Devices, &["device_id"][..]),
+            (
+                "calibration.csv",
+                Table::Calibration,
+                &["device_id", "channel", "gain", "offset"][..],
+            ),
+            (
+                "thresholds.csv",
+                Table::Rules,
+                &[
+                    "rule_id",
+                    "device_id",
+                    "channel",
+                    "rise_above",
+                    "fall_below",
+                ][..],
+            ),
+        ] {
+            let path = dir.join(file);
+            if path.is_file() {
+                base.extend(read_csv_table(&path, table, required)?);
+            }
+        }
+        let path = dir.join("updates.jsonl");
+        let updates = if path.is_file() {
+            read_updates(&path)?
+        } else {
+            Vec::new()
+        };
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            readings,
+            readings_bytes,
+            base,
+            updates,
+        })
+    }
+
+    /// Opens the readings for reading.
+    pub fn lines(&self) -> Result<FileLines> {
+        FileLines::open(&self.readings)
+    }
+}
+
+/// Reads a reference table from CSV (with a header row) as changes at time 0.
+pub fn read_csv_table(path: &Path, table: Table, required: &[&str]) -> Result<Vec<RefUpdate>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            line: 1,
+            message: e.to_string(),
+        })?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            line: 1,
+            message: e.to_string(),
+        })?
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    for r in required {
+        if !headers.iter().any(|h| h == r) {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                line: 1,
+                message: format!(
+                    "missing column `{r}` in the header (found: {})",
+                    headers.join(",")
+                ),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            Error::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: e.to_string(),
+            }
+        })?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let row: Row = headers
+            .iter()
+            .cloned()
+            .zip(rec.iter().map(|v| Value::String(v.to_string())))
+            .collect();
+        let change =
+            RefChange::from_row(table, false, &row, FOREVER).map_err(|e| Error::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: e.to_string(),
+            })?;
+        out.push(RefUpdate { ts: 0, change });
+    }
+    Ok(out)
+}
+
+/// Reads `updates.jsonl`: `{"ts":…, "table":…, "op":"upsert"|"delete", "row":{…}}` per line.
+pub fn read_updates(path: &Path) -> Result<Vec<RefUpdate>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line_no = i as u64 + 1;
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |message: String| Error::Parse {
+            path: path.to_path_buf(),
+            line: line_no,
+            message,
+        };
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| err("expected a JSON object".into()))?;
+        let ts = match obj.get("ts") {
+            Some(Value::Number(n)) => n.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
+                err(format!(
+                    "field `ts` must be a non-negative integer of epoch milliseconds, found {n}"
+                ))
+            })?,
+            Some(other) => {
+                return Err(err(format!(
+                    "field `ts` must be an integer of epoch milliseconds, found {other}"
+                )))
+            }
+            None => return Err(err("field `ts` is missing".into())),
+        };
+        let table = match obj.get("table").and_then(Value::as_str) {
+            Some("devices") => Table::Devices,
+            Some("calibration") => Table::Calibration,
+            Some("rules") => Table::Rules,
+            Some(other) => return Err(err(format!(
+                "field `table` must be \"devices\", \"calibration\" or \"rules\", found {other:?}"
+            ))),
+            None => return Err(err("field `table` is missing or not a string".into())),
+        };
+        let delete = match obj.get("op").and_then(Value::as_str) {
+            Some("upsert") => false,
+            Some("delete") => true,
+            Some(other) => {
+                return Err(err(format!(
+                    "field `op` must be \"upsert\" or \"delete\", found {other:?}"
+                )))
+            }
+            None => return Err(err("field `op` is missing or not a string".into())),
+        };
+        let row: Row = match obj.get("row") {
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => return Err(err("field `row` must be an object".into())),
+        };
+        let change =
+            RefChange::from_row(table, delete, &row, ts).map_err(|e| err(format!("row.{e}")))?;
+        out.push(RefUpdate { ts, change });
+    }
+    out.sort_by_key(|u| u.ts);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("readings.jsonl"), "").unwrap();
+        std::fs::write(
+            dir.path().join("calibration.csv"),
+            "device_id,channel,gain,offset\nd1,pm25,1.0,0\nd2,pm25,abc,0\n",
+        )
+        .unwrap();
+        let e = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("calibration.csv:3: field `gain`: must be a number, found \"abc\""),
+            "{e}"
+        );
+
+        std::fs::write(
+            dir.path().join("calibration.csv"),
+            "device_id,channel,gain\n",
+        )
+        .unwrap();
+        let e = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("calibration.csv:1: missing column `offset`"),
+            "{e}"
+        );
+
+        std::fs::remove_file(dir.path().join("calibration.csv")).unwrap();
+        std::fs::write(dir.path().join("updates.jsonl"), "{\"ts\":5,\"table\":\"rules\",\"op\":\"upsert\",\"row\":{\"rule_id\":\"r\",\"channel\":\"voc\",\"rise_above\":5,\"fall_below\":\"x\"}}\n").unwrap();
+        let e = Dataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("updates.jsonl:1: row.field `fall_below`: must be a number, found \"x\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_dataset_is_a_clear_error() {
+        let e = Dataset::open(Path::new("/nonexistent/eddy"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn updates_are_sorted_and_default_valid_from_to_their_ts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("readings.jsonl"), "").unwrap();
+        std::fs::write(
+            dir.path().join("updates.jsonl"),
+            "{\"ts\":20,\"table\":\"devices\",\"op\":\"delete\",\"row\":{\"device_id\":\"a\"}}\n\
+             {\"ts\":10,\"table\":\"calibration\",\"op\":\"upsert\",\"row\":{\"device_id\":\"a\",\"channel\":\"pm25\",\"gain\":2,\"offset\":1}}\n",
+        )
+        .unwrap();
+        let d = Dataset::open(dir.path()).unwrap();
+        assert_eq!(
+            d.updates.iter().map(|u| u.ts).collect::<Vec<_>>(),
+            vec![10, 20]
+        );
+        match &d.updates[0].change {
+            RefChange::UpsertCalibration(_, c) => assert_eq!(c.valid_from, 10),
+            other => panic!("{other:?}"),
+        }
+    }
+}

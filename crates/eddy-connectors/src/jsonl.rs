@@ -1,0 +1,268 @@
+//! JSON-lines outputs: one file per output, shared by the workers of a
+//! process. Each worker encodes into its own buffer and appends whole lines
+//! under a lock, so lines never interleave; the order of lines from different
+//! workers is not defined.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use eddy_core::reading::{DeadLetter, Enriched, Reading, Values};
+use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
+use eddy_core::sink::BatchSink;
+
+use crate::error::{Error, Result};
+
+/// One output file.
+pub struct JsonlFile {
+    path: PathBuf,
+    writer: Mutex<BufWriter<File>>,
+    records: AtomicU64,
+    error: Mutex<Option<String>>,
+}
+
+impl JsonlFile {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &Path) -> Result<Arc<JsonlFile>> {
+        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        Ok(Arc::new(JsonlFile {
+            path: path.to_path_buf(),
+            writer: Mutex::new(BufWriter::with_capacity(1 << 20, file)),
+            records: AtomicU64::new(0),
+            error: Mutex::new(None),
+        }))
+    }
+
+    /// Records written so far.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The first write error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().clone()
+    }
+
+    fn append(&self, bytes: &[u8], records: u64, flush: bool) {
+        let mut w = self.writer.lock();
+        let r = w
+            .write_all(bytes)
+            .and_then(|_| if flush { w.flush() } else { Ok(()) });
+        if let Err(e) = r {
+            self.error
+                .lock()
+                .get_or_insert_with(|| format!("{}: {e}", self.path.display()));
+        }
+        self.records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Flushes and fsyncs the file.
+    pub fn sync(&self) -> Result<()> {
+        let mut w = self.writer.lock();
+        w.flush().map_err(|e| Error::io(&self.path, e))?;
+        w.get_ref().sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// How a record becomes one JSON line (without the newline).
+pub trait Encode {
+    /// Appends the record's JSON to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+}
+
+/// A worker's sink into a shared [`JsonlFile`].
+pub struct JsonlSink {
+    file: Arc<JsonlFile>,
+    buf: Vec<u8>,
+    pending: u64,
+}
+
+impl JsonlSink {
+    /// A sink appending to `file`.
+    pub fn new(file: Arc<JsonlFile>) -> JsonlSink {
+        JsonlSink {
+            file,
+            buf: Vec::with_capacity(1 << 16),
+            pending: 0,
+        }
+    }
+
+    fn drain(&mut self, flush: bool) {
+        if !self.buf.is_empty() || flush {
+            self.file.append(&self.buf, self.pending, flush);
+            self.buf.clear();
+            self.pending = 0;
+        }
+    }
+}
+
+impl<D: Encode + 'static> BatchSink<D> for JsonlSink {
+    fn write(&mut self, batch: &mut Vec<D>) {
+        for d in batch.drain(..) {
+            d.encode(&mut self.buf);
+            self.buf.push(b'\n');
+            self.pending += 1;
+        }
+        if self.buf.len() >= 1 << 20 {
+            self.drain(false);
+        }
+    }
+
+    fn commit(&mut self, _upto: Option<u64>) {
+        self.drain(true);
+    }
+}
+
+fn json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing to a Vec cannot fail, and every type here serialises.
+    serde_json::to_writer(out, v).expect("serialising to memory");
+}
+
+fn values(vals: &Values, out: &mut Vec<u8>) {
+    for (c, v) in vals {
+        out.push(b',');
+        c.with_name(|n| json(n, out));
+        out.push(b':');
+        json(v, out);
+    }
+}
+
+impl Encode for Enriched {
+    /// `{"device_id","ts", <channel>: calibrated value or null…, "raw":{…}, "device":{…}|null, "junk":[…]}`
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"device_id\":");
+        self.device.with_name(|n| json(n, out));
+        out.extend_from_slice(b",\"ts\":");
+        json(&self.ts, out);
+        values(&self.values, out);
+        out.extend_from_slice(b",\"raw\":{");
+        let mut first = true;
+        for (c, v) in self.raw.iter().filter(|(c, _)| self.calibrated.contains(c)) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            c.with_name(|n| json(n, out));
+            out.push(b':');
+            json(v, out);
+        }
+        out.extend_from_slice(b"},\"device\":");
+        match &self.context {
+            None => out.extend_from_slice(b"null"),
+            Some(ctx) => {
+                out.push(b'{');
+                for (i, (k, v)) in ctx.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json(k, out);
+                    out.push(b':');
+                    json(v, out);
+                }
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(b",\"junk\":");
+        json(&self.junk[..], out);
+        out.push(b'}');
+    }
+}
+
+impl Encode for Reading {
+    /// A late reading: `{"device_id","ts", <channel>: raw value…, "line_no", "junk":[…]}`.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"device_id\":");
+        self.device.with_name(|n| json(n, out));
+        out.extend_from_slice(b",\"ts\":");
+        json(&self.ts, out);
+        values(&self.values, out);
+        out.extend_from_slice(b",\"line_no\":");
+        json(&self.pos.offset, out);
+        out.extend_from_slice(b",\"junk\":");
+        json(&self.junk[..], out);
+        out.push(b'}');
+    }
+}
+
+impl Encode for DeadLetter {
+    /// `{"line_no","line","reason"}`.
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"line_no\":");
+        json(&self.pos.offset, out);
+        out.extend_from_slice(b",\"line\":");
+        json(&self.line, out);
+        out.extend_from_slice(b",\"reason\":");
+        json(&self.reason, out);
+        out.push(b'}');
+    }
+}
+
+impl Encode for StatsRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        json(self, out)
+    }
+}
+
+impl Encode for WindowRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        json(self, out)
+    }
+}
+
+impl Encode for EventRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        json(self, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eddy_core::ids::{Channel, DeviceId};
+    use eddy_core::reading::Position;
+    use std::sync::Arc as StdArc;
+
+    #[test]
+    fn enriched_line_matches_the_contract() {
+        let e = Enriched {
+            device: DeviceId::intern("d\"1"),
+            ts: 5,
+            pos: Position::line(3),
+            late: false,
+            values: [
+                (Channel::PM25, Some(11.0)),
+                (Channel::CO2, None),
+                (Channel::HUM, None),
+            ]
+            .into_iter()
+            .collect(),
+            raw: [
+                (Channel::PM25, Some(10.0)),
+                (Channel::CO2, None),
+                (Channel::HUM, Some(140.0)),
+            ]
+            .into_iter()
+            .collect(),
+            calibrated: [Channel::PM25].into_iter().collect(),
+            context: Some(StdArc::new(vec![("site".into(), "s1".into())])),
+            junk: [Channel::HUM].into_iter().collect(),
+        };
+        let mut out = Vec::new();
+        e.encode(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"device_id":"d\"1","ts":5,"pm25":11.0,"co2":null,"hum":null,"raw":{"pm25":10.0},"device":{"site":"s1"},"junk":["hum"]})
+        );
+    }
+}

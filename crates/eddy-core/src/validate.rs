@@ -1,0 +1,545 @@
+//! Validation rules of the ingest job: parsing, lateness, junk.
+//!
+//! These are pure functions over one line (parsing, junk) or over the
+//! sequence of lines in arrival order (lateness); the ingest job and the test
+//! reference models both call them.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer;
+
+use crate::ids::{Channel, DeviceId};
+use crate::reading::{ChannelList, Values};
+
+/// Field names that cannot be channels: they are the reading's own fields,
+/// or fields of the enriched output.
+pub const RESERVED_FIELDS: [&str; 8] = [
+    "device_id",
+    "ts",
+    "raw",
+    "device",
+    "junk",
+    "late",
+    "line_no",
+    "calibrated",
+];
+
+/// Largest accepted `ts`: 2^53 − 1, the largest integer every JSON reader keeps exact.
+pub const MAX_TS: i64 = (1 << 53) - 1;
+
+/// Why a line was rejected. [`Rejection::reason`] renders it for the dead-letter output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not UTF-8.
+    InvalidUtf8,
+    /// Empty or blank line.
+    Empty,
+    /// Not valid JSON (the parser's message).
+    InvalidJson(String),
+    /// Valid JSON, but not an object.
+    NotAnObject(&'static str),
+    /// No `device_id` field.
+    MissingDeviceId,
+    /// `device_id` is not a non-empty string.
+    InvalidDeviceId(String),
+    /// No `ts` field.
+    MissingTs,
+    /// `ts` is not an integer in range.
+    InvalidTs(String),
+    /// A channel value that is neither a number nor null.
+    InvalidValue {
+        /// The field.
+        channel: String,
+        /// What it was.
+        found: &'static str,
+    },
+    /// A field name that is reserved (see [`RESERVED_FIELDS`]).
+    ReservedField(String),
+    /// The same field twice.
+    DuplicateField(String),
+}
+
+impl Rejection {
+    /// The stable code of the reason (the part before the colon).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::InvalidUtf8 => "invalid_utf8",
+            Rejection::Empty => "empty_line",
+            Rejection::InvalidJson(_) => "invalid_json",
+            Rejection::NotAnObject(_) => "not_an_object",
+            Rejection::MissingDeviceId => "missing_device_id",
+            Rejection::InvalidDeviceId(_) => "invalid_device_id",
+            Rejection::MissingTs => "missing_ts",
+            Rejection::InvalidTs(_) => "invalid_ts",
+            Rejection::InvalidValue { .. } => "invalid_value",
+            Rejection::ReservedField(_) => "reserved_field",
+            Rejection::DuplicateField(_) => "duplicate_field",
+        }
+    }
+
+    /// `code: detail`, as written to the dead-letter output.
+    pub fn reason(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = self.code();
+        match self {
+            Rejection::InvalidUtf8 => write!(f, "{code}: the line is not valid UTF-8"),
+            Rejection::Empty => write!(f, "{code}: the line is empty"),
+            Rejection::InvalidJson(e) => write!(f, "{code}: {e}"),
+            Rejection::NotAnObject(kind) => write!(f, "{code}: expected a JSON object, found {kind}"),
+            Rejection::MissingDeviceId => write!(f, "{code}: field `device_id` is missing"),
+            Rejection::InvalidDeviceId(d) => {
+                write!(f, "{code}: field `device_id` must be a non-empty string, found {d}")
+            }
+            Rejection::MissingTs => write!(f, "{code}: field `ts` is missing"),
+            Rejection::InvalidTs(d) => write!(
+                f,
+                "{code}: field `ts` must be an integer number of epoch milliseconds in 0..={MAX_TS}, found {d}"
+            ),
+            Rejection::InvalidValue { channel, found } => {
+                write!(f, "{code}: field `{channel}` must be a number or null, found {found}")
+            }
+            Rejection::ReservedField(name) => {
+                write!(f, "{code}: field `{name}` is reserved and cannot be a channel")
+            }
+            Rejection::DuplicateField(name) => write!(f, "{code}: field `{name}` appears twice"),
+        }
+    }
+}
+
+/// A line that parsed as a reading (before the lateness and junk rules).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    /// The device.
+    pub device: DeviceId,
+    /// Event time, epoch ms.
+    pub ts: i64,
+    /// Channel values as received.
+    pub values: Values,
+}
+
+/// A JSON value, reduced to what validation needs to know.
+enum Field<'a> {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Null,
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl Field<'_> {
+    fn kind(&self) -> String {
+        match self {
+            Field::Int(i) => format!("the number {i}"),
+            Field::UInt(u) => format!("the number {u}"),
+            Field::Float(x) => format!("the number {x}"),
+            Field::Null => "null".into(),
+            Field::Str(s) => format!("the string {:?}", truncate(s, 40)),
+            Field::Other(k) => (*k).into(),
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n).collect();
+        t.push('…');
+        t
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Field::Other("a boolean"))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Field::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Field::UInt(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Field::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Field::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Field::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Other("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Other("an object"))
+    }
+}
+
+struct FieldSeed;
+impl<'de> DeserializeSeed<'de> for FieldSeed {
+    type Value = Field<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+/// The outcome of walking the top-level value: an object's fields, or the
+/// kind of a non-object.
+enum Top<'a> {
+    Object(Result<Parsed, Rejection>),
+    NotObject(&'static str, std::marker::PhantomData<&'a ()>),
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Top<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a boolean", Default::default()))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a number", Default::default()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a number", Default::default()))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a number", Default::default()))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("a string", Default::default()))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Top::NotObject("null", Default::default()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::NotObject("an array", Default::default()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut device: Option<Result<DeviceId, Rejection>> = None;
+        let mut ts: Option<Result<i64, Rejection>> = None;
+        let mut values = Values::new();
+        // The first rule broken wins, but the whole object is still read so
+        // that a syntax error later in the line is reported as such.
+        let mut first_error: Option<Rejection> = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let field = map.next_value_seed(FieldSeed)?;
+            if first_error.is_some() {
+                continue;
+            }
+            match &*key {
+                "device_id" => {
+                    if device.is_some() {
+                        first_error = Some(Rejection::DuplicateField(key.into_owned()));
+                        continue;
+                    }
+                    device = Some(match field {
+                        Field::Str(s) if !s.is_empty() => Ok(DeviceId::intern(&s)),
+                        other => Err(Rejection::InvalidDeviceId(other.kind())),
+                    });
+                }
+                "ts" => {
+                    if ts.is_some() {
+                        first_error = Some(Rejection::DuplicateField(key.into_owned()));
+                        continue;
+                    }
+                    ts = Some(match field {
+                        Field::Int(i) if (0..=MAX_TS).contains(&i) => Ok(i),
+                        Field::UInt(u) if u <= MAX_TS as u64 => Ok(u as i64),
+                        other => Err(Rejection::InvalidTs(other.kind())),
+                    });
+                }
+                name => {
+                    if RESERVED_FIELDS.contains(&name) {
+                        first_error = Some(Rejection::ReservedField(name.to_string()));
+                        continue;
+                    }
+                    let value = match field {
+                        Field::Int(i) => Some(i as f64),
+                        Field::UInt(u) => Some(u as f64),
+                        Field::Float(x) => Some(x),
+                        Field::Null => None,
+                        other => {
+                            first_error = Some(Rejection::InvalidValue {
+                                channel: name.to_string(),
+                                found: match other {
+                                    Field::Str(_) => "a string",
+                                    Field::Other(k) => k,
+                                    _ => "a value",
+                                },
+                            });
+                            continue;
+                        }
+                    };
+                    let channel = Channel::intern(name);
+                    if values.iter().any(|(c, _)| *c == channel) {
+                        first_error = Some(Rejection::DuplicateField(name.to_string()));
+                        continue;
+                    }
+                    values.push((channel, value));
+                }
+            }
+        }
+        let result = (|| {
+            // Order of precedence: device_id, then ts, then the channel rules.
+            let device = device.ok_or(Rejection::MissingDeviceId)??;
+            let ts = ts.ok_or(Rejection::MissingTs)??;
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            Ok(Parsed { device, ts, values })
+        })();
+        Ok(Top::Object(result))
+    }
+}
+
+/// Parses one input line into a reading, or says why it is rejected.
+///
+/// A trailing `\r` is ignored. Rules, in order: the line must be UTF-8 and
+/// not blank; it must be a JSON object; `device_id` must be a non-empty string;
+/// `ts` must be an integer in `0..=MAX_TS`; every other field is a channel whose
+/// value must be a number or null, whose name is not reserved, and which
+/// appears once.
+pub fn parse_line(line: &[u8]) -> Result<Parsed, Rejection> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let text = std::str::from_utf8(line).map_err(|_| Rejection::InvalidUtf8)?;
+    if text.trim().is_empty() {
+        return Err(Rejection::Empty);
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = de
+        .deserialize_any(TopVisitor)
+        .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    de.end()
+        .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    match top {
+        Top::Object(r) => r,
+        Top::NotObject(kind, _) => Err(Rejection::NotAnObject(kind)),
+    }
+}
+
+/// The lateness rule, applied to valid readings in arrival order.
+///
+/// A reading is late when its `ts` is more than `lateness_ms` below the
+/// largest `ts` among earlier valid readings. The watermark is that largest
+/// `ts` minus the lateness: every reading that is not late has `ts >= watermark`.
+#[derive(Clone, Debug)]
+pub struct LateTracker {
+    lateness_ms: i64,
+    max_ts: Option<i64>,
+}
+
+impl LateTracker {
+    /// A tracker that has seen nothing.
+    pub fn new(lateness_ms: i64) -> Self {
+        LateTracker {
+            lateness_ms,
+            max_ts: None,
+        }
+    }
+
+    /// Classifies a valid reading with event time `ts`, then records it.
+    /// Returns true when it is late.
+    pub fn observe(&mut self, ts: i64) -> bool {
+        match self.max_ts {
+            Some(max) if max.saturating_sub(ts) > self.lateness_ms => true,
+            Some(max) => {
+                if ts > max {
+                    self.max_ts = Some(ts);
+                }
+                false
+            }
+            None => {
+                self.max_ts = Some(ts);
+                false
+            }
+        }
+    }
+
+    /// The largest `ts` seen.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.max_ts
+    }
+
+    /// The watermark: no reading at or after it is late. `None` before any reading.
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_ts.map(|m| m.saturating_sub(self.lateness_ms))
+    }
+
+    /// Restores the tracker from a checkpoint.
+    pub fn restore(&mut self, max_ts: Option<i64>) {
+        self.max_ts = max_ts;
+    }
+}
+
+/// Valid ranges per channel; a value outside its channel's range is junk.
+#[derive(Clone, Debug, Default)]
+pub struct Ranges {
+    /// Indexed by [`Channel::index`]; `None` is unbounded.
+    by_channel: Vec<Option<(f64, f64)>>,
+}
+
+impl Ranges {
+    /// Ranges from (channel name, min, max) triples; a missing bound is infinite.
+    pub fn new<'a>(ranges: impl IntoIterator<Item = (&'a str, Option<f64>, Option<f64>)>) -> Self {
+        let mut r = Ranges::default();
+        for (name, min, max) in ranges {
+            let c = Channel::intern(name).index() as usize;
+            if r.by_channel.len() <= c {
+                r.by_channel.resize(c + 1, None);
+            }
+            r.by_channel[c] = Some((
+                min.unwrap_or(f64::NEG_INFINITY),
+                max.unwrap_or(f64::INFINITY),
+            ));
+        }
+        r
+    }
+
+    /// The range of `channel`, if bounded.
+    pub fn get(&self, channel: Channel) -> Option<(f64, f64)> {
+        self.by_channel
+            .get(channel.index() as usize)
+            .copied()
+            .flatten()
+    }
+
+    /// True when `value` is junk for `channel`.
+    pub fn is_junk(&self, channel: Channel, value: f64) -> bool {
+        match self.get(channel) {
+            Some((lo, hi)) => !(lo..=hi).contains(&value),
+            None => false,
+        }
+    }
+
+    /// The junk channels of a reading's values.
+    pub fn junk_of(&self, values: &Values) -> ChannelList {
+        values
+            .iter()
+            .filter_map(|(c, v)| match v {
+                Some(v) if self.is_junk(*c, *v) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> &'static str {
+        parse_line(line.as_bytes()).unwrap_err().code()
+    }
+
+    #[test]
+    fn parses_a_reading() {
+        let p =
+            parse_line(br#"{"device_id":"d1","ts":1700000000000,"pm25":12.5,"co2":null,"x":3}"#)
+                .unwrap();
+        assert_eq!(&*p.device.name(), "d1");
+        assert_eq!(p.ts, 1_700_000_000_000);
+        assert_eq!(p.values.len(), 3);
+        assert_eq!(p.values[0], (Channel::PM25, Some(12.5)));
+        assert_eq!(p.values[1], (Channel::CO2, None));
+        assert_eq!(p.values[2], (Channel::intern("x"), Some(3.0)));
+    }
+
+    #[test]
+    fn every_rejection_has_its_code() {
+        assert_eq!(parse_line(b"\xff\xfe").unwrap_err().code(), "invalid_utf8");
+        assert_eq!(code("   "), "empty_line");
+        assert_eq!(code(r#"{"device_id":"d1","ts":1"#), "invalid_json");
+        assert_eq!(code(r#"{"device_id":"d1","ts":1} x"#), "invalid_json");
+        assert_eq!(code("[1,2]"), "not_an_object");
+        assert_eq!(code("42"), "not_an_object");
+        assert_eq!(code(r#"{"ts":1}"#), "missing_device_id");
+        assert_eq!(code(r#"{"device_id":"","ts":1}"#), "invalid_device_id");
+        assert_eq!(code(r#"{"device_id":7,"ts":1}"#), "invalid_device_id");
+        assert_eq!(code(r#"{"device_id":"d"}"#), "missing_ts");
+        assert_eq!(code(r#"{"device_id":"d","ts":"1"}"#), "invalid_ts");
+        assert_eq!(code(r#"{"device_id":"d","ts":1.5}"#), "invalid_ts");
+        assert_eq!(code(r#"{"device_id":"d","ts":-1}"#), "invalid_ts");
+        assert_eq!(
+            code(r#"{"device_id":"d","ts":1,"pm25":"3"}"#),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"device_id":"d","ts":1,"pm25":true}"#),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"device_id":"d","ts":1,"pm25":[1]}"#),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"device_id":"d","ts":1,"junk":1}"#),
+            "reserved_field"
+        );
+        assert_eq!(
+            code(r#"{"device_id":"d","ts":1,"pm25":1,"pm25":2}"#),
+            "duplicate_field"
+        );
+    }
+
+    #[test]
+    fn reasons_name_the_field() {
+        let r = parse_line(br#"{"device_id":"d","ts":1,"co2":"high"}"#).unwrap_err();
+        assert_eq!(
+            r.reason(),
+            "invalid_value: field `co2` must be a number or null, found a string"
+        );
+    }
+
+    #[test]
+    fn lateness_is_relative_to_the_largest_earlier_ts() {
+        let mut t = LateTracker::new(10);
+        assert!(!t.observe(100));
+        assert!(!t.observe(90)); // exactly the lateness below: not late
+        assert!(t.observe(89));
+        assert!(!t.observe(120));
+        assert!(t.observe(100));
+        assert_eq!(t.watermark(), Some(110));
+    }
+
+    #[test]
+    fn junk_is_outside_the_inclusive_range() {
+        let r = Ranges::new([
+            ("pm25", Some(0.0), Some(1000.0)),
+            ("temp", Some(-40.0), None),
+        ]);
+        assert!(!r.is_junk(Channel::PM25, 0.0));
+        assert!(!r.is_junk(Channel::PM25, 1000.0));
+        assert!(r.is_junk(Channel::PM25, 1000.1));
+        assert!(r.is_junk(Channel::TEMP, -41.0));
+        assert!(!r.is_junk(Channel::TEMP, 1e9));
+        assert!(!r.is_junk(Channel::intern("other"), -1e9));
+    }
+}

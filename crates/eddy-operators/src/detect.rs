@@ -1,0 +1,265 @@
+//! The alerts job: threshold rules with hysteresis per (rule, device).
+//!
+//! Rules live in the rules arrangement (standard rules, `thresholds.csv`,
+//! rule updates). Readings wait, in arrival order, until the rules frontier
+//! has passed their `ts`, then each is checked against the rules in force
+//! for its device as of its `ts`: device-specific rules replace the wildcard
+//! rule with the same `rule_id`. Events are emitted as soon as their reading
+//! is processed.
+//!
+//! A rule that changes while its event is active keeps the event; the new
+//! thresholds apply from the next reading. A rule that is removed while its
+//! event is active ends the event at the device's next reading, with reason
+//! `rule_removed`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use differential_dataflow::operators::arrange::Arranged;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use eddy_core::hysteresis::{observe, Active, Transition};
+use eddy_core::ids::{Channel, DeviceId};
+use eddy_core::reading::Enriched;
+use eddy_core::records::{EndReason, EventRecord, EventState};
+use eddy_core::reference::{effective_rules, Rule, RuleScope};
+
+use crate::lookup::{as_of, compact_to, histories, max_time};
+use crate::reference::RulesTrace;
+
+/// An active event of one rule on one device.
+#[derive(Clone, Debug)]
+struct Open {
+    rule_id: Arc<str>,
+    channel: Channel,
+    active: Active,
+}
+
+/// Hysteresis state of every (rule, device) on this worker: only active
+/// events are stored.
+#[derive(Default)]
+pub struct Detector {
+    open: HashMap<DeviceId, Vec<Open>>,
+}
+
+fn record(
+    rule: &Rule,
+    device: DeviceId,
+    state: EventState,
+    ts: i64,
+    value: Option<f64>,
+    start_ts: i64,
+) -> EventRecord {
+    EventRecord {
+        event_id: format!("{}:{}:{}", rule.rule_id, device, start_ts),
+        rule_id: rule.rule_id.clone(),
+        device_id: device,
+        channel: rule.channel,
+        state,
+        ts,
+        value,
+        rise_above: rule.rise_above.0,
+        fall_below: rule.fall_below.0,
+        peak: None,
+        duration_ms: None,
+        reason: None,
+    }
+}
+
+impl Detector {
+    /// Applies one non-late reading under `rules` (the rules in force for its
+    /// device), pushing the events it causes.
+    pub fn apply(
+        &mut self,
+        r: &Enriched,
+        rules: &[Rule],
+        removed_rule: impl Fn(&Arc<str>) -> Option<Rule>,
+        out: &mut Vec<EventRecord>,
+    ) {
+        let open = self.open.entry(r.device).or_default();
+        // Events whose rule is gone end now.
+        let mut i = 0;
+        while i < open.len() {
+            if rules.iter().any(|rule| rule.rule_id == open[i].rule_id) {
+                i += 1;
+                continue;
+            }
+            let o = open.swap_remove(i);
+            let rule = removed_rule(&o.rule_id).unwrap_or(Rule {
+                rule_id: o.rule_id.clone(),
+                channel: o.channel,
+                rise_above: eddy_core::reference::Num(f64::NAN),
+                fall_below: eddy_core::reference::Num(f64::NAN),
+            });
+            let mut e = record(
+                &rule,
+                r.device,
+                EventState::End,
+                r.ts,
+                r.value(o.channel),
+                o.active.start_ts,
+            );
+            e.channel = o.channel;
+            e.peak = Some(o.active.peak);
+            e.duration_ms = Some(r.ts - o.active.start_ts);
+            e.reason = Some(EndReason::RuleRemoved);
+            out.push(e);
+        }
+        for rule in rules {
+            let Some(v) = r.value(rule.channel) else {
+                continue;
+            };
+            let pos = open.iter().position(|o| o.rule_id == rule.rule_id);
+            let mut state = pos.map(|p| open[p].active);
+            match observe(&mut state, r.ts, v, rule.rise_above.0, rule.fall_below.0) {
+                Transition::Start => {
+                    let active = state.expect("started");
+                    open.push(Open {
+                        rule_id: rule.rule_id.clone(),
+                        channel: rule.channel,
+                        active,
+                    });
+                    out.push(record(
+                        rule,
+                        r.device,
+                        EventState::Start,
+                        r.ts,
+                        Some(v),
+                        r.ts,
+                    ));
+                }
+                Transition::End(ended) => {
+                    if let Some(p) = pos {
+                        open.swap_remove(p);
+                    }
+                    let mut e = record(
+                        rule,
+                        r.device,
+                        EventState::End,
+                        r.ts,
+                        Some(v),
+                        ended.start_ts,
+                    );
+                    e.peak = Some(ended.peak);
+                    e.duration_ms = Some(r.ts - ended.start_ts);
+                    e.reason = Some(EndReason::FellBelow);
+                    out.push(e);
+                }
+                Transition::None => {
+                    if let (Some(p), Some(s)) = (pos, state) {
+                        open[p].active = s;
+                        open[p].channel = rule.channel;
+                    }
+                }
+            }
+        }
+        if open.is_empty() {
+            self.open.remove(&r.device);
+        }
+    }
+}
+
+/// The alerts operator. Its input must be partitioned by device and hold only
+/// non-late readings.
+pub fn detect<'s>(
+    enriched: StreamVec<'s, u64, Enriched>,
+    rules: Arranged<'s, RulesTrace>,
+    name: &str,
+) -> StreamVec<'s, u64, EventRecord> {
+    let mut trace = rules.trace;
+    enriched.binary_frontier(
+        rules.stream,
+        Pipeline,
+        Pipeline,
+        name,
+        move |_cap, _info| {
+            let mut stash: VecDeque<(Capability<u64>, VecDeque<Enriched>)> = VecDeque::new();
+            let mut detector = Detector::default();
+            move |(input, frontier), (rule_batches, rules_frontier), output| {
+                input.for_each(|cap, data| {
+                    if let Some(cap) = cap.retain_least(0) {
+                        stash.push_back((cap, std::mem::take(data).into()));
+                    }
+                });
+                rule_batches.for_each(|_, _| {});
+                let rf = rules_frontier.frontier();
+                let mut ready: Vec<(Capability<u64>, Vec<Enriched>)> = Vec::new();
+                while let Some((cap, batch)) = stash.front_mut() {
+                    let n = batch
+                        .iter()
+                        .take_while(|r| !rf.less_equal(&(r.ts.max(0) as u64)))
+                        .count();
+                    if n == batch.len() {
+                        let (cap, batch) = stash.pop_front().expect("front exists");
+                        ready.push((cap, batch.into()));
+                    } else {
+                        if n > 0 {
+                            ready.push((cap.clone(), batch.drain(..n).collect()));
+                        }
+                        break;
+                    }
+                }
+                if !ready.is_empty() {
+                    let mut keys: Vec<RuleScope> = ready
+                        .iter()
+                        .flat_map(|(_, b)| b.iter().map(|r| RuleScope::Device(r.device)))
+                        .collect();
+                    keys.push(RuleScope::All);
+                    keys.sort();
+                    keys.dedup();
+                    let hist = histories(&mut trace, &keys);
+                    let index: HashMap<RuleScope, usize> =
+                        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+                    let wild = &hist[index[&RuleScope::All]];
+                    let wild_latest = max_time(wild);
+                    let wild_now = as_of(wild, u64::MAX);
+                    let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::new();
+                    let mut out = Vec::new();
+                    for (cap, batch) in ready {
+                        for r in batch {
+                            let dev_hist = &hist[index[&RuleScope::Device(r.device)]];
+                            let time = r.ts.max(0) as u64;
+                            let (latest, now_rules) = cache.entry(r.device).or_insert_with(|| {
+                                (
+                                    max_time(dev_hist).max(wild_latest),
+                                    effective_rules(&as_of(dev_hist, u64::MAX), &wild_now),
+                                )
+                            });
+                            let rules_then;
+                            let rules: &[Rule] = if time >= *latest {
+                                now_rules
+                            } else {
+                                rules_then =
+                                    effective_rules(&as_of(dev_hist, time), &as_of(wild, time));
+                                &rules_then
+                            };
+                            // The thresholds of a removed rule, as last in force, for its end event.
+                            let removed = |id: &Arc<str>| {
+                                let mut all = as_of(dev_hist, time.saturating_sub(1));
+                                all.extend(as_of(wild, time.saturating_sub(1)));
+                                all.into_iter().find(|rule| &rule.rule_id == id)
+                            };
+                            detector.apply(&r, rules, removed, &mut out);
+                        }
+                        if !out.is_empty() {
+                            output.session(&cap).give_iterator(out.drain(..));
+                        }
+                    }
+                }
+                let input_min = frontier.frontier().iter().copied().min();
+                let stash_min = stash.front().map(|(c, _)| *c.time());
+                let low = match (input_min, stash_min) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(low) = low {
+                    let target = rf.iter().copied().min().map_or(low, |r| r.min(low));
+                    compact_to(&mut trace, target);
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,180 @@
+//! The enrich job: calibration and device context, as of each reading's time.
+//!
+//! Readings arrive partitioned by device (the same routing as the reference
+//! arrangement) and wait, in arrival order, until the arrangement's frontier
+//! has passed their lookup time, so that every reference change that applies
+//! to them is in. Then a batch of readings is looked up against the trace:
+//! each reading sees the reference data as of its `ts` (clamped to the
+//! retained history; see [`lookup_time`]).
+
+use std::collections::{HashMap, VecDeque};
+
+use differential_dataflow::operators::arrange::Arranged;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use eddy_core::ids::DeviceId;
+use eddy_core::reading::{ChannelList, Context, Enriched, Reading, Values};
+use eddy_core::reference::{calibration_as_of, Calibration, DeviceRef};
+
+use crate::lookup::{as_of, compact_to, histories, max_time, History};
+use crate::reference::DeviceTrace;
+
+/// The reference time a reading is looked up at: its `ts`, but no earlier than
+/// `retention_ms` before its dataflow time `t` (the reference history older
+/// than that is compacted away). Both are fixed by the input, so the result
+/// does not depend on scheduling or the number of workers.
+pub fn lookup_time(ts: i64, t: u64, retention_ms: i64) -> u64 {
+    let floor = (t as i64).saturating_sub(retention_ms).max(0);
+    ts.max(floor) as u64
+}
+
+/// The reference data of one device as of a time.
+#[derive(Default)]
+pub struct DeviceView {
+    /// The context, if the device is known.
+    pub context: Option<Context>,
+    /// The calibration versions present.
+    pub calibrations: Vec<Calibration>,
+}
+
+impl DeviceView {
+    /// The view of `history` as of `time`.
+    pub fn of(history: &History<DeviceRef>, time: u64) -> DeviceView {
+        let mut view = DeviceView::default();
+        for v in as_of(history, time) {
+            match v {
+                DeviceRef::Context(c) => view.context = Some(c),
+                DeviceRef::Calibration(c) => view.calibrations.push(c),
+            }
+        }
+        view
+    }
+}
+
+/// Applies validation results, calibration and context to a reading.
+pub fn enrich_reading(r: Reading, view: &DeviceView) -> Enriched {
+    let mut values = Values::new();
+    let mut calibrated = ChannelList::new();
+    for (c, v) in r.values.iter() {
+        let out = match v {
+            None => None,
+            Some(_) if r.junk.contains(c) => None,
+            Some(x) => match calibration_as_of(&view.calibrations, *c, r.ts) {
+                Some(cal) => {
+                    calibrated.push(*c);
+                    Some(cal.apply(*x))
+                }
+                None => Some(*x),
+            },
+        };
+        values.push((*c, out));
+    }
+    Enriched {
+        device: r.device,
+        ts: r.ts,
+        pos: r.pos,
+        late: r.late,
+        values,
+        raw: r.values,
+        calibrated,
+        context: view.context.clone(),
+        junk: r.junk,
+    }
+}
+
+/// The enrich operator: see the module docs.
+pub fn enrich<'s>(
+    readings: StreamVec<'s, u64, Reading>,
+    reference: Arranged<'s, DeviceTrace>,
+    retention_ms: i64,
+    name: &str,
+) -> StreamVec<'s, u64, Enriched> {
+    let mut trace = reference.trace;
+    readings.binary_frontier(
+        reference.stream,
+        Exchange::new(|r: &Reading| r.device.route()),
+        Pipeline,
+        name,
+        move |_cap, _info| {
+            let mut stash: VecDeque<(Capability<u64>, VecDeque<Reading>)> = VecDeque::new();
+            move |(input, frontier), (refs, ref_frontier), output| {
+                input.for_each(|cap, data| {
+                    if let Some(cap) = cap.retain_least(0) {
+                        stash.push_back((cap, std::mem::take(data).into()));
+                    }
+                });
+                refs.for_each(|_, _| {});
+
+                // The ready prefix, in arrival order.
+                let rf = ref_frontier.frontier();
+                let mut ready: Vec<(Capability<u64>, Vec<Reading>)> = Vec::new();
+                while let Some((cap, batch)) = stash.front_mut() {
+                    let t = *cap.time();
+                    let n = batch
+                        .iter()
+                        .take_while(|r| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)))
+                        .count();
+                    if n == batch.len() {
+                        let (cap, batch) = stash.pop_front().expect("front exists");
+                        ready.push((cap, batch.into()));
+                    } else {
+                        if n > 0 {
+                            ready.push((cap.clone(), batch.drain(..n).collect()));
+                        }
+                        break;
+                    }
+                }
+
+                if !ready.is_empty() {
+                    let mut keys: Vec<DeviceId> = ready
+                        .iter()
+                        .flat_map(|(_, b)| b.iter().map(|r| r.device))
+                        .collect();
+                    keys.sort();
+                    keys.dedup();
+                    let hist = histories(&mut trace, &keys);
+                    // Per device: the view as of every time in its history, computed once.
+                    let mut current: HashMap<DeviceId, (u64, DeviceView)> =
+                        HashMap::with_capacity(keys.len());
+                    for (k, h) in keys.iter().zip(hist.iter()) {
+                        current.insert(*k, (max_time(h), DeviceView::of(h, u64::MAX)));
+                    }
+                    let index: HashMap<DeviceId, usize> =
+                        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+                    for (cap, batch) in ready {
+                        let t = *cap.time();
+                        let mut session = output.session(&cap);
+                        for r in batch {
+                            let time = lookup_time(r.ts, t, retention_ms);
+                            let (latest, view) = &current[&r.device];
+                            if time >= *latest {
+                                session.give(enrich_reading(r, view));
+                            } else {
+                                let view = DeviceView::of(&hist[index[&r.device]], time);
+                                session.give(enrich_reading(r, &view));
+                            }
+                        }
+                    }
+                }
+
+                // Let the trace forget history no pending or future reading can ask for.
+                let input_min = frontier.frontier().iter().copied().min();
+                let stash_min = stash.front().map(|(c, _)| *c.time());
+                let low = match (input_min, stash_min) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(low) = low {
+                    let mut target = (low as i64).saturating_sub(retention_ms).max(0) as u64;
+                    if let Some(r) = rf.iter().copied().min() {
+                        target = target.min(r);
+                    }
+                    compact_to(&mut trace, target);
+                }
+            }
+        },
+    )
+}

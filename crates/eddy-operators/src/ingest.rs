@@ -1,0 +1,288 @@
+//! The ingest job as a source operator: reads raw lines, validates them,
+//! classifies late readings and junk values, and stamps each record with its
+//! dataflow time.
+//!
+//! **Time.** Dataflow time is event time in epoch milliseconds. A record is
+//! stamped with the watermark at its arrival (the largest `ts` among earlier
+//! valid readings minus the lateness), rounded down to a whole epoch. Every
+//! non-late reading has `ts >=` that watermark, so the frontier of the
+//! stream is a watermark: once it passes `t`, no reading with `ts < t` will
+//! arrive, except late ones, which are flagged and kept out of the
+//! time-driven jobs.
+//!
+//! **Order.** One worker reads a given input, in arrival order, and every
+//! downstream operator handles its input in the order received, so each
+//! device's readings keep their arrival order through the dataflow.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{OutputBuilder, OutputBuilderSession};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, StreamVec};
+use timely::scheduling::Activator;
+
+use eddy_core::reading::{DeadLetter, LineSource, Position, Reading};
+use eddy_core::validate::{parse_line, LateTracker, Ranges};
+
+use crate::metrics::Metrics;
+
+/// Settings of the ingest source.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// See `IngestSpec::lateness`.
+    pub lateness_ms: i64,
+    /// See `IngestSpec::epoch`.
+    pub epoch_ms: i64,
+    /// The junk rule.
+    pub ranges: Ranges,
+    /// Replay pace: `Some(60.0)` replays at 60× the recorded event-time pace;
+    /// `None` goes as fast as possible.
+    pub speed: Option<f64>,
+    /// Lines read per activation.
+    pub batch_lines: usize,
+}
+
+/// What a worker's ingest source tells other operators on the same worker:
+/// how far it has read, when it is done, and which epoch began where.
+#[derive(Default)]
+pub struct SourceProgress {
+    max_ts: Cell<Option<i64>>,
+    done: Cell<bool>,
+    listeners: RefCell<Vec<Activator>>,
+    /// `(t, p)`: every input line before position `p` was stamped with a time `< t`.
+    /// Once every sink has committed all times `< t`, the input before `p` is committed.
+    pub epochs: RefCell<VecDeque<(u64, Position)>>,
+}
+
+impl SourceProgress {
+    /// The largest `ts` read so far.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.max_ts.get()
+    }
+
+    /// True once the input is exhausted (or absent on this worker).
+    pub fn done(&self) -> bool {
+        self.done.get()
+    }
+
+    /// Asks to be activated whenever the source makes progress.
+    pub fn listen(&self, activator: Activator) {
+        self.listeners.borrow_mut().push(activator);
+    }
+
+    fn notify(&self) {
+        for a in self.listeners.borrow().iter() {
+            a.activate();
+        }
+    }
+}
+
+/// The ingest job's outputs.
+pub struct IngestStreams<'s> {
+    /// Valid readings, late ones included (flagged).
+    pub readings: StreamVec<'s, u64, Reading>,
+    /// Rejected lines.
+    pub dead: StreamVec<'s, u64, DeadLetter>,
+}
+
+/// The dataflow time of a record that arrives when the watermark is `wm`.
+pub fn time_of(wm: Option<i64>, epoch_ms: i64) -> u64 {
+    match wm {
+        Some(w) if w > 0 => ((w / epoch_ms) * epoch_ms) as u64,
+        _ => 0,
+    }
+}
+
+/// Builds the ingest source. `input` is `Some` on the worker that reads the
+/// input and `None` on the others.
+pub fn ingest_source<'s>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    input: Option<Box<dyn LineSource>>,
+    cfg: IngestConfig,
+    progress: Rc<SourceProgress>,
+    metrics: Arc<Metrics>,
+) -> IngestStreams<'s> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (out_r, readings) = builder.new_output::<Vec<Reading>>();
+    let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
+    let mut out_r = OutputBuilder::<u64, CapacityContainerBuilder<Vec<Reading>>>::from(out_r);
+    let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
+    let activator = scope.activator_for(info.address);
+
+    builder.build(move |mut caps| {
+        let mut cap_d = caps.pop();
+        let mut cap_r = caps.pop();
+        let mut input = input;
+        let mut late = LateTracker::new(cfg.lateness_ms);
+        let mut line = Vec::with_capacity(1024);
+        let mut held: Option<(Position, Vec<u8>)> = None;
+        let mut pace: Option<(Instant, i64)> = None;
+        let mut next_pos = Position::line(1);
+        let mut buf_r: Vec<Reading> = Vec::new();
+        let mut buf_d: Vec<DeadLetter> = Vec::new();
+        let mut last_bytes = 0u64;
+
+        move |_frontiers| {
+            let (Some(cr), Some(cd)) = (cap_r.as_mut(), cap_d.as_mut()) else {
+                return;
+            };
+            let Some(src) = input.as_mut() else {
+                cap_r = None;
+                cap_d = None;
+                progress.done.set(true);
+                progress.notify();
+                return;
+            };
+            let mut handle_r = out_r.activate();
+            let mut handle_d = out_d.activate();
+            let mut finished = false;
+            let mut wait: Option<Duration> = None;
+            let (mut n_valid, mut n_late, mut n_dead, mut n_junk, mut n_lines) =
+                (0u64, 0u64, 0u64, 0u64, 0u64);
+
+            for _ in 0..cfg.batch_lines {
+                let (pos, is_held) = match held.take() {
+                    Some((pos, bytes)) => {
+                        line = bytes;
+                        (pos, true)
+                    }
+                    None => {
+                        line.clear();
+                        match src.next_line(&mut line) {
+                            Ok(Some(pos)) => (pos, false),
+                            Ok(None) => {
+                                finished = true;
+                                break;
+                            }
+                            Err(e) => {
+                                metrics.fail(format!(
+                                    "{}: read error after {}: {e}",
+                                    src.describe(),
+                                    next_pos.offset
+                                ));
+                                finished = true;
+                                break;
+                            }
+                        }
+                    }
+                };
+                let parsed = parse_line(&line);
+                if let (Ok(p), Some(speed), false) = (&parsed, cfg.speed, is_held) {
+                    let (origin, first_ts) = *pace.get_or_insert((Instant::now(), p.ts));
+                    let due = origin
+                        + Duration::from_secs_f64(
+                            ((p.ts - first_ts).max(0) as f64 / 1000.0) / speed,
+                        );
+                    let now = Instant::now();
+                    if due > now {
+                        held = Some((pos, std::mem::take(&mut line)));
+                        wait = Some(due - now);
+                        break;
+                    }
+                }
+                n_lines += 1;
+                next_pos = Position {
+                    partition: pos.partition,
+                    offset: pos.offset + 1,
+                };
+                // The record's time is the watermark before this line.
+                let t = time_of(late.watermark(), cfg.epoch_ms);
+                if t > *cr.time() {
+                    flush(&mut handle_r, cr, &mut buf_r);
+                    flush(&mut handle_d, cd, &mut buf_d);
+                    cr.downgrade(&t);
+                    cd.downgrade(&t);
+                    progress.epochs.borrow_mut().push_back((t, pos));
+                }
+                match parsed {
+                    Ok(p) => {
+                        n_valid += 1;
+                        let is_late = late.observe(p.ts);
+                        let junk = cfg.ranges.junk_of(&p.values);
+                        if is_late {
+                            n_late += 1;
+                        } else if !junk.is_empty() {
+                            n_junk += 1;
+                            *metrics
+                                .junk_by_device
+                                .lock()
+                                .entry(p.device.name().to_string())
+                                .or_default() += 1;
+                        }
+                        buf_r.push(Reading {
+                            device: p.device,
+                            ts: p.ts,
+                            pos,
+                            values: p.values,
+                            late: is_late,
+                            junk,
+                        });
+                    }
+                    Err(reason) => {
+                        n_dead += 1;
+                        buf_d.push(DeadLetter {
+                            pos,
+                            line: String::from_utf8_lossy(&line).into_owned(),
+                            reason: reason.reason(),
+                        });
+                    }
+                }
+            }
+            flush(&mut handle_r, cr, &mut buf_r);
+            flush(&mut handle_d, cd, &mut buf_d);
+            progress.max_ts.set(late.max_ts());
+
+            Metrics::add(&metrics.lines, n_lines);
+            Metrics::add(&metrics.valid, n_valid);
+            Metrics::add(&metrics.late, n_late);
+            Metrics::add(&metrics.deadletter, n_dead);
+            Metrics::add(&metrics.junk, n_junk);
+            let bytes = src.bytes_read();
+            Metrics::add(&metrics.bytes, bytes - last_bytes);
+            last_bytes = bytes;
+
+            if finished {
+                drop(handle_r);
+                drop(handle_d);
+                cap_r = None;
+                cap_d = None;
+                input = None;
+                progress.done.set(true);
+            } else {
+                // Let the frontier advance to the current watermark even if no
+                // more lines arrive for a while.
+                let t = time_of(late.watermark(), cfg.epoch_ms);
+                if t > *cr.time() {
+                    cr.downgrade(&t);
+                    cd.downgrade(&t);
+                    progress.epochs.borrow_mut().push_back((t, next_pos));
+                }
+                match wait {
+                    Some(d) => activator.activate_after(d),
+                    None => activator.activate(),
+                }
+            }
+            progress.notify();
+        }
+    });
+
+    IngestStreams { readings, dead }
+}
+
+fn flush<D: 'static>(
+    handle: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<D>>>,
+    cap: &Capability<u64>,
+    buf: &mut Vec<D>,
+) {
+    if !buf.is_empty() {
+        handle.session(cap).give_iterator(buf.drain(..));
+    }
+}

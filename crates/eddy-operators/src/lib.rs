@@ -1,0 +1,25 @@
+//! # eddy-operators
+//!
+//! The timely and differential operators that eddy's jobs are made of. Each
+//! module is one step of the pipeline:
+//!
+//! * [`ingest`]: the source that validates lines and stamps dataflow time;
+//! * [`reference`]: reference data as differential arrangements;
+//! * [`enrich`]: calibration and context, looked up as of each reading's time;
+//! * [`stats`], [`windows`], [`detect`]: the statistics, windows and alerts jobs;
+//! * [`sink`]: writing a stream out, committing per epoch.
+//!
+//! Every operator handles its input in the order received (never by
+//! timestamp), so each device's readings keep their arrival order.
+#![deny(missing_docs)]
+
+pub mod detect;
+pub mod enrich;
+pub mod ingest;
+pub mod lookup;
+pub mod metrics;
+pub mod ordered;
+pub mod reference;
+pub mod sink;
+pub mod stats;
+pub mod windows;

@@ -1,0 +1,108 @@
+//! Looking up records against an arrangement's trace, as of an event time.
+//!
+//! The enrich and detect operators keep readings out of arrangements: they
+//! read, for the keys of a batch of readings, the history of updates in the
+//! trace, and accumulate it as of each reading's time. This is the
+//! "half join" pattern, written against differential's cursor API.
+
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::implementations::ValSpine;
+use differential_dataflow::trace::TraceReader;
+use differential_dataflow::ExchangeData;
+use timely::progress::frontier::AntichainRef;
+
+/// The updates of one key: `(value, time, diff)`.
+pub type History<V> = Vec<(V, u64, isize)>;
+
+/// Reads the history of each of `keys` (sorted, distinct) from `trace`.
+pub fn histories<K, V>(
+    trace: &mut TraceAgent<ValSpine<K, V, u64, isize>>,
+    keys: &[K],
+) -> Vec<History<V>>
+where
+    K: ExchangeData + Ord + Clone,
+    V: ExchangeData + Ord + Clone,
+{
+    let mut out: Vec<History<V>> = keys.iter().map(|_| Vec::new()).collect();
+    let mut batches = Vec::new();
+    trace.map_spans(|span| {
+        if let Some(b) = &span.inner {
+            batches.push(b.clone());
+        }
+    });
+    if batches.is_empty() {
+        return out;
+    }
+    let (mut cursor, storage) = cursor_list(batches);
+    for (i, key) in keys.iter().enumerate() {
+        cursor.seek_key(&storage, key);
+        if cursor.get_key(&storage) == Some(key) {
+            while let Some(val) = cursor.get_val(&storage) {
+                let hist = &mut out[i];
+                cursor.map_times(&storage, |t, r| hist.push((val.clone(), *t, *r)));
+                cursor.step_val(&storage);
+            }
+        }
+    }
+    out
+}
+
+/// The values present as of `time`: those whose diffs at times `<= time` sum to
+/// more than zero (each once), in value order.
+pub fn as_of<V: Ord + Clone>(history: &[(V, u64, isize)], time: u64) -> Vec<V> {
+    let mut acc: Vec<(&V, isize)> = history
+        .iter()
+        .filter(|(_, t, _)| *t <= time)
+        .map(|(v, _, r)| (v, *r))
+        .collect();
+    acc.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < acc.len() {
+        let mut sum = 0;
+        let v = acc[i].0;
+        while i < acc.len() && acc[i].0 == v {
+            sum += acc[i].1;
+            i += 1;
+        }
+        if sum > 0 {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+/// The largest time in a history (0 if empty).
+pub fn max_time<V>(history: &[(V, u64, isize)]) -> u64 {
+    history.iter().map(|(_, t, _)| *t).max().unwrap_or(0)
+}
+
+/// Advances a trace's compaction frontiers to `time`, never backwards.
+pub fn compact_to<K, V>(trace: &mut TraceAgent<ValSpine<K, V, u64, isize>>, time: u64)
+where
+    K: ExchangeData + Ord + Clone,
+    V: ExchangeData + Ord + Clone,
+{
+    let current = trace.get_logical_compaction().iter().next().copied();
+    if let Some(c) = current {
+        if time > c {
+            trace.set_logical_compaction(AntichainRef::new(&[time]));
+            trace.set_physical_compaction(AntichainRef::new(&[time]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_of_accumulates_diffs_up_to_the_time() {
+        let h = vec![("a", 0, 1), ("a", 10, -1), ("b", 10, 1), ("c", 20, 1)];
+        assert_eq!(as_of(&h, 5), vec!["a"]);
+        assert_eq!(as_of(&h, 10), vec!["b"]);
+        assert_eq!(as_of(&h, 25), vec!["b", "c"]);
+        assert_eq!(max_time(&h), 20);
+    }
+}

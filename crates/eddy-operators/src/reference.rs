@@ -1,0 +1,161 @@
+//! Reference data as differential collections and arrangements.
+//!
+//! Reference changes (the dataset's CSV files at time 0, then `updates.jsonl`
+//! at each update's `ts`) become differential updates, and are arranged:
+//!
+//! * the per-device arrangement (context and calibration versions), keyed by
+//!   [`DeviceId`] and partitioned exactly like the readings, so that each
+//!   worker holds the reference data of the devices whose readings it gets;
+//! * the rules arrangement, keyed by [`RuleScope`]: device rules partitioned
+//!   like the readings, wildcard (`*`) rules broadcast to every worker.
+//!
+//! Readings never enter an arrangement: the enrich and detect operators look
+//! them up against these traces.
+
+use std::rc::Rc;
+
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concat, Exchange as _};
+use timely::dataflow::{Scope, StreamVec};
+
+use eddy_core::ids::DeviceId;
+pub use eddy_core::reference::RefUpdate;
+use eddy_core::reference::{DeviceRef, RefRecord, RefState, Rule, RuleScope};
+
+use crate::ingest::SourceProgress;
+
+/// The trace of the per-device reference arrangement.
+pub type DeviceTrace = TraceAgent<ValSpine<DeviceId, DeviceRef, u64, isize>>;
+/// The trace of the rules arrangement.
+pub type RulesTrace = TraceAgent<ValSpine<RuleScope, Rule, u64, isize>>;
+
+type DevUpd = ((DeviceId, DeviceRef), u64, isize);
+type RuleUpd = ((RuleScope, Rule), u64, isize);
+
+/// The reference arrangements of one dataflow.
+pub struct Reference<'s> {
+    /// Per-device context and calibration.
+    pub devices: Arranged<'s, DeviceTrace>,
+    /// Rules, keyed by scope.
+    pub rules: Arranged<'s, RulesTrace>,
+}
+
+/// Builds the reference source and its arrangements.
+///
+/// `updates` (sorted by `ts`) is given to one worker and empty on the others.
+/// The source releases an update once the ingest source on the same worker
+/// has read a reading with `ts` at or past it (or has finished), and holds
+/// its capability at the next pending update: the frontier of the
+/// arrangements is exactly "every change up to here is in".
+pub fn reference<'s>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    updates: Vec<RefUpdate>,
+    progress: Rc<SourceProgress>,
+) -> Reference<'s> {
+    let mut builder = OperatorBuilder::new(format!("{name}.source"), scope);
+    let info = builder.operator_info();
+    let (out_dev, dev) = builder.new_output::<Vec<DevUpd>>();
+    let (out_rule, rules) = builder.new_output::<Vec<RuleUpd>>();
+    let mut out_dev = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DevUpd>>>::from(out_dev);
+    let mut out_rule = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RuleUpd>>>::from(out_rule);
+    progress.listen(scope.activator_for(info.address));
+
+    builder.build(move |mut caps| {
+        let mut cap_rule = caps.pop();
+        let mut cap_dev = caps.pop();
+        let mut pending = updates.into_iter().peekable();
+        let mut state = RefState::default();
+        let mut out = Vec::new();
+        move |_frontiers| {
+            let (Some(cd), Some(cr)) = (cap_dev.as_mut(), cap_rule.as_mut()) else {
+                return;
+            };
+            let limit = if progress.done() {
+                i64::MAX
+            } else {
+                progress.max_ts().unwrap_or(i64::MIN)
+            };
+            let mut hd = out_dev.activate();
+            let mut hr = out_rule.activate();
+            while let Some(u) = pending.next_if(|u| u.ts <= limit) {
+                let t = u.ts.max(0) as u64;
+                state.apply(u.change, &mut out);
+                let dcap = cd.delayed(&t);
+                let rcap = cr.delayed(&t);
+                let mut sd = hd.session(&dcap);
+                let mut sr = hr.session(&rcap);
+                for (rec, diff) in out.drain(..) {
+                    match rec {
+                        RefRecord::Device(d, v) => sd.give(((d, v), t, diff)),
+                        RefRecord::Rule(s, r) => sr.give(((s, r), t, diff)),
+                    }
+                }
+            }
+            match pending.peek() {
+                Some(next) => {
+                    let t = next.ts.max(0) as u64;
+                    cd.downgrade(&t);
+                    cr.downgrade(&t);
+                }
+                None if progress.done() => {
+                    cap_dev = None;
+                    cap_rule = None;
+                }
+                None => {
+                    // Nothing pending, but more may come on a live input: hold
+                    // at the watermark so the arrangements stay current.
+                    let t = progress.max_ts().unwrap_or(0).max(0) as u64;
+                    cd.downgrade(&t.max(*cd.time()));
+                    cr.downgrade(&t.max(*cr.time()));
+                }
+            }
+        }
+    });
+
+    let devices = arrange_core::<
+        _,
+        _,
+        ValBatcher<DeviceId, DeviceRef, u64, isize>,
+        ValSpine<DeviceId, DeviceRef, u64, isize>,
+    >(
+        dev,
+        Exchange::new(|u: &DevUpd| (u.0).0.route()),
+        &format!("{name}.devices"),
+        ValBatcher::new,
+    );
+
+    // Device rules go to their device's worker; wildcard rules to every worker.
+    let (device_rules, wildcard_rules) = split_rules(rules);
+    let rules = device_rules.exchange(|u: &RuleUpd| match (u.0).0 {
+        RuleScope::Device(d) => d.route(),
+        RuleScope::All => 0,
+    });
+    let rules = rules.concat(wildcard_rules.broadcast());
+    let rules = arrange_core::<
+        _,
+        _,
+        ValBatcher<RuleScope, Rule, u64, isize>,
+        ValSpine<RuleScope, Rule, u64, isize>,
+    >(rules, Pipeline, &format!("{name}.rules"), ValBatcher::new);
+    Reference { devices, rules }
+}
+
+fn split_rules<'s>(
+    rules: StreamVec<'s, u64, RuleUpd>,
+) -> (StreamVec<'s, u64, RuleUpd>, StreamVec<'s, u64, RuleUpd>) {
+    use timely::dataflow::operators::vec::Partition;
+    let mut parts = rules.partition(2, |u: RuleUpd| {
+        (if (u.0).0 == RuleScope::All { 1 } else { 0 }, u)
+    });
+    let wild = parts.pop().expect("two parts");
+    let dev = parts.pop().expect("two parts");
+    (dev, wild)
+}

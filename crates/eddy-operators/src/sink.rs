@@ -1,0 +1,46 @@
+//! Writing a stream out, committing per epoch.
+//!
+//! The sink operator hands batches to a [`BatchSink`] as they arrive and calls
+//! [`BatchSink::commit`] each time its input frontier advances. Its output
+//! stream carries no data: it holds a capability at the last committed
+//! frontier, so a probe on it (on every worker) tells the runtime which
+//! epochs every sink has made durable. That is what the commit ledger uses
+//! to advance a source's committed position.
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+use timely::progress::Antichain;
+
+pub use eddy_core::sink::BatchSink;
+
+/// Attaches `sink` to `stream`. The returned stream's frontier is the sink's
+/// committed frontier.
+pub fn sink<'s, D: 'static, S: BatchSink<D>>(
+    stream: StreamVec<'s, u64, D>,
+    name: &str,
+    mut sink: S,
+) -> StreamVec<'s, u64, ()> {
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Pipeline,
+        name,
+        move |cap, _info| {
+            let mut held = Some(cap);
+            let mut last = Antichain::from_elem(0u64);
+            move |(input, frontier), _output| {
+                input.for_each(|_cap, data| sink.write(data));
+                let f = frontier.frontier();
+                if f != last.borrow() {
+                    sink.commit(f.iter().copied().min());
+                    last = f.to_owned();
+                    match (f.iter().copied().min(), held.as_mut()) {
+                        (Some(t), Some(h)) => h.downgrade(&t.max(*h.time())),
+                        (None, _) => held = None,
+                        _ => {}
+                    }
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,136 @@
+//! The statistics job: incremental statistics per (device, channel).
+//!
+//! Values are applied in each device's arrival order, epoch by epoch as the
+//! frontier passes them, and never reloaded: the state per key is one
+//! [`ChannelStats`] of constant size. A key's snapshot is emitted each time
+//! one of its tumbling windows (of `snapshot_every`) closes, and once more at
+//! the end of input. A snapshot for the window ending at `e` reflects exactly
+//! the readings stamped with a dataflow time before `e` (every non-late
+//! reading in the window, and the readings that arrived before the watermark
+//! passed `e`), so it is the same whatever the number of workers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use eddy_core::ids::{Channel, DeviceId};
+use eddy_core::reading::Enriched;
+use eddy_core::records::StatsRecord;
+use eddy_state::stats::{ChannelStats, StatsConfig};
+
+/// Settings of the statistics operator.
+#[derive(Clone, Debug)]
+pub struct StatsParams {
+    /// The statistics' settings.
+    pub config: StatsConfig,
+    /// Snapshot period (tumbling windows aligned to the Unix epoch).
+    pub snapshot_every_ms: i64,
+}
+
+/// The end of the snapshot window holding `ts`.
+pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
+    ts.div_euclid(every_ms) * every_ms + every_ms
+}
+
+/// The statistics operator. Its input must be partitioned by device and hold
+/// only non-late readings.
+pub fn stats<'s>(
+    enriched: StreamVec<'s, u64, Enriched>,
+    params: StatsParams,
+    name: &str,
+) -> StreamVec<'s, u64, StatsRecord> {
+    enriched.unary_frontier(Pipeline, name, move |cap, _info| {
+        let mut held: Option<Capability<u64>> = Some(cap);
+        let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
+        let mut state: HashMap<(DeviceId, Channel), ChannelStats> = HashMap::new();
+        let mut pending: BTreeSet<(i64, DeviceId, Channel)> = BTreeSet::new();
+        let cfg = params.config;
+        let every = params.snapshot_every_ms;
+
+        let close = move |upto: i64,
+                          pending: &mut BTreeSet<(i64, DeviceId, Channel)>,
+                          state: &HashMap<(DeviceId, Channel), ChannelStats>,
+                          out: &mut Vec<StatsRecord>| {
+            while let Some(&(end, d, c)) = pending.first() {
+                if end > upto {
+                    break;
+                }
+                pending.pop_first();
+                if let Some(s) = state.get(&(d, c)) {
+                    out.push(StatsRecord {
+                        device_id: d,
+                        channel: c,
+                        stats: s.snapshot(),
+                    });
+                }
+            }
+        };
+
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else {
+                    return;
+                };
+                buffered
+                    .entry(*cap.time())
+                    .or_insert_with(|| (cap, Vec::new()))
+                    .1
+                    .append(data);
+            });
+            let f = frontier.frontier();
+            let mut out = Vec::new();
+            // Apply every complete epoch, in time order; before applying epoch
+            // `t`, close the windows that end at or before `t`.
+            while let Some(entry) = buffered.first_entry() {
+                let t = *entry.key();
+                if f.less_equal(&t) {
+                    break;
+                }
+                let (cap, batch) = entry.remove();
+                close(t as i64, &mut pending, &state, &mut out);
+                if !out.is_empty() {
+                    output.session(&cap).give_iterator(out.drain(..));
+                }
+                for r in batch {
+                    for (c, v) in r.usable() {
+                        state
+                            .entry((r.device, c))
+                            .or_insert_with(|| ChannelStats::new(&cfg))
+                            .update(&cfg, r.ts, v);
+                        pending.insert((snapshot_end(r.ts, every), r.device, c));
+                    }
+                }
+            }
+            match f.iter().copied().min() {
+                Some(low) => {
+                    if let Some(h) = held.as_mut() {
+                        if low > *h.time() {
+                            h.downgrade(&low);
+                        }
+                        close(low as i64, &mut pending, &state, &mut out);
+                        if !out.is_empty() {
+                            output.session(h).give_iterator(out.drain(..));
+                        }
+                    }
+                }
+                None => {
+                    if let Some(h) = held.take() {
+                        close(i64::MAX, &mut pending, &state, &mut out);
+                        // The final state of every key.
+                        let mut keys: Vec<_> = state.keys().copied().collect();
+                        keys.sort();
+                        out.extend(keys.into_iter().map(|(d, c)| StatsRecord {
+                            device_id: d,
+                            channel: c,
+                            stats: state[&(d, c)].snapshot(),
+                        }));
+                        output.session(&h).give_iterator(out.drain(..));
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,105 @@
+//! The commit ledger: which input position every output has made durable.
+//!
+//! The ingest source records, for each epoch `t` it opens, the input position
+//! `p` of the first line stamped `t` or later: every line before `p` carries
+//! a time before `t`. Every sink commits when its input frontier advances, and
+//! holds its output at the committed frontier; a probe over all sinks' outputs
+//! (on every worker) therefore passes `t` exactly when every record of every
+//! epoch before `t` is durable in every output. Then the input before `p` is
+//! committed. A restarted job resumes from the committed position; records of
+//! the uncommitted epoch may be produced twice (at-least-once), never lost.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::ProbeHandle;
+
+use eddy_core::reading::Position;
+use eddy_operators::ingest::SourceProgress;
+
+/// `_checkpoint.json`: the committed input position of a run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    /// Format version, [`Checkpoint::VERSION`].
+    pub version: u32,
+    /// The input (file path or topic).
+    pub input: String,
+    /// Every input record before this position is committed in every output.
+    pub committed: Position,
+    /// The epoch (dataflow time) the committed position begins.
+    pub epoch: u64,
+    /// True once the whole input is committed.
+    pub complete: bool,
+}
+
+impl Checkpoint {
+    /// The current format version.
+    pub const VERSION: u32 = 1;
+}
+
+/// Advances and records the committed position.
+pub struct Ledger {
+    path: PathBuf,
+    current: Checkpoint,
+    dirty: bool,
+}
+
+impl Ledger {
+    /// A ledger writing to `path`.
+    pub fn new(path: PathBuf, input: String) -> Ledger {
+        Ledger {
+            path,
+            current: Checkpoint {
+                version: Checkpoint::VERSION,
+                input,
+                committed: Position::line(1),
+                epoch: 0,
+                complete: false,
+            },
+            dirty: true,
+        }
+    }
+
+    /// Moves the committed position past every epoch the sinks have committed.
+    pub fn advance(&mut self, progress: &SourceProgress, probe: &ProbeHandle<u64>) {
+        let mut epochs = progress.epochs.borrow_mut();
+        while let Some(&(t, p)) = epochs.front() {
+            if probe.less_than(&t) {
+                break;
+            }
+            epochs.pop_front();
+            self.current.committed = p;
+            self.current.epoch = t;
+            self.dirty = true;
+        }
+    }
+
+    /// Marks the whole input committed.
+    pub fn finish(&mut self, end: Position) {
+        self.current.committed = end;
+        self.current.complete = true;
+        self.dirty = true;
+    }
+
+    /// Writes the checkpoint (atomically: a temporary file, then a rename) if it changed.
+    pub fn write(&mut self, sync: bool) {
+        if !self.dirty {
+            return;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.current).expect("checkpoint serialises");
+        let result = (|| -> std::io::Result<()> {
+            std::fs::write(&tmp, text)?;
+            if sync {
+                std::fs::File::open(&tmp)?.sync_all()?;
+            }
+            std::fs::rename(&tmp, &self.path)
+        })();
+        match result {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "Could not write the checkpoint")
+            }
+        }
+    }
+}

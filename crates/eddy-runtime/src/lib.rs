@@ -1,0 +1,29 @@
+//! # eddy-runtime
+//!
+//! Turns job specs into timely workers and runs them: the worker
+//! configuration ([`workers`]), the embedded pipeline of `eddy replay`
+//! ([`replay`]) and the commit ledger ([`checkpoint`]).
+//!
+//! ```no_run
+//! use eddy_core::PipelineSpec;
+//! use eddy_runtime::replay::{replay, ReplayOptions};
+//! use eddy_runtime::workers::Workers;
+//!
+//! let opts = ReplayOptions {
+//!     dataset: "datasets/sample".into(),
+//!     out: "out".into(),
+//!     spec: PipelineSpec::builtin(),
+//!     workers: Workers::threads(2),
+//!     speed: None,
+//! };
+//! let summary = replay(&opts, |_progress| {}).unwrap();
+//! println!("{} valid readings", summary.valid);
+//! ```
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod error;
+pub mod replay;
+pub mod workers;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1091 @@
+//! Incremental statistics for one (device, channel) key.
+//!
+//! [`ChannelStats`] takes values one at a time, in arrival order (which is
+//! *not* event-time order), and keeps enough state to report a
+//! [`StatsSnapshot`] at any moment:
+//!
+//! * count, cumulative mean, min, max;
+//! * sample standard deviation (Welford's algorithm);
+//! * an exponentially weighted moving average (EWMA) in arrival order;
+//! * the mean of the `k` largest and of the `k` smallest values seen;
+//! * a least-squares trend (value units per hour) over a rolling event-time
+//!   span, kept as a ring of time buckets.
+//!
+//! Memory per key is fixed when the key is created: two heaps of capacity
+//! [`StatsConfig::top_k`] and a ring of [`StatsConfig::trend_buckets`]
+//! buckets. [`ChannelStats::update`] never allocates and costs
+//! `O(log top_k)`; [`ChannelStats::snapshot`] costs
+//! `O(top_k + trend_buckets)` and does not allocate either.
+//!
+//! # Trend
+//!
+//! The bucket width is `w = max(trend_span_ms / trend_buckets, 1)` ms and a
+//! value at event time `ts` falls in bucket `b = ts.div_euclid(w)`. `head` is
+//! the largest bucket index seen so far for the key; the rolling span is the
+//! buckets `head - trend_buckets + 1 ..= head`. A value whose bucket is older
+//! than the span when it arrives is left out of the trend (it still counts
+//! for every other statistic), and buckets that fall out of the span when
+//! `head` advances are dropped (lazily: their ring slot is reset when it is
+//! reused, and [`ChannelStats::snapshot`] skips buckets outside the span).
+//!
+//! Each bucket keeps `n`, the means of `t` and `v`, `M2_t` (the sum of squared
+//! deviations of `t`) and `C_tv` (the co-moment), updated with Welford-style
+//! updates. `t` is measured in hours relative to the *first ts that entered
+//! the bucket* (a per-bucket origin rather than a per-key one): every live
+//! origin is itself a retained timestamp, so every magnitude the arithmetic
+//! sees is bounded by the time range of the retained values, however long the
+//! key has lived and however wide the buckets are. At snapshot time the live
+//! buckets are shifted to a common origin (the exact integer difference of
+//! the origins, converted to hours) and merged with Chan et al.'s parallel
+//! formulas; the trend is `C_tv / M2_t` of the merge, `None` when fewer than
+//! two values are retained or when `M2_t == 0` (all retained values share
+//! one timestamp).
+//!
+//! # Non-finite values
+//!
+//! `NaN` and `±inf` carry no usable reading and would poison every running
+//! statistic for the rest of the key's life, so [`ChannelStats::update`]
+//! ignores them entirely: they change no statistic, not even `count` or `ts`.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds in one hour, the time unit of the trend.
+const MS_PER_HOUR: f64 = 3_600_000.0;
+
+/// Configuration shared by every [`ChannelStats`] of an operator.
+///
+/// Fields missing from a serialized config take their [`Default`] values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatsConfig {
+    /// EWMA smoothing factor in `(0, 1]`: the weight of the newest value.
+    /// Default `0.1`.
+    pub alpha: f64,
+    /// How many largest and smallest values feed
+    /// [`StatsSnapshot::top_k_max_mean`] and
+    /// [`StatsSnapshot::top_k_min_mean`]. Default `5`.
+    pub top_k: usize,
+    /// Event-time length of the rolling trend span, in ms. Default
+    /// `3_600_000` (one hour).
+    pub trend_span_ms: i64,
+    /// Number of buckets the trend span is divided into. Default `60`.
+    pub trend_buckets: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self {
+            alpha: 0.1,
+            top_k: 5,
+            trend_span_ms: 3_600_000,
+            trend_buckets: 60,
+        }
+    }
+}
+
+impl StatsConfig {
+    /// Checks the configuration: `alpha` finite and in `(0, 1]`,
+    /// `top_k >= 1`, `trend_span_ms >= 1` and `trend_buckets >= 1`.
+    ///
+    /// [`ChannelStats`] never panics on an invalid configuration, but its
+    /// results are then degenerate: `top_k == 0` gives `NaN` top-k means,
+    /// `trend_buckets == 0` gives no trend, a non-positive span gives 1 ms
+    /// buckets, and an `alpha` outside `(0, 1]` gives a meaningless EWMA.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.alpha.is_finite() && self.alpha > 0.0 && self.alpha <= 1.0) {
+            return Err(format!("stats alpha must be in (0, 1], got {}", self.alpha));
+        }
+        if self.top_k == 0 {
+            return Err("stats top_k must be at least 1, got 0".to_string());
+        }
+        if self.trend_span_ms < 1 {
+            return Err(format!(
+                "stats trend_span_ms must be at least 1, got {}",
+                self.trend_span_ms
+            ));
+        }
+        if self.trend_buckets == 0 {
+            return Err("stats trend_buckets must be at least 1, got 0".to_string());
+        }
+        Ok(())
+    }
+
+    /// Width of one trend bucket in ms: `trend_span_ms / trend_buckets`, at
+    /// least 1 (also when `trend_buckets == 0`).
+    fn bucket_width_ms(&self) -> i64 {
+        let buckets = i64::try_from(self.trend_buckets).unwrap_or(i64::MAX);
+        if buckets == 0 {
+            1
+        } else {
+            (self.trend_span_ms / buckets).max(1)
+        }
+    }
+}
+
+/// Running statistics for one (device, channel) key.
+///
+/// Create one with [`ChannelStats::new`] when a key is first seen, feed it
+/// with [`ChannelStats::update`], and read it with
+/// [`ChannelStats::snapshot`]. See the [module docs](self) for the exact
+/// definitions.
+#[derive(Clone, Debug)]
+pub struct ChannelStats {
+    /// Number of (finite) values applied.
+    count: u64,
+    /// Cumulative moving average.
+    mean: f64,
+    /// Welford's sum of squared deviations from the mean.
+    m2: f64,
+    /// Smallest value seen (`+inf` while empty).
+    min: f64,
+    /// Largest value seen (`-inf` while empty).
+    max: f64,
+    /// EWMA in arrival order.
+    ewma: f64,
+    /// Event time of the last value applied.
+    last_ts: i64,
+    /// The `k` largest and `k` smallest values.
+    top: TopK,
+    /// Rolling least-squares trend.
+    trend: Trend,
+}
+
+impl ChannelStats {
+    /// Creates empty statistics, allocating the fixed-size top-k heaps and
+    /// trend ring described by `cfg`. This is the only allocation the key
+    /// ever makes.
+    pub fn new(cfg: &StatsConfig) -> Self {
+        Self {
+            count: 0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            ewma: 0.0,
+            last_ts: i64::MIN,
+            top: TopK::new(cfg.top_k),
+            trend: Trend::new(cfg),
+        }
+    }
+
+    /// Applies one value observed at event time `ts` (epoch ms). Values are
+    /// applied in arrival order, which is NOT time order.
+    ///
+    /// `cfg` must be the configuration this key was created with; only its
+    /// `alpha` is read here (sizes and bucket width were fixed by
+    /// [`ChannelStats::new`]). Non-finite values are ignored. Never
+    /// allocates.
+    pub fn update(&mut self, cfg: &StatsConfig, ts: i64, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        self.count += 1;
+        let n = self.count as f64;
+        let delta = value - self.mean;
+        self.mean += delta / n;
+        self.m2 += delta * (value - self.mean);
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.ewma = if self.count == 1 {
+            value
+        } else {
+            cfg.alpha * value + (1.0 - cfg.alpha) * self.ewma
+        };
+        self.last_ts = ts;
+        self.top.push(value);
+        self.trend.push(ts, value);
+    }
+
+    /// Number of values applied so far (non-finite values are not counted).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Reports every statistic as of now.
+    ///
+    /// Before the first value: `count` is 0, `mean`, `min`, `max`, `ewma`
+    /// and the top-k means are `NaN`, `stddev` and `trend_per_hour` are
+    /// `None`, and `ts` is `i64::MIN`.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let empty = self.count == 0;
+        let or_nan = |x: f64| if empty { f64::NAN } else { x };
+        let stddev = (self.count >= 2).then(|| {
+            let var = self.m2 / (self.count - 1) as f64;
+            var.max(0.0).sqrt()
+        });
+        StatsSnapshot {
+            count: self.count,
+            mean: or_nan(self.mean),
+            min: or_nan(self.min),
+            max: or_nan(self.max),
+            stddev,
+            ewma: or_nan(self.ewma),
+            top_k_max_mean: self.top.largest_mean(),
+            top_k_min_mean: self.top.smallest_mean(),
+            trend_per_hour: self.trend.slope_per_hour(),
+            ts: self.last_ts,
+        }
+    }
+}
+
+/// A point-in-time report of a [`ChannelStats`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    /// Number of values applied.
+    pub count: u64,
+    /// Cumulative moving average of all values (`mean += (v - mean) / n`).
+    pub mean: f64,
+    /// Smallest value seen.
+    pub min: f64,
+    /// Largest value seen.
+    pub max: f64,
+    /// Sample (`n - 1`) standard deviation by Welford's algorithm; `None`
+    /// while `count < 2`.
+    pub stddev: Option<f64>,
+    /// EWMA in arrival order: the first value initialises it, then
+    /// `ewma = alpha * v + (1 - alpha) * ewma`.
+    pub ewma: f64,
+    /// Mean of the `k` largest values seen (of all values if fewer than `k`).
+    pub top_k_max_mean: f64,
+    /// Mean of the `k` smallest values seen (of all values if fewer than `k`).
+    pub top_k_min_mean: f64,
+    /// Least-squares slope of value against event time, in value units per
+    /// hour, over the rolling span (see the [module docs](self)); `None`
+    /// when fewer than two values are retained or they share one timestamp.
+    pub trend_per_hour: Option<f64>,
+    /// Event time of the last value applied, in arrival order (not the
+    /// largest ts seen).
+    pub ts: i64,
+}
+
+/// An `f64` ordered by [`f64::total_cmp`], so it can live in a heap.
+#[derive(Clone, Copy, Debug)]
+struct Total(f64);
+
+impl PartialEq for Total {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Total {}
+
+impl PartialOrd for Total {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Total {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The `k` largest and `k` smallest values seen, in two bounded heaps whose
+/// capacity is reserved up front so that pushes never reallocate.
+#[derive(Clone, Debug)]
+struct TopK {
+    k: usize,
+    /// Min-heap of the `k` largest values: its top is the one to evict.
+    largest: BinaryHeap<Reverse<Total>>,
+    /// Max-heap of the `k` smallest values: its top is the one to evict.
+    smallest: BinaryHeap<Total>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            largest: BinaryHeap::with_capacity(k),
+            smallest: BinaryHeap::with_capacity(k),
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        if self.largest.len() < self.k {
+            self.largest.push(Reverse(Total(v)));
+        } else if let Some(mut top) = self.largest.peek_mut() {
+            if v > top.0 .0 {
+                *top = Reverse(Total(v));
+            }
+        }
+        if self.smallest.len() < self.k {
+            self.smallest.push(Total(v));
+        } else if let Some(mut top) = self.smallest.peek_mut() {
+            if v < top.0 {
+                *top = Total(v);
+            }
+        }
+    }
+
+    fn largest_mean(&self) -> f64 {
+        let sum: f64 = self.largest.iter().map(|r| r.0 .0).sum();
+        sum / self.largest.len() as f64
+    }
+
+    fn smallest_mean(&self) -> f64 {
+        let sum: f64 = self.smallest.iter().map(|t| t.0).sum();
+        sum / self.smallest.len() as f64
+    }
+}
+
+/// One time bucket of the trend: Welford moments of `(t, v)` with `t` in
+/// hours since `origin_ms`, the first ts that entered the bucket.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    /// Bucket index (`ts.div_euclid(width)`) this slot currently holds.
+    index: i64,
+    /// Origin of `t` for this bucket, epoch ms.
+    origin_ms: i64,
+    n: u64,
+    mean_t: f64,
+    mean_v: f64,
+    m2_t: f64,
+    c_tv: f64,
+}
+
+impl Bucket {
+    const EMPTY: Bucket = Bucket {
+        index: 0,
+        origin_ms: 0,
+        n: 0,
+        mean_t: 0.0,
+        mean_v: 0.0,
+        m2_t: 0.0,
+        c_tv: 0.0,
+    };
+
+    fn reset(&mut self, index: i64, origin_ms: i64) {
+        *self = Bucket {
+            index,
+            origin_ms,
+            ..Bucket::EMPTY
+        };
+    }
+
+    fn push(&mut self, ts: i64, v: f64) {
+        let t = hours_between(self.origin_ms, ts);
+        self.n += 1;
+        let n = self.n as f64;
+        let dt = t - self.mean_t;
+        self.mean_t += dt / n;
+        self.mean_v += (v - self.mean_v) / n;
+        self.m2_t += dt * (t - self.mean_t);
+        self.c_tv += dt * (v - self.mean_v);
+    }
+}
+
+/// `(to - from)` in hours, computed without overflow.
+fn hours_between(from_ms: i64, to_ms: i64) -> f64 {
+    (i128::from(to_ms) - i128::from(from_ms)) as f64 / MS_PER_HOUR
+}
+
+/// Moments of a set of `(t, v)` pairs, the unit of Chan et al.'s merge.
+#[derive(Clone, Copy, Debug)]
+struct Moments {
+    n: f64,
+    mean_t: f64,
+    mean_v: f64,
+    m2_t: f64,
+    c_tv: f64,
+}
+
+impl Moments {
+    /// Merges `other` into `self` (Chan, Golub and LeVeque's pairwise
+    /// update, extended to the co-moment).
+    fn merge(&mut self, other: &Moments) {
+        let n = self.n + other.n;
+        let d_t = other.mean_t - self.mean_t;
+        let d_v = other.mean_v - self.mean_v;
+        let w = self.n * other.n / n;
+        self.mean_t += d_t * other.n / n;
+        self.mean_v += d_v * other.n / n;
+        self.m2_t += other.m2_t + d_t * d_t * w;
+        self.c_tv += other.c_tv + d_t * d_v * w;
+        self.n = n;
+    }
+}
+
+/// Rolling least-squares trend over a ring of event-time buckets.
+#[derive(Clone, Debug)]
+struct Trend {
+    /// Bucket width in ms, at least 1.
+    width_ms: i64,
+    /// Largest bucket index seen.
+    head: Option<i64>,
+    /// Ring of `trend_buckets` slots; bucket `b` lives in slot
+    /// `b.rem_euclid(len)`.
+    buckets: Vec<Bucket>,
+}
+
+impl Trend {
+    fn new(cfg: &StatsConfig) -> Self {
+        Self {
+            width_ms: cfg.bucket_width_ms(),
+            head: None,
+            buckets: vec![Bucket::EMPTY; cfg.trend_buckets],
+        }
+    }
+
+    /// Number of buckets in the span, as `i64` (at least 1 when called).
+    fn span(&self) -> i64 {
+        i64::try_from(self.buckets.len()).unwrap_or(i64::MAX)
+    }
+
+    /// Oldest bucket index inside the span ending at `head`.
+    fn oldest(&self, head: i64) -> i64 {
+        head.saturating_sub(self.span() - 1)
+    }
+
+    fn push(&mut self, ts: i64, v: f64) {
+        if self.buckets.is_empty() {
+            return;
+        }
+        let b = ts.div_euclid(self.width_ms);
+        let head = match self.head {
+            Some(h) if h >= b => h,
+            _ => {
+                self.head = Some(b);
+                b
+            }
+        };
+        if b < self.oldest(head) {
+            return;
+        }
+        // Two distinct buckets inside the span never share a slot, so a slot
+        // holding another index holds an evicted bucket: reuse it.
+        let slot = usize::try_from(b.rem_euclid(self.span())).unwrap_or(0);
+        if let Some(bucket) = self.buckets.get_mut(slot) {
+            if bucket.n == 0 || bucket.index != b {
+                bucket.reset(b, ts);
+            }
+            bucket.push(ts, v);
+        }
+    }
+
+    fn slope_per_hour(&self) -> Option<f64> {
+        let head = self.head?;
+        let oldest = self.oldest(head);
+        let mut live = self
+            .buckets
+            .iter()
+            .filter(|b| b.n > 0 && b.index >= oldest && b.index <= head);
+        let first = live.next()?;
+        // Common origin: the first live bucket's own origin, a retained ts.
+        let origin = first.origin_ms;
+        let mut acc = Moments {
+            n: first.n as f64,
+            mean_t: first.mean_t,
+            mean_v: first.mean_v,
+            m2_t: first.m2_t,
+            c_tv: first.c_tv,
+        };
+        for b in live {
+            acc.merge(&Moments {
+                n: b.n as f64,
+                mean_t: b.mean_t + hours_between(origin, b.origin_ms),
+                mean_v: b.mean_v,
+                m2_t: b.m2_t,
+                c_tv: b.c_tv,
+            });
+        }
+        (acc.n >= 2.0 && acc.m2_t > 0.0).then(|| acc.c_tv / acc.m2_t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `|a - b| <= 1e-9 * max(1, |a|, |b|)`, with `NaN == NaN`.
+    fn close(a: f64, b: f64) -> bool {
+        if a.is_nan() || b.is_nan() {
+            return a.is_nan() && b.is_nan();
+        }
+        (a - b).abs() <= 1e-9 * 1f64.max(a.abs()).max(b.abs())
+    }
+
+    fn cfg(alpha: f64, top_k: usize, span: i64, buckets: usize) -> StatsConfig {
+        StatsConfig {
+            alpha,
+            top_k,
+            trend_span_ms: span,
+            trend_buckets: buckets,
+        }
+    }
+
+    fn run(cfg: &StatsConfig, events: &[(i64, f64)]) -> ChannelStats {
+        let mut s = ChannelStats::new(cfg);
+        for &(ts, v) in events {
+            s.update(cfg, ts, v);
+        }
+        s
+    }
+
+    const T0: i64 = 1_700_000_000_000;
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn default_config() {
+        let c = StatsConfig::default();
+        assert_eq!(c.alpha, 0.1);
+        assert_eq!(c.top_k, 5);
+        assert_eq!(c.trend_span_ms, 3_600_000);
+        assert_eq!(c.trend_buckets, 60);
+        assert_eq!(c.bucket_width_ms(), 60_000);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_rejects_bad_configs() {
+        let ok = StatsConfig::default();
+        for bad in [
+            StatsConfig {
+                alpha: 0.0,
+                ..ok.clone()
+            },
+            StatsConfig {
+                alpha: 1.5,
+                ..ok.clone()
+            },
+            StatsConfig {
+                alpha: f64::NAN,
+                ..ok.clone()
+            },
+            StatsConfig {
+                top_k: 0,
+                ..ok.clone()
+            },
+            StatsConfig {
+                trend_span_ms: 0,
+                ..ok.clone()
+            },
+            StatsConfig {
+                trend_buckets: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        assert!(StatsConfig { alpha: 1.0, ..ok }.validate().is_ok());
+    }
+
+    #[test]
+    fn bucket_width_is_at_least_one() {
+        assert_eq!(cfg(0.1, 1, 10, 60).bucket_width_ms(), 1);
+        assert_eq!(cfg(0.1, 1, -5, 3).bucket_width_ms(), 1);
+        assert_eq!(cfg(0.1, 1, 100, 0).bucket_width_ms(), 1);
+        assert_eq!(cfg(0.1, 1, 100, 7).bucket_width_ms(), 14);
+    }
+
+    #[test]
+    fn config_serde_fills_defaults() -> Result<(), serde_json::Error> {
+        let c: StatsConfig = serde_json::from_str("{}")?;
+        assert_eq!(c, StatsConfig::default());
+        let c: StatsConfig = serde_json::from_str(r#"{"alpha": 0.25, "top_k": 3}"#)?;
+        assert_eq!(c.alpha, 0.25);
+        assert_eq!(c.top_k, 3);
+        assert_eq!(c.trend_buckets, 60);
+        Ok(())
+    }
+
+    #[test]
+    fn snapshot_serde_round_trip() -> Result<(), serde_json::Error> {
+        let c = StatsConfig::default();
+        let snap = run(&c, &[(T0, 1.0), (T0 + 60_000, 2.5)]).snapshot();
+        let back: StatsSnapshot = serde_json::from_str(&serde_json::to_string(&snap)?)?;
+        assert_eq!(back, snap);
+        Ok(())
+    }
+
+    #[test]
+    fn empty_snapshot() {
+        let s = ChannelStats::new(&StatsConfig::default());
+        let snap = s.snapshot();
+        assert_eq!(s.count(), 0);
+        assert_eq!(snap.count, 0);
+        assert!(snap.mean.is_nan() && snap.min.is_nan() && snap.max.is_nan());
+        assert!(snap.ewma.is_nan());
+        assert!(snap.top_k_max_mean.is_nan() && snap.top_k_min_mean.is_nan());
+        assert_eq!(snap.stddev, None);
+        assert_eq!(snap.trend_per_hour, None);
+        assert_eq!(snap.ts, i64::MIN);
+    }
+
+    #[test]
+    fn single_value() {
+        let c = StatsConfig::default();
+        let s = run(&c, &[(T0, 42.5)]);
+        let snap = s.snapshot();
+        assert_eq!(snap.count, 1);
+        assert_eq!(snap.mean, 42.5);
+        assert_eq!(snap.min, 42.5);
+        assert_eq!(snap.max, 42.5);
+        assert_eq!(snap.ewma, 42.5);
+        assert_eq!(snap.top_k_max_mean, 42.5);
+        assert_eq!(snap.top_k_min_mean, 42.5);
+        assert_eq!(snap.stddev, None);
+        assert_eq!(snap.trend_per_hour, None);
+        assert_eq!(snap.ts, T0);
+    }
+
+    #[test]
+    fn known_mean_and_stddev() {
+        let c = StatsConfig::default();
+        let vals = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
+        let ev: Vec<_> = vals.iter().map(|&v| (T0, v)).collect();
+        let snap = run(&c, &ev).snapshot();
+        assert_eq!(snap.count, 8);
+        assert!(close(snap.mean, 5.0));
+        // Sum of squared deviations is 32; sample variance 32 / 7.
+        assert!(close(
+            snap.stddev.unwrap_or(f64::NAN),
+            (32.0f64 / 7.0).sqrt()
+        ));
+        assert_eq!(snap.min, 2.0);
+        assert_eq!(snap.max, 9.0);
+    }
+
+    #[test]
+    fn ewma_follows_arrival_order() {
+        let c = cfg(0.5, 5, HOUR, 60);
+        // Arrival order 10, 20, 0 although ts are reversed.
+        let snap = run(&c, &[(T0 + 2, 10.0), (T0 + 1, 20.0), (T0, 0.0)]).snapshot();
+        // 10 -> 0.5*20 + 0.5*10 = 15 -> 0.5*0 + 0.5*15 = 7.5
+        assert_eq!(snap.ewma, 7.5);
+        // ts is the last applied, not the largest.
+        assert_eq!(snap.ts, T0);
+    }
+
+    #[test]
+    fn top_k_means() {
+        let c = cfg(0.1, 3, HOUR, 60);
+        let s = run(&c, &[(T0, 5.0), (T0, 1.0)]);
+        // Fewer than k: mean of all.
+        assert_eq!(s.snapshot().top_k_max_mean, 3.0);
+        assert_eq!(s.snapshot().top_k_min_mean, 3.0);
+        let vals = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 8.0];
+        let ev: Vec<_> = vals.iter().map(|&v| (T0, v)).collect();
+        let snap = run(&c, &ev).snapshot();
+        assert!(close(snap.top_k_max_mean, (9.0 + 8.0 + 8.0) / 3.0));
+        assert!(close(snap.top_k_min_mean, (1.0 + 2.0 + 3.0) / 3.0));
+    }
+
+    #[test]
+    fn top_k_zero_is_nan_not_panic() {
+        let c = cfg(0.1, 0, HOUR, 60);
+        let snap = run(&c, &[(T0, 1.0), (T0, 2.0)]).snapshot();
+        assert!(snap.top_k_max_mean.is_nan() && snap.top_k_min_mean.is_nan());
+        assert_eq!(snap.count, 2);
+    }
+
+    #[test]
+    fn exact_linear_trend() {
+        let c = StatsConfig::default();
+        // v = 10 + 3 * hours, one value every 30 s over 50 minutes, shuffled.
+        let mut ev: Vec<(i64, f64)> = (0..100)
+            .map(|i| {
+                let ts = T0 + i * 30_000;
+                (ts, 10.0 + 3.0 * (i * 30_000) as f64 / 3_600_000.0)
+            })
+            .collect();
+        ev.swap(3, 70);
+        ev.swap(10, 50);
+        let snap = run(&c, &ev).snapshot();
+        let slope = snap.trend_per_hour.unwrap_or(f64::NAN);
+        assert!((slope - 3.0).abs() < 1e-9, "{slope}");
+    }
+
+    #[test]
+    fn late_value_counts_but_not_in_trend() {
+        let c = cfg(0.1, 5, HOUR, 60);
+        let mut ev = vec![(T0 + 2 * HOUR, 0.0), (T0 + 2 * HOUR + 60_000, 1.0)];
+        let base = run(&c, &ev).snapshot();
+        // Two points one minute apart, rising by 1: 60 per hour.
+        assert!(close(base.trend_per_hour.unwrap_or(f64::NAN), 60.0));
+        // A value two hours late is outside the span when it arrives.
+        ev.push((T0, 1_000.0));
+        let snap = run(&c, &ev).snapshot();
+        assert_eq!(snap.count, 3);
+        assert_eq!(snap.max, 1_000.0);
+        assert_eq!(snap.trend_per_hour, base.trend_per_hour);
+    }
+
+    #[test]
+    fn value_in_oldest_bucket_is_kept() {
+        let c = cfg(0.1, 5, 60_000, 60); // 1 s buckets, 60 s span.
+        let head_ts = T0 + 100_000;
+        // Bucket head - 59 is the oldest live one; head - 60 is out.
+        let ev = [
+            (head_ts, 0.0),
+            (head_ts - 59_000, 5.0),
+            (head_ts - 60_000, 1_000.0),
+        ];
+        let snap = run(&c, &ev).snapshot();
+        let expected = (0.0 - 5.0) / (59_000.0 / 3_600_000.0);
+        assert!(close(snap.trend_per_hour.unwrap_or(f64::NAN), expected));
+    }
+
+    #[test]
+    fn head_advance_evicts_old_buckets() {
+        let c = cfg(0.1, 5, HOUR, 60);
+        let mut ev: Vec<(i64, f64)> = (0..10).map(|i| (T0 + i * 60_000, i as f64)).collect();
+        assert!(run(&c, &ev).snapshot().trend_per_hour.is_some());
+        // Jump far ahead: every earlier bucket is evicted, one value left.
+        ev.push((T0 + 10 * HOUR, 3.0));
+        let s = run(&c, &ev);
+        assert_eq!(s.snapshot().trend_per_hour, None);
+        // A second value one minute later gives a two-point slope.
+        let mut s = s;
+        s.update(&c, T0 + 10 * HOUR + 60_000, 4.0);
+        assert!(close(s.snapshot().trend_per_hour.unwrap_or(f64::NAN), 60.0));
+    }
+
+    #[test]
+    fn same_timestamp_has_no_trend() {
+        let c = StatsConfig::default();
+        let snap = run(&c, &[(T0, 1.0), (T0, 2.0), (T0, 9.0)]).snapshot();
+        assert_eq!(snap.trend_per_hour, None);
+        assert!(snap.stddev.is_some());
+    }
+
+    #[test]
+    fn zero_buckets_means_no_trend() {
+        let c = cfg(0.1, 5, HOUR, 0);
+        let snap = run(&c, &[(T0, 1.0), (T0 + 1_000, 2.0)]).snapshot();
+        assert_eq!(snap.trend_per_hour, None);
+        assert_eq!(snap.count, 2);
+    }
+
+    #[test]
+    fn non_finite_values_are_ignored() {
+        let c = StatsConfig::default();
+        let snap = run(
+            &c,
+            &[
+                (T0, 1.0),
+                (T0 + 1, f64::NAN),
+                (T0 + 2, f64::INFINITY),
+                (T0 + 3, f64::NEG_INFINITY),
+                (T0 + 60_000, 2.0),
+            ],
+        )
+        .snapshot();
+        assert_eq!(snap.count, 2);
+        assert_eq!(snap.ts, T0 + 60_000);
+        assert_eq!(snap.max, 2.0);
+        assert!(snap.mean.is_finite() && snap.ewma.is_finite());
+        assert!(close(snap.trend_per_hour.unwrap_or(f64::NAN), 60.0));
+    }
+
+    #[test]
+    fn negative_and_extreme_timestamps_do_not_panic() {
+        let c = cfg(0.1, 2, HOUR, 4);
+        let s = run(
+            &c,
+            &[
+                (-1, 1.0),
+                (-HOUR - 1, 2.0),
+                (i64::MAX, 3.0),
+                (i64::MIN, 4.0),
+                (i64::MAX - 1, 5.0),
+                (0, 6.0),
+            ],
+        );
+        let snap = s.snapshot();
+        assert_eq!(snap.count, 6);
+        assert_eq!(snap.ts, 0);
+        // Only the two values near i64::MAX are in the span; 1 ms apart.
+        let slope = snap.trend_per_hour.unwrap_or(f64::NAN);
+        assert!(close(slope, -2.0 * 3_600_000.0), "{slope}");
+
+        // Buckets of i64::MAX / 2 ms: the two live buckets' origins are
+        // ~4.6e18 ms apart, which must not overflow.
+        let huge = cfg(0.1, 2, i64::MAX, 2);
+        let w = i64::MAX / 2;
+        let s = run(&huge, &[(i64::MIN, 1.0), (i64::MAX, 2.0), (w + 1, 3.0)]);
+        assert!(s.snapshot().trend_per_hour.is_some_and(f64::is_finite));
+    }
+
+    #[test]
+    fn pre_epoch_buckets_use_euclidean_division() {
+        // 1 s buckets, 2 s span: -1 ms is in bucket -1, -1001 ms in bucket -2.
+        let c = cfg(0.1, 2, 2_000, 2);
+        let snap = run(&c, &[(1, 0.0), (-1_001, 1.0), (-1, 5.0)]).snapshot();
+        // Head is bucket 0, so bucket -2 was late: only (1, 0) and (-1, 5).
+        let expected = (0.0 - 5.0) / (2.0 / 3_600_000.0);
+        assert!(close(snap.trend_per_hour.unwrap_or(f64::NAN), expected));
+    }
+
+    #[test]
+    fn updates_never_grow_storage() {
+        let c = cfg(0.1, 4, 60_000, 6);
+        let mut s = ChannelStats::new(&c);
+        let caps = (
+            s.top.largest.capacity(),
+            s.top.smallest.capacity(),
+            s.trend.buckets.capacity(),
+        );
+        for i in 0..10_000i64 {
+            s.update(&c, T0 + (i * 7_919) % 500_000, (i % 97) as f64);
+        }
+        assert_eq!(
+            caps,
+            (
+                s.top.largest.capacity(),
+                s.top.smallest.capacity(),
+                s.trend.buckets.capacity()
+            )
+        );
+        assert_eq!(s.top.largest.len(), 4);
+        assert_eq!(s.trend.buckets.len(), 6);
+    }
+
+    // ---- Reference model and property tests --------------------------------
+
+    /// Two-pass reference over the retained values.
+    struct Reference {
+        values: Vec<f64>,
+        /// `(ts, v, bucket)` of values that were in the span on arrival.
+        trend: Vec<(i64, f64, i64)>,
+        head: Option<i64>,
+        ewma: f64,
+        last_ts: i64,
+    }
+
+    impl Reference {
+        fn run(cfg: &StatsConfig, events: &[(i64, f64)]) -> Self {
+            let w = cfg.bucket_width_ms();
+            let span = cfg.trend_buckets as i64;
+            let mut r = Reference {
+                values: Vec::new(),
+                trend: Vec::new(),
+                head: None,
+                ewma: f64::NAN,
+                last_ts: i64::MIN,
+            };
+            for &(ts, v) in events {
+                r.ewma = if r.values.is_empty() {
+                    v
+                } else {
+                    cfg.alpha * v + (1.0 - cfg.alpha) * r.ewma
+                };
+                r.values.push(v);
+                r.last_ts = ts;
+                let b = ts.div_euclid(w);
+                let head = r.head.map_or(b, |h| h.max(b));
+                r.head = Some(head);
+                // In the span iff b >= head - span + 1.
+                if span > 0 && b > head - span {
+                    r.trend.push((ts, v, b));
+                }
+            }
+            r
+        }
+
+        fn mean(&self) -> f64 {
+            self.values.iter().sum::<f64>() / self.values.len() as f64
+        }
+
+        fn stddev(&self) -> Option<f64> {
+            let n = self.values.len();
+            (n >= 2).then(|| {
+                let m = self.mean();
+                let ss: f64 = self.values.iter().map(|v| (v - m) * (v - m)).sum();
+                (ss / (n - 1) as f64).sqrt()
+            })
+        }
+
+        fn top_means(&self, k: usize) -> (f64, f64) {
+            let mut sorted = self.values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let k = k.min(sorted.len());
+            let lo = &sorted[..k];
+            let hi = &sorted[sorted.len() - k..];
+            (
+                hi.iter().sum::<f64>() / k as f64,
+                lo.iter().sum::<f64>() / k as f64,
+            )
+        }
+
+        /// Retained trend points at the end, as `(hours, value)` relative
+        /// to the smallest retained ts.
+        fn trend_points(&self, cfg: &StatsConfig) -> Vec<(f64, f64)> {
+            let Some(head) = self.head else {
+                return Vec::new();
+            };
+            let oldest = head - cfg.trend_buckets as i64 + 1;
+            let live: Vec<_> = self.trend.iter().filter(|p| p.2 >= oldest).collect();
+            let t0 = live.iter().map(|p| p.0).min().unwrap_or(0);
+            live.iter()
+                .map(|p| ((p.0 - t0) as f64 / 3_600_000.0, p.1))
+                .collect()
+        }
+
+        /// Two-pass least-squares slope, with the tolerance scale
+        /// `value range / time range` (see `assert_matches`).
+        fn slope(&self, cfg: &StatsConfig) -> Option<(f64, f64)> {
+            let pts = self.trend_points(cfg);
+            let n = pts.len() as f64;
+            let (tmin, tmax) = pts
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                    (a.min(p.0), b.max(p.0))
+                });
+            if pts.len() < 2 || tmin == tmax {
+                return None;
+            }
+            let (vmin, vmax) = pts
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+                    (a.min(p.1), b.max(p.1))
+                });
+            let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
+            let mv = pts.iter().map(|p| p.1).sum::<f64>() / n;
+            let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
+            let sxx: f64 = pts.iter().map(|p| (p.0 - mt) * (p.0 - mt)).sum();
+            Some((sxy / sxx, (vmax - vmin) / (tmax - tmin)))
+        }
+    }
+
+    /// Compares every statistic with the two-pass reference.
+    ///
+    /// Tolerances: `close` (1e-9 relative to `max(1, |a|, |b|)`) for mean,
+    /// stddev, ewma and the top-k means; min, max, count and ts exactly.
+    /// For the trend, `1e-9 * max(1, |slope|) + 1e-9 * vrange / trange`
+    /// where `vrange / trange` is the retained value range over the retained
+    /// time range in hours. The absolute term is needed because a slope
+    /// near zero is ill-conditioned: rounding in the co-moment (ours *and*
+    /// the reference's) is of order `eps * n * vrange * trange`, and dividing
+    /// by `M2_t` (at least `trange^2 / 2`) leaves an error of order
+    /// `eps * n * vrange / trange` that no relative bound on the slope can
+    /// absorb when the true slope is tiny.
+    fn assert_matches(cfg: &StatsConfig, events: &[(i64, f64)]) -> Result<(), TestCaseError> {
+        let snap = run(cfg, events).snapshot();
+        let r = Reference::run(cfg, events);
+        prop_assert_eq!(snap.count, r.values.len() as u64);
+        prop_assert_eq!(snap.ts, r.last_ts);
+        let min = r.values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = r.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        prop_assert_eq!(snap.min, min);
+        prop_assert_eq!(snap.max, max);
+        prop_assert!(
+            close(snap.mean, r.mean()),
+            "mean {} vs {}",
+            snap.mean,
+            r.mean()
+        );
+        match (snap.stddev, r.stddev()) {
+            (Some(a), Some(b)) => prop_assert!(close(a, b), "stddev {} vs {}", a, b),
+            (a, b) => prop_assert_eq!(a, b),
+        }
+        prop_assert!(close(snap.ewma, r.ewma), "ewma {} vs {}", snap.ewma, r.ewma);
+        let (hi, lo) = r.top_means(cfg.top_k);
+        prop_assert!(
+            close(snap.top_k_max_mean, hi),
+            "top max {} vs {}",
+            snap.top_k_max_mean,
+            hi
+        );
+        prop_assert!(
+            close(snap.top_k_min_mean, lo),
+            "top min {} vs {}",
+            snap.top_k_min_mean,
+            lo
+        );
+        match (snap.trend_per_hour, r.slope(cfg)) {
+            (Some(a), Some((b, scale))) => {
+                let tol = 1e-9 * b.abs().max(1.0) + 1e-9 * scale;
+                prop_assert!((a - b).abs() <= tol, "trend {} vs {} (tol {})", a, b, tol);
+            }
+            (None, None) => {}
+            (a, b) => prop_assert!(false, "trend {:?} vs {:?}", a, b),
+        }
+        Ok(())
+    }
+
+    fn arb_cfg() -> impl Strategy<Value = StatsConfig> {
+        (
+            0.01f64..=1.0,
+            1usize..8,
+            prop_oneof![Just(3_600_000i64), 1_000i64..20_000_000],
+            prop_oneof![Just(60usize), 1usize..100],
+        )
+            .prop_map(|(alpha, top_k, span, buckets)| cfg(alpha, top_k, span, buckets))
+    }
+
+    /// Event times around 1.7e12 ms: a clock advancing by random steps
+    /// (sometimes zero, sometimes hours, which evicts everything), each
+    /// value displaced by random disorder (mostly seconds, sometimes hours
+    /// late). `slope` adds a linear component so trends are not all ~0.
+    fn arb_events() -> impl Strategy<Value = Vec<(i64, f64)>> {
+        let step = prop_oneof![
+            6 => 0i64..120_000,
+            2 => Just(0i64),
+            1 => 0i64..10_800_000,
+        ];
+        let disorder = prop_oneof![
+            6 => -10_000i64..10_000,
+            2 => Just(0i64),
+            1 => -7_200_000i64..0,
+        ];
+        (
+            1_600_000_000_000i64..1_800_000_000_000,
+            prop_oneof![Just(0.0f64), -500.0f64..500.0],
+            proptest::collection::vec((step, disorder, 0.0f64..=5000.0), 1..400),
+        )
+            .prop_map(|(start, slope, steps)| {
+                let mut clock = start;
+                steps
+                    .into_iter()
+                    .map(|(step, dis, noise)| {
+                        clock += step;
+                        let ts = clock + dis;
+                        let hours = (ts - start) as f64 / 3_600_000.0;
+                        let v = if slope == 0.0 {
+                            noise
+                        } else {
+                            (2500.0 + slope * hours + 0.1 * (noise - 2500.0)).clamp(0.0, 5000.0)
+                        };
+                        (ts, v)
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn matches_two_pass_reference(cfg in arb_cfg(), events in arb_events()) {
+            assert_matches(&cfg, &events)?;
+        }
+
+        #[test]
+        fn matches_reference_with_tight_clusters(
+            cfg in arb_cfg(),
+            start in 1_600_000_000_000i64..1_800_000_000_000,
+            pts in proptest::collection::vec((0i64..50, 0.0f64..=5000.0), 2..200),
+        ) {
+            // Values crowded into a few ms: the ill-conditioned case.
+            let events: Vec<_> = pts.into_iter().map(|(d, v)| (start + d, v)).collect();
+            assert_matches(&cfg, &events)?;
+        }
+
+        #[test]
+        fn snapshot_invariants(cfg in arb_cfg(), events in arb_events()) {
+            // Means are rounded sums: allow 1e-9 relative to the 5000 range.
+            let eps = 5e-6;
+            let snap = run(&cfg, &events).snapshot();
+            prop_assert!(snap.min <= snap.mean + eps && snap.mean <= snap.max + eps);
+            prop_assert!(snap.min <= snap.top_k_min_mean + eps);
+            prop_assert!(snap.top_k_min_mean <= snap.top_k_max_mean + eps);
+            prop_assert!(snap.top_k_max_mean <= snap.max + eps);
+            prop_assert!(snap.min <= snap.ewma + eps && snap.ewma <= snap.max + eps);
+            prop_assert!(snap.stddev.is_none_or(|s| s >= 0.0 && s.is_finite()));
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! # eddy
+//!
+//! Rust-native dataflow jobs for IoT sensor pipelines, built on timely and
+//! differential dataflow. This facade re-exports the crates by role:
+//!
+//! * [`core`]: records, ids, validation rules, reference rows, job specs;
+//! * [`state`]: per-key state machines (statistics, windows);
+//! * [`operators`]: the dataflow operators of every job;
+//! * [`connectors`]: datasets and outputs;
+//! * [`runtime`]: worker configuration, `replay`, the commit ledger;
+//! * [`gen`]: synthetic fleet datasets.
+//!
+//! The `eddy` binary is a thin CLI over [`runtime`]. To write a job of your
+//! own, see `examples/custom_job.rs`.
+
+pub use eddy_connectors as connectors;
+pub use eddy_core as core;
+pub use eddy_gen as gen;
+pub use eddy_operators as operators;
+pub use eddy_runtime as runtime;
+pub use eddy_state as state;
