@@ -34,7 +34,7 @@ use eddy_operators::windows::windows;
 use eddy_state::stats::StatsConfig;
 use eddy_state::window::WindowSpec;
 
-use crate::checkpoint::{Checkpoint, Ledger};
+use crate::checkpoint::Ledger;
 use crate::error::{Error, Result};
 use crate::workers::Workers;
 
@@ -328,8 +328,7 @@ fn run_worker(worker: &mut timely::worker::Worker, s: &Shared) {
         }
     }
     if let Some(l) = ledger.as_mut() {
-        l.finish(Position::line(u64::MAX));
+        l.finish(Position::line(Metrics::get(&s.metrics.lines) + 1));
         l.write(true);
     }
-    let _ = Checkpoint::VERSION;
 }

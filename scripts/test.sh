@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need,
+# then runs every test of the workspace (unit, integration, doc tests).
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -E 'test(cli)'   # extra arguments go to cargo nextest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The Rust toolchain is the machine's; nextest when present, cargo test otherwise.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
+# nextest does not run doc tests.
+cargo test --workspace --doc --quiet
