@@ -146,10 +146,7 @@ struct CheckArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -187,8 +184,7 @@ fn read_specs(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
             for e in entries {
                 files.push((
                     e.display().to_string(),
-                    std::fs::read_to_string(&e)
-                        .with_context(|| format!("reading {}", e.display()))?,
+                    std::fs::read_to_string(&e).with_context(|| format!("reading {}", e.display()))?,
                 ));
             }
         } else {
@@ -204,10 +200,7 @@ fn read_specs(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
 fn load_pipeline(jobs: Option<&Path>) -> Result<PipelineSpec> {
     match jobs {
         None => Ok(PipelineSpec::builtin()),
-        Some(dir) => Ok(PipelineSpec::from_files(
-            &read_specs(&[dir.to_path_buf()])?,
-            true,
-        )?),
+        Some(dir) => Ok(PipelineSpec::from_files(&read_specs(&[dir.to_path_buf()])?, true)?),
     }
 }
 
@@ -221,25 +214,16 @@ fn cmd_replay(a: ReplayArgs) -> Result<()> {
         speed: a.speed,
     };
     let show = !a.quiet && std::io::stderr().is_terminal();
-    let bar = if show {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} replay [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} replay [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     let summary = replay(&opts, |p| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.bytes);
-        bar.set_message(format!(
-            "{} lines, {} valid, {} dead",
-            p.lines, p.valid, p.deadletter
-        ));
+        bar.set_message(format!("{} lines, {} valid, {} dead", p.lines, p.valid, p.deadletter));
     })
     .with_context(|| format!("replaying {}", a.dataset.display()))?;
     bar.finish_and_clear();
@@ -257,11 +241,7 @@ fn print_summary(s: &Summary, out: &Path) {
     println!("  valid       {:>10}", s.valid);
     println!("  late        {:>10}", s.late);
     println!("  deadletter  {:>10}", s.deadletter);
-    println!(
-        "  junk        {:>10}  ({} devices)",
-        s.junk,
-        s.junk_by_device.len()
-    );
+    println!("  junk        {:>10}  ({} devices)", s.junk, s.junk_by_device.len());
     println!("outputs in {}:", out.display());
     for (name, n) in &s.records {
         println!("  {:<12}{:>10}  {name}.jsonl", name, n);
@@ -285,11 +265,7 @@ fn cmd_gen(a: GenArgs) -> Result<()> {
         reference_channel: a.reference_channel,
     };
     cfg.validate()?;
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = if std::io::stderr().is_terminal() { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{spinner} gen [{bar:30}] {pos}/{len} lines ({elapsed})")
             .expect("valid template")
@@ -316,14 +292,7 @@ fn cmd_gen(a: GenArgs) -> Result<()> {
 
 fn cmd_check(a: CheckArgs) -> Result<()> {
     let spec = if a.paths.is_empty() {
-        println!(
-            "built-in specs: {}",
-            BUILTIN_JOBS
-                .iter()
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("built-in specs: {}", BUILTIN_JOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
         PipelineSpec::builtin()
     } else {
         PipelineSpec::from_files(&read_specs(&a.paths)?, true)?

@@ -40,36 +40,19 @@ impl Dataset {
                 hint: " (expected a dataset directory holding readings.jsonl; make one with `eddy gen DIR`)".into(),
             });
         }
-        let readings = ["readings.jsonl", "readings.jsonl.gz"]
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| Error::NotFound {
-                path: dir.join("readings.jsonl"),
-                hint: " (a dataset needs readings.jsonl or readings.jsonl.gz)".into(),
-            })?;
-        let readings_bytes = std::fs::metadata(&readings)
-            .map_err(|e| Error::io(&readings, e))?
-            .len();
+        let readings =
+            ["readings.jsonl", "readings.jsonl.gz"].iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(
+                || Error::NotFound {
+                    path: dir.join("readings.jsonl"),
+                    hint: " (a dataset needs readings.jsonl or readings.jsonl.gz)".into(),
+                },
+            )?;
+        let readings_bytes = std::fs::metadata(&readings).map_err(|e| Error::io(&readings, e))?.len();
         let mut base = Vec::new();
         for (file, table, required) in [
             ("devices.csv", Table::Devices, &["device_id"][..]),
-            (
-                "calibration.csv",
-                Table::Calibration,
-                &["device_id", "channel", "gain", "offset"][..],
-            ),
-            (
-                "thresholds.csv",
-                Table::Rules,
-                &[
-                    "rule_id",
-                    "device_id",
-                    "channel",
-                    "rise_above",
-                    "fall_below",
-                ][..],
-            ),
+            ("calibration.csv", Table::Calibration, &["device_id", "channel", "gain", "offset"][..]),
+            ("thresholds.csv", Table::Rules, &["rule_id", "device_id", "channel", "rise_above", "fall_below"][..]),
         ] {
             let path = dir.join(file);
             if path.is_file() {
@@ -77,18 +60,8 @@ impl Dataset {
             }
         }
         let path = dir.join("updates.jsonl");
-        let updates = if path.is_file() {
-            read_updates(&path)?
-        } else {
-            Vec::new()
-        };
-        Ok(Dataset {
-            dir: dir.to_path_buf(),
-            readings,
-            readings_bytes,
-            base,
-            updates,
-        })
+        let updates = if path.is_file() { read_updates(&path)? } else { Vec::new() };
+        Ok(Dataset { dir: dir.to_path_buf(), readings, readings_bytes, base, updates })
     }
 
     /// Opens the readings for reading.
@@ -103,18 +76,10 @@ pub fn read_csv_table(path: &Path, table: Table, required: &[&str]) -> Result<Ve
         .has_headers(true)
         .trim(csv::Trim::All)
         .from_path(path)
-        .map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            line: 1,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| Error::Parse { path: path.to_path_buf(), line: 1, message: e.to_string() })?;
     let headers: Vec<String> = rdr
         .headers()
-        .map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            line: 1,
-            message: e.to_string(),
-        })?
+        .map_err(|e| Error::Parse { path: path.to_path_buf(), line: 1, message: e.to_string() })?
         .iter()
         .map(|h| h.to_string())
         .collect();
@@ -123,10 +88,7 @@ pub fn read_csv_table(path: &Path, table: Table, required: &[&str]) -> Result<Ve
             return Err(Error::Parse {
                 path: path.to_path_buf(),
                 line: 1,
-                message: format!(
-                    "missing column `{r}` in the header (found: {})",
-                    headers.join(",")
-                ),
+                message: format!("missing column `{r}` in the header (found: {})", headers.join(",")),
             });
         }
     }
@@ -134,24 +96,15 @@ pub fn read_csv_table(path: &Path, table: Table, required: &[&str]) -> Result<Ve
     for rec in rdr.records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
-            Error::Parse {
-                path: path.to_path_buf(),
-                line,
-                message: e.to_string(),
-            }
+            Error::Parse { path: path.to_path_buf(), line, message: e.to_string() }
         })?;
         let line = rec.position().map_or(0, |p| p.line());
-        let row: Row = headers
-            .iter()
-            .cloned()
-            .zip(rec.iter().map(|v| Value::String(v.to_string())))
-            .collect();
-        let change =
-            RefChange::from_row(table, false, &row, FOREVER).map_err(|e| Error::Parse {
-                path: path.to_path_buf(),
-                line,
-                message: e.to_string(),
-            })?;
+        let row: Row = headers.iter().cloned().zip(rec.iter().map(|v| Value::String(v.to_string()))).collect();
+        let change = RefChange::from_row(table, false, &row, FOREVER).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            line,
+            message: e.to_string(),
+        })?;
         out.push(RefUpdate { ts: 0, change });
     }
     Ok(out)
@@ -167,26 +120,15 @@ pub fn read_updates(path: &Path) -> Result<Vec<RefUpdate>> {
         if line.trim().is_empty() {
             continue;
         }
-        let err = |message: String| Error::Parse {
-            path: path.to_path_buf(),
-            line: line_no,
-            message,
-        };
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| err("expected a JSON object".into()))?;
+        let err = |message: String| Error::Parse { path: path.to_path_buf(), line: line_no, message };
+        let v: Value = serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| err("expected a JSON object".into()))?;
         let ts = match obj.get("ts") {
             Some(Value::Number(n)) => n.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
-                err(format!(
-                    "field `ts` must be a non-negative integer of epoch milliseconds, found {n}"
-                ))
+                err(format!("field `ts` must be a non-negative integer of epoch milliseconds, found {n}"))
             })?,
             Some(other) => {
-                return Err(err(format!(
-                    "field `ts` must be an integer of epoch milliseconds, found {other}"
-                )))
+                return Err(err(format!("field `ts` must be an integer of epoch milliseconds, found {other}")))
             }
             None => return Err(err("field `ts` is missing".into())),
         };
@@ -194,27 +136,24 @@ pub fn read_updates(path: &Path) -> Result<Vec<RefUpdate>> {
             Some("devices") => Table::Devices,
             Some("calibration") => Table::Calibration,
             Some("rules") => Table::Rules,
-            Some(other) => return Err(err(format!(
-                "field `table` must be \"devices\", \"calibration\" or \"rules\", found {other:?}"
-            ))),
+            Some(other) => {
+                return Err(err(format!(
+                    "field `table` must be \"devices\", \"calibration\" or \"rules\", found {other:?}"
+                )))
+            }
             None => return Err(err("field `table` is missing or not a string".into())),
         };
         let delete = match obj.get("op").and_then(Value::as_str) {
             Some("upsert") => false,
             Some("delete") => true,
-            Some(other) => {
-                return Err(err(format!(
-                    "field `op` must be \"upsert\" or \"delete\", found {other:?}"
-                )))
-            }
+            Some(other) => return Err(err(format!("field `op` must be \"upsert\" or \"delete\", found {other:?}"))),
             None => return Err(err("field `op` is missing or not a string".into())),
         };
         let row: Row = match obj.get("row") {
             Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             _ => return Err(err("field `row` must be an object".into())),
         };
-        let change =
-            RefChange::from_row(table, delete, &row, ts).map_err(|e| err(format!("row.{e}")))?;
+        let change = RefChange::from_row(table, delete, &row, ts).map_err(|e| err(format!("row.{e}")))?;
         out.push(RefUpdate { ts, change });
     }
     out.sort_by_key(|u| u.ts);
@@ -235,36 +174,21 @@ mod tests {
         )
         .unwrap();
         let e = Dataset::open(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.ends_with("calibration.csv:3: field `gain`: must be a number, found \"abc\""),
-            "{e}"
-        );
+        assert!(e.ends_with("calibration.csv:3: field `gain`: must be a number, found \"abc\""), "{e}");
 
-        std::fs::write(
-            dir.path().join("calibration.csv"),
-            "device_id,channel,gain\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("calibration.csv"), "device_id,channel,gain\n").unwrap();
         let e = Dataset::open(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("calibration.csv:1: missing column `offset`"),
-            "{e}"
-        );
+        assert!(e.contains("calibration.csv:1: missing column `offset`"), "{e}");
 
         std::fs::remove_file(dir.path().join("calibration.csv")).unwrap();
         std::fs::write(dir.path().join("updates.jsonl"), "{\"ts\":5,\"table\":\"rules\",\"op\":\"upsert\",\"row\":{\"rule_id\":\"r\",\"channel\":\"voc\",\"rise_above\":5,\"fall_below\":\"x\"}}\n").unwrap();
         let e = Dataset::open(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.ends_with("updates.jsonl:1: row.field `fall_below`: must be a number, found \"x\""),
-            "{e}"
-        );
+        assert!(e.ends_with("updates.jsonl:1: row.field `fall_below`: must be a number, found \"x\""), "{e}");
     }
 
     #[test]
     fn missing_dataset_is_a_clear_error() {
-        let e = Dataset::open(Path::new("/nonexistent/eddy"))
-            .unwrap_err()
-            .to_string();
+        let e = Dataset::open(Path::new("/nonexistent/eddy")).unwrap_err().to_string();
         assert!(e.contains("not found"), "{e}");
     }
 
@@ -279,10 +203,7 @@ mod tests {
         )
         .unwrap();
         let d = Dataset::open(dir.path()).unwrap();
-        assert_eq!(
-            d.updates.iter().map(|u| u.ts).collect::<Vec<_>>(),
-            vec![10, 20]
-        );
+        assert_eq!(d.updates.iter().map(|u| u.ts).collect::<Vec<_>>(), vec![10, 20]);
         match &d.updates[0].change {
             RefChange::UpsertCalibration(_, c) => assert_eq!(c.valid_from, 10),
             other => panic!("{other:?}"),

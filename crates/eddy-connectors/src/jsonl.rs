@@ -55,13 +55,9 @@ impl JsonlFile {
 
     fn append(&self, bytes: &[u8], records: u64, flush: bool) {
         let mut w = self.writer.lock();
-        let r = w
-            .write_all(bytes)
-            .and_then(|_| if flush { w.flush() } else { Ok(()) });
+        let r = w.write_all(bytes).and_then(|_| if flush { w.flush() } else { Ok(()) });
         if let Err(e) = r {
-            self.error
-                .lock()
-                .get_or_insert_with(|| format!("{}: {e}", self.path.display()));
+            self.error.lock().get_or_insert_with(|| format!("{}: {e}", self.path.display()));
         }
         self.records.fetch_add(records, Ordering::Relaxed);
     }
@@ -90,11 +86,7 @@ pub struct JsonlSink {
 impl JsonlSink {
     /// A sink appending to `file`.
     pub fn new(file: Arc<JsonlFile>) -> JsonlSink {
-        JsonlSink {
-            file,
-            buf: Vec::with_capacity(1 << 16),
-            pending: 0,
-        }
+        JsonlSink { file, buf: Vec::with_capacity(1 << 16), pending: 0 }
     }
 
     fn drain(&mut self, flush: bool) {
@@ -239,20 +231,8 @@ mod tests {
             ts: 5,
             pos: Position::line(3),
             late: false,
-            values: [
-                (Channel::PM25, Some(11.0)),
-                (Channel::CO2, None),
-                (Channel::HUM, None),
-            ]
-            .into_iter()
-            .collect(),
-            raw: [
-                (Channel::PM25, Some(10.0)),
-                (Channel::CO2, None),
-                (Channel::HUM, Some(140.0)),
-            ]
-            .into_iter()
-            .collect(),
+            values: [(Channel::PM25, Some(11.0)), (Channel::CO2, None), (Channel::HUM, None)].into_iter().collect(),
+            raw: [(Channel::PM25, Some(10.0)), (Channel::CO2, None), (Channel::HUM, Some(140.0))].into_iter().collect(),
             calibrated: [Channel::PM25].into_iter().collect(),
             context: Some(StdArc::new(vec![("site".into(), "s1".into())])),
             junk: [Channel::HUM].into_iter().collect(),

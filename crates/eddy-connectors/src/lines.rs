@@ -39,10 +39,7 @@ impl FileLines {
     pub fn open(path: &Path) -> Result<FileLines> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let count = Arc::new(AtomicU64::new(0));
-        let counting = Counting {
-            inner: file,
-            count: Arc::clone(&count),
-        };
+        let counting = Counting { inner: file, count: Arc::clone(&count) };
         let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
             Box::new(BufReader::with_capacity(
                 1 << 16,
@@ -51,12 +48,7 @@ impl FileLines {
         } else {
             Box::new(BufReader::with_capacity(1 << 16, counting))
         };
-        Ok(FileLines {
-            path: path.to_path_buf(),
-            reader,
-            line_no: 0,
-            count,
-        })
+        Ok(FileLines { path: path.to_path_buf(), reader, line_no: 0, count })
     }
 }
 
@@ -93,8 +85,7 @@ mod tests {
         let plain = dir.path().join("r.jsonl");
         std::fs::write(&plain, b"a\r\nb\n\nlast").unwrap();
         let gz = dir.path().join("r.jsonl.gz");
-        let mut enc =
-            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
         enc.write_all(b"a\r\nb\n\nlast").unwrap();
         enc.finish().unwrap();
         for p in [plain, gz] {
@@ -105,15 +96,7 @@ mod tests {
                 lines.push((pos.offset, String::from_utf8(buf.clone()).unwrap()));
                 buf.clear();
             }
-            assert_eq!(
-                lines,
-                vec![
-                    (1, "a\r".into()),
-                    (2, "b".into()),
-                    (3, "".into()),
-                    (4, "last".into())
-                ]
-            );
+            assert_eq!(lines, vec![(1, "a\r".into()), (2, "b".into()), (3, "".into()), (4, "last".into())]);
             assert!(f.bytes_read() > 0);
         }
     }

@@ -29,46 +29,26 @@ impl Millis {
             return Err("empty duration".into());
         }
         if let Ok(ms) = t.parse::<i64>() {
-            return if ms < 0 {
-                Err(format!("negative duration {ms}"))
-            } else {
-                Ok(Millis(ms))
-            };
+            return if ms < 0 { Err(format!("negative duration {ms}")) } else { Ok(Millis(ms)) };
         }
         let mut total: i64 = 0;
         let mut rest = t;
         while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
             if digits == 0 {
-                return Err(format!(
-                    "invalid duration {text:?}: expected a number at {rest:?}"
-                ));
+                return Err(format!("invalid duration {text:?}: expected a number at {rest:?}"));
             }
-            let n: i64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+            let n: i64 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}: number too large"))?;
             rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
             let unit = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,
                 "m" | "min" => 60_000,
                 "h" => 3_600_000,
                 "d" => 86_400_000,
-                "" => {
-                    return Err(format!(
-                        "invalid duration {text:?}: a unit (ms, s, m, h, d) must follow {n}"
-                    ))
-                }
-                u => {
-                    return Err(format!(
-                        "invalid duration {text:?}: unknown unit {u:?} (use ms, s, m, h or d)"
-                    ))
-                }
+                "" => return Err(format!("invalid duration {text:?}: a unit (ms, s, m, h, d) must follow {n}")),
+                u => return Err(format!("invalid duration {text:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
             };
             rest = &rest[unit_len..];
             total = n
@@ -107,9 +87,7 @@ impl<'de> Deserialize<'de> for Millis {
         impl Visitor<'_> for V {
             type Value = Millis;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "a duration such as \"10m\", \"1h\", \"500ms\", or an integer of milliseconds",
-                )
+                f.write_str("a duration such as \"10m\", \"1h\", \"500ms\", or an integer of milliseconds")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
                 if v < 0 {
@@ -119,9 +97,7 @@ impl<'de> Deserialize<'de> for Millis {
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
-                i64::try_from(v)
-                    .map(Millis)
-                    .map_err(|_| E::custom("duration too large"))
+                i64::try_from(v).map(Millis).map_err(|_| E::custom("duration too large"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Millis, E> {
                 Millis::parse(v).map_err(E::custom)

@@ -27,20 +27,11 @@ pub enum Transition {
 /// While inactive, a value above `rise_above` starts an event. While active,
 /// the peak is tracked, and a value below `fall_below` ends the event. A value
 /// in between changes nothing but the peak.
-pub fn observe(
-    state: &mut Option<Active>,
-    ts: i64,
-    value: f64,
-    rise_above: f64,
-    fall_below: f64,
-) -> Transition {
+pub fn observe(state: &mut Option<Active>, ts: i64, value: f64, rise_above: f64, fall_below: f64) -> Transition {
     match state {
         None => {
             if value > rise_above {
-                *state = Some(Active {
-                    start_ts: ts,
-                    peak: value,
-                });
+                *state = Some(Active { start_ts: ts, peak: value });
                 Transition::Start
             } else {
                 Transition::None
@@ -72,17 +63,7 @@ mod tests {
         assert_eq!(observe(&mut s, 2, 36.0, 35.0, 25.0), Transition::Start);
         assert_eq!(observe(&mut s, 3, 50.0, 35.0, 25.0), Transition::None);
         assert_eq!(observe(&mut s, 4, 26.0, 35.0, 25.0), Transition::None);
-        assert_eq!(
-            observe(&mut s, 5, 24.0, 35.0, 25.0),
-            Transition::End(Active {
-                start_ts: 2,
-                peak: 50.0
-            })
-        );
-        assert_eq!(
-            observe(&mut s, 6, 35.0, 35.0, 25.0),
-            Transition::None,
-            "equal to rise_above is not above"
-        );
+        assert_eq!(observe(&mut s, 5, 24.0, 35.0, 25.0), Transition::End(Active { start_ts: 2, peak: 50.0 }));
+        assert_eq!(observe(&mut s, 6, 35.0, 35.0, 25.0), Transition::None, "equal to rise_above is not above");
     }
 }

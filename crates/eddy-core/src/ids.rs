@@ -77,10 +77,7 @@ impl DeviceId {
     /// Interns `name` and returns its handle.
     pub fn intern(name: &str) -> DeviceId {
         let idx = intern_in(devices(), name);
-        DeviceId {
-            idx,
-            route: stable_hash(name.as_bytes()) as u32,
-        }
+        DeviceId { idx, route: stable_hash(name.as_bytes()) as u32 }
     }
 
     /// The device id as a string.
@@ -236,10 +233,7 @@ mod tests {
     #[test]
     fn route_is_a_stable_function_of_the_string() {
         // The route must not depend on interning order or process.
-        assert_eq!(
-            DeviceId::intern("x-1").route(),
-            u64::from(stable_hash(b"x-1") as u32)
-        );
+        assert_eq!(DeviceId::intern("x-1").route(), u64::from(stable_hash(b"x-1") as u32));
         assert_eq!(stable_hash(b""), stable_hash(b""));
         assert_ne!(stable_hash(b"a"), stable_hash(b"b"));
     }

@@ -21,9 +21,7 @@ pub type Context = Arc<Vec<(String, String)>>;
 /// Where a record came from: a file line, or a Kafka partition and offset.
 ///
 /// For a dataset file, `partition` is 0 and `offset` is the 1-based line number.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct Position {
     /// Input partition (0 for a file).
     pub partition: u32,
@@ -34,10 +32,7 @@ pub struct Position {
 impl Position {
     /// The position of line `line_no` (1-based) of a file.
     pub fn line(line_no: u64) -> Position {
-        Position {
-            partition: 0,
-            offset: line_no,
-        }
+        Position { partition: 0, offset: line_no }
     }
 }
 
@@ -100,10 +95,7 @@ impl Enriched {
 
     /// The calibrated value of `channel`, if usable.
     pub fn value(&self, channel: Channel) -> Option<f64> {
-        self.values
-            .iter()
-            .find(|(c, _)| *c == channel)
-            .and_then(|(_, v)| *v)
+        self.values.iter().find(|(c, _)| *c == channel).and_then(|(_, v)| *v)
     }
 }
 

@@ -168,10 +168,7 @@ pub struct RowError {
 }
 
 fn row_err(field: &str, message: impl Into<String>) -> RowError {
-    RowError {
-        field: field.to_string(),
-        message: message.into(),
-    }
+    RowError { field: field.to_string(), message: message.into() }
 }
 
 /// A table row: field names and JSON values. CSV cells arrive as strings;
@@ -185,25 +182,19 @@ fn get<'a>(row: &'a Row, field: &str) -> Option<&'a Value> {
 fn req_str(row: &Row, field: &str) -> Result<String, RowError> {
     match get(row, field) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-        Some(Value::String(_)) | None | Some(Value::Null) => {
-            Err(row_err(field, "is missing or empty"))
-        }
+        Some(Value::String(_)) | None | Some(Value::Null) => Err(row_err(field, "is missing or empty")),
         Some(other) => Err(row_err(field, format!("must be a string, found {other}"))),
     }
 }
 
 fn req_num(row: &Row, field: &str) -> Result<f64, RowError> {
     match get(row, field) {
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .ok_or_else(|| row_err(field, "is not a finite number")),
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| row_err(field, "is not a finite number")),
         Some(Value::String(s)) if !s.trim().is_empty() => match s.trim().parse::<f64>() {
             Ok(x) if x.is_finite() => Ok(x),
             _ => Err(row_err(field, format!("must be a number, found {s:?}"))),
         },
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            Err(row_err(field, "is missing or empty"))
-        }
+        None | Some(Value::Null) | Some(Value::String(_)) => Err(row_err(field, "is missing or empty")),
         Some(other) => Err(row_err(field, format!("must be a number, found {other}"))),
     }
 }
@@ -212,22 +203,16 @@ fn opt_ts(row: &Row, field: &str) -> Result<Option<i64>, RowError> {
     match get(row, field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => s.trim().parse::<i64>().map(Some).map_err(|_| {
-            row_err(
-                field,
-                format!("must be an integer of epoch milliseconds, found {s:?}"),
-            )
-        }),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
-            row_err(
-                field,
-                format!("must be an integer of epoch milliseconds, found {n}"),
-            )
-        }),
-        Some(other) => Err(row_err(
-            field,
-            format!("must be an integer of epoch milliseconds, found {other}"),
-        )),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| row_err(field, format!("must be an integer of epoch milliseconds, found {s:?}"))),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| row_err(field, format!("must be an integer of epoch milliseconds, found {n}"))),
+        Some(other) => Err(row_err(field, format!("must be an integer of epoch milliseconds, found {other}"))),
     }
 }
 
@@ -251,12 +236,7 @@ impl RefChange {
     /// Parses a row of `table`. `delete` selects a delete (only key fields are
     /// read). `default_valid_from` is the `valid_from` of a calibration row that
     /// gives none: [`FOREVER`] for `calibration.csv`, the update's `ts` for an update.
-    pub fn from_row(
-        table: Table,
-        delete: bool,
-        row: &Row,
-        default_valid_from: i64,
-    ) -> Result<RefChange, RowError> {
+    pub fn from_row(table: Table, delete: bool, row: &Row, default_valid_from: i64) -> Result<RefChange, RowError> {
         match table {
             Table::Devices => {
                 let device = DeviceId::intern(&req_str(row, "device_id")?);
@@ -300,12 +280,7 @@ impl RefChange {
                 check_rule(rise_above, fall_below).map_err(|m| row_err("fall_below", m))?;
                 Ok(RefChange::UpsertRule(
                     scope,
-                    Rule {
-                        rule_id,
-                        channel,
-                        rise_above: Num(rise_above),
-                        fall_below: Num(fall_below),
-                    },
+                    Rule { rule_id, channel, rise_above: Num(rise_above), fall_below: Num(fall_below) },
                 ))
             }
         }
@@ -339,10 +314,7 @@ impl RefState {
                 }
             }
             RefChange::UpsertCalibration(d, cal) => {
-                if let Some(old) = self
-                    .calibration
-                    .insert((d, cal.channel, cal.valid_from), cal)
-                {
+                if let Some(old) = self.calibration.insert((d, cal.channel, cal.valid_from), cal) {
                     out.push((RefRecord::Device(d, DeviceRef::Calibration(old)), -1));
                 }
                 out.push((RefRecord::Device(d, DeviceRef::Calibration(cal)), 1));
@@ -350,11 +322,7 @@ impl RefState {
             RefChange::DeleteCalibration(d, c, vf) => {
                 let keys: Vec<_> = match vf {
                     Some(v) => vec![(d, c, v)],
-                    None => self
-                        .calibration
-                        .range((d, c, i64::MIN)..=(d, c, i64::MAX))
-                        .map(|(k, _)| *k)
-                        .collect(),
+                    None => self.calibration.range((d, c, i64::MIN)..=(d, c, i64::MAX)).map(|(k, _)| *k).collect(),
                 };
                 for k in keys {
                     if let Some(old) = self.calibration.remove(&k) {
@@ -363,10 +331,7 @@ impl RefState {
                 }
             }
             RefChange::UpsertRule(scope, rule) => {
-                if let Some(old) = self
-                    .rules
-                    .insert((scope, rule.rule_id.clone()), rule.clone())
-                {
+                if let Some(old) = self.rules.insert((scope, rule.rule_id.clone()), rule.clone()) {
                     out.push((RefRecord::Rule(scope, old), -1));
                 }
                 out.push((RefRecord::Rule(scope, rule), 1));
@@ -387,10 +352,7 @@ pub fn calibration_as_of<'a>(
     channel: Channel,
     ts: i64,
 ) -> Option<&'a Calibration> {
-    versions
-        .into_iter()
-        .filter(|c| c.channel == channel && c.valid_from <= ts)
-        .max_by_key(|c| c.valid_from)
+    versions.into_iter().filter(|c| c.channel == channel && c.valid_from <= ts).max_by_key(|c| c.valid_from)
 }
 
 /// The rules in force for a device: device-specific rules replace a wildcard
@@ -411,10 +373,7 @@ mod tests {
     use super::*;
 
     fn row(fields: &[(&str, Value)]) -> Row {
-        fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
+        fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
     }
 
     #[test]
@@ -422,88 +381,39 @@ mod tests {
         let mut s = RefState::default();
         let mut out = Vec::new();
         let d = DeviceId::intern("r-1");
-        let cal = |g| Calibration {
-            channel: Channel::PM25,
-            valid_from: FOREVER,
-            gain: Num(g),
-            offset: Num(0.0),
-        };
+        let cal = |g| Calibration { channel: Channel::PM25, valid_from: FOREVER, gain: Num(g), offset: Num(0.0) };
         s.apply(RefChange::UpsertCalibration(d, cal(1.0)), &mut out);
         s.apply(RefChange::UpsertCalibration(d, cal(2.0)), &mut out);
-        s.apply(
-            RefChange::DeleteCalibration(d, Channel::PM25, None),
-            &mut out,
-        );
+        s.apply(RefChange::DeleteCalibration(d, Channel::PM25, None), &mut out);
         let diffs: Vec<isize> = out.iter().map(|(_, r)| *r).collect();
         assert_eq!(diffs, vec![1, -1, 1, -1]);
     }
 
     #[test]
     fn rows_parse_with_field_errors() {
-        let r = row(&[
-            ("device_id", "d".into()),
-            ("channel", "pm25".into()),
-            ("gain", "x".into()),
-            ("offset", "1".into()),
-        ]);
+        let r =
+            row(&[("device_id", "d".into()), ("channel", "pm25".into()), ("gain", "x".into()), ("offset", "1".into())]);
         let e = RefChange::from_row(Table::Calibration, false, &r, FOREVER).unwrap_err();
         assert_eq!(e.field, "gain");
-        let r = row(&[
-            ("device_id", "d".into()),
-            ("channel", "pm25".into()),
-            ("gain", 1.5.into()),
-            ("offset", "".into()),
-        ]);
-        assert_eq!(
-            RefChange::from_row(Table::Calibration, false, &r, FOREVER)
-                .unwrap_err()
-                .field,
-            "offset"
-        );
+        let r =
+            row(&[("device_id", "d".into()), ("channel", "pm25".into()), ("gain", 1.5.into()), ("offset", "".into())]);
+        assert_eq!(RefChange::from_row(Table::Calibration, false, &r, FOREVER).unwrap_err().field, "offset");
         let r = row(&[
             ("rule_id", "a".into()),
             ("channel", "pm25".into()),
             ("rise_above", 10.into()),
             ("fall_below", 20.into()),
         ]);
-        assert_eq!(
-            RefChange::from_row(Table::Rules, false, &r, 0)
-                .unwrap_err()
-                .field,
-            "fall_below"
-        );
+        assert_eq!(RefChange::from_row(Table::Rules, false, &r, 0).unwrap_err().field, "fall_below");
     }
 
     #[test]
     fn as_of_picks_the_latest_valid_version() {
-        let v = |vf, g| Calibration {
-            channel: Channel::PM25,
-            valid_from: vf,
-            gain: Num(g),
-            offset: Num(0.0),
-        };
+        let v = |vf, g| Calibration { channel: Channel::PM25, valid_from: vf, gain: Num(g), offset: Num(0.0) };
         let versions = [v(FOREVER, 1.0), v(100, 2.0), v(200, 3.0)];
-        assert_eq!(
-            calibration_as_of(&versions, Channel::PM25, 50)
-                .unwrap()
-                .gain
-                .0,
-            1.0
-        );
-        assert_eq!(
-            calibration_as_of(&versions, Channel::PM25, 100)
-                .unwrap()
-                .gain
-                .0,
-            2.0
-        );
-        assert_eq!(
-            calibration_as_of(&versions, Channel::PM25, 250)
-                .unwrap()
-                .gain
-                .0,
-            3.0
-        );
+        assert_eq!(calibration_as_of(&versions, Channel::PM25, 50).unwrap().gain.0, 1.0);
+        assert_eq!(calibration_as_of(&versions, Channel::PM25, 100).unwrap().gain.0, 2.0);
+        assert_eq!(calibration_as_of(&versions, Channel::PM25, 250).unwrap().gain.0, 3.0);
         assert!(calibration_as_of(&versions, Channel::CO2, 250).is_none());
     }
 }

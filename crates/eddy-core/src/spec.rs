@@ -36,11 +36,7 @@ impl fmt::Display for SpecError {
 
 impl SpecError {
     fn key(file: &str, key: impl Into<String>, message: impl Into<String>) -> SpecError {
-        SpecError {
-            file: file.to_string(),
-            key: Some(key.into()),
-            message: message.into(),
-        }
+        SpecError { file: file.to_string(), key: Some(key.into()), message: message.into() }
     }
 }
 
@@ -62,13 +58,7 @@ pub enum JobKind {
 
 impl JobKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [JobKind; 5] = [
-        JobKind::Ingest,
-        JobKind::Enrich,
-        JobKind::Stats,
-        JobKind::Windows,
-        JobKind::Alerts,
-    ];
+    pub const ALL: [JobKind; 5] = [JobKind::Ingest, JobKind::Enrich, JobKind::Stats, JobKind::Windows, JobKind::Alerts];
 
     /// The kind's name as written in specs.
     pub fn name(self) -> &'static str {
@@ -102,24 +92,10 @@ pub struct RangeSpec {
 /// The default valid ranges: pm25 [0,1000], co2 [0,10000], voc [0,100000],
 /// temp [−40,85], hum [0,100].
 pub fn default_ranges() -> BTreeMap<String, RangeSpec> {
-    [
-        ("pm25", 0.0, 1000.0),
-        ("co2", 0.0, 10000.0),
-        ("voc", 0.0, 100000.0),
-        ("temp", -40.0, 85.0),
-        ("hum", 0.0, 100.0),
-    ]
-    .into_iter()
-    .map(|(c, lo, hi)| {
-        (
-            c.to_string(),
-            RangeSpec {
-                min: Some(lo),
-                max: Some(hi),
-            },
-        )
-    })
-    .collect()
+    [("pm25", 0.0, 1000.0), ("co2", 0.0, 10000.0), ("voc", 0.0, 100000.0), ("temp", -40.0, 85.0), ("hum", 0.0, 100.0)]
+        .into_iter()
+        .map(|(c, lo, hi)| (c.to_string(), RangeSpec { min: Some(lo), max: Some(hi) }))
+        .collect()
 }
 
 fn d_lateness() -> Millis {
@@ -182,11 +158,7 @@ pub struct IngestSpec {
 impl IngestSpec {
     /// The effective ranges: the defaults (if enabled) overridden by `ranges`.
     pub fn effective_ranges(&self) -> BTreeMap<String, RangeSpec> {
-        let mut r = if self.default_ranges {
-            default_ranges()
-        } else {
-            BTreeMap::new()
-        };
+        let mut r = if self.default_ranges { default_ranges() } else { BTreeMap::new() };
         r.extend(self.ranges.iter().map(|(k, v)| (k.clone(), *v)));
         r
     }
@@ -325,9 +297,7 @@ pub fn check_rule(rise_above: f64, fall_below: f64) -> Result<(), String> {
         return Err("thresholds must be finite numbers".into());
     }
     if fall_below > rise_above {
-        return Err(format!(
-            "fall_below ({fall_below}) must not exceed rise_above ({rise_above})"
-        ));
+        return Err(format!("fall_below ({fall_below}) must not exceed rise_above ({rise_above})"));
     }
     Ok(())
 }
@@ -354,11 +324,7 @@ struct KindOnly {
 
 fn toml_error(file: &str, e: toml::de::Error) -> SpecError {
     // toml's message carries the line, the column and the offending key.
-    SpecError {
-        file: file.to_string(),
-        key: None,
-        message: e.to_string().trim_end().to_string(),
-    }
+    SpecError { file: file.to_string(), key: None, message: e.to_string().trim_end().to_string() }
 }
 
 impl JobSpec {
@@ -366,28 +332,30 @@ impl JobSpec {
     pub fn from_toml(text: &str, file: &str) -> Result<JobSpec, SpecError> {
         let k: KindOnly = toml::from_str(text).map_err(|e| toml_error(file, e))?;
         let kind = match k.kind {
-            None => return Err(SpecError::key(file, "kind", "missing: say which job this is (ingest, enrich, stats, windows or alerts)")),
+            None => {
+                return Err(SpecError::key(
+                    file,
+                    "kind",
+                    "missing: say which job this is (ingest, enrich, stats, windows or alerts)",
+                ))
+            }
             Some(toml::Value::String(s)) => JobKind::from_name(&s).ok_or_else(|| {
-                SpecError::key(file, "kind", format!("unknown job kind {s:?}: expected one of ingest, enrich, stats, windows, alerts"))
+                SpecError::key(
+                    file,
+                    "kind",
+                    format!("unknown job kind {s:?}: expected one of ingest, enrich, stats, windows, alerts"),
+                )
             })?,
-            Some(other) => return Err(SpecError::key(file, "kind", format!("must be a string, found {}", other.type_str()))),
+            Some(other) => {
+                return Err(SpecError::key(file, "kind", format!("must be a string, found {}", other.type_str())))
+            }
         };
         let spec = match kind {
-            JobKind::Ingest => {
-                JobSpec::Ingest(toml::from_str(text).map_err(|e| toml_error(file, e))?)
-            }
-            JobKind::Enrich => {
-                JobSpec::Enrich(toml::from_str(text).map_err(|e| toml_error(file, e))?)
-            }
-            JobKind::Stats => {
-                JobSpec::Stats(toml::from_str(text).map_err(|e| toml_error(file, e))?)
-            }
-            JobKind::Windows => {
-                JobSpec::Windows(toml::from_str(text).map_err(|e| toml_error(file, e))?)
-            }
-            JobKind::Alerts => {
-                JobSpec::Alerts(toml::from_str(text).map_err(|e| toml_error(file, e))?)
-            }
+            JobKind::Ingest => JobSpec::Ingest(toml::from_str(text).map_err(|e| toml_error(file, e))?),
+            JobKind::Enrich => JobSpec::Enrich(toml::from_str(text).map_err(|e| toml_error(file, e))?),
+            JobKind::Stats => JobSpec::Stats(toml::from_str(text).map_err(|e| toml_error(file, e))?),
+            JobKind::Windows => JobSpec::Windows(toml::from_str(text).map_err(|e| toml_error(file, e))?),
+            JobKind::Alerts => JobSpec::Alerts(toml::from_str(text).map_err(|e| toml_error(file, e))?),
         };
         spec.check(file)?;
         Ok(spec)
@@ -422,22 +390,14 @@ impl JobSpec {
                         }
                     }
                     if r.min.is_some_and(f64::is_nan) || r.max.is_some_and(f64::is_nan) {
-                        return Err(SpecError::key(
-                            file,
-                            format!("ranges.{c}"),
-                            "bounds must be numbers, not NaN",
-                        ));
+                        return Err(SpecError::key(file, format!("ranges.{c}"), "bounds must be numbers, not NaN"));
                     }
                 }
             }
             JobSpec::Enrich(_) => {}
             JobSpec::Stats(s) => {
                 if !(s.alpha > 0.0 && s.alpha <= 1.0) {
-                    return Err(SpecError::key(
-                        file,
-                        "alpha",
-                        format!("must be in (0, 1], found {}", s.alpha),
-                    ));
+                    return Err(SpecError::key(file, "alpha", format!("must be in (0, 1], found {}", s.alpha)));
                 }
                 if s.top_k == 0 {
                     return Err(SpecError::key(file, "top_k", "must be at least 1"));
@@ -453,18 +413,11 @@ impl JobSpec {
                     return Err(SpecError::key(
                         file,
                         "trend_span",
-                        format!(
-                            "must be at least trend_buckets ({}) milliseconds",
-                            s.trend_buckets
-                        ),
+                        format!("must be at least trend_buckets ({}) milliseconds", s.trend_buckets),
                     ));
                 }
                 if s.snapshot_every.ms() <= 0 {
-                    return Err(SpecError::key(
-                        file,
-                        "snapshot_every",
-                        "must be at least 1ms",
-                    ));
+                    return Err(SpecError::key(file, "snapshot_every", "must be at least 1ms"));
                 }
             }
             JobSpec::Windows(s) => {
@@ -491,18 +444,10 @@ impl JobSpec {
                 let mut seen = std::collections::BTreeSet::new();
                 for (i, r) in s.rules.iter().enumerate() {
                     if r.rule_id.is_empty() {
-                        return Err(SpecError::key(
-                            file,
-                            format!("rules[{i}].rule_id"),
-                            "must not be empty",
-                        ));
+                        return Err(SpecError::key(file, format!("rules[{i}].rule_id"), "must not be empty"));
                     }
                     if r.channel.is_empty() {
-                        return Err(SpecError::key(
-                            file,
-                            format!("rules[{i}].channel"),
-                            "must not be empty",
-                        ));
+                        return Err(SpecError::key(file, format!("rules[{i}].channel"), "must not be empty"));
                     }
                     if r.device_id.is_empty() {
                         return Err(SpecError::key(
@@ -517,10 +462,7 @@ impl JobSpec {
                         return Err(SpecError::key(
                             file,
                             format!("rules[{i}].rule_id"),
-                            format!(
-                                "rule {:?} for device {:?} is defined twice",
-                                r.rule_id, r.device_id
-                            ),
+                            format!("rule {:?} for device {:?} is defined twice", r.rule_id, r.device_id),
                         ));
                     }
                 }
@@ -557,20 +499,15 @@ pub const BUILTIN_JOBS: [(&str, &str); 5] = [
 impl PipelineSpec {
     /// The built-in specs (the shipped `jobs/` directory).
     pub fn builtin() -> PipelineSpec {
-        let files: Vec<(String, String)> = BUILTIN_JOBS
-            .iter()
-            .map(|(n, t)| (format!("<builtin>/{n}"), t.to_string()))
-            .collect();
+        let files: Vec<(String, String)> =
+            BUILTIN_JOBS.iter().map(|(n, t)| (format!("<builtin>/{n}"), t.to_string())).collect();
         PipelineSpec::from_files(&files, true).expect("the built-in job specs are valid")
     }
 
     /// Builds the pipeline from spec files `(name, text)`. With `defaults`,
     /// a kind no file gives comes from the built-in specs; without, every
     /// kind must be given. Two files of the same kind are an error.
-    pub fn from_files(
-        files: &[(String, String)],
-        defaults: bool,
-    ) -> Result<PipelineSpec, SpecError> {
+    pub fn from_files(files: &[(String, String)], defaults: bool) -> Result<PipelineSpec, SpecError> {
         let mut by_kind: BTreeMap<JobKind, (String, JobSpec)> = BTreeMap::new();
         for (name, text) in files {
             let spec = JobSpec::from_toml(text, name)?;
@@ -578,24 +515,14 @@ impl PipelineSpec {
                 return Err(SpecError::key(
                     name,
                     "kind",
-                    format!(
-                        "a second {} job: {other} already defines one",
-                        spec.kind().name()
-                    ),
+                    format!("a second {} job: {other} already defines one", spec.kind().name()),
                 ));
             }
             by_kind.insert(spec.kind(), (name.clone(), spec));
         }
-        let builtin = if defaults && by_kind.len() < JobKind::ALL.len() {
-            Some(PipelineSpec::builtin())
-        } else {
-            None
-        };
+        let builtin = if defaults && by_kind.len() < JobKind::ALL.len() { Some(PipelineSpec::builtin()) } else { None };
         let missing = |k: JobKind| SpecError {
-            file: files
-                .first()
-                .map(|f| f.0.clone())
-                .unwrap_or_else(|| "<jobs>".into()),
+            file: files.first().map(|f| f.0.clone()).unwrap_or_else(|| "<jobs>".into()),
             key: None,
             message: format!("no spec of kind {:?} was given", k.name()),
         };
@@ -610,8 +537,7 @@ impl PipelineSpec {
                 }
             };
         }
-        let names: BTreeMap<JobKind, String> =
-            by_kind.iter().map(|(k, (n, _))| (*k, n.clone())).collect();
+        let names: BTreeMap<JobKind, String> = by_kind.iter().map(|(k, (n, _))| (*k, n.clone())).collect();
         let spec = PipelineSpec {
             ingest: take!(Ingest, ingest),
             enrich: take!(Enrich, enrich),
@@ -625,12 +551,7 @@ impl PipelineSpec {
 
     /// Cross-job checks: the epoch must divide every period that closes on the frontier.
     fn check(&self, names: &BTreeMap<JobKind, String>) -> Result<(), SpecError> {
-        let name = |k: JobKind| {
-            names
-                .get(&k)
-                .cloned()
-                .unwrap_or_else(|| format!("<builtin>/{}.toml", k.name()))
-        };
+        let name = |k: JobKind| names.get(&k).cloned().unwrap_or_else(|| format!("<builtin>/{}.toml", k.name()));
         let epoch = self.ingest.epoch.ms();
         for (kind, key, period) in [
             (JobKind::Windows, "size", self.windows.size),
@@ -677,21 +598,14 @@ mod tests {
     #[test]
     fn errors_name_file_and_key() {
         let e = JobSpec::from_toml("kind = \"stats\"\nalpha = 2.0\n", "jobs/s.toml").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "jobs/s.toml: key `alpha`: must be in (0, 1], found 2"
-        );
+        assert_eq!(e.to_string(), "jobs/s.toml: key `alpha`: must be in (0, 1], found 2");
         let e = JobSpec::from_toml("kind = \"stats\"\nalfa = 0.2\n", "jobs/s.toml").unwrap_err();
         assert!(e.to_string().starts_with("jobs/s.toml: "), "{e}");
         assert!(e.to_string().contains("unknown field `alfa`"), "{e}");
         assert!(e.to_string().contains("line 2"), "{e}");
         let e = JobSpec::from_toml("kind = \"nope\"\n", "x.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("kind"));
-        let e = JobSpec::from_toml(
-            "kind = \"windows\"\nsize = \"1h\"\nslide = \"7m\"\n",
-            "w.toml",
-        )
-        .unwrap_err();
+        let e = JobSpec::from_toml("kind = \"windows\"\nsize = \"1h\"\nslide = \"7m\"\n", "w.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("slide"));
         let e = JobSpec::from_toml(
             "kind = \"alerts\"\n[[rules]]\nrule_id = \"r\"\nchannel = \"pm25\"\nrise_above = 10\nfall_below = 20\n",
@@ -705,14 +619,8 @@ mod tests {
 
     #[test]
     fn epoch_must_divide_periods() {
-        let files = vec![(
-            "i.toml".to_string(),
-            "kind = \"ingest\"\nepoch = \"7m\"\n".to_string(),
-        )];
+        let files = vec![("i.toml".to_string(), "kind = \"ingest\"\nepoch = \"7m\"\n".to_string())];
         let e = PipelineSpec::from_files(&files, true).unwrap_err();
-        assert!(
-            e.to_string().contains("not a multiple of the ingest epoch"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("not a multiple of the ingest epoch"), "{e}");
     }
 }

@@ -15,16 +15,7 @@ use crate::reading::{ChannelList, Values};
 
 /// Field names that cannot be channels: they are the reading's own fields,
 /// or fields of the enriched output.
-pub const RESERVED_FIELDS: [&str; 8] = [
-    "device_id",
-    "ts",
-    "raw",
-    "device",
-    "junk",
-    "late",
-    "line_no",
-    "calibrated",
-];
+pub const RESERVED_FIELDS: [&str; 8] = ["device_id", "ts", "raw", "device", "junk", "late", "line_no", "calibrated"];
 
 /// Largest accepted `ts`: 2^53 − 1, the largest integer every JSON reader keeps exact.
 pub const MAX_TS: i64 = (1 << 53) - 1;
@@ -334,11 +325,8 @@ pub fn parse_line(line: &[u8]) -> Result<Parsed, Rejection> {
         return Err(Rejection::Empty);
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let top = de
-        .deserialize_any(TopVisitor)
-        .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
-    de.end()
-        .map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    let top = de.deserialize_any(TopVisitor).map_err(|e| Rejection::InvalidJson(e.to_string()))?;
+    de.end().map_err(|e| Rejection::InvalidJson(e.to_string()))?;
     match top {
         Top::Object(r) => r,
         Top::NotObject(kind, _) => Err(Rejection::NotAnObject(kind)),
@@ -359,10 +347,7 @@ pub struct LateTracker {
 impl LateTracker {
     /// A tracker that has seen nothing.
     pub fn new(lateness_ms: i64) -> Self {
-        LateTracker {
-            lateness_ms,
-            max_ts: None,
-        }
+        LateTracker { lateness_ms, max_ts: None }
     }
 
     /// Classifies a valid reading with event time `ts`, then records it.
@@ -415,20 +400,14 @@ impl Ranges {
             if r.by_channel.len() <= c {
                 r.by_channel.resize(c + 1, None);
             }
-            r.by_channel[c] = Some((
-                min.unwrap_or(f64::NEG_INFINITY),
-                max.unwrap_or(f64::INFINITY),
-            ));
+            r.by_channel[c] = Some((min.unwrap_or(f64::NEG_INFINITY), max.unwrap_or(f64::INFINITY)));
         }
         r
     }
 
     /// The range of `channel`, if bounded.
     pub fn get(&self, channel: Channel) -> Option<(f64, f64)> {
-        self.by_channel
-            .get(channel.index() as usize)
-            .copied()
-            .flatten()
+        self.by_channel.get(channel.index() as usize).copied().flatten()
     }
 
     /// True when `value` is junk for `channel`.
@@ -461,9 +440,7 @@ mod tests {
 
     #[test]
     fn parses_a_reading() {
-        let p =
-            parse_line(br#"{"device_id":"d1","ts":1700000000000,"pm25":12.5,"co2":null,"x":3}"#)
-                .unwrap();
+        let p = parse_line(br#"{"device_id":"d1","ts":1700000000000,"pm25":12.5,"co2":null,"x":3}"#).unwrap();
         assert_eq!(&*p.device.name(), "d1");
         assert_eq!(p.ts, 1_700_000_000_000);
         assert_eq!(p.values.len(), 3);
@@ -487,35 +464,17 @@ mod tests {
         assert_eq!(code(r#"{"device_id":"d","ts":"1"}"#), "invalid_ts");
         assert_eq!(code(r#"{"device_id":"d","ts":1.5}"#), "invalid_ts");
         assert_eq!(code(r#"{"device_id":"d","ts":-1}"#), "invalid_ts");
-        assert_eq!(
-            code(r#"{"device_id":"d","ts":1,"pm25":"3"}"#),
-            "invalid_value"
-        );
-        assert_eq!(
-            code(r#"{"device_id":"d","ts":1,"pm25":true}"#),
-            "invalid_value"
-        );
-        assert_eq!(
-            code(r#"{"device_id":"d","ts":1,"pm25":[1]}"#),
-            "invalid_value"
-        );
-        assert_eq!(
-            code(r#"{"device_id":"d","ts":1,"junk":1}"#),
-            "reserved_field"
-        );
-        assert_eq!(
-            code(r#"{"device_id":"d","ts":1,"pm25":1,"pm25":2}"#),
-            "duplicate_field"
-        );
+        assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":"3"}"#), "invalid_value");
+        assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":true}"#), "invalid_value");
+        assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":[1]}"#), "invalid_value");
+        assert_eq!(code(r#"{"device_id":"d","ts":1,"junk":1}"#), "reserved_field");
+        assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":1,"pm25":2}"#), "duplicate_field");
     }
 
     #[test]
     fn reasons_name_the_field() {
         let r = parse_line(br#"{"device_id":"d","ts":1,"co2":"high"}"#).unwrap_err();
-        assert_eq!(
-            r.reason(),
-            "invalid_value: field `co2` must be a number or null, found a string"
-        );
+        assert_eq!(r.reason(), "invalid_value: field `co2` must be a number or null, found a string");
     }
 
     #[test]
@@ -531,10 +490,7 @@ mod tests {
 
     #[test]
     fn junk_is_outside_the_inclusive_range() {
-        let r = Ranges::new([
-            ("pm25", Some(0.0), Some(1000.0)),
-            ("temp", Some(-40.0), None),
-        ]);
+        let r = Ranges::new([("pm25", Some(0.0), Some(1000.0)), ("temp", Some(-40.0), None)]);
         assert!(!r.is_junk(Channel::PM25, 0.0));
         assert!(!r.is_junk(Channel::PM25, 1000.0));
         assert!(r.is_junk(Channel::PM25, 1000.1));

@@ -213,27 +213,17 @@ impl GenConfig {
             if (0.0..=1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(GenError::Invalid(format!(
-                    "{flag} must be between 0 and 1, got {v}"
-                )))
+                Err(GenError::Invalid(format!("{flag} must be between 0 and 1, got {v}")))
             }
         }
         if self.devices == 0 {
-            return Err(GenError::Invalid(
-                "--devices must be at least 1, got 0".into(),
-            ));
+            return Err(GenError::Invalid("--devices must be at least 1, got 0".into()));
         }
         if self.devices > MAX_DEVICES {
-            return Err(GenError::Invalid(format!(
-                "--devices must be at most {MAX_DEVICES}, got {}",
-                self.devices
-            )));
+            return Err(GenError::Invalid(format!("--devices must be at most {MAX_DEVICES}, got {}", self.devices)));
         }
         if !(self.hours.is_finite() && self.hours > 0.0) {
-            return Err(GenError::Invalid(format!(
-                "--hours must be a positive number, got {}",
-                self.hours
-            )));
+            return Err(GenError::Invalid(format!("--hours must be a positive number, got {}", self.hours)));
         }
         fraction("--late", self.late)?;
         fraction("--junk", self.junk)?;
@@ -245,10 +235,7 @@ impl GenConfig {
             )));
         }
         if self.interval_ms <= 0 {
-            return Err(GenError::Invalid(format!(
-                "interval_ms must be positive, got {}",
-                self.interval_ms
-            )));
+            return Err(GenError::Invalid(format!("interval_ms must be positive, got {}", self.interval_ms)));
         }
         if !(0..MAX_TS_MS).contains(&self.start_ms) {
             return Err(GenError::Invalid(format!(
@@ -318,10 +305,7 @@ pub enum GenError {
 
 impl GenError {
     pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GenError + '_ {
-        move |source| GenError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| GenError::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -342,11 +326,7 @@ struct GenJson<'a> {
 /// while `readings.jsonl` is written; the total is an estimate (the number of
 /// malformed lines is random) and the last call has `lines_written ==
 /// total_lines_expected`.
-pub fn generate(
-    cfg: &GenConfig,
-    out_dir: &Path,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<GenSummary, GenError> {
+pub fn generate(cfg: &GenConfig, out_dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<GenSummary, GenError> {
     cfg.validate()?;
     std::fs::create_dir_all(out_dir).map_err(GenError::io(out_dir))?;
 
@@ -375,11 +355,8 @@ pub fn generate(
     } else {
         stale.push("drift.csv");
     }
-    let (readings_name, other) = if cfg.gzip {
-        ("readings.jsonl.gz", "readings.jsonl")
-    } else {
-        ("readings.jsonl", "readings.jsonl.gz")
-    };
+    let (readings_name, other) =
+        if cfg.gzip { ("readings.jsonl.gz", "readings.jsonl") } else { ("readings.jsonl", "readings.jsonl.gz") };
     stale.push(other);
     for name in stale {
         let p = out_dir.join(name);
@@ -395,18 +372,11 @@ pub fn generate(
     files.push("gen.json");
 
     let gen_path = out_dir.join("gen.json");
-    let json = GenJson {
-        generator: "eddy-gen",
-        version: env!("CARGO_PKG_VERSION"),
-        config: cfg,
-        summary: &summary,
-        files,
-    };
+    let json =
+        GenJson { generator: "eddy-gen", version: env!("CARGO_PKG_VERSION"), config: cfg, summary: &summary, files };
     let mut text = serde_json::to_vec_pretty(&json).expect("gen.json serializes");
     text.push(b'\n');
-    std::fs::File::create(&gen_path)
-        .and_then(|mut f| f.write_all(&text))
-        .map_err(GenError::io(&gen_path))?;
+    std::fs::File::create(&gen_path).and_then(|mut f| f.write_all(&text)).map_err(GenError::io(&gen_path))?;
     Ok(summary)
 }
 

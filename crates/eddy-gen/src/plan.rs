@@ -168,18 +168,12 @@ impl Plan {
         let mut rng = rng_for(cfg.seed, stream::REGISTRY);
         let n_sites = n.div_ceil(8).max(2);
         let n_owners = n_sites.div_ceil(3).max(2);
-        let site_owner: Vec<usize> = (0..n_sites)
-            .map(|_| rng.random_range(0..n_owners))
-            .collect();
+        let site_owner: Vec<usize> = (0..n_sites).map(|_| rng.random_range(0..n_owners)).collect();
         let meta: Vec<DeviceMeta> = (0..n)
             .map(|_| {
                 let model = pick_model(&mut rng);
                 let site = rng.random_range(0..n_sites);
-                DeviceMeta {
-                    model,
-                    site,
-                    owner: site_owner[site],
-                }
+                DeviceMeta { model, site, owner: site_owner[site] }
             })
             .collect();
 
@@ -219,13 +213,7 @@ impl Plan {
             };
             for &ch in channels {
                 let (gain, offset) = calibration_value(&mut rng, ch);
-                calibration.push(CalRow {
-                    device: d,
-                    channel: ch,
-                    gain,
-                    offset,
-                    valid_from: None,
-                });
+                calibration.push(CalRow { device: d, channel: ch, gain, offset, valid_from: None });
                 calibrated.push((d, ch));
             }
         }
@@ -244,19 +232,11 @@ impl Plan {
         for (d, ch) in recal {
             let (gain, offset) = calibration_value(&mut rng, ch);
             let valid_from = at(rng.random_range(0.3..0.7)) / MINUTE * MINUTE;
-            let pos = calibration
-                .iter()
-                .rposition(|r| r.device == d && r.channel == ch)
-                .expect("recalibrated row exists");
+            let pos =
+                calibration.iter().rposition(|r| r.device == d && r.channel == ch).expect("recalibrated row exists");
             calibration.insert(
                 pos + 1,
-                CalRow {
-                    device: d,
-                    channel: ch,
-                    gain,
-                    offset,
-                    valid_from: Some(valid_from.max(start)),
-                },
+                CalRow { device: d, channel: ch, gain, offset, valid_from: Some(valid_from.max(start)) },
             );
         }
 
@@ -265,27 +245,9 @@ impl Plan {
         let strict_dev = rng.random_range(0..n);
         let loose_dev = rng.random_range(0..n);
         let rules = vec![
-            Rule {
-                rule_id: "pm25-high",
-                device: None,
-                channel: "pm25",
-                rise_above: 35.0,
-                fall_below: 25.0,
-            },
-            Rule {
-                rule_id: "co2-high",
-                device: None,
-                channel: "co2",
-                rise_above: 1000.0,
-                fall_below: 800.0,
-            },
-            Rule {
-                rule_id: "voc-high",
-                device: None,
-                channel: "voc",
-                rise_above: 500.0,
-                fall_below: 350.0,
-            },
+            Rule { rule_id: "pm25-high", device: None, channel: "pm25", rise_above: 35.0, fall_below: 25.0 },
+            Rule { rule_id: "co2-high", device: None, channel: "co2", rise_above: 1000.0, fall_below: 800.0 },
+            Rule { rule_id: "voc-high", device: None, channel: "voc", rise_above: 500.0, fall_below: 350.0 },
             // A sensitive room (e.g. a nursery) with a stricter pm25 rule.
             Rule {
                 rule_id: "pm25-high",
@@ -321,13 +283,7 @@ impl Plan {
                 let ts = rand_ts(&mut rng, 0.5, 0.9);
                 let silent = rng.random_range(0..=30 * MINUTE);
                 windows[d].1 = (ts - silent).max(start);
-                updates.push(Update {
-                    ts,
-                    change: Change::Device {
-                        device: d,
-                        meta: None,
-                    },
-                });
+                updates.push(Update { ts, change: Change::Device { device: d, meta: None } });
                 Some(d)
             } else {
                 None
@@ -347,11 +303,7 @@ impl Plan {
                     ts,
                     change: Change::Device {
                         device: nd,
-                        meta: Some(DeviceMeta {
-                            model: pick_model(&mut rng),
-                            site,
-                            owner: site_owner[site],
-                        }),
+                        meta: Some(DeviceMeta { model: pick_model(&mut rng), site, owner: site_owner[site] }),
                     },
                 });
                 updates.push(Update {
@@ -369,20 +321,12 @@ impl Plan {
             for _ in 0..count(0.01, 1) {
                 let d = pick_active(&mut rng);
                 let site = rng.random_range(0..n_sites);
-                let model = if rng.random_bool(0.1) {
-                    pick_model(&mut rng)
-                } else {
-                    meta[d].model
-                };
+                let model = if rng.random_bool(0.1) { pick_model(&mut rng) } else { meta[d].model };
                 updates.push(Update {
                     ts: rand_ts(&mut rng, 0.0, 1.0),
                     change: Change::Device {
                         device: d,
-                        meta: Some(DeviceMeta {
-                            model,
-                            site,
-                            owner: site_owner[site],
-                        }),
+                        meta: Some(DeviceMeta { model, site, owner: site_owner[site] }),
                     },
                 });
             }
@@ -422,11 +366,7 @@ impl Plan {
             // Rules: lower the fleet-wide voc threshold, add and delete device rules.
             updates.push(Update {
                 ts: at(0.4),
-                change: Change::Rule {
-                    rule_id: "voc-high",
-                    device: None,
-                    spec: Some(("voc", 400.0, 300.0)),
-                },
+                change: Change::Rule { rule_id: "voc-high", device: None, spec: Some(("voc", 400.0, 300.0)) },
             });
             updates.push(Update {
                 ts: at(0.6),
@@ -438,11 +378,7 @@ impl Plan {
             });
             updates.push(Update {
                 ts: at(0.75),
-                change: Change::Rule {
-                    rule_id: "pm25-high",
-                    device: Some(strict_dev),
-                    spec: None,
-                },
+                change: Change::Rule { rule_id: "pm25-high", device: Some(strict_dev), spec: None },
             });
             // Stable sort: equal timestamps keep their creation order.
             updates.sort_by_key(|u| u.ts);
@@ -464,29 +400,13 @@ impl Plan {
         let truth = if cfg.reference_channel {
             let mut rng = rng_for(cfg.seed, stream::TRUTH);
             (0..ids.len())
-                .map(|_| {
-                    (
-                        round_to(rng.random_range(0.7..=1.5), 3),
-                        round_to(rng.random_range(-2.0..=4.0), 2),
-                    )
-                })
+                .map(|_| (round_to(rng.random_range(0.7..=1.5), 3), round_to(rng.random_range(-2.0..=4.0), 2)))
                 .collect()
         } else {
             Vec::new()
         };
 
-        Plan {
-            start,
-            end,
-            ids,
-            meta,
-            calibration,
-            rules,
-            updates,
-            windows,
-            drift,
-            truth,
-        }
+        Plan { start, end, ids, meta, calibration, rules, updates, windows, drift, truth }
     }
 
     pub fn has_drift(&self) -> bool {

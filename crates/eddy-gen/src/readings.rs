@@ -52,10 +52,7 @@ impl PartialOrd for Pending {
 impl Ord for Pending {
     /// Reversed so that `BinaryHeap` pops the earliest arrival first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .arrival
-            .cmp(&self.arrival)
-            .then(other.seq.cmp(&self.seq))
+        other.arrival.cmp(&self.arrival).then(other.seq.cmp(&self.seq))
     }
 }
 
@@ -185,29 +182,14 @@ fn iso8601(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, sod / 60 % 60, sod % 60)
 }
 
 /// Appends one malformed line (without newline) derived from a reading.
-fn push_malformed(
-    buf: &mut Vec<u8>,
-    rng: &mut ChaCha8Rng,
-    id: &str,
-    ts: i64,
-    v: &[i32; SLOTS],
-    slots: usize,
-) {
+fn push_malformed(buf: &mut Vec<u8>, rng: &mut ChaCha8Rng, id: &str, ts: i64, v: &[i32; SLOTS], slots: usize) {
     let quoted_id = format!("\"{id}\"");
     let channel_fields = |skip: Option<usize>| -> Vec<(&'static str, String)> {
-        (0..slots)
-            .filter(|&s| Some(s) != skip)
-            .map(|s| (NAMES[s], value_text(s, v[s])))
-            .collect()
+        (0..slots).filter(|&s| Some(s) != skip).map(|s| (NAMES[s], value_text(s, v[s]))).collect()
     };
     match rng.random_range(0..8u32) {
         // Truncated JSON: always loses at least the closing brace.
@@ -220,22 +202,11 @@ fn push_malformed(
         // Non-JSON text.
         1 => {
             let text = match rng.random_range(0..6u32) {
-                0 => format!(
-                    "{id} {ts} pm25={} co2={}",
-                    value_text(PM25, v[PM25]),
-                    value_text(CO2, v[CO2])
-                ),
+                0 => format!("{id} {ts} pm25={} co2={}", value_text(PM25, v[PM25]), value_text(CO2, v[CO2])),
                 1 => "ERROR sensor bus timeout (i2c-1), retrying".to_string(),
                 2 => "<html><head><title>502 Bad Gateway</title></head></html>".to_string(),
-                3 => format!(
-                    "{id};{ts};{};{}",
-                    value_text(PM25, v[PM25]),
-                    value_text(TEMP, v[TEMP])
-                ),
-                4 => format!(
-                    "device_id={id}&ts={ts}&temp={}°C",
-                    value_text(TEMP, v[TEMP])
-                ),
+                3 => format!("{id};{ts};{};{}", value_text(PM25, v[PM25]), value_text(TEMP, v[TEMP])),
+                4 => format!("device_id={id}&ts={ts}&temp={}°C", value_text(TEMP, v[TEMP])),
                 _ => "NaN".to_string(),
             };
             buf.extend_from_slice(text.as_bytes());
@@ -267,11 +238,7 @@ fn push_malformed(
         }
         // ts as a string (digits or ISO 8601).
         5 => {
-            let t = if rng.random_bool(0.5) {
-                format!("\"{ts}\"")
-            } else {
-                format!("\"{}\"", iso8601(ts))
-            };
+            let t = if rng.random_bool(0.5) { format!("\"{ts}\"") } else { format!("\"{}\"", iso8601(ts)) };
             let mut f = vec![("device_id", quoted_id.clone()), ("ts", t)];
             f.extend(channel_fields(None));
             push_fields(buf, &f);
@@ -280,11 +247,7 @@ fn push_malformed(
         _ => {
             let slot = rng.random_range(0..5);
             let bad = if rng.random_bool(0.5) {
-                let t = if v[slot] == NULL {
-                    "12.5".to_string()
-                } else {
-                    value_text(slot, v[slot])
-                };
+                let t = if v[slot] == NULL { "12.5".to_string() } else { value_text(slot, v[slot]) };
                 format!("\"{t}\"")
             } else if rng.random_bool(0.5) {
                 "true".to_string()
@@ -293,11 +256,7 @@ fn push_malformed(
             };
             let mut f = vec![("device_id", quoted_id.clone()), ("ts", ts.to_string())];
             for s in 0..slots {
-                let val = if s == slot {
-                    bad.clone()
-                } else {
-                    value_text(s, v[s])
-                };
+                let val = if s == slot { bad.clone() } else { value_text(s, v[s]) };
                 f.push((NAMES[s], val));
             }
             push_fields(buf, &f);
@@ -334,39 +293,19 @@ pub(crate) fn write_readings(
 
     let mut model_rng = rng_for(cfg.seed, stream::DEVICE_MODEL);
     let mut devices: Vec<Device> = (0..plan.ids.len())
-        .map(|i| {
-            Device::new(
-                &mut model_rng,
-                interval,
-                plan.windows[i],
-                plan.drift[i],
-                plan.truth.get(i).copied(),
-            )
-        })
+        .map(|i| Device::new(&mut model_rng, interval, plan.windows[i], plan.drift[i], plan.truth.get(i).copied()))
         .collect();
 
     let expected_readings: i64 = devices
         .iter()
-        .map(|d| {
-            readings_in(
-                start,
-                interval,
-                slots_total,
-                d.phase,
-                d.from.max(start),
-                d.until.min(end),
-            )
-        })
+        .map(|d| readings_in(start, interval, slots_total, d.phase, d.from.max(start), d.until.min(end)))
         .sum();
     let q = cfg.junk_rate();
     let expected_total = expected_readings as u64 + (expected_readings as f64 * q).round() as u64;
 
     let file = File::create(path).map_err(GenError::io(path))?;
     let sink = if cfg.gzip {
-        Sink::Gzip(BufWriter::with_capacity(
-            1 << 20,
-            GzEncoder::new(file, Compression::new(3)),
-        ))
+        Sink::Gzip(BufWriter::with_capacity(1 << 20, GzEncoder::new(file, Compression::new(3))))
     } else {
         Sink::Plain(BufWriter::with_capacity(1 << 20, file))
     };
@@ -374,10 +313,7 @@ pub(crate) fn write_readings(
     let mut out = Emitter {
         plan,
         sink,
-        summary: GenSummary {
-            devices: cfg.devices,
-            ..GenSummary::default()
-        },
+        summary: GenSummary { devices: cfg.devices, ..GenSummary::default() },
         line: Vec::with_capacity(256),
         junk_rng: rng_for(cfg.seed, stream::JUNK),
         q,
@@ -403,14 +339,7 @@ pub(crate) fn write_readings(
             } else {
                 sig_rng.random_range(0..=JITTER_MS)
             };
-            heap.push(Pending {
-                arrival: ts + delay,
-                seq,
-                ts,
-                dev: i as u32,
-                late,
-                v,
-            });
+            heap.push(Pending { arrival: ts + delay, seq, ts, dev: i as u32, late, v });
             seq += 1;
         }
         let horizon = slot_start + interval;
@@ -422,12 +351,7 @@ pub(crate) fn write_readings(
     while let Some(p) = heap.pop() {
         out.emit(p).map_err(GenError::io(path))?;
     }
-    let Emitter {
-        sink,
-        mut summary,
-        progress,
-        ..
-    } = out;
+    let Emitter { sink, mut summary, progress, .. } = out;
     sink.finish().map_err(GenError::io(path))?;
     summary.bytes = std::fs::metadata(path).map_err(GenError::io(path))?.len();
     progress(summary.lines, summary.lines);
@@ -497,10 +421,7 @@ mod tests {
         push_int(&mut b, -1_767_225_600_000);
         b.push(b' ');
         push_int(&mut b, i64::MIN);
-        assert_eq!(
-            String::from_utf8(b).unwrap(),
-            "12.3 -0.5 0.0 -1767225600000 -9223372036854775808"
-        );
+        assert_eq!(String::from_utf8(b).unwrap(), "12.3 -0.5 0.0 -1767225600000 -9223372036854775808");
     }
 
     #[test]

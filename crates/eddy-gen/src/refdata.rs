@@ -19,10 +19,7 @@ fn csv_field(s: &str) -> Cow<'_, str> {
     }
 }
 
-fn write_file(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
-) -> Result<(), GenError> {
+fn write_file(path: &Path, body: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<(), GenError> {
     let run = || -> std::io::Result<()> {
         let mut w = BufWriter::new(File::create(path)?);
         body(&mut w)?;
@@ -45,15 +42,7 @@ pub(crate) fn write_devices(plan: &Plan, path: &Path) -> Result<(), GenError> {
     write_file(path, |w| {
         csv_row(w, &["device_id", "model", "site", "owner"])?;
         for (i, m) in plan.meta.iter().enumerate() {
-            csv_row(
-                w,
-                &[
-                    &plan.ids[i],
-                    MODELS[m.model],
-                    &site_name(m.site),
-                    &owner_name(m.owner),
-                ],
-            )?;
+            csv_row(w, &[&plan.ids[i], MODELS[m.model], &site_name(m.site), &owner_name(m.owner)])?;
         }
         Ok(())
     })
@@ -64,16 +53,7 @@ pub(crate) fn write_calibration(plan: &Plan, path: &Path) -> Result<(), GenError
         csv_row(w, &["device_id", "channel", "gain", "offset", "valid_from"])?;
         for r in &plan.calibration {
             let valid_from = r.valid_from.map(|t| t.to_string()).unwrap_or_default();
-            csv_row(
-                w,
-                &[
-                    &plan.ids[r.device],
-                    r.channel,
-                    &r.gain.to_string(),
-                    &r.offset.to_string(),
-                    &valid_from,
-                ],
-            )?;
+            csv_row(w, &[&plan.ids[r.device], r.channel, &r.gain.to_string(), &r.offset.to_string(), &valid_from])?;
         }
         Ok(())
     })
@@ -81,28 +61,10 @@ pub(crate) fn write_calibration(plan: &Plan, path: &Path) -> Result<(), GenError
 
 pub(crate) fn write_thresholds(plan: &Plan, path: &Path) -> Result<(), GenError> {
     write_file(path, |w| {
-        csv_row(
-            w,
-            &[
-                "rule_id",
-                "device_id",
-                "channel",
-                "rise_above",
-                "fall_below",
-            ],
-        )?;
+        csv_row(w, &["rule_id", "device_id", "channel", "rise_above", "fall_below"])?;
         for r in &plan.rules {
             let dev = r.device.map_or("*", |d| plan.ids[d].as_str());
-            csv_row(
-                w,
-                &[
-                    r.rule_id,
-                    dev,
-                    r.channel,
-                    &r.rise_above.to_string(),
-                    &r.fall_below.to_string(),
-                ],
-            )?;
+            csv_row(w, &[r.rule_id, dev, r.channel, &r.rise_above.to_string(), &r.fall_below.to_string()])?;
         }
         Ok(())
     })
@@ -112,10 +74,7 @@ pub(crate) fn write_truth(plan: &Plan, path: &Path) -> Result<(), GenError> {
     write_file(path, |w| {
         csv_row(w, &["device_id", "channel", "gain", "offset"])?;
         for (i, (gain, offset)) in plan.truth.iter().enumerate() {
-            csv_row(
-                w,
-                &[&plan.ids[i], "pm25", &gain.to_string(), &offset.to_string()],
-            )?;
+            csv_row(w, &[&plan.ids[i], "pm25", &gain.to_string(), &offset.to_string()])?;
         }
         Ok(())
     })
@@ -220,12 +179,7 @@ pub(crate) fn write_updates(plan: &Plan, path: &Path) -> Result<(), GenError> {
                         owner: meta.map(|m| owner_name(m.owner)),
                     }),
                 },
-                Change::Calibration {
-                    device,
-                    channel,
-                    value,
-                    valid_from,
-                } => UpdateLine {
+                Change::Calibration { device, channel, value, valid_from } => UpdateLine {
                     ts: u.ts,
                     table: "calibration",
                     op: op(value.is_some()),
@@ -237,11 +191,7 @@ pub(crate) fn write_updates(plan: &Plan, path: &Path) -> Result<(), GenError> {
                         valid_from: *valid_from,
                     }),
                 },
-                Change::Rule {
-                    rule_id,
-                    device,
-                    spec,
-                } => UpdateLine {
+                Change::Rule { rule_id, device, spec } => UpdateLine {
                     ts: u.ts,
                     table: "rules",
                     op: op(spec.is_some()),

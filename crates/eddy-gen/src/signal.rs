@@ -42,9 +42,7 @@ impl Episode {
         let dur = (self.end - self.start) as f64;
         let up = (10.0 * MINUTE as f64).min(dur / 4.0);
         let down = (20.0 * MINUTE as f64).min(dur / 3.0);
-        let f = ((ts - self.start) as f64 / up)
-            .min((self.end - ts) as f64 / down)
-            .min(1.0);
+        let f = ((ts - self.start) as f64 / up).min((self.end - ts) as f64 / down).min(1.0);
         self.amp as f64 * f
     }
 }
@@ -109,9 +107,7 @@ impl Device {
     ) -> Device {
         // Episode rates vary across the fleet: Gamma(2, mean/2) episodes/day.
         let mut gap = |mean_per_day: f64| -> f32 {
-            let per_day: f64 = Gamma::new(2.0, mean_per_day / 2.0)
-                .expect("valid gamma")
-                .sample(rng);
+            let per_day: f64 = Gamma::new(2.0, mean_per_day / 2.0).expect("valid gamma").sample(rng);
             (DAY as f64 / per_day.max(0.05)) as f32
         };
         let gap = [gap(2.0), gap(1.0), gap(0.5)];
@@ -137,11 +133,7 @@ impl Device {
             gain_true: gain_true as f32,
             offset_true: offset_true as f32,
             gap,
-            ep: [Episode {
-                start: 0,
-                end: 0,
-                amp: 0.0,
-            }; 3],
+            ep: [Episode { start: 0, end: 0, amp: 0.0 }; 3],
             x: [0.0; 5],
         };
         for x in &mut d.x {
@@ -166,22 +158,12 @@ impl Device {
             Kind::Voc => (90, rng.random_range(250.0..600.0)),
         };
         let dur = rng.random_range(20 * MINUTE..=dur_max * MINUTE);
-        Episode {
-            start,
-            end: start + dur,
-            amp,
-        }
+        Episode { start, end: start + dur, amp }
     }
 
     /// Produces the values for the reading at `ts` (readings of one device
     /// must come in increasing `ts`). `t0` is the dataset start (drift origin).
-    pub fn step(
-        &mut self,
-        rng: &mut ChaCha8Rng,
-        ts: i64,
-        t0: i64,
-        reference: bool,
-    ) -> [i32; SLOTS] {
+    pub fn step(&mut self, rng: &mut ChaCha8Rng, ts: i64, t0: i64, reference: bool) -> [i32; SLOTS] {
         for (i, kind) in [Kind::Pm, Kind::Co2, Kind::Voc].into_iter().enumerate() {
             while ts >= self.ep[i].end {
                 self.ep[i] = self.next_episode(rng, kind, self.ep[i].end, 30 * MINUTE);
@@ -198,13 +180,7 @@ impl Device {
         let weekend = weekday >= 5;
         let lunch = 1.0 - 0.15 * smoothstep(1.0 - (h - 12.5).abs() / 0.75);
         let mut occ = schedule(h, self.occ_on as f64, self.occ_off as f64, 1.0, 1.5) * lunch;
-        let mut heat = schedule(
-            h,
-            self.occ_on as f64 - 1.5,
-            self.occ_off as f64 + 0.5,
-            1.0,
-            1.0,
-        );
+        let mut heat = schedule(h, self.occ_on as f64 - 1.5, self.occ_off as f64 + 0.5, 1.0, 1.0);
         if weekend {
             occ *= self.weekend as f64;
             heat *= 0.3;
@@ -214,28 +190,21 @@ impl Device {
         let ep_voc = self.ep[2].value(ts);
 
         let pm_base = self.pm_base as f64 * (1.0 + 0.2 * occ);
-        let pm_true =
-            (pm_base + ep_pm + xp * (0.5 + 0.06 * self.pm_base as f64 + 0.06 * ep_pm)).max(0.0);
-        let co2_mean = 420.0
-            + (self.co2_peak as f64 - 420.0) * occ
-            + ep_co2
-            + self.drift_per_ms * (ts - t0) as f64;
+        let pm_true = (pm_base + ep_pm + xp * (0.5 + 0.06 * self.pm_base as f64 + 0.06 * ep_pm)).max(0.0);
+        let co2_mean = 420.0 + (self.co2_peak as f64 - 420.0) * occ + ep_co2 + self.drift_per_ms * (ts - t0) as f64;
         let co2 = (co2_mean + xc * (12.0 + 0.03 * (co2_mean - 420.0).max(0.0))).max(380.0);
         let voc_mean = self.voc_base as f64 + self.voc_occ as f64 * occ + ep_voc;
         let voc = (voc_mean + xv * (8.0 + 0.04 * voc_mean)).max(0.0);
         let temp = self.temp_base as f64 + self.temp_day as f64 * heat + 0.3 * occ + 0.15 * xt;
         let day_phase = (h - 6.0) / 24.0 * std::f64::consts::TAU;
-        let hum = (self.hum_base as f64 + self.hum_day as f64 * occ - 1.5 * heat
-            + 2.0 * day_phase.sin()
-            + 0.8 * xh)
+        let hum = (self.hum_base as f64 + self.hum_day as f64 * occ - 1.5 * heat + 2.0 * day_phase.sin() + 0.8 * xh)
             .clamp(0.0, 100.0);
 
         let tenths = |v: f64| (v * 10.0).round() as i32;
         let mut v = [NULL; SLOTS];
         if reference {
-            let raw = pm_true * self.gain_true as f64
-                + self.offset_true as f64
-                + normal(rng) as f64 * (0.8 + 0.03 * pm_true);
+            let raw =
+                pm_true * self.gain_true as f64 + self.offset_true as f64 + normal(rng) as f64 * (0.8 + 0.03 * pm_true);
             v[PM25] = tenths(raw.max(0.0));
             v[REF_PM25] = tenths(pm_true);
         } else {

@@ -48,11 +48,7 @@ fn parse_reading(line: &str) -> Option<Reading> {
         };
         values.insert(k.clone(), val);
     }
-    Some(Reading {
-        device_id: device_id.to_string(),
-        ts,
-        values,
-    })
+    Some(Reading { device_id: device_id.to_string(), ts, values })
 }
 
 fn out_of_range(channel: &str, v: f64) -> bool {
@@ -79,19 +75,11 @@ fn readings(text: &str) -> (Vec<Reading>, usize) {
 }
 
 fn csv_rows(text: &str) -> Vec<Vec<String>> {
-    text.lines()
-        .skip(1)
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect()
+    text.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect()
 }
 
 fn medium() -> GenConfig {
-    GenConfig {
-        devices: 200,
-        hours: 24.0,
-        seed: 3,
-        ..GenConfig::default()
-    }
+    GenConfig { devices: 200, hours: 24.0, seed: 3, ..GenConfig::default() }
 }
 
 #[test]
@@ -116,43 +104,16 @@ fn defaults_match_the_contract() {
 fn validate_names_the_option() {
     let msg = |c: GenConfig| c.validate().unwrap_err().to_string();
     let d = GenConfig::default;
-    assert_eq!(
-        msg(GenConfig { late: 1.5, ..d() }),
-        "invalid option: --late must be between 0 and 1, got 1.5"
-    );
+    assert_eq!(msg(GenConfig { late: 1.5, ..d() }), "invalid option: --late must be between 0 and 1, got 1.5");
     assert!(msg(GenConfig { junk: -0.1, ..d() }).contains("--junk"));
-    assert!(msg(GenConfig {
-        junk: f64::NAN,
-        ..d()
-    })
-    .contains("--junk"));
-    assert!(msg(GenConfig {
-        drift_fraction: 2.0,
-        ..d()
-    })
-    .contains("--drift-fraction"));
+    assert!(msg(GenConfig { junk: f64::NAN, ..d() }).contains("--junk"));
+    assert!(msg(GenConfig { drift_fraction: 2.0, ..d() }).contains("--drift-fraction"));
     assert!(msg(GenConfig { devices: 0, ..d() }).contains("--devices"));
     assert!(msg(GenConfig { hours: 0.0, ..d() }).contains("--hours"));
-    assert!(msg(GenConfig {
-        hours: f64::INFINITY,
-        ..d()
-    })
-    .contains("--hours"));
-    assert!(msg(GenConfig {
-        drift_co2_ppm_per_day: f64::NAN,
-        ..d()
-    })
-    .contains("--drift"));
-    assert!(msg(GenConfig {
-        interval_ms: 0,
-        ..d()
-    })
-    .contains("interval_ms"));
-    assert!(msg(GenConfig {
-        start_ms: -1,
-        ..d()
-    })
-    .contains("--start"));
+    assert!(msg(GenConfig { hours: f64::INFINITY, ..d() }).contains("--hours"));
+    assert!(msg(GenConfig { drift_co2_ppm_per_day: f64::NAN, ..d() }).contains("--drift"));
+    assert!(msg(GenConfig { interval_ms: 0, ..d() }).contains("interval_ms"));
+    assert!(msg(GenConfig { start_ms: -1, ..d() }).contains("--start"));
     // generate refuses too, before touching the disk.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x");
@@ -174,10 +135,7 @@ fn deterministic_per_seed() {
     let (a, sa) = gen(&cfg);
     let (b, sb) = gen(&cfg);
     assert_eq!(sa, sb);
-    let names: Vec<_> = std::fs::read_dir(a.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(a.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 8, "{names:?}");
     for name in names {
         let fa = std::fs::read(a.path().join(&name)).unwrap();
@@ -186,10 +144,7 @@ fn deterministic_per_seed() {
     }
     // Another seed gives other data.
     let (c, _) = gen(&GenConfig { seed: 10, ..cfg });
-    assert_ne!(
-        read(a.path(), "readings.jsonl"),
-        read(c.path(), "readings.jsonl")
-    );
+    assert_ne!(read(a.path(), "readings.jsonl"), read(c.path(), "readings.jsonl"));
 }
 
 #[test]
@@ -214,14 +169,8 @@ fn readings_follow_the_contract() {
     let junk = (s.junk_lines + s.junk_values) as f64 / s.lines as f64;
     assert!((0.0035..0.0065).contains(&junk), "junk fraction {junk}");
     assert!(s.junk_lines > 50 && s.junk_values > 50, "{s:?}");
-    let with_bad_value = good
-        .iter()
-        .filter(|r| {
-            r.values
-                .iter()
-                .any(|(k, v)| v.is_some_and(|v| out_of_range(k, v)))
-        })
-        .count();
+    let with_bad_value =
+        good.iter().filter(|r| r.values.iter().any(|(k, v)| v.is_some_and(|v| out_of_range(k, v)))).count();
     assert_eq!(with_bad_value as u64, s.junk_values);
 
     // Every valid reading has exactly the channel fields, numbers or null.
@@ -253,25 +202,15 @@ fn readings_follow_the_contract() {
 
 #[test]
 fn junk_lines_are_all_kinds_of_malformed() {
-    let cfg = GenConfig {
-        devices: 40,
-        hours: 6.0,
-        junk: 0.2,
-        ..GenConfig::default()
-    };
+    let cfg = GenConfig { devices: 40, hours: 6.0, junk: 0.2, ..GenConfig::default() };
     let (dir, s) = gen(&cfg);
     let text = read(dir.path(), "readings.jsonl");
     let junk = (s.junk_lines + s.junk_values) as f64 / s.lines as f64;
     assert!((0.17..0.23).contains(&junk), "junk fraction {junk}");
-    let bad: Vec<&str> = text
-        .lines()
-        .filter(|l| parse_reading(l).is_none())
-        .collect();
+    let bad: Vec<&str> = text.lines().filter(|l| parse_reading(l).is_none()).collect();
     assert_eq!(bad.len() as u64, s.junk_lines);
     let kinds = |pred: &dyn Fn(&str, Option<&Value>) -> bool| {
-        bad.iter()
-            .filter(|l| pred(l, serde_json::from_str::<Value>(l).ok().as_ref()))
-            .count()
+        bad.iter().filter(|l| pred(l, serde_json::from_str::<Value>(l).ok().as_ref())).count()
     };
     let not_json = kinds(&|_, v| v.is_none());
     let truncated = kinds(&|l, v| v.is_none() && l.starts_with("{\"device_id\""));
@@ -279,11 +218,7 @@ fn junk_lines_are_all_kinds_of_malformed() {
     let no_id = kinds(&|_, v| v.is_some_and(|v| v.is_object() && v.get("device_id").is_none()));
     let ts_string = kinds(&|_, v| v.is_some_and(|v| v.get("ts").is_some_and(Value::is_string)));
     let chan_bad = kinds(&|_, v| {
-        v.is_some_and(|v| {
-            CHANNELS
-                .iter()
-                .any(|c| v.get(c).is_some_and(|x| x.is_string() || x.is_boolean()))
-        })
+        v.is_some_and(|v| CHANNELS.iter().any(|c| v.get(c).is_some_and(|x| x.is_string() || x.is_boolean())))
     });
     for (name, n) in [
         ("not json", not_json),
@@ -326,25 +261,15 @@ fn late_readings_and_arrival_order() {
         }
         max_ts = max_ts.max(r.ts);
     }
-    assert!(
-        behind <= s.late && behind as f64 >= s.late as f64 * 0.8,
-        "{behind} vs {}",
-        s.late
-    );
+    assert!(behind <= s.late && behind as f64 >= s.late as f64 * 0.8, "{behind} vs {}", s.late);
 
-    let (_, s0) = gen(&GenConfig {
-        late: 0.0,
-        ..medium()
-    });
+    let (_, s0) = gen(&GenConfig { late: 0.0, ..medium() });
     assert_eq!(s0.late, 0);
 }
 
 #[test]
 fn pollution_episodes_rise_and_fall() {
-    let cfg = GenConfig {
-        junk: 0.0,
-        ..medium()
-    };
+    let cfg = GenConfig { junk: 0.0, ..medium() };
     let (dir, _) = gen(&cfg);
     let (mut good, _) = readings(&read(dir.path(), "readings.jsonl"));
     good.sort_by(|a, b| (&a.device_id, a.ts).cmp(&(&b.device_id, b.ts)));
@@ -421,16 +346,8 @@ fn reference_data_files() {
     assert!(cal.starts_with("device_id,channel,gain,offset,valid_from\n"));
     let cal = csv_rows(&cal);
     let calibrated: BTreeSet<&str> = cal.iter().map(|r| r[0].as_str()).collect();
-    assert!(
-        (70..130).contains(&calibrated.len()),
-        "{}",
-        calibrated.len()
-    );
-    let versioned: BTreeSet<&str> = cal
-        .iter()
-        .filter(|r| !r[4].is_empty())
-        .map(|r| r[0].as_str())
-        .collect();
+    assert!((70..130).contains(&calibrated.len()), "{}", calibrated.len());
+    let versioned: BTreeSet<&str> = cal.iter().filter(|r| !r[4].is_empty()).map(|r| r[0].as_str()).collect();
     assert!((2..25).contains(&versioned.len()), "{}", versioned.len());
     for r in &cal {
         assert!(registered.contains(r[0].as_str()));
@@ -462,10 +379,7 @@ fn updates_new_and_unknown_devices() {
     let (dir, _) = gen(&cfg);
     let d = dir.path();
     let end = cfg.start_ms + 24 * 3_600_000;
-    let updates: Vec<Value> = read(d, "updates.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let updates: Vec<Value> = read(d, "updates.jsonl").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(updates.len() > 10);
     let ts: Vec<i64> = updates.iter().map(|u| u["ts"].as_i64().unwrap()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "updates sorted by ts");
@@ -480,17 +394,9 @@ fn updates_new_and_unknown_devices() {
             ("devices", "upsert") => &["device_id", "model", "site", "owner"],
             ("devices", "delete") => &["device_id"],
             ("calibration", "upsert") => &["device_id", "channel", "gain", "offset"],
-            ("calibration", "delete") if keys.contains("valid_from") => {
-                &["device_id", "channel", "valid_from"]
-            }
+            ("calibration", "delete") if keys.contains("valid_from") => &["device_id", "channel", "valid_from"],
             ("calibration", "delete") => &["device_id", "channel"],
-            ("rules", "upsert") => &[
-                "rule_id",
-                "device_id",
-                "channel",
-                "rise_above",
-                "fall_below",
-            ],
+            ("rules", "upsert") => &["rule_id", "device_id", "channel", "rise_above", "fall_below"],
             ("rules", "delete") => &["rule_id", "device_id"],
             other => panic!("unexpected update {other:?}"),
         };
@@ -502,19 +408,11 @@ fn updates_new_and_unknown_devices() {
         r#""table":"rules","op":"upsert","row":{"rule_id":"voc-high","device_id":"*","channel":"voc","rise_above":400,"fall_below":300}}"#
     ));
 
-    let registered: BTreeSet<String> = csv_rows(&read(d, "devices.csv"))
-        .into_iter()
-        .map(|r| r[0].clone())
-        .collect();
+    let registered: BTreeSet<String> = csv_rows(&read(d, "devices.csv")).into_iter().map(|r| r[0].clone()).collect();
     let added: BTreeMap<&str, i64> = updates
         .iter()
         .filter(|u| u["table"] == "devices" && u["op"] == "upsert")
-        .map(|u| {
-            (
-                u["row"]["device_id"].as_str().unwrap(),
-                u["ts"].as_i64().unwrap(),
-            )
-        })
+        .map(|u| (u["row"]["device_id"].as_str().unwrap(), u["ts"].as_i64().unwrap()))
         .collect();
     let (good, _) = readings(&read(d, "readings.jsonl"));
     let mut first_seen: BTreeMap<&str, i64> = BTreeMap::new();
@@ -529,40 +427,23 @@ fn updates_new_and_unknown_devices() {
     assert!(new_first > cfg.start_ms + 7 * 3_600_000);
     assert!(added["dev-000201"] > new_first);
     // Unknown devices are never registered.
-    let unknown: Vec<&&str> = first_seen
-        .keys()
-        .filter(|k| !added.contains_key(**k))
-        .collect();
+    let unknown: Vec<&&str> = first_seen.keys().filter(|k| !added.contains_key(**k)).collect();
     assert_eq!(unknown.len(), 3, "{unknown:?}");
-    let n_unknown = good
-        .iter()
-        .filter(|r| unknown.contains(&&r.device_id.as_str()))
-        .count();
+    let n_unknown = good.iter().filter(|r| unknown.contains(&&r.device_id.as_str())).count();
     assert!((3..=40).contains(&n_unknown), "{n_unknown}");
 
     // The deleted device stops reporting before its delete.
     let deleted: Vec<(&str, i64)> = updates
         .iter()
         .filter(|u| u["table"] == "devices" && u["op"] == "delete")
-        .map(|u| {
-            (
-                u["row"]["device_id"].as_str().unwrap(),
-                u["ts"].as_i64().unwrap(),
-            )
-        })
+        .map(|u| (u["row"]["device_id"].as_str().unwrap(), u["ts"].as_i64().unwrap()))
         .collect();
     assert_eq!(deleted.len(), 1);
     let (gone, at) = deleted[0];
-    assert!(good
-        .iter()
-        .filter(|r| r.device_id == gone)
-        .all(|r| r.ts < at));
+    assert!(good.iter().filter(|r| r.device_id == gone).all(|r| r.ts < at));
 
     // Without updates: no file, no new device.
-    let (dir, s) = gen(&GenConfig {
-        updates: false,
-        ..cfg
-    });
+    let (dir, s) = gen(&GenConfig { updates: false, ..cfg });
     assert!(!dir.path().join("updates.jsonl").exists());
     let text = read(dir.path(), "readings.jsonl");
     assert!(!text.contains("dev-000201"));
@@ -572,11 +453,7 @@ fn updates_new_and_unknown_devices() {
 
 #[test]
 fn gzip_holds_the_same_lines() {
-    let cfg = GenConfig {
-        devices: 20,
-        hours: 4.0,
-        ..GenConfig::default()
-    };
+    let cfg = GenConfig { devices: 20, hours: 4.0, ..GenConfig::default() };
     let dir = tempfile::tempdir().unwrap();
     let plain = generate(&cfg, dir.path(), &mut |_, _| {}).unwrap();
     let text = read(dir.path(), "readings.jsonl");
@@ -584,11 +461,9 @@ fn gzip_holds_the_same_lines() {
     // The plain file of the earlier run was removed.
     assert!(!dir.path().join("readings.jsonl").exists());
     let mut unzipped = String::new();
-    flate2::read::GzDecoder::new(
-        std::fs::File::open(dir.path().join("readings.jsonl.gz")).unwrap(),
-    )
-    .read_to_string(&mut unzipped)
-    .unwrap();
+    flate2::read::GzDecoder::new(std::fs::File::open(dir.path().join("readings.jsonl.gz")).unwrap())
+        .read_to_string(&mut unzipped)
+        .unwrap();
     assert_eq!(unzipped, text);
     assert_eq!(plain.lines, gz.lines);
     assert!(gz.bytes < plain.bytes / 3);
@@ -599,13 +474,7 @@ fn gzip_holds_the_same_lines() {
 
 #[test]
 fn reference_channel_and_truth() {
-    let cfg = GenConfig {
-        devices: 20,
-        hours: 24.0,
-        junk: 0.0,
-        reference_channel: true,
-        ..GenConfig::default()
-    };
+    let cfg = GenConfig { devices: 20, hours: 24.0, junk: 0.0, reference_channel: true, ..GenConfig::default() };
     let (dir, _) = gen(&cfg);
     let truth = read(dir.path(), "truth.csv");
     assert!(truth.starts_with("device_id,channel,gain,offset\n"));
@@ -657,8 +526,7 @@ fn co2_drift() {
     assert_eq!(drifting.len(), 20);
     // Night-time (00:00-04:00 UTC) co2 on day 2 minus day 1.
     let (good, _) = readings(&read(dir.path(), "readings.jsonl"));
-    let night =
-        |day: i64| cfg.start_ms + day * 86_400_000..cfg.start_ms + day * 86_400_000 + 4 * 3_600_000;
+    let night = |day: i64| cfg.start_ms + day * 86_400_000..cfg.start_ms + day * 86_400_000 + 4 * 3_600_000;
     let mut diff = [(0.0, 0usize); 2];
     for r in &good {
         let Some(c) = r.values["co2"] else { continue };
@@ -674,19 +542,12 @@ fn co2_drift() {
     let still = per_device(diff[0]);
     let drifted = per_device(diff[1]);
     assert!(still.abs() < 30.0, "non-drifting change {still}");
-    assert!(
-        (70.0..130.0).contains(&drifted),
-        "drifting change {drifted}"
-    );
+    assert!((70.0..130.0).contains(&drifted), "drifting change {drifted}");
 }
 
 #[test]
 fn progress_and_gen_json() {
-    let cfg = GenConfig {
-        devices: 300,
-        hours: 24.0,
-        ..GenConfig::default()
-    };
+    let cfg = GenConfig { devices: 300, hours: 24.0, ..GenConfig::default() };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("nested/out");
     let mut calls = Vec::new();
@@ -708,26 +569,9 @@ fn progress_and_gen_json() {
 #[test]
 fn tiny_and_odd_configs() {
     for cfg in [
-        GenConfig {
-            devices: 1,
-            hours: 0.01,
-            ..GenConfig::default()
-        },
-        GenConfig {
-            devices: 1,
-            hours: 1.0,
-            late: 1.0,
-            junk: 1.0,
-            ..GenConfig::default()
-        },
-        GenConfig {
-            devices: 3,
-            hours: 2.5,
-            interval_ms: 60_000,
-            start_ms: 0,
-            updates: false,
-            ..GenConfig::default()
-        },
+        GenConfig { devices: 1, hours: 0.01, ..GenConfig::default() },
+        GenConfig { devices: 1, hours: 1.0, late: 1.0, junk: 1.0, ..GenConfig::default() },
+        GenConfig { devices: 3, hours: 2.5, interval_ms: 60_000, start_ms: 0, updates: false, ..GenConfig::default() },
     ] {
         let (dir, s) = gen(&cfg);
         let text = read(dir.path(), "readings.jsonl");

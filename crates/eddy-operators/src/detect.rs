@@ -45,14 +45,7 @@ pub struct Detector {
     open: HashMap<DeviceId, Vec<Open>>,
 }
 
-fn record(
-    rule: &Rule,
-    device: DeviceId,
-    state: EventState,
-    ts: i64,
-    value: Option<f64>,
-    start_ts: i64,
-) -> EventRecord {
+fn record(rule: &Rule, device: DeviceId, state: EventState, ts: i64, value: Option<f64>, start_ts: i64) -> EventRecord {
     EventRecord {
         event_id: format!("{}:{}:{}", rule.rule_id, device, start_ts),
         rule_id: rule.rule_id.clone(),
@@ -94,14 +87,7 @@ impl Detector {
                 rise_above: eddy_core::reference::Num(f64::NAN),
                 fall_below: eddy_core::reference::Num(f64::NAN),
             });
-            let mut e = record(
-                &rule,
-                r.device,
-                EventState::End,
-                r.ts,
-                r.value(o.channel),
-                o.active.start_ts,
-            );
+            let mut e = record(&rule, r.device, EventState::End, r.ts, r.value(o.channel), o.active.start_ts);
             e.channel = o.channel;
             e.peak = Some(o.active.peak);
             e.duration_ms = Some(r.ts - o.active.start_ts);
@@ -117,32 +103,14 @@ impl Detector {
             match observe(&mut state, r.ts, v, rule.rise_above.0, rule.fall_below.0) {
                 Transition::Start => {
                     let active = state.expect("started");
-                    open.push(Open {
-                        rule_id: rule.rule_id.clone(),
-                        channel: rule.channel,
-                        active,
-                    });
-                    out.push(record(
-                        rule,
-                        r.device,
-                        EventState::Start,
-                        r.ts,
-                        Some(v),
-                        r.ts,
-                    ));
+                    open.push(Open { rule_id: rule.rule_id.clone(), channel: rule.channel, active });
+                    out.push(record(rule, r.device, EventState::Start, r.ts, Some(v), r.ts));
                 }
                 Transition::End(ended) => {
                     if let Some(p) = pos {
                         open.swap_remove(p);
                     }
-                    let mut e = record(
-                        rule,
-                        r.device,
-                        EventState::End,
-                        r.ts,
-                        Some(v),
-                        ended.start_ts,
-                    );
+                    let mut e = record(rule, r.device, EventState::End, r.ts, Some(v), ended.start_ts);
                     e.peak = Some(ended.peak);
                     e.duration_ms = Some(r.ts - ended.start_ts);
                     e.reason = Some(EndReason::FellBelow);
@@ -170,96 +138,83 @@ pub fn detect<'s>(
     name: &str,
 ) -> StreamVec<'s, u64, EventRecord> {
     let mut trace = rules.trace;
-    enriched.binary_frontier(
-        rules.stream,
-        Pipeline,
-        Pipeline,
-        name,
-        move |_cap, _info| {
-            let mut stash: VecDeque<(Capability<u64>, VecDeque<Enriched>)> = VecDeque::new();
-            let mut detector = Detector::default();
-            move |(input, frontier), (rule_batches, rules_frontier), output| {
-                input.for_each(|cap, data| {
-                    if let Some(cap) = cap.retain_least(0) {
-                        stash.push_back((cap, std::mem::take(data).into()));
-                    }
-                });
-                rule_batches.for_each(|_, _| {});
-                let rf = rules_frontier.frontier();
-                let mut ready: Vec<(Capability<u64>, Vec<Enriched>)> = Vec::new();
-                while let Some((cap, batch)) = stash.front_mut() {
-                    let n = batch
-                        .iter()
-                        .take_while(|r| !rf.less_equal(&(r.ts.max(0) as u64)))
-                        .count();
-                    if n == batch.len() {
-                        let (cap, batch) = stash.pop_front().expect("front exists");
-                        ready.push((cap, batch.into()));
-                    } else {
-                        if n > 0 {
-                            ready.push((cap.clone(), batch.drain(..n).collect()));
-                        }
-                        break;
-                    }
+    enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
+        let mut stash: VecDeque<(Capability<u64>, VecDeque<Enriched>)> = VecDeque::new();
+        let mut detector = Detector::default();
+        move |(input, frontier), (rule_batches, rules_frontier), output| {
+            input.for_each(|cap, data| {
+                if let Some(cap) = cap.retain_least(0) {
+                    stash.push_back((cap, std::mem::take(data).into()));
                 }
-                if !ready.is_empty() {
-                    let mut keys: Vec<RuleScope> = ready
-                        .iter()
-                        .flat_map(|(_, b)| b.iter().map(|r| RuleScope::Device(r.device)))
-                        .collect();
-                    keys.push(RuleScope::All);
-                    keys.sort();
-                    keys.dedup();
-                    let hist = histories(&mut trace, &keys);
-                    let index: HashMap<RuleScope, usize> =
-                        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-                    let wild = &hist[index[&RuleScope::All]];
-                    let wild_latest = max_time(wild);
-                    let wild_now = as_of(wild, u64::MAX);
-                    let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::new();
-                    let mut out = Vec::new();
-                    for (cap, batch) in ready {
-                        for r in batch {
-                            let dev_hist = &hist[index[&RuleScope::Device(r.device)]];
-                            let time = r.ts.max(0) as u64;
-                            let (latest, now_rules) = cache.entry(r.device).or_insert_with(|| {
-                                (
-                                    max_time(dev_hist).max(wild_latest),
-                                    effective_rules(&as_of(dev_hist, u64::MAX), &wild_now),
-                                )
-                            });
-                            let rules_then;
-                            let rules: &[Rule] = if time >= *latest {
-                                now_rules
-                            } else {
-                                rules_then =
-                                    effective_rules(&as_of(dev_hist, time), &as_of(wild, time));
-                                &rules_then
-                            };
-                            // The thresholds of a removed rule, as last in force, for its end event.
-                            let removed = |id: &Arc<str>| {
-                                let mut all = as_of(dev_hist, time.saturating_sub(1));
-                                all.extend(as_of(wild, time.saturating_sub(1)));
-                                all.into_iter().find(|rule| &rule.rule_id == id)
-                            };
-                            detector.apply(&r, rules, removed, &mut out);
-                        }
-                        if !out.is_empty() {
-                            output.session(&cap).give_iterator(out.drain(..));
-                        }
+            });
+            rule_batches.for_each(|_, _| {});
+            let rf = rules_frontier.frontier();
+            let mut ready: Vec<(Capability<u64>, Vec<Enriched>)> = Vec::new();
+            while let Some((cap, batch)) = stash.front_mut() {
+                let n = batch.iter().take_while(|r| !rf.less_equal(&(r.ts.max(0) as u64))).count();
+                if n == batch.len() {
+                    let (cap, batch) = stash.pop_front().expect("front exists");
+                    ready.push((cap, batch.into()));
+                } else {
+                    if n > 0 {
+                        ready.push((cap.clone(), batch.drain(..n).collect()));
                     }
-                }
-                let input_min = frontier.frontier().iter().copied().min();
-                let stash_min = stash.front().map(|(c, _)| *c.time());
-                let low = match (input_min, stash_min) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                if let Some(low) = low {
-                    let target = rf.iter().copied().min().map_or(low, |r| r.min(low));
-                    compact_to(&mut trace, target);
+                    break;
                 }
             }
-        },
-    )
+            if !ready.is_empty() {
+                let mut keys: Vec<RuleScope> =
+                    ready.iter().flat_map(|(_, b)| b.iter().map(|r| RuleScope::Device(r.device))).collect();
+                keys.push(RuleScope::All);
+                keys.sort();
+                keys.dedup();
+                let hist = histories(&mut trace, &keys);
+                let index: HashMap<RuleScope, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+                let wild = &hist[index[&RuleScope::All]];
+                let wild_latest = max_time(wild);
+                let wild_now = as_of(wild, u64::MAX);
+                let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::new();
+                let mut out = Vec::new();
+                for (cap, batch) in ready {
+                    for r in batch {
+                        let dev_hist = &hist[index[&RuleScope::Device(r.device)]];
+                        let time = r.ts.max(0) as u64;
+                        let (latest, now_rules) = cache.entry(r.device).or_insert_with(|| {
+                            (
+                                max_time(dev_hist).max(wild_latest),
+                                effective_rules(&as_of(dev_hist, u64::MAX), &wild_now),
+                            )
+                        });
+                        let rules_then;
+                        let rules: &[Rule] = if time >= *latest {
+                            now_rules
+                        } else {
+                            rules_then = effective_rules(&as_of(dev_hist, time), &as_of(wild, time));
+                            &rules_then
+                        };
+                        // The thresholds of a removed rule, as last in force, for its end event.
+                        let removed = |id: &Arc<str>| {
+                            let mut all = as_of(dev_hist, time.saturating_sub(1));
+                            all.extend(as_of(wild, time.saturating_sub(1)));
+                            all.into_iter().find(|rule| &rule.rule_id == id)
+                        };
+                        detector.apply(&r, rules, removed, &mut out);
+                    }
+                    if !out.is_empty() {
+                        output.session(&cap).give_iterator(out.drain(..));
+                    }
+                }
+            }
+            let input_min = frontier.frontier().iter().copied().min();
+            let stash_min = stash.front().map(|(c, _)| *c.time());
+            let low = match (input_min, stash_min) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(low) = low {
+                let target = rf.iter().copied().min().map_or(low, |r| r.min(low));
+                compact_to(&mut trace, target);
+            }
+        }
+    })
 }

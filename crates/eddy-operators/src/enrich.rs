@@ -113,10 +113,7 @@ pub fn enrich<'s>(
                 let mut ready: Vec<(Capability<u64>, Vec<Reading>)> = Vec::new();
                 while let Some((cap, batch)) = stash.front_mut() {
                     let t = *cap.time();
-                    let n = batch
-                        .iter()
-                        .take_while(|r| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)))
-                        .count();
+                    let n = batch.iter().take_while(|r| !rf.less_equal(&lookup_time(r.ts, t, retention_ms))).count();
                     if n == batch.len() {
                         let (cap, batch) = stash.pop_front().expect("front exists");
                         ready.push((cap, batch.into()));
@@ -129,21 +126,16 @@ pub fn enrich<'s>(
                 }
 
                 if !ready.is_empty() {
-                    let mut keys: Vec<DeviceId> = ready
-                        .iter()
-                        .flat_map(|(_, b)| b.iter().map(|r| r.device))
-                        .collect();
+                    let mut keys: Vec<DeviceId> = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device)).collect();
                     keys.sort();
                     keys.dedup();
                     let hist = histories(&mut trace, &keys);
                     // Per device: the view as of every time in its history, computed once.
-                    let mut current: HashMap<DeviceId, (u64, DeviceView)> =
-                        HashMap::with_capacity(keys.len());
+                    let mut current: HashMap<DeviceId, (u64, DeviceView)> = HashMap::with_capacity(keys.len());
                     for (k, h) in keys.iter().zip(hist.iter()) {
                         current.insert(*k, (max_time(h), DeviceView::of(h, u64::MAX)));
                     }
-                    let index: HashMap<DeviceId, usize> =
-                        keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+                    let index: HashMap<DeviceId, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
                     for (cap, batch) in ready {
                         let t = *cap.time();
                         let mut session = output.session(&cap);

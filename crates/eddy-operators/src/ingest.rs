@@ -145,8 +145,7 @@ pub fn ingest_source<'s>(
             let mut handle_d = out_d.activate();
             let mut finished = false;
             let mut wait: Option<Duration> = None;
-            let (mut n_valid, mut n_late, mut n_dead, mut n_junk, mut n_lines) =
-                (0u64, 0u64, 0u64, 0u64, 0u64);
+            let (mut n_valid, mut n_late, mut n_dead, mut n_junk, mut n_lines) = (0u64, 0u64, 0u64, 0u64, 0u64);
 
             for _ in 0..cfg.batch_lines {
                 let (pos, is_held) = match held.take() {
@@ -163,11 +162,7 @@ pub fn ingest_source<'s>(
                                 break;
                             }
                             Err(e) => {
-                                metrics.fail(format!(
-                                    "{}: read error after {}: {e}",
-                                    src.describe(),
-                                    next_pos.offset
-                                ));
+                                metrics.fail(format!("{}: read error after {}: {e}", src.describe(), next_pos.offset));
                                 finished = true;
                                 break;
                             }
@@ -177,10 +172,7 @@ pub fn ingest_source<'s>(
                 let parsed = parse_line(&line);
                 if let (Ok(p), Some(speed), false) = (&parsed, cfg.speed, is_held) {
                     let (origin, first_ts) = *pace.get_or_insert((Instant::now(), p.ts));
-                    let due = origin
-                        + Duration::from_secs_f64(
-                            ((p.ts - first_ts).max(0) as f64 / 1000.0) / speed,
-                        );
+                    let due = origin + Duration::from_secs_f64(((p.ts - first_ts).max(0) as f64 / 1000.0) / speed);
                     let now = Instant::now();
                     if due > now {
                         held = Some((pos, std::mem::take(&mut line)));
@@ -189,10 +181,7 @@ pub fn ingest_source<'s>(
                     }
                 }
                 n_lines += 1;
-                next_pos = Position {
-                    partition: pos.partition,
-                    offset: pos.offset + 1,
-                };
+                next_pos = Position { partition: pos.partition, offset: pos.offset + 1 };
                 // The record's time is the watermark before this line.
                 let t = time_of(late.watermark(), cfg.epoch_ms);
                 if t > *cr.time() {
@@ -211,20 +200,9 @@ pub fn ingest_source<'s>(
                             n_late += 1;
                         } else if !junk.is_empty() {
                             n_junk += 1;
-                            *metrics
-                                .junk_by_device
-                                .lock()
-                                .entry(p.device.name().to_string())
-                                .or_default() += 1;
+                            *metrics.junk_by_device.lock().entry(p.device.name().to_string()).or_default() += 1;
                         }
-                        buf_r.push(Reading {
-                            device: p.device,
-                            ts: p.ts,
-                            pos,
-                            values: p.values,
-                            late: is_late,
-                            junk,
-                        });
+                        buf_r.push(Reading { device: p.device, ts: p.ts, pos, values: p.values, late: is_late, junk });
                     }
                     Err(reason) => {
                         n_dead += 1;

@@ -16,10 +16,7 @@ use timely::progress::frontier::AntichainRef;
 pub type History<V> = Vec<(V, u64, isize)>;
 
 /// Reads the history of each of `keys` (sorted, distinct) from `trace`.
-pub fn histories<K, V>(
-    trace: &mut TraceAgent<ValSpine<K, V, u64, isize>>,
-    keys: &[K],
-) -> Vec<History<V>>
+pub fn histories<K, V>(trace: &mut TraceAgent<ValSpine<K, V, u64, isize>>, keys: &[K]) -> Vec<History<V>>
 where
     K: ExchangeData + Ord + Clone,
     V: ExchangeData + Ord + Clone,
@@ -51,11 +48,7 @@ where
 /// The values present as of `time`: those whose diffs at times `<= time` sum to
 /// more than zero (each once), in value order.
 pub fn as_of<V: Ord + Clone>(history: &[(V, u64, isize)], time: u64) -> Vec<V> {
-    let mut acc: Vec<(&V, isize)> = history
-        .iter()
-        .filter(|(_, t, _)| *t <= time)
-        .map(|(v, _, r)| (v, *r))
-        .collect();
+    let mut acc: Vec<(&V, isize)> = history.iter().filter(|(_, t, _)| *t <= time).map(|(v, _, r)| (v, *r)).collect();
     acc.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::new();
     let mut i = 0;

@@ -18,9 +18,7 @@ pub fn filter_ordered<'s, D: Clone + 'static>(
     stream.unary(Pipeline, name, move |_cap, _info| {
         move |input, output| {
             input.for_each(|cap, data| {
-                output
-                    .session(&cap)
-                    .give_iterator(data.drain(..).filter(|d| pred(d)));
+                output.session(&cap).give_iterator(data.drain(..).filter(|d| pred(d)));
             });
         }
     })
@@ -35,9 +33,24 @@ pub fn map_ordered<'s, D: 'static, D2: Clone + 'static>(
     stream.unary(Pipeline, name, move |_cap, _info| {
         move |input, output| {
             input.for_each(|cap, data| {
-                output
-                    .session(&cap)
-                    .give_iterator(data.drain(..).map(&mut f));
+                output.session(&cap).give_iterator(data.drain(..).map(&mut f));
+            });
+        }
+    })
+}
+
+/// Routes each record to the worker `key(record) % peers`, keeping the
+/// order of the records from each sender.
+pub fn exchange_ordered<'s, D: timely::ExchangeData + Clone>(
+    stream: StreamVec<'s, u64, D>,
+    name: &str,
+    key: impl Fn(&D) -> u64 + 'static,
+) -> StreamVec<'s, u64, D> {
+    use timely::dataflow::channels::pact::Exchange;
+    stream.unary(Exchange::new(move |d: &D| key(d)), name, move |_cap, _info| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                output.session(&cap).give_iterator(data.drain(..));
             });
         }
     })

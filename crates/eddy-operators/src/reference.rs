@@ -78,11 +78,7 @@ pub fn reference<'s>(
             let (Some(cd), Some(cr)) = (cap_dev.as_mut(), cap_rule.as_mut()) else {
                 return;
             };
-            let limit = if progress.done() {
-                i64::MAX
-            } else {
-                progress.max_ts().unwrap_or(i64::MIN)
-            };
+            let limit = if progress.done() { i64::MAX } else { progress.max_ts().unwrap_or(i64::MIN) };
             let mut hd = out_dev.activate();
             let mut hr = out_rule.activate();
             while let Some(u) = pending.next_if(|u| u.ts <= limit) {
@@ -125,12 +121,7 @@ pub fn reference<'s>(
         _,
         ValBatcher<DeviceId, DeviceRef, u64, isize>,
         ValSpine<DeviceId, DeviceRef, u64, isize>,
-    >(
-        dev,
-        Exchange::new(|u: &DevUpd| (u.0).0.route()),
-        &format!("{name}.devices"),
-        ValBatcher::new,
-    );
+    >(dev, Exchange::new(|u: &DevUpd| (u.0).0.route()), &format!("{name}.devices"), ValBatcher::new);
 
     // Device rules go to their device's worker; wildcard rules to every worker.
     let (device_rules, wildcard_rules) = split_rules(rules);
@@ -139,22 +130,18 @@ pub fn reference<'s>(
         RuleScope::All => 0,
     });
     let rules = rules.concat(wildcard_rules.broadcast());
-    let rules = arrange_core::<
-        _,
-        _,
-        ValBatcher<RuleScope, Rule, u64, isize>,
-        ValSpine<RuleScope, Rule, u64, isize>,
-    >(rules, Pipeline, &format!("{name}.rules"), ValBatcher::new);
+    let rules = arrange_core::<_, _, ValBatcher<RuleScope, Rule, u64, isize>, ValSpine<RuleScope, Rule, u64, isize>>(
+        rules,
+        Pipeline,
+        &format!("{name}.rules"),
+        ValBatcher::new,
+    );
     Reference { devices, rules }
 }
 
-fn split_rules<'s>(
-    rules: StreamVec<'s, u64, RuleUpd>,
-) -> (StreamVec<'s, u64, RuleUpd>, StreamVec<'s, u64, RuleUpd>) {
+fn split_rules<'s>(rules: StreamVec<'s, u64, RuleUpd>) -> (StreamVec<'s, u64, RuleUpd>, StreamVec<'s, u64, RuleUpd>) {
     use timely::dataflow::operators::vec::Partition;
-    let mut parts = rules.partition(2, |u: RuleUpd| {
-        (if (u.0).0 == RuleScope::All { 1 } else { 0 }, u)
-    });
+    let mut parts = rules.partition(2, |u: RuleUpd| (if (u.0).0 == RuleScope::All { 1 } else { 0 }, u));
     let wild = parts.pop().expect("two parts");
     let dev = parts.pop().expect("two parts");
     (dev, wild)

@@ -22,25 +22,21 @@ pub fn sink<'s, D: 'static, S: BatchSink<D>>(
     name: &str,
     mut sink: S,
 ) -> StreamVec<'s, u64, ()> {
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        Pipeline,
-        name,
-        move |cap, _info| {
-            let mut held = Some(cap);
-            let mut last = Antichain::from_elem(0u64);
-            move |(input, frontier), _output| {
-                input.for_each(|_cap, data| sink.write(data));
-                let f = frontier.frontier();
-                if f != last.borrow() {
-                    sink.commit(f.iter().copied().min());
-                    last = f.to_owned();
-                    match (f.iter().copied().min(), held.as_mut()) {
-                        (Some(t), Some(h)) => h.downgrade(&t.max(*h.time())),
-                        (None, _) => held = None,
-                        _ => {}
-                    }
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, _info| {
+        let mut held = Some(cap);
+        let mut last = Antichain::from_elem(0u64);
+        move |(input, frontier), _output| {
+            input.for_each(|_cap, data| sink.write(data));
+            let f = frontier.frontier();
+            if f != last.borrow() {
+                sink.commit(f.iter().copied().min());
+                last = f.to_owned();
+                match (f.iter().copied().min(), held.as_mut()) {
+                    (Some(t), Some(h)) => h.downgrade(&t.max(*h.time())),
+                    (None, _) => held = None,
+                    _ => {}
                 }
             }
-        },
-    )
+        }
+    })
 }

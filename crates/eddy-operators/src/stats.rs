@@ -60,11 +60,7 @@ pub fn stats<'s>(
                 }
                 pending.pop_first();
                 if let Some(s) = state.get(&(d, c)) {
-                    out.push(StatsRecord {
-                        device_id: d,
-                        channel: c,
-                        stats: s.snapshot(),
-                    });
+                    out.push(StatsRecord { device_id: d, channel: c, stats: s.snapshot() });
                 }
             }
         };
@@ -74,11 +70,7 @@ pub fn stats<'s>(
                 let Some(cap) = cap.retain_least(0) else {
                     return;
                 };
-                buffered
-                    .entry(*cap.time())
-                    .or_insert_with(|| (cap, Vec::new()))
-                    .1
-                    .append(data);
+                buffered.entry(*cap.time()).or_insert_with(|| (cap, Vec::new())).1.append(data);
             });
             let f = frontier.frontier();
             let mut out = Vec::new();
@@ -96,10 +88,7 @@ pub fn stats<'s>(
                 }
                 for r in batch {
                     for (c, v) in r.usable() {
-                        state
-                            .entry((r.device, c))
-                            .or_insert_with(|| ChannelStats::new(&cfg))
-                            .update(&cfg, r.ts, v);
+                        state.entry((r.device, c)).or_insert_with(|| ChannelStats::new(&cfg)).update(&cfg, r.ts, v);
                         pending.insert((snapshot_end(r.ts, every), r.device, c));
                     }
                 }

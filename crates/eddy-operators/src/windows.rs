@@ -1,11 +1,12 @@
-//! The windows job: count, mean, min and max per (device, channel, window).
+//! Event-time windows: a generic windowed aggregate, and the windows job.
 //!
 //! Values are added as they arrive; a window is emitted once, when the
 //! frontier (the watermark) passes its end, or at the end of input. Late
-//! readings never reach this operator, and a non-late reading always has
+//! readings never reach these operators, and a non-late reading always has
 //! `ts` at or past the frontier, so no value arrives for a closed window.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -17,35 +18,51 @@ use eddy_core::reading::Enriched;
 use eddy_core::records::WindowRecord;
 use eddy_state::window::{WindowAgg, WindowSpec};
 
-type Key = (DeviceId, Channel, i64);
+use crate::ordered::map_ordered;
 
-/// The windows operator. Its input must be partitioned by device and hold
-/// only non-late readings.
-pub fn windows<'s>(
-    enriched: StreamVec<'s, u64, Enriched>,
+/// One closed window of one key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Windowed<K> {
+    /// The key.
+    pub key: K,
+    /// Window start, epoch ms (inclusive).
+    pub start: i64,
+    /// Window end, epoch ms (exclusive).
+    pub end: i64,
+    /// count, sum, min and max of the values.
+    pub agg: WindowAgg,
+}
+
+/// Aggregates values per (key, window). `extract` is called for each record
+/// and pushes `(key, ts, value)` triples. The input must be partitioned so
+/// that each key lives on one worker, and must hold no late data.
+pub fn window_aggregate<'s, D, K>(
+    stream: StreamVec<'s, u64, D>,
     spec: WindowSpec,
     name: &str,
-) -> StreamVec<'s, u64, WindowRecord> {
-    enriched.unary_frontier(Pipeline, name, move |cap, _info| {
+    mut extract: impl FnMut(&D, &mut dyn FnMut(K, i64, f64)) + 'static,
+) -> StreamVec<'s, u64, Windowed<K>>
+where
+    D: 'static,
+    K: Clone + Eq + Hash + 'static,
+{
+    stream.unary_frontier(Pipeline, name, move |cap, _info| {
         let mut held: Option<Capability<u64>> = Some(cap);
-        let mut aggs: HashMap<Key, WindowAgg> = HashMap::new();
-        let mut closing: BTreeMap<i64, Vec<Key>> = BTreeMap::new();
+        let mut aggs: HashMap<(K, i64), WindowAgg> = HashMap::new();
+        let mut closing: BTreeMap<i64, Vec<(K, i64)>> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
-                for r in data.drain(..) {
-                    for (c, v) in r.usable() {
-                        for start in spec.windows_of(r.ts) {
-                            aggs.entry((r.device, c, start))
+                for d in data.drain(..) {
+                    extract(&d, &mut |k: K, ts: i64, v: f64| {
+                        for start in spec.windows_of(ts) {
+                            aggs.entry((k.clone(), start))
                                 .or_insert_with(|| {
-                                    closing
-                                        .entry(spec.end_of(start))
-                                        .or_default()
-                                        .push((r.device, c, start));
+                                    closing.entry(spec.end_of(start)).or_default().push((k.clone(), start));
                                     WindowAgg::new()
                                 })
                                 .add(v);
                         }
-                    }
+                    });
                 }
             });
             let low = frontier.frontier().iter().copied().min();
@@ -66,17 +83,8 @@ pub fn windows<'s>(
                 }
                 let end = *entry.key();
                 for key in entry.remove() {
-                    if let Some(a) = aggs.remove(&key) {
-                        out.push(WindowRecord {
-                            device_id: key.0,
-                            channel: key.1,
-                            window_start: key.2,
-                            window_end: end,
-                            count: a.count,
-                            mean: a.mean(),
-                            min: a.min,
-                            max: a.max,
-                        });
+                    if let Some(agg) = aggs.remove(&key) {
+                        out.push(Windowed { key: key.0, start: key.1, end, agg });
                     }
                 }
             }
@@ -87,5 +95,30 @@ pub fn windows<'s>(
                 held = None;
             }
         }
+    })
+}
+
+/// The windows job: count, mean, min and max per (device, channel, window)
+/// over the usable values. Its input must be partitioned by device and hold
+/// only non-late readings.
+pub fn windows<'s>(
+    enriched: StreamVec<'s, u64, Enriched>,
+    spec: WindowSpec,
+    name: &str,
+) -> StreamVec<'s, u64, WindowRecord> {
+    let agg = window_aggregate(enriched, spec, name, |e: &Enriched, emit| {
+        for (c, v) in e.usable() {
+            emit((e.device, c), e.ts, v);
+        }
+    });
+    map_ordered(agg, &format!("{name}.records"), |w: Windowed<(DeviceId, Channel)>| WindowRecord {
+        device_id: w.key.0,
+        channel: w.key.1,
+        window_start: w.start,
+        window_end: w.end,
+        count: w.agg.count,
+        mean: w.agg.mean(),
+        min: w.agg.min,
+        max: w.agg.max,
     })
 }

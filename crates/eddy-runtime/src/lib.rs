@@ -1,8 +1,9 @@
 //! # eddy-runtime
 //!
 //! Turns job specs into timely workers and runs them: the worker
-//! configuration ([`workers`]), the embedded pipeline of `eddy replay`
-//! ([`replay`]) and the commit ledger ([`checkpoint`]).
+//! configuration ([`workers`]), the typed job API ([`flow`]), the job runner
+//! ([`job`]), the embedded pipeline of `eddy replay` ([`replay`]) and the
+//! commit ledger ([`checkpoint`]).
 //!
 //! ```no_run
 //! use eddy_core::PipelineSpec;
@@ -23,6 +24,8 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod flow;
+pub mod job;
 pub mod replay;
 pub mod workers;
 

@@ -19,22 +19,14 @@ pub struct Workers {
 
 impl Default for Workers {
     fn default() -> Self {
-        Workers {
-            threads: 1,
-            processes: 1,
-            process: 0,
-            hostfile: None,
-        }
+        Workers { threads: 1, processes: 1, process: 0, hostfile: None }
     }
 }
 
 impl Workers {
     /// `n` threads in one process.
     pub fn threads(n: usize) -> Workers {
-        Workers {
-            threads: n,
-            ..Workers::default()
-        }
+        Workers { threads: n, ..Workers::default() }
     }
 
     /// Checks the arguments and builds timely's configuration.
@@ -46,18 +38,15 @@ impl Workers {
             return Err(Error::Workers("-n must be at least 1".into()));
         }
         if self.process >= self.processes {
-            return Err(Error::Workers(format!(
-                "-p {} is out of range for -n {}",
-                self.process, self.processes
-            )));
+            return Err(Error::Workers(format!("-p {} is out of range for -n {}", self.process, self.processes)));
         }
         if self.processes == 1 {
             return Ok(timely::Config::process(self.threads));
         }
         let addresses = match &self.hostfile {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Workers(format!("{}: {e}", path.display())))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| Error::Workers(format!("{}: {e}", path.display())))?;
                 let addrs: Vec<String> = text
                     .lines()
                     .map(str::trim)
@@ -74,9 +63,7 @@ impl Workers {
                 }
                 addrs.into_iter().take(self.processes).collect()
             }
-            None => (0..self.processes)
-                .map(|i| format!("localhost:{}", 2101 + i))
-                .collect(),
+            None => (0..self.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
         };
         Ok(timely::Config {
             communication: timely::CommunicationConfig::Cluster {

@@ -77,12 +77,7 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        Self {
-            alpha: 0.1,
-            top_k: 5,
-            trend_span_ms: 3_600_000,
-            trend_buckets: 60,
-        }
+        Self { alpha: 0.1, top_k: 5, trend_span_ms: 3_600_000, trend_buckets: 60 }
     }
 }
 
@@ -102,10 +97,7 @@ impl StatsConfig {
             return Err("stats top_k must be at least 1, got 0".to_string());
         }
         if self.trend_span_ms < 1 {
-            return Err(format!(
-                "stats trend_span_ms must be at least 1, got {}",
-                self.trend_span_ms
-            ));
+            return Err(format!("stats trend_span_ms must be at least 1, got {}", self.trend_span_ms));
         }
         if self.trend_buckets == 0 {
             return Err("stats trend_buckets must be at least 1, got 0".to_string());
@@ -189,11 +181,7 @@ impl ChannelStats {
         self.m2 += delta * (value - self.mean);
         self.min = self.min.min(value);
         self.max = self.max.max(value);
-        self.ewma = if self.count == 1 {
-            value
-        } else {
-            cfg.alpha * value + (1.0 - cfg.alpha) * self.ewma
-        };
+        self.ewma = if self.count == 1 { value } else { cfg.alpha * value + (1.0 - cfg.alpha) * self.ewma };
         self.last_ts = ts;
         self.top.push(value);
         self.trend.push(ts, value);
@@ -298,11 +286,7 @@ struct TopK {
 
 impl TopK {
     fn new(k: usize) -> Self {
-        Self {
-            k,
-            largest: BinaryHeap::with_capacity(k),
-            smallest: BinaryHeap::with_capacity(k),
-        }
+        Self { k, largest: BinaryHeap::with_capacity(k), smallest: BinaryHeap::with_capacity(k) }
     }
 
     fn push(&mut self, v: f64) {
@@ -349,22 +333,10 @@ struct Bucket {
 }
 
 impl Bucket {
-    const EMPTY: Bucket = Bucket {
-        index: 0,
-        origin_ms: 0,
-        n: 0,
-        mean_t: 0.0,
-        mean_v: 0.0,
-        m2_t: 0.0,
-        c_tv: 0.0,
-    };
+    const EMPTY: Bucket = Bucket { index: 0, origin_ms: 0, n: 0, mean_t: 0.0, mean_v: 0.0, m2_t: 0.0, c_tv: 0.0 };
 
     fn reset(&mut self, index: i64, origin_ms: i64) {
-        *self = Bucket {
-            index,
-            origin_ms,
-            ..Bucket::EMPTY
-        };
+        *self = Bucket { index, origin_ms, ..Bucket::EMPTY };
     }
 
     fn push(&mut self, ts: i64, v: f64) {
@@ -424,11 +396,7 @@ struct Trend {
 
 impl Trend {
     fn new(cfg: &StatsConfig) -> Self {
-        Self {
-            width_ms: cfg.bucket_width_ms(),
-            head: None,
-            buckets: vec![Bucket::EMPTY; cfg.trend_buckets],
-        }
+        Self { width_ms: cfg.bucket_width_ms(), head: None, buckets: vec![Bucket::EMPTY; cfg.trend_buckets] }
     }
 
     /// Number of buckets in the span, as `i64` (at least 1 when called).
@@ -470,10 +438,7 @@ impl Trend {
     fn slope_per_hour(&self) -> Option<f64> {
         let head = self.head?;
         let oldest = self.oldest(head);
-        let mut live = self
-            .buckets
-            .iter()
-            .filter(|b| b.n > 0 && b.index >= oldest && b.index <= head);
+        let mut live = self.buckets.iter().filter(|b| b.n > 0 && b.index >= oldest && b.index <= head);
         let first = live.next()?;
         // Common origin: the first live bucket's own origin, a retained ts.
         let origin = first.origin_ms;
@@ -511,12 +476,7 @@ mod tests {
     }
 
     fn cfg(alpha: f64, top_k: usize, span: i64, buckets: usize) -> StatsConfig {
-        StatsConfig {
-            alpha,
-            top_k,
-            trend_span_ms: span,
-            trend_buckets: buckets,
-        }
+        StatsConfig { alpha, top_k, trend_span_ms: span, trend_buckets: buckets }
     }
 
     fn run(cfg: &StatsConfig, events: &[(i64, f64)]) -> ChannelStats {
@@ -545,30 +505,12 @@ mod tests {
     fn validate_rejects_bad_configs() {
         let ok = StatsConfig::default();
         for bad in [
-            StatsConfig {
-                alpha: 0.0,
-                ..ok.clone()
-            },
-            StatsConfig {
-                alpha: 1.5,
-                ..ok.clone()
-            },
-            StatsConfig {
-                alpha: f64::NAN,
-                ..ok.clone()
-            },
-            StatsConfig {
-                top_k: 0,
-                ..ok.clone()
-            },
-            StatsConfig {
-                trend_span_ms: 0,
-                ..ok.clone()
-            },
-            StatsConfig {
-                trend_buckets: 0,
-                ..ok.clone()
-            },
+            StatsConfig { alpha: 0.0, ..ok.clone() },
+            StatsConfig { alpha: 1.5, ..ok.clone() },
+            StatsConfig { alpha: f64::NAN, ..ok.clone() },
+            StatsConfig { top_k: 0, ..ok.clone() },
+            StatsConfig { trend_span_ms: 0, ..ok.clone() },
+            StatsConfig { trend_buckets: 0, ..ok.clone() },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
@@ -643,10 +585,7 @@ mod tests {
         assert_eq!(snap.count, 8);
         assert!(close(snap.mean, 5.0));
         // Sum of squared deviations is 32; sample variance 32 / 7.
-        assert!(close(
-            snap.stddev.unwrap_or(f64::NAN),
-            (32.0f64 / 7.0).sqrt()
-        ));
+        assert!(close(snap.stddev.unwrap_or(f64::NAN), (32.0f64 / 7.0).sqrt()));
         assert_eq!(snap.min, 2.0);
         assert_eq!(snap.max, 9.0);
     }
@@ -721,11 +660,7 @@ mod tests {
         let c = cfg(0.1, 5, 60_000, 60); // 1 s buckets, 60 s span.
         let head_ts = T0 + 100_000;
         // Bucket head - 59 is the oldest live one; head - 60 is out.
-        let ev = [
-            (head_ts, 0.0),
-            (head_ts - 59_000, 5.0),
-            (head_ts - 60_000, 1_000.0),
-        ];
+        let ev = [(head_ts, 0.0), (head_ts - 59_000, 5.0), (head_ts - 60_000, 1_000.0)];
         let snap = run(&c, &ev).snapshot();
         let expected = (0.0 - 5.0) / (59_000.0 / 3_600_000.0);
         assert!(close(snap.trend_per_hour.unwrap_or(f64::NAN), expected));
@@ -767,13 +702,7 @@ mod tests {
         let c = StatsConfig::default();
         let snap = run(
             &c,
-            &[
-                (T0, 1.0),
-                (T0 + 1, f64::NAN),
-                (T0 + 2, f64::INFINITY),
-                (T0 + 3, f64::NEG_INFINITY),
-                (T0 + 60_000, 2.0),
-            ],
+            &[(T0, 1.0), (T0 + 1, f64::NAN), (T0 + 2, f64::INFINITY), (T0 + 3, f64::NEG_INFINITY), (T0 + 60_000, 2.0)],
         )
         .snapshot();
         assert_eq!(snap.count, 2);
@@ -786,17 +715,8 @@ mod tests {
     #[test]
     fn negative_and_extreme_timestamps_do_not_panic() {
         let c = cfg(0.1, 2, HOUR, 4);
-        let s = run(
-            &c,
-            &[
-                (-1, 1.0),
-                (-HOUR - 1, 2.0),
-                (i64::MAX, 3.0),
-                (i64::MIN, 4.0),
-                (i64::MAX - 1, 5.0),
-                (0, 6.0),
-            ],
-        );
+        let s =
+            run(&c, &[(-1, 1.0), (-HOUR - 1, 2.0), (i64::MAX, 3.0), (i64::MIN, 4.0), (i64::MAX - 1, 5.0), (0, 6.0)]);
         let snap = s.snapshot();
         assert_eq!(snap.count, 6);
         assert_eq!(snap.ts, 0);
@@ -826,22 +746,11 @@ mod tests {
     fn updates_never_grow_storage() {
         let c = cfg(0.1, 4, 60_000, 6);
         let mut s = ChannelStats::new(&c);
-        let caps = (
-            s.top.largest.capacity(),
-            s.top.smallest.capacity(),
-            s.trend.buckets.capacity(),
-        );
+        let caps = (s.top.largest.capacity(), s.top.smallest.capacity(), s.trend.buckets.capacity());
         for i in 0..10_000i64 {
             s.update(&c, T0 + (i * 7_919) % 500_000, (i % 97) as f64);
         }
-        assert_eq!(
-            caps,
-            (
-                s.top.largest.capacity(),
-                s.top.smallest.capacity(),
-                s.trend.buckets.capacity()
-            )
-        );
+        assert_eq!(caps, (s.top.largest.capacity(), s.top.smallest.capacity(), s.trend.buckets.capacity()));
         assert_eq!(s.top.largest.len(), 4);
         assert_eq!(s.trend.buckets.len(), 6);
     }
@@ -862,19 +771,10 @@ mod tests {
         fn run(cfg: &StatsConfig, events: &[(i64, f64)]) -> Self {
             let w = cfg.bucket_width_ms();
             let span = cfg.trend_buckets as i64;
-            let mut r = Reference {
-                values: Vec::new(),
-                trend: Vec::new(),
-                head: None,
-                ewma: f64::NAN,
-                last_ts: i64::MIN,
-            };
+            let mut r =
+                Reference { values: Vec::new(), trend: Vec::new(), head: None, ewma: f64::NAN, last_ts: i64::MIN };
             for &(ts, v) in events {
-                r.ewma = if r.values.is_empty() {
-                    v
-                } else {
-                    cfg.alpha * v + (1.0 - cfg.alpha) * r.ewma
-                };
+                r.ewma = if r.values.is_empty() { v } else { cfg.alpha * v + (1.0 - cfg.alpha) * r.ewma };
                 r.values.push(v);
                 r.last_ts = ts;
                 let b = ts.div_euclid(w);
@@ -907,10 +807,7 @@ mod tests {
             let k = k.min(sorted.len());
             let lo = &sorted[..k];
             let hi = &sorted[sorted.len() - k..];
-            (
-                hi.iter().sum::<f64>() / k as f64,
-                lo.iter().sum::<f64>() / k as f64,
-            )
+            (hi.iter().sum::<f64>() / k as f64, lo.iter().sum::<f64>() / k as f64)
         }
 
         /// Retained trend points at the end, as `(hours, value)` relative
@@ -922,9 +819,7 @@ mod tests {
             let oldest = head - cfg.trend_buckets as i64 + 1;
             let live: Vec<_> = self.trend.iter().filter(|p| p.2 >= oldest).collect();
             let t0 = live.iter().map(|p| p.0).min().unwrap_or(0);
-            live.iter()
-                .map(|p| ((p.0 - t0) as f64 / 3_600_000.0, p.1))
-                .collect()
+            live.iter().map(|p| ((p.0 - t0) as f64 / 3_600_000.0, p.1)).collect()
         }
 
         /// Two-pass least-squares slope, with the tolerance scale
@@ -932,19 +827,13 @@ mod tests {
         fn slope(&self, cfg: &StatsConfig) -> Option<(f64, f64)> {
             let pts = self.trend_points(cfg);
             let n = pts.len() as f64;
-            let (tmin, tmax) = pts
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-                    (a.min(p.0), b.max(p.0))
-                });
+            let (tmin, tmax) =
+                pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
             if pts.len() < 2 || tmin == tmax {
                 return None;
             }
-            let (vmin, vmax) = pts
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-                    (a.min(p.1), b.max(p.1))
-                });
+            let (vmin, vmax) =
+                pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
             let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
             let mv = pts.iter().map(|p| p.1).sum::<f64>() / n;
             let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
@@ -974,30 +863,15 @@ mod tests {
         let max = r.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         prop_assert_eq!(snap.min, min);
         prop_assert_eq!(snap.max, max);
-        prop_assert!(
-            close(snap.mean, r.mean()),
-            "mean {} vs {}",
-            snap.mean,
-            r.mean()
-        );
+        prop_assert!(close(snap.mean, r.mean()), "mean {} vs {}", snap.mean, r.mean());
         match (snap.stddev, r.stddev()) {
             (Some(a), Some(b)) => prop_assert!(close(a, b), "stddev {} vs {}", a, b),
             (a, b) => prop_assert_eq!(a, b),
         }
         prop_assert!(close(snap.ewma, r.ewma), "ewma {} vs {}", snap.ewma, r.ewma);
         let (hi, lo) = r.top_means(cfg.top_k);
-        prop_assert!(
-            close(snap.top_k_max_mean, hi),
-            "top max {} vs {}",
-            snap.top_k_max_mean,
-            hi
-        );
-        prop_assert!(
-            close(snap.top_k_min_mean, lo),
-            "top min {} vs {}",
-            snap.top_k_min_mean,
-            lo
-        );
+        prop_assert!(close(snap.top_k_max_mean, hi), "top max {} vs {}", snap.top_k_max_mean, hi);
+        prop_assert!(close(snap.top_k_min_mean, lo), "top min {} vs {}", snap.top_k_min_mean, lo);
         match (snap.trend_per_hour, r.slope(cfg)) {
             (Some(a), Some((b, scale))) => {
                 let tol = 1e-9 * b.abs().max(1.0) + 1e-9 * scale;

@@ -25,10 +25,7 @@ pub struct WindowSpec {
 impl WindowSpec {
     /// Tumbling windows: back to back, each timestamp in exactly one.
     pub fn tumbling(size_ms: i64) -> Self {
-        Self {
-            size_ms,
-            slide_ms: size_ms,
-        }
+        Self { size_ms, slide_ms: size_ms }
     }
 
     /// Hopping (sliding) windows of `size_ms` starting every `slide_ms`; each
@@ -86,11 +83,7 @@ impl WindowSpec {
         if self.size_ms <= 0 || self.slide_ms <= 0 {
             return (0, 0, 1);
         }
-        let (ts, size, slide) = (
-            i128::from(ts),
-            i128::from(self.size_ms),
-            i128::from(self.slide_ms),
-        );
+        let (ts, size, slide) = (i128::from(ts), i128::from(self.size_ms), i128::from(self.slide_ms));
         // Largest multiple of slide <= ts.
         let last = ts - ts.rem_euclid(slide);
         // Smallest multiple of slide > ts - size, and >= i64::MIN.
@@ -103,11 +96,7 @@ impl WindowSpec {
                 first += slide;
             }
         }
-        let count = if last >= first {
-            u64::try_from((last - first) / slide + 1).unwrap_or(0)
-        } else {
-            0
-        };
+        let count = if last >= first { u64::try_from((last - first) / slide + 1).unwrap_or(0) } else { 0 };
         (first, count, slide)
     }
 }
@@ -132,12 +121,7 @@ pub struct WindowAgg {
 impl WindowAgg {
     /// The empty aggregate.
     pub const fn new() -> Self {
-        Self {
-            count: 0,
-            sum: 0.0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-        }
+        Self { count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
     }
 
     /// Adds one value. Non-finite values (`NaN`, `±inf`) are ignored, as in
@@ -190,11 +174,7 @@ mod tests {
     /// Every multiple `s` of slide with `s <= ts < s + size`, by scanning a
     /// generous range of candidates one slide at a time.
     fn brute_force(spec: WindowSpec, ts: i64) -> Vec<i64> {
-        let (ts, size, slide) = (
-            i128::from(ts),
-            i128::from(spec.size_ms),
-            i128::from(spec.slide_ms),
-        );
+        let (ts, size, slide) = (i128::from(ts), i128::from(spec.size_ms), i128::from(spec.slide_ms));
         let mut s = (ts - size).div_euclid(slide) * slide - 2 * slide;
         let mut out = Vec::new();
         while s <= ts + 2 * slide {
@@ -208,20 +188,8 @@ mod tests {
 
     #[test]
     fn constructors() {
-        assert_eq!(
-            WindowSpec::tumbling(10),
-            WindowSpec {
-                size_ms: 10,
-                slide_ms: 10
-            }
-        );
-        assert_eq!(
-            WindowSpec::hopping(10, 5),
-            WindowSpec {
-                size_ms: 10,
-                slide_ms: 5
-            }
-        );
+        assert_eq!(WindowSpec::tumbling(10), WindowSpec { size_ms: 10, slide_ms: 10 });
+        assert_eq!(WindowSpec::hopping(10, 5), WindowSpec { size_ms: 10, slide_ms: 5 });
     }
 
     #[test]
@@ -258,15 +226,7 @@ mod tests {
         assert_eq!(starts(spec, -3), [-10, -5]);
         let spec = WindowSpec::hopping(60_000, 15_000);
         let ts = 1_700_000_000_123;
-        assert_eq!(
-            starts(spec, ts),
-            [
-                1_699_999_950_000,
-                1_699_999_965_000,
-                1_699_999_980_000,
-                1_699_999_995_000
-            ]
-        );
+        assert_eq!(starts(spec, ts), [1_699_999_950_000, 1_699_999_965_000, 1_699_999_980_000, 1_699_999_995_000]);
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! The typed, fluent job API: [`Flow`], a stream of records between two
+//! steps of a job, with the verbs of the pipeline.
+//!
+//! ```text
+//! let (readings, dead) = job.ingest();            // source: validated readings, dead letters
+//! let reference = job.reference();                // reference data, arranged
+//! readings.enrich(&reference)                     // calibration + context, as of ts
+//!     .on_time()                                  // drop late readings
+//!     .filter(|e| e.value(Channel::PM25).is_some())
+//!     .window(WindowSpec::tumbling(900_000))      // event-time windows
+//!     .aggregate(|e, emit| …)                     // per key and window
+//!     .sink(job.jsonl("pm25_15m"));               // committed per epoch
+//! ```
+//!
+//! Every verb keeps each sender's arrival order (see `eddy_operators::ordered`),
+//! and every operator is named `<step>.<verb>`, so logs and profiles read
+//! as the job does.
+
+use std::hash::Hash;
+
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, StreamVec};
+use timely::ExchangeData;
+
+use eddy_core::reading::{Enriched, Reading};
+use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
+use eddy_core::sink::BatchSink;
+use eddy_operators::detect::detect;
+use eddy_operators::enrich::enrich;
+use eddy_operators::ordered::{exchange_ordered, filter_ordered, map_ordered};
+use eddy_operators::reference::Reference;
+use eddy_operators::sink::sink;
+use eddy_operators::stats::{stats, StatsParams};
+use eddy_operators::windows::{window_aggregate, windows, Windowed};
+use eddy_state::window::WindowSpec;
+
+/// A stream of `D` records inside a job, at dataflow time `u64` (event-time ms).
+pub struct Flow<'s, D> {
+    stream: StreamVec<'s, u64, D>,
+    step: String,
+}
+
+impl<'s, D: Clone + 'static> Clone for Flow<'s, D> {
+    fn clone(&self) -> Self {
+        Flow { stream: self.stream.clone(), step: self.step.clone() }
+    }
+}
+
+/// A sink's committed frontier: its stream carries no data, and advances as
+/// the sink commits. The job runner probes it for the commit ledger.
+pub struct Committed<'s> {
+    pub(crate) stream: StreamVec<'s, u64, ()>,
+}
+
+impl<'s> Committed<'s> {
+    /// Adds this sink to a probe.
+    pub fn probe_with(self, probe: &ProbeHandle<u64>) {
+        self.stream.probe_with(probe);
+    }
+}
+
+impl<'s, D: Clone + 'static> Flow<'s, D> {
+    /// Wraps a timely stream; `step` prefixes the names of the operators.
+    pub fn new(stream: StreamVec<'s, u64, D>, step: &str) -> Self {
+        Flow { stream, step: step.to_string() }
+    }
+
+    /// The underlying timely stream, for operators of your own.
+    pub fn into_stream(self) -> StreamVec<'s, u64, D> {
+        self.stream
+    }
+
+    fn name(&self, verb: &str) -> String {
+        format!("{}.{verb}", self.step)
+    }
+
+    /// Names the step that the following verbs belong to.
+    pub fn step(mut self, step: &str) -> Self {
+        self.step = step.to_string();
+        self
+    }
+
+    /// Transforms every record.
+    pub fn map<D2: Clone + 'static>(self, f: impl FnMut(D) -> D2 + 'static) -> Flow<'s, D2> {
+        let name = self.name("map");
+        Flow { stream: map_ordered(self.stream, &name, f), step: self.step }
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter(self, f: impl FnMut(&D) -> bool + 'static) -> Self {
+        let name = self.name("filter");
+        Flow { stream: filter_ordered(self.stream, &name, f), step: self.step }
+    }
+
+    /// Maps each record to any number of records.
+    pub fn flat_map<I>(self, mut f: impl FnMut(D) -> I + 'static) -> Flow<'s, I::Item>
+    where
+        I: IntoIterator,
+        I::Item: Clone + 'static,
+    {
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::Operator;
+        let name = self.name("flat_map");
+        let stream = self.stream.unary(Pipeline, &name, move |_cap, _info| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    output.session(&cap).give_iterator(data.drain(..).flat_map(&mut f));
+                });
+            }
+        });
+        Flow { stream, step: self.step }
+    }
+
+    /// Calls `f` on every record, passing it on unchanged.
+    pub fn inspect(self, mut f: impl FnMut(&D) + 'static) -> Self {
+        self.filter(move |d| {
+            f(d);
+            true
+        })
+    }
+
+    /// Routes records so that equal keys meet on one worker (`key` is a hash;
+    /// use a stable one, such as `DeviceId::route`, across processes).
+    pub fn key_by(self, key: impl Fn(&D) -> u64 + 'static) -> Self
+    where
+        D: ExchangeData,
+    {
+        let name = self.name("key_by");
+        Flow { stream: exchange_ordered(self.stream, &name, key), step: self.step }
+    }
+
+    /// Groups records into event-time windows; finish with [`WindowedFlow::aggregate`].
+    pub fn window(self, spec: WindowSpec) -> WindowedFlow<'s, D> {
+        WindowedFlow { flow: self, spec }
+    }
+
+    /// Writes the records to `sink`, which commits each time the frontier advances.
+    pub fn sink<S: BatchSink<D>>(self, sink_impl: S) -> Committed<'s> {
+        let name = self.name("sink");
+        Committed { stream: sink(self.stream, &name, sink_impl) }
+    }
+}
+
+/// A flow grouped into windows, waiting for its aggregate.
+pub struct WindowedFlow<'s, D> {
+    flow: Flow<'s, D>,
+    spec: WindowSpec,
+}
+
+impl<'s, D: Clone + 'static> WindowedFlow<'s, D> {
+    /// count, sum, min and max per key and window. `values` pushes
+    /// `(key, ts, value)` for each record. Each key must live on one worker
+    /// (use [`Flow::key_by`] first when keys span devices), and the input must
+    /// hold no late readings.
+    pub fn aggregate<K: Clone + Eq + Hash + 'static>(
+        self,
+        values: impl FnMut(&D, &mut dyn FnMut(K, i64, f64)) + 'static,
+    ) -> Flow<'s, Windowed<K>> {
+        let name = self.flow.name("window");
+        Flow { stream: window_aggregate(self.flow.stream, self.spec, &name, values), step: self.flow.step }
+    }
+}
+
+impl<'s> Flow<'s, Reading> {
+    /// Joins calibration and device context as of each reading's `ts`.
+    /// `retention_ms`: see `EnrichSpec::reference_retention`.
+    pub fn enrich(self, reference: &Reference<'s>, retention_ms: i64) -> Flow<'s, Enriched> {
+        let name = self.name("enrich");
+        Flow { stream: enrich(self.stream, reference.devices.clone(), retention_ms, &name), step: self.step }
+    }
+
+    /// Only the late readings.
+    pub fn late(self) -> Self {
+        self.filter(|r| r.late)
+    }
+}
+
+impl<'s> Flow<'s, Enriched> {
+    /// Drops late readings: what statistics, windows and alerts consume.
+    pub fn on_time(self) -> Self {
+        self.filter(|e| !e.late)
+    }
+
+    /// Incremental statistics per (device, channel). Input: on-time readings.
+    pub fn stats(self, params: StatsParams) -> Flow<'s, StatsRecord> {
+        let name = self.name("stats");
+        Flow { stream: stats(self.stream, params, &name), step: self.step }
+    }
+
+    /// count/mean/min/max per (device, channel, window). Input: on-time readings.
+    pub fn windows(self, spec: WindowSpec) -> Flow<'s, WindowRecord> {
+        let name = self.name("windows");
+        Flow { stream: windows(self.stream, spec, &name), step: self.step }
+    }
+
+    /// Threshold rules with hysteresis. Input: on-time readings.
+    pub fn detect(self, reference: &Reference<'s>) -> Flow<'s, EventRecord> {
+        let name = self.name("detect");
+        Flow { stream: detect(self.stream, reference.rules.clone(), &name), step: self.step }
+    }
+}

@@ -1,0 +1,362 @@
+//! Running a job over a recorded dataset: [`run`] and [`JobContext`].
+//!
+//! [`run`] starts the timely workers, calls your `build` function once per
+//! worker with a [`JobContext`] (sources, reference data, outputs), drives
+//! the dataflow to completion, keeps the commit ledger, and returns the
+//! run's [`Summary`]. `eddy replay` is one such job (see `replay.rs`); so is
+//! `examples/custom_job.rs`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use timely::dataflow::{ProbeHandle, Scope};
+
+use eddy_connectors::dataset::Dataset;
+use eddy_connectors::jsonl::{JsonlFile, JsonlSink};
+use eddy_core::reading::{DeadLetter, LineSource, Position, Reading};
+use eddy_core::reference::{RefChange, RefUpdate, Rule, RuleScope};
+use eddy_core::spec::PipelineSpec;
+use eddy_core::Channel;
+use eddy_operators::ingest::{ingest_source, IngestConfig, SourceProgress};
+use eddy_operators::metrics::Metrics;
+use eddy_operators::reference::{reference, Reference};
+
+use crate::checkpoint::Ledger;
+use crate::error::{Error, Result};
+use crate::flow::{Committed, Flow};
+use crate::workers::Workers;
+
+/// What to run a job on.
+#[derive(Clone, Debug)]
+pub struct JobOptions {
+    /// The dataset directory.
+    pub dataset: PathBuf,
+    /// The output directory (created if missing).
+    pub out: PathBuf,
+    /// The job specs (ingest settings, standard rules, …).
+    pub spec: PipelineSpec,
+    /// Workers (`-w`).
+    pub workers: Workers,
+    /// `Some(x)`: replay at x times the recorded event-time pace.
+    pub speed: Option<f64>,
+}
+
+/// A progress report, sent about ten times a second.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Progress {
+    /// Input bytes read.
+    pub bytes: u64,
+    /// Input size in bytes.
+    pub total_bytes: u64,
+    /// Lines read.
+    pub lines: u64,
+    /// Valid readings.
+    pub valid: u64,
+    /// Dead letters.
+    pub deadletter: u64,
+}
+
+/// The summary of a run, written to `OUT/summary.json`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    /// Lines that passed validation (late ones included).
+    pub valid: u64,
+    /// Valid readings classified late.
+    pub late: u64,
+    /// Lines that failed validation.
+    pub deadletter: u64,
+    /// Non-late valid readings with at least one junk channel.
+    pub junk: u64,
+    /// Records written to each output.
+    pub records: BTreeMap<String, u64>,
+    /// Non-late junk readings per device.
+    pub junk_by_device: BTreeMap<String, u64>,
+    /// Input lines read.
+    pub lines: u64,
+    /// Input bytes read.
+    pub bytes: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Wall time of the run, seconds.
+    pub wall_time_s: f64,
+    /// Input lines per second of wall time.
+    pub lines_per_s: f64,
+}
+
+/// Process-wide state shared by the workers of a run.
+struct Shared {
+    dataset: Dataset,
+    updates: Vec<RefUpdate>,
+    spec: PipelineSpec,
+    speed: Option<f64>,
+    out: PathBuf,
+    files: Mutex<BTreeMap<String, Arc<JsonlFile>>>,
+    metrics: Arc<Metrics>,
+    finished: AtomicUsize,
+}
+
+impl Shared {
+    fn file(&self, name: &str) -> Result<Arc<JsonlFile>> {
+        let mut files = self.files.lock();
+        if let Some(f) = files.get(name) {
+            return Ok(Arc::clone(f));
+        }
+        let f = JsonlFile::create(&self.out.join(format!("{name}.jsonl")))?;
+        files.insert(name.to_string(), Arc::clone(&f));
+        Ok(f)
+    }
+}
+
+/// What a job's `build` function gets on each worker.
+pub struct JobContext<'s, 'a> {
+    scope: Scope<'s, u64>,
+    shared: &'a Shared,
+    input: Option<Box<dyn LineSource>>,
+    updates: Option<Vec<RefUpdate>>,
+    progress: Rc<SourceProgress>,
+    probe: ProbeHandle<u64>,
+    reference: Option<Reference<'s>>,
+}
+
+impl<'s, 'a> JobContext<'s, 'a> {
+    /// The dataflow scope, for operators of your own.
+    pub fn scope(&self) -> Scope<'s, u64> {
+        self.scope
+    }
+
+    /// This worker's index.
+    pub fn index(&self) -> usize {
+        self.scope.index()
+    }
+
+    /// The job specs.
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.shared.spec
+    }
+
+    /// The dataset's readings, through the ingest job: valid readings (late
+    /// ones flagged) and dead letters. Call it once.
+    pub fn ingest(&mut self) -> (Flow<'s, Reading>, Flow<'s, DeadLetter>) {
+        let spec = &self.shared.spec.ingest;
+        let cfg = IngestConfig {
+            lateness_ms: spec.lateness.ms(),
+            epoch_ms: spec.epoch.ms(),
+            ranges: spec.ranges(),
+            speed: self.shared.speed,
+            batch_lines: 1024,
+        };
+        let streams = ingest_source(
+            self.scope,
+            "ingest",
+            self.input.take(),
+            cfg,
+            Rc::clone(&self.progress),
+            Arc::clone(&self.shared.metrics),
+        );
+        (Flow::new(streams.readings, "ingest"), Flow::new(streams.dead, "ingest"))
+    }
+
+    /// The reference data (devices, calibration, rules), as arrangements
+    /// that follow the dataset's updates. Built once, shared by every caller.
+    pub fn reference(&mut self) -> Reference<'s> {
+        if self.reference.is_none() {
+            let updates = self.updates.take().unwrap_or_default();
+            self.reference = Some(reference(self.scope, "reference", updates, Rc::clone(&self.progress)));
+        }
+        let r = self.reference.as_ref().expect("just built");
+        Reference { devices: r.devices.clone(), rules: r.rules.clone() }
+    }
+
+    /// A sink writing JSON lines to `OUT/<name>.jsonl` (one file, shared by
+    /// every worker of this process).
+    pub fn jsonl(&self, name: &str) -> JsonlSink {
+        match self.shared.file(name) {
+            Ok(f) => JsonlSink::new(f),
+            Err(e) => {
+                self.shared.metrics.fail(e.to_string());
+                // A sink that cannot open its file stops the run with that error;
+                // keep building so the workers wind down cleanly.
+                JsonlSink::new(
+                    self.shared.file("_failed").unwrap_or_else(|e| panic!("cannot create any output file: {e}")),
+                )
+            }
+        }
+    }
+
+    /// Registers a sink with the commit ledger. Every sink of a job must be
+    /// committed, or the ledger cannot say when its input is durable.
+    pub fn commit(&self, committed: Committed<'s>) {
+        committed.probe_with(&self.probe);
+    }
+}
+
+/// The standard rules of the alerts spec, as reference changes at time 0.
+pub fn spec_rules(spec: &PipelineSpec) -> Vec<RefUpdate> {
+    spec.alerts
+        .rules
+        .iter()
+        .map(|r| RefUpdate {
+            ts: 0,
+            change: RefChange::UpsertRule(
+                RuleScope::parse(&r.device_id),
+                Rule {
+                    rule_id: Arc::from(r.rule_id.as_str()),
+                    channel: Channel::intern(&r.channel),
+                    rise_above: eddy_core::reference::Num(r.rise_above),
+                    fall_below: eddy_core::reference::Num(r.fall_below),
+                },
+            ),
+        })
+        .collect()
+}
+
+/// Runs a job over a dataset. `build` is called once per worker to build its
+/// dataflow; `on_progress` is called from this thread about ten times a second.
+pub fn run<B>(opts: &JobOptions, build: B, mut on_progress: impl FnMut(Progress)) -> Result<Summary>
+where
+    B: for<'s, 'a> Fn(&mut JobContext<'s, 'a>) + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let config = opts.workers.to_timely()?;
+    if opts.workers.processes > 1 {
+        return Err(Error::Workers("a dataset job runs in one process: use -w for more workers".into()));
+    }
+    if let Some(s) = opts.speed {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(Error::Workers(format!("--speed must be a positive number, found {s}")));
+        }
+    }
+    let dataset = Dataset::open(&opts.dataset)?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
+    let mut updates = spec_rules(&opts.spec);
+    updates.extend(dataset.base.iter().cloned());
+    updates.extend(dataset.updates.iter().cloned());
+    let total_bytes = dataset.readings_bytes;
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        dataset,
+        updates,
+        spec: opts.spec.clone(),
+        speed: opts.speed,
+        out: opts.out.clone(),
+        files: Mutex::new(BTreeMap::new()),
+        metrics: Arc::clone(&metrics),
+        finished: AtomicUsize::new(0),
+    });
+    let workers = opts.workers.total();
+
+    let worker_shared = Arc::clone(&shared);
+    let build = Arc::new(build);
+    let guards = timely::execute(config, move |worker| {
+        run_worker(worker, &worker_shared, &*build);
+        worker_shared.finished.fetch_add(1, Ordering::SeqCst);
+    })
+    .map_err(Error::Run)?;
+
+    let report = |m: &Metrics| Progress {
+        bytes: Metrics::get(&m.bytes),
+        total_bytes,
+        lines: Metrics::get(&m.lines),
+        valid: Metrics::get(&m.valid),
+        deadletter: Metrics::get(&m.deadletter),
+    };
+    while shared.finished.load(Ordering::SeqCst) < opts.workers.threads {
+        on_progress(report(&metrics));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    on_progress(report(&metrics));
+    for r in guards.join() {
+        r.map_err(Error::Run)?;
+    }
+    if let Some(e) = metrics.error.lock().clone() {
+        return Err(Error::Run(e));
+    }
+    let mut records = BTreeMap::new();
+    for (name, f) in shared.files.lock().iter() {
+        f.sync()?;
+        if let Some(e) = f.error() {
+            return Err(Error::Run(e));
+        }
+        records.insert(name.clone(), f.records());
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let lines = Metrics::get(&metrics.lines);
+    let summary = Summary {
+        valid: Metrics::get(&metrics.valid),
+        late: Metrics::get(&metrics.late),
+        deadletter: Metrics::get(&metrics.deadletter),
+        junk: Metrics::get(&metrics.junk),
+        records,
+        junk_by_device: metrics.junk_by_device.lock().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        lines,
+        bytes: Metrics::get(&metrics.bytes),
+        workers,
+        wall_time_s: wall,
+        lines_per_s: if wall > 0.0 { lines as f64 / wall } else { 0.0 },
+    };
+    write_json(&opts.out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("summary serialises");
+    std::fs::write(path, text + "\n").map_err(|e| eddy_connectors::Error::io(path, e).into())
+}
+
+fn run_worker<B>(worker: &mut timely::worker::Worker, s: &Shared, build: &B)
+where
+    B: for<'s, 'a> Fn(&mut JobContext<'s, 'a>),
+{
+    let index = worker.index();
+    let progress = Rc::new(SourceProgress::default());
+    let input: Option<Box<dyn LineSource>> = if index == 0 {
+        match s.dataset.lines() {
+            Ok(l) => Some(Box::new(l)),
+            Err(e) => {
+                s.metrics.fail(e.to_string());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let updates = if index == 0 { s.updates.clone() } else { Vec::new() };
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut ctx = JobContext {
+            scope,
+            shared: s,
+            input,
+            updates: Some(updates),
+            progress: Rc::clone(&progress),
+            probe: probe.clone(),
+            reference: None,
+        };
+        build(&mut ctx);
+    });
+
+    // Worker 0 keeps the commit ledger: the input position up to which every
+    // output is durable, written to `_checkpoint.json` about once a second.
+    let mut ledger =
+        (index == 0).then(|| Ledger::new(s.out.join("_checkpoint.json"), s.dataset.readings.display().to_string()));
+    let mut last_write = Instant::now();
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if let Some(l) = ledger.as_mut() {
+            l.advance(&progress, &probe);
+            if last_write.elapsed() > Duration::from_secs(1) {
+                l.write(false);
+                last_write = Instant::now();
+            }
+        }
+    }
+    if let Some(l) = ledger.as_mut() {
+        l.finish(Position::line(Metrics::get(&s.metrics.lines) + 1));
+        l.write(true);
+    }
+}
