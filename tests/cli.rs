@@ -1,0 +1,411 @@
+//! End-to-end tests of `eddy replay`, `eddy gen` and `eddy check` through the CLI.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+fn find<'a>(records: &'a [Value], device: &str, ts: i64) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["device_id"] == device && r["ts"] == ts)
+        .unwrap_or_else(|| panic!("no record for {device} at {ts} in {records:#?}"))
+}
+
+#[test]
+fn every_dead_letter_reason_is_reported_with_line_and_original_text() {
+    let d = Data::new();
+    let lines: Vec<String> = vec![
+        reading("d1", T0, &[("pm25", json!(10))]),
+        "not json at all".into(),
+        "{\"device_id\":\"d1\",\"ts\":1".into(),
+        "[1,2,3]".into(),
+        "{\"ts\":1767225600000,\"pm25\":1}".into(),
+        "{\"device_id\":\"\",\"ts\":1767225600000}".into(),
+        "{\"device_id\":42,\"ts\":1767225600000}".into(),
+        "{\"device_id\":\"d1\",\"pm25\":1}".into(),
+        "{\"device_id\":\"d1\",\"ts\":\"2026-01-01\"}".into(),
+        "{\"device_id\":\"d1\",\"ts\":1.5}".into(),
+        "{\"device_id\":\"d1\",\"ts\":1767225600000,\"pm25\":\"high\"}".into(),
+        "{\"device_id\":\"d1\",\"ts\":1767225600000,\"co2\":true}".into(),
+        "{\"device_id\":\"d1\",\"ts\":1767225600000,\"junk\":1}".into(),
+        "{\"device_id\":\"d1\",\"ts\":1767225600000,\"pm25\":1,\"pm25\":2}".into(),
+        "".into(),
+    ];
+    d.readings(&lines);
+    let summary = d.replay(1);
+    let dead = d.output("deadletter");
+    let expect = [
+        (2, "invalid_json"),
+        (3, "invalid_json"),
+        (4, "not_an_object"),
+        (5, "missing_device_id"),
+        (6, "invalid_device_id"),
+        (7, "invalid_device_id"),
+        (8, "missing_ts"),
+        (9, "invalid_ts"),
+        (10, "invalid_ts"),
+        (11, "invalid_value"),
+        (12, "invalid_value"),
+        (13, "reserved_field"),
+        (14, "duplicate_field"),
+        (15, "empty_line"),
+    ];
+    assert_eq!(dead.len(), expect.len(), "{dead:#?}");
+    for (line_no, code) in expect {
+        let r = dead.iter().find(|r| r["line_no"] == line_no).unwrap_or_else(|| panic!("line {line_no} not dead"));
+        let reason = r["reason"].as_str().unwrap();
+        assert!(reason.starts_with(&format!("{code}: ")), "line {line_no}: {reason}");
+        assert_eq!(r["line"], lines[line_no as usize - 1].as_str(), "the original text is kept");
+    }
+    // The reason names the field.
+    let r = dead.iter().find(|r| r["line_no"] == 11).unwrap();
+    assert!(r["reason"].as_str().unwrap().contains("`pm25`"));
+    assert_eq!(summary["deadletter"], 14);
+    assert_eq!(summary["valid"], 1);
+    assert_eq!(summary["records"]["enriched"], 1, "the run goes on after bad lines");
+}
+
+#[test]
+fn late_readings_are_classified_against_the_largest_earlier_ts() {
+    let d = Data::new();
+    d.readings(&[
+        reading("a", T0 + 30 * MIN, &[("pm25", json!(10))]),
+        reading("b", T0 + 20 * MIN, &[("pm25", json!(11))]), // exactly 10 min below: on time
+        reading("a", T0 + 19 * MIN, &[("pm25", json!(12))]), // 11 min below: late
+        "garbage".into(),                                    // dead letters do not move the watermark
+        reading("b", T0 + 60 * MIN, &[("pm25", json!(13))]),
+        reading("a", T0 + 45 * MIN, &[("pm25", json!(14))]), // 15 min below: late
+        reading("a", T0 + 50 * MIN, &[("pm25", json!(15))]), // 10 min below: on time
+    ]);
+    let s = d.replay(1);
+    assert_eq!(s["valid"], 6);
+    assert_eq!(s["late"], 2);
+    let late = d.output("late");
+    let mut late_ts: Vec<i64> = late.iter().map(|r| r["ts"].as_i64().unwrap()).collect();
+    late_ts.sort();
+    assert_eq!(late_ts, vec![T0 + 19 * MIN, T0 + 45 * MIN]);
+    assert_eq!(late[0]["line_no"].as_u64().is_some(), true);
+    let enriched = d.output("enriched");
+    assert_eq!(enriched.len(), 4);
+    assert!(enriched.iter().all(|e| e["ts"] != T0 + 19 * MIN && e["ts"] != T0 + 45 * MIN));
+    // Late readings stay out of windows and statistics.
+    let windows = d.output("windows");
+    let total: u64 = windows.iter().map(|w| w["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 4);
+}
+
+#[test]
+fn lateness_comes_from_the_spec() {
+    let d = Data::new();
+    d.readings(&[reading("a", T0 + 30 * MIN, &[]), reading("a", T0 + 19 * MIN, &[])]);
+    let jobs = d.root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join("ingest.toml"), "kind = \"ingest\"\nlateness = \"15m\"\n").unwrap();
+    let out = d.out();
+    eddy_ok(&[
+        "replay",
+        d.dir().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--jobs",
+        jobs.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(read_json(&out.join("summary.json"))["late"], 0);
+}
+
+#[test]
+fn junk_values_are_flagged_excluded_and_counted_per_device() {
+    let d = Data::new();
+    d.file("calibration.csv", "device_id,channel,gain,offset\na,hum,2,0\n");
+    d.readings(&[
+        reading("a", T0, &[("pm25", json!(5000)), ("hum", json!(140)), ("co2", json!(500))]),
+        reading("a", T0 + MIN, &[("pm25", json!(-5)), ("temp", json!(21))]),
+        reading("b", T0 + MIN, &[("pm25", json!(1000)), ("temp", json!(-40))]), // the bounds are valid
+        reading("b", T0 + 2 * MIN, &[("other", json!(-1e9))]),                  // other channels are unbounded
+    ]);
+    let s = d.replay(1);
+    assert_eq!(s["junk"], 2);
+    assert_eq!(s["junk_by_device"], json!({"a": 2}));
+    let e = d.output("enriched");
+    let first = find(&e, "a", T0);
+    assert_eq!(first["junk"], json!(["hum", "pm25"]), "junk channels in the order received");
+    assert_eq!(first["pm25"], Value::Null);
+    assert_eq!(first["hum"], Value::Null, "no calibration applies to a junk value");
+    assert_eq!(first["raw"], json!({}));
+    assert_eq!(first["co2"], 500.0);
+    assert_eq!(find(&e, "b", T0 + MIN)["junk"], json!([]));
+    // A junk value reaches no statistic or window.
+    let windows = d.output("windows");
+    assert!(!windows.iter().any(|w| w["device_id"] == "a" && w["channel"] == "pm25"), "{windows:#?}");
+    let stats = d.output("stats");
+    assert!(stats.iter().all(|s| !(s["device_id"] == "a" && s["channel"] == "hum")));
+}
+
+#[test]
+fn junk_ranges_come_from_the_spec() {
+    let d = Data::new();
+    d.readings(&[reading("a", T0, &[("pm25", json!(900)), ("ref_pm25", json!(-1))])]);
+    let jobs = d.root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("ingest.toml"),
+        "kind = \"ingest\"\n[ranges]\npm25 = { min = 0, max = 500 }\nref_pm25 = { min = 0 }\n",
+    )
+    .unwrap();
+    let out = d.out();
+    eddy_ok(&[
+        "replay",
+        d.dir().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--jobs",
+        jobs.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(read_jsonl(&out.join("enriched.jsonl"))[0]["junk"], json!(["pm25", "ref_pm25"]));
+}
+
+#[test]
+fn calibration_applies_as_of_valid_from_including_a_mid_stream_update() {
+    let d = Data::new();
+    d.file("devices.csv", "device_id,site,owner\na,s1,o1\n");
+    // gain 2 since forever; gain 3 from T0+60min.
+    d.file(
+        "calibration.csv",
+        &format!("device_id,channel,gain,offset,valid_from\na,pm25,2,1,\na,pm25,3,0,{}\n", T0 + 60 * MIN),
+    );
+    // An update at T0+120min: gain 10 (valid from its ts); and the device moves site.
+    d.file(
+        "updates.jsonl",
+        &format!(
+            "{}\n{}\n",
+            json!({"ts": T0 + 120 * MIN, "table": "calibration", "op": "upsert", "row": {"device_id": "a", "channel": "pm25", "gain": 10, "offset": 0}}),
+            json!({"ts": T0 + 120 * MIN, "table": "devices", "op": "upsert", "row": {"device_id": "a", "site": "s2", "owner": "o1"}})
+        ),
+    );
+    d.readings(&[
+        reading("a", T0 + 30 * MIN, &[("pm25", json!(1)), ("co2", json!(400))]),
+        reading("a", T0 + 90 * MIN, &[("pm25", json!(1))]),
+        reading("a", T0 + 125 * MIN, &[("pm25", json!(1))]),
+        reading("a", T0 + 118 * MIN, &[("pm25", json!(1))]), // arrives after the update, but its ts is before it
+        reading("a", T0 + 130 * MIN, &[("pm25", json!(1))]),
+    ]);
+    for w in [1, 2] {
+        d.replay(w);
+        let e = d.output("enriched");
+        assert_eq!(find(&e, "a", T0 + 30 * MIN)["pm25"], 3.0);
+        assert_eq!(find(&e, "a", T0 + 30 * MIN)["raw"], json!({"pm25": 1.0}), "raw lists calibrated channels");
+        assert_eq!(find(&e, "a", T0 + 30 * MIN)["co2"], 400.0, "an uncalibrated channel passes through");
+        assert_eq!(find(&e, "a", T0 + 90 * MIN)["pm25"], 3.0);
+        assert_eq!(find(&e, "a", T0 + 130 * MIN)["pm25"], 10.0);
+        assert_eq!(find(&e, "a", T0 + 125 * MIN)["pm25"], 10.0);
+        assert_eq!(find(&e, "a", T0 + 118 * MIN)["pm25"], 3.0, "as of event time, whatever the arrival order");
+        assert_eq!(find(&e, "a", T0 + 118 * MIN)["device"]["site"], "s1");
+        assert_eq!(find(&e, "a", T0 + 130 * MIN)["device"]["site"], "s2");
+    }
+}
+
+#[test]
+fn unknown_devices_are_enriched_with_nothing_and_never_dropped() {
+    let d = Data::new();
+    d.file("devices.csv", "device_id,site\nknown,s1\n");
+    d.file("calibration.csv", "device_id,channel,gain,offset\nknown,pm25,2,0\n");
+    d.readings(&[reading("known", T0, &[("pm25", json!(5))]), reading("stranger", T0, &[("pm25", json!(5))])]);
+    d.replay(2);
+    let e = d.output("enriched");
+    assert_eq!(e.len(), 2);
+    let s = find(&e, "stranger", T0);
+    assert_eq!(s["device"], Value::Null);
+    assert_eq!(s["pm25"], 5.0);
+    assert_eq!(s["raw"], json!({}));
+    assert_eq!(find(&e, "known", T0)["device"], json!({"site": "s1"}));
+}
+
+#[test]
+fn a_device_deleted_mid_stream_loses_its_context_from_the_update_on() {
+    let d = Data::new();
+    d.file("devices.csv", "device_id,site\na,s1\n");
+    d.file(
+        "updates.jsonl",
+        &format!("{}\n", json!({"ts": T0 + 10 * MIN, "table": "devices", "op": "delete", "row": {"device_id": "a"}})),
+    );
+    d.readings(&[reading("a", T0, &[]), reading("a", T0 + 10 * MIN, &[])]);
+    d.replay(1);
+    let e = d.output("enriched");
+    assert_eq!(find(&e, "a", T0)["device"], json!({"site": "s1"}));
+    assert_eq!(find(&e, "a", T0 + 10 * MIN)["device"], Value::Null);
+}
+
+#[test]
+fn spec_errors_name_the_file_and_the_key() {
+    let d = Data::new();
+    d.readings(&[reading("a", T0, &[])]);
+    let jobs = d.root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    let cases = [
+        ("stats.toml", "kind = \"stats\"\nalpha = 1.5\n", "key `alpha`"),
+        ("stats.toml", "kind = \"stats\"\nalfa = 0.5\n", "unknown field `alfa`"),
+        ("windows.toml", "kind = \"windows\"\nsize = \"1h\"\nslide = \"7m\"\n", "key `slide`"),
+        ("windows.toml", "kind = \"windows\"\nsize = \"ten minutes\"\n", "invalid duration"),
+        (
+            "alerts.toml",
+            "kind = \"alerts\"\n[[rules]]\nrule_id = \"x\"\nchannel = \"pm25\"\nrise_above = 1\nfall_below = 2\n",
+            "key `rules[0].fall_below`",
+        ),
+        ("thing.toml", "kind = \"teleport\"\n", "key `kind`"),
+        ("ingest.toml", "kind = \"ingest\"\nepoch = \"7m\"\n", "not a multiple of the ingest epoch"),
+    ];
+    for (file, text, needle) in cases {
+        for f in std::fs::read_dir(&jobs).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        std::fs::write(jobs.join(file), text).unwrap();
+        let out = eddy_err(&[
+            "replay",
+            d.dir().to_str().unwrap(),
+            "--out",
+            d.out().to_str().unwrap(),
+            "--jobs",
+            jobs.to_str().unwrap(),
+        ]);
+        let err = text_of(&out.stderr);
+        assert!(err.contains(file), "{file}: error does not name the file: {err}");
+        assert!(err.contains(needle), "{file}: expected {needle:?} in: {err}");
+        // eddy check says the same.
+        let out = eddy_err(&["check", jobs.join(file).to_str().unwrap()]);
+        assert!(text_of(&out.stderr).contains(needle));
+    }
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn bad_reference_data_names_file_line_and_field() {
+    let d = Data::new();
+    d.readings(&[reading("a", T0, &[])]);
+    d.file("calibration.csv", "device_id,channel,gain,offset\na,pm25,1,0\na,co2,one,0\n");
+    let out = eddy_err(&["replay", d.dir().to_str().unwrap(), "--out", d.out().to_str().unwrap()]);
+    let err = text_of(&out.stderr);
+    assert!(err.contains("calibration.csv:3: field `gain`"), "{err}");
+}
+
+#[test]
+fn missing_dataset_is_a_clear_error() {
+    let out = eddy_err(&["replay", "/nonexistent/dataset", "--out", "/tmp/eddy-never"]);
+    assert!(text_of(&out.stderr).contains("/nonexistent/dataset: not found"));
+}
+
+#[test]
+fn the_sample_gives_the_same_records_on_1_2_and_4_workers() {
+    let root = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/sample");
+    let mut sets = Vec::new();
+    for w in [1, 2, 4] {
+        let out = root.path().join(format!("w{w}"));
+        eddy_ok(&["replay", sample, "--out", out.to_str().unwrap(), "-w", &w.to_string(), "-q"]);
+        sets.push(output_sets(&out));
+    }
+    for (name, lines) in &sets[0] {
+        assert!(!lines.is_empty() || name == "none", "{name} is empty");
+        assert_eq!(lines, &sets[1][name], "{name}: -w 1 and -w 2 differ");
+        assert_eq!(lines, &sets[2][name], "{name}: -w 1 and -w 4 differ");
+    }
+}
+
+#[test]
+fn the_summary_counts_every_line_once() {
+    let root = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/sample");
+    let out = root.path().join("o");
+    let stdout = eddy_ok(&["replay", sample, "--out", out.to_str().unwrap()]);
+    assert!(stdout.contains("replayed"), "{stdout}");
+    let s = read_json(&out.join("summary.json"));
+    let lines = std::fs::read_to_string(format!("{sample}/readings.jsonl")).unwrap().lines().count() as u64;
+    assert_eq!(s["lines"], lines);
+    assert_eq!(s["valid"].as_u64().unwrap() + s["deadletter"].as_u64().unwrap(), lines, "nothing lost");
+    assert_eq!(s["records"]["enriched"].as_u64().unwrap() + s["late"].as_u64().unwrap(), s["valid"].as_u64().unwrap());
+    assert_eq!(s["records"]["late"], s["late"]);
+    assert_eq!(s["records"]["deadletter"], s["deadletter"]);
+    for name in ["stats", "windows", "events"] {
+        let n = std::fs::read_to_string(out.join(format!("{name}.jsonl"))).unwrap().lines().count() as u64;
+        assert_eq!(s["records"][name], n, "{name}");
+        assert!(n > 0, "{name} is empty");
+    }
+    let cp = read_json(&out.join("_checkpoint.json"));
+    assert_eq!(cp["complete"], true);
+    assert_eq!(cp["committed"]["offset"], lines + 1);
+    assert!(s["wall_time_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn gen_makes_a_fleet_of_ten_thousand_devices() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("fleet");
+    let stdout = eddy_ok(&["gen", dir.to_str().unwrap(), "--devices", "10000", "--hours", "0.25", "--seed", "3"]);
+    assert!(stdout.contains("10000 devices"), "{stdout}");
+    let devices = std::fs::read_to_string(dir.join("devices.csv")).unwrap();
+    assert_eq!(devices.lines().count(), 10_001);
+    let readings = std::fs::read_to_string(dir.join("readings.jsonl")).unwrap();
+    let ids: std::collections::HashSet<&str> = readings
+        .lines()
+        .filter_map(|l| l.split("\"device_id\":\"").nth(1))
+        .filter_map(|r| r.split('"').next())
+        .collect();
+    assert!(ids.len() >= 10_000, "{} devices sent readings", ids.len());
+    // And it replays.
+    let out = root.path().join("out");
+    eddy_ok(&["replay", dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "-w", "2", "-q"]);
+    assert!(read_json(&out.join("summary.json"))["valid"].as_u64().unwrap() >= 30_000);
+}
+
+#[test]
+fn gen_rejects_bad_options_by_name() {
+    let out = eddy_err(&["gen", "/tmp/eddy-gen-bad", "--late", "1.5"]);
+    assert!(text_of(&out.stderr).contains("--late"), "{}", text_of(&out.stderr));
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = eddy_ok(&["--help"]);
+    for c in ["replay", "gen", "check"] {
+        assert!(out.contains(c), "{out}");
+    }
+    let out = eddy_ok(&["replay", "--help"]);
+    for flag in ["--out", "--workers", "--processes", "--process", "--hostfile", "--speed", "--jobs"] {
+        assert!(out.contains(flag), "{flag} missing from replay --help:\n{out}");
+    }
+}
+
+#[test]
+fn speed_paces_the_replay_by_event_time() {
+    // 10 minutes of event time at 600x take about a second.
+    let d = Data::new();
+    let lines: Vec<String> = (0..=10).map(|i| reading("a", T0 + i * MIN, &[("pm25", json!(1))])).collect();
+    d.readings(&lines);
+    let out = d.out();
+    let started = std::time::Instant::now();
+    eddy_ok(&["replay", d.dir().to_str().unwrap(), "--out", out.to_str().unwrap(), "--speed", "600", "-q"]);
+    let took = started.elapsed();
+    // A lower bound only: pacing must not be skipped (no upper bound: the machine is shared).
+    assert!(took >= std::time::Duration::from_millis(900), "took {took:?}");
+    assert_eq!(read_json(&out.join("summary.json"))["valid"], 11);
+    let out2 = eddy_err(&["replay", d.dir().to_str().unwrap(), "--out", out.to_str().unwrap(), "--speed", "0"]);
+    assert!(text_of(&out2.stderr).contains("--speed"));
+}
+
+#[test]
+fn gzip_datasets_replay_the_same() {
+    let root = tempfile::tempdir().unwrap();
+    let (plain, gz) = (root.path().join("plain"), root.path().join("gz"));
+    eddy_ok(&["gen", plain.to_str().unwrap(), "--devices", "20", "--hours", "3"]);
+    eddy_ok(&["gen", gz.to_str().unwrap(), "--devices", "20", "--hours", "3", "--gzip"]);
+    assert!(gz.join("readings.jsonl.gz").is_file());
+    let (o1, o2) = (root.path().join("o1"), root.path().join("o2"));
+    eddy_ok(&["replay", plain.to_str().unwrap(), "--out", o1.to_str().unwrap(), "-q"]);
+    eddy_ok(&["replay", gz.to_str().unwrap(), "--out", o2.to_str().unwrap(), "-q"]);
+    assert_eq!(output_sets(&o1), output_sets(&o2));
+}

@@ -1,0 +1,123 @@
+//! Helpers for the integration tests: run the `eddy` binary, write small
+//! datasets, read outputs.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `eddy` binary built for these tests.
+pub fn eddy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_eddy"))
+}
+
+/// Runs `eddy args…`, asserting success; returns stdout.
+pub fn eddy_ok(args: &[&str]) -> String {
+    let out = eddy().args(args).output().expect("run eddy");
+    assert!(
+        out.status.success(),
+        "eddy {args:?} failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs `eddy args…`, asserting failure; returns the output.
+pub fn eddy_err(args: &[&str]) -> Output {
+    let out = eddy().args(args).output().expect("run eddy");
+    assert!(!out.status.success(), "eddy {args:?} should have failed:\nstdout: {}", text(&out.stdout));
+    out
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A dataset directory under a temporary directory.
+pub struct Data {
+    pub root: tempfile::TempDir,
+}
+
+impl Data {
+    pub fn new() -> Data {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("data")).unwrap();
+        Data { root }
+    }
+    pub fn dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+    pub fn out(&self) -> PathBuf {
+        self.root.path().join("out")
+    }
+    pub fn file(&self, name: &str, content: &str) -> &Self {
+        std::fs::write(self.dir().join(name), content).unwrap();
+        self
+    }
+    /// Writes readings.jsonl from lines.
+    pub fn readings(&self, lines: &[String]) -> &Self {
+        let mut s = lines.join("\n");
+        s.push('\n');
+        self.file("readings.jsonl", &s)
+    }
+    /// Replays with `-w workers`, returning the summary.
+    pub fn replay(&self, workers: usize) -> Value {
+        let out = self.out();
+        eddy_ok(&[
+            "replay",
+            self.dir().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-w",
+            &workers.to_string(),
+            "-q",
+        ]);
+        read_json(&out.join("summary.json"))
+    }
+    pub fn output(&self, name: &str) -> Vec<Value> {
+        read_jsonl(&self.out().join(format!("{name}.jsonl")))
+    }
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
+}
+
+/// Every output of a run directory, each as a sorted list of lines.
+pub fn output_sets(out: &Path) -> BTreeMap<String, Vec<String>> {
+    ["enriched", "late", "deadletter", "stats", "windows", "events"]
+        .iter()
+        .map(|n| {
+            let mut lines: Vec<String> =
+                std::fs::read_to_string(out.join(format!("{n}.jsonl"))).unwrap().lines().map(String::from).collect();
+            lines.sort();
+            (n.to_string(), lines)
+        })
+        .collect()
+}
+
+/// A reading line.
+pub fn reading(device: &str, ts: i64, fields: &[(&str, Value)]) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("device_id".into(), device.into());
+    m.insert("ts".into(), ts.into());
+    for (k, v) in fields {
+        m.insert(k.to_string(), v.clone());
+    }
+    Value::Object(m).to_string()
+}
+
+pub const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+pub const MIN: i64 = 60_000;
