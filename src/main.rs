@@ -1,7 +1,7 @@
 //! The `eddy` command line: glue over `eddy-runtime`, and the one place that
 //! uses `anyhow`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -297,7 +297,7 @@ fn cmd_check(a: CheckArgs) -> Result<()> {
     } else {
         PipelineSpec::from_files(&read_specs(&a.paths)?, true)?
     };
-    println!("{spec:#?}");
-    println!("ok");
+    // A closed pipe (`eddy check | head`) is not an error.
+    let _ = writeln!(std::io::stdout(), "{spec:#?}\nok");
     Ok(())
 }

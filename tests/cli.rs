@@ -130,7 +130,7 @@ fn junk_values_are_flagged_excluded_and_counted_per_device() {
     assert_eq!(s["junk_by_device"], json!({"a": 2}));
     let e = d.output("enriched");
     let first = find(&e, "a", T0);
-    assert_eq!(first["junk"], json!(["hum", "pm25"]), "junk channels in the order received");
+    assert_eq!(first["junk"], json!(["pm25", "hum"]), "junk channels in the order received");
     assert_eq!(first["pm25"], Value::Null);
     assert_eq!(first["hum"], Value::Null, "no calibration applies to a junk value");
     assert_eq!(first["raw"], json!({}));

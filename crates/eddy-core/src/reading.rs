@@ -77,7 +77,8 @@ pub struct Enriched {
     /// Calibrated values, in the order received. `None` where the value was
     /// null or junk: such a value is excluded from everything downstream.
     pub values: Values,
-    /// The values as received (junk ones included).
+    /// The values as received (junk ones included). `enriched.jsonl` shows
+    /// them only for calibrated channels; the backup keeps them all.
     pub raw: Values,
     /// The channels to which a calibration was applied.
     pub calibrated: ChannelList,

@@ -132,7 +132,8 @@ fn d_star() -> String {
 pub struct IngestSpec {
     /// Must be `"ingest"`.
     pub kind: JobKind,
-    /// A name for logs and metrics (defaults to the kind).
+    /// The job's name: the prefix of its operators' names in logs and
+    /// profiles (defaults to the kind).
     #[serde(default)]
     pub name: Option<String>,
     /// How far below the largest `ts` seen so far a reading may be before it
@@ -176,7 +177,7 @@ impl IngestSpec {
 pub struct EnrichSpec {
     /// Must be `"enrich"`.
     pub kind: JobKind,
-    /// A name for logs and metrics.
+    /// The job's name (operator-name prefix; defaults to the kind).
     #[serde(default)]
     pub name: Option<String>,
     /// How much reference-data history (event time, behind the watermark)
@@ -193,7 +194,7 @@ pub struct EnrichSpec {
 pub struct StatsSpec {
     /// Must be `"stats"`.
     pub kind: JobKind,
-    /// A name for logs and metrics.
+    /// The job's name (operator-name prefix; defaults to the kind).
     #[serde(default)]
     pub name: Option<String>,
     /// EWMA smoothing factor α in (0, 1]. Default 0.1.
@@ -221,7 +222,7 @@ pub struct StatsSpec {
 pub struct WindowsSpec {
     /// Must be `"windows"`.
     pub kind: JobKind,
-    /// A name for logs and metrics.
+    /// The job's name (operator-name prefix; defaults to the kind).
     #[serde(default)]
     pub name: Option<String>,
     /// Window size. Default `"1h"`.
@@ -282,7 +283,7 @@ fn d_rules() -> Vec<RuleSpec> {
 pub struct AlertsSpec {
     /// Must be `"alerts"`.
     pub kind: JobKind,
-    /// A name for logs and metrics.
+    /// The job's name (operator-name prefix; defaults to the kind).
     #[serde(default)]
     pub name: Option<String>,
     /// The standard rules, applied before `thresholds.csv` and rule updates.

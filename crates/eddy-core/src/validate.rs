@@ -242,13 +242,10 @@ impl<'de> Visitor<'de> for TopVisitor {
         let mut first_error: Option<Rejection> = None;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let field = map.next_value_seed(FieldSeed)?;
-            if first_error.is_some() {
-                continue;
-            }
             match &*key {
                 "device_id" => {
                     if device.is_some() {
-                        first_error = Some(Rejection::DuplicateField(key.into_owned()));
+                        first_error.get_or_insert(Rejection::DuplicateField(key.into_owned()));
                         continue;
                     }
                     device = Some(match field {
@@ -258,7 +255,7 @@ impl<'de> Visitor<'de> for TopVisitor {
                 }
                 "ts" => {
                     if ts.is_some() {
-                        first_error = Some(Rejection::DuplicateField(key.into_owned()));
+                        first_error.get_or_insert(Rejection::DuplicateField(key.into_owned()));
                         continue;
                     }
                     ts = Some(match field {
@@ -267,6 +264,9 @@ impl<'de> Visitor<'de> for TopVisitor {
                         other => Err(Rejection::InvalidTs(other.kind())),
                     });
                 }
+                // After the first bad channel, later channels are not looked at
+                // (device_id and ts still are: they take precedence).
+                _ if first_error.is_some() => {}
                 name => {
                     if RESERVED_FIELDS.contains(&name) {
                         first_error = Some(Rejection::ReservedField(name.to_string()));
@@ -469,6 +469,16 @@ mod tests {
         assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":[1]}"#), "invalid_value");
         assert_eq!(code(r#"{"device_id":"d","ts":1,"junk":1}"#), "reserved_field");
         assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":1,"pm25":2}"#), "duplicate_field");
+    }
+
+    #[test]
+    fn device_id_and_ts_rules_take_precedence_over_channel_rules() {
+        // Regression: a bad channel before device_id used to hide device_id.
+        assert_eq!(code(r#"{"pm25":"x","device_id":"d1","ts":1}"#), "invalid_value");
+        assert_eq!(code(r#"{"pm25":"x","ts":1}"#), "missing_device_id");
+        assert_eq!(code(r#"{"pm25":"x","device_id":"d1"}"#), "missing_ts");
+        assert_eq!(code(r#"{"junk":1,"device_id":"d1","ts":"x"}"#), "invalid_ts");
+        assert_eq!(code(r#"{"device_id":"d1","device_id":"d2","ts":1}"#), "duplicate_field");
     }
 
     #[test]

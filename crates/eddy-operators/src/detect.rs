@@ -12,8 +12,9 @@
 //! event is active ends the event at the device's next reading, with reason
 //! `rule_removed`.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use differential_dataflow::operators::arrange::Arranged;
 use timely::dataflow::channels::pact::Pipeline;
@@ -22,7 +23,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use eddy_core::hysteresis::{observe, Active, Transition};
-use eddy_core::ids::{Channel, DeviceId};
+use eddy_core::ids::DeviceId;
 use eddy_core::reading::Enriched;
 use eddy_core::records::{EndReason, EventRecord, EventState};
 use eddy_core::reference::{effective_rules, Rule, RuleScope};
@@ -30,11 +31,10 @@ use eddy_core::reference::{effective_rules, Rule, RuleScope};
 use crate::lookup::{as_of, compact_to, histories, max_time};
 use crate::reference::RulesTrace;
 
-/// An active event of one rule on one device.
+/// An active event of one rule on one device, with the rule as last applied.
 #[derive(Clone, Debug)]
 struct Open {
-    rule_id: Arc<str>,
-    channel: Channel,
+    rule: Rule,
     active: Active,
 }
 
@@ -65,45 +65,30 @@ fn record(rule: &Rule, device: DeviceId, state: EventState, ts: i64, value: Opti
 impl Detector {
     /// Applies one non-late reading under `rules` (the rules in force for its
     /// device), pushing the events it causes.
-    pub fn apply(
-        &mut self,
-        r: &Enriched,
-        rules: &[Rule],
-        removed_rule: impl Fn(&Arc<str>) -> Option<Rule>,
-        out: &mut Vec<EventRecord>,
-    ) {
+    pub fn apply(&mut self, r: &Enriched, rules: &[Rule], out: &mut Vec<EventRecord>) {
         let open = self.open.entry(r.device).or_default();
-        // Events whose rule is gone end now.
+        // Events whose rule is gone end now, with the thresholds last in force.
         let mut i = 0;
         while i < open.len() {
-            if rules.iter().any(|rule| rule.rule_id == open[i].rule_id) {
+            if rules.iter().any(|rule| rule.rule_id == open[i].rule.rule_id) {
                 i += 1;
                 continue;
             }
             let o = open.swap_remove(i);
-            let rule = removed_rule(&o.rule_id).unwrap_or(Rule {
-                rule_id: o.rule_id.clone(),
-                channel: o.channel,
-                rise_above: eddy_core::reference::Num(f64::NAN),
-                fall_below: eddy_core::reference::Num(f64::NAN),
-            });
-            let mut e = record(&rule, r.device, EventState::End, r.ts, r.value(o.channel), o.active.start_ts);
-            e.channel = o.channel;
+            let mut e = record(&o.rule, r.device, EventState::End, r.ts, r.value(o.rule.channel), o.active.start_ts);
             e.peak = Some(o.active.peak);
             e.duration_ms = Some(r.ts - o.active.start_ts);
             e.reason = Some(EndReason::RuleRemoved);
             out.push(e);
         }
         for rule in rules {
-            let Some(v) = r.value(rule.channel) else {
-                continue;
-            };
-            let pos = open.iter().position(|o| o.rule_id == rule.rule_id);
+            let Some(v) = r.value(rule.channel) else { continue };
+            let pos = open.iter().position(|o| o.rule.rule_id == rule.rule_id);
             let mut state = pos.map(|p| open[p].active);
             match observe(&mut state, r.ts, v, rule.rise_above.0, rule.fall_below.0) {
                 Transition::Start => {
                     let active = state.expect("started");
-                    open.push(Open { rule_id: rule.rule_id.clone(), channel: rule.channel, active });
+                    open.push(Open { rule: rule.clone(), active });
                     out.push(record(rule, r.device, EventState::Start, r.ts, Some(v), r.ts));
                 }
                 Transition::End(ended) => {
@@ -119,7 +104,9 @@ impl Detector {
                 Transition::None => {
                     if let (Some(p), Some(s)) = (pos, state) {
                         open[p].active = s;
-                        open[p].channel = rule.channel;
+                        if open[p].rule != *rule {
+                            open[p].rule = rule.clone();
+                        }
                     }
                 }
             }
@@ -173,7 +160,7 @@ pub fn detect<'s>(
                 let wild = &hist[index[&RuleScope::All]];
                 let wild_latest = max_time(wild);
                 let wild_now = as_of(wild, u64::MAX);
-                let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::new();
+                let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::default();
                 let mut out = Vec::new();
                 for (cap, batch) in ready {
                     for r in batch {
@@ -192,13 +179,7 @@ pub fn detect<'s>(
                             rules_then = effective_rules(&as_of(dev_hist, time), &as_of(wild, time));
                             &rules_then
                         };
-                        // The thresholds of a removed rule, as last in force, for its end event.
-                        let removed = |id: &Arc<str>| {
-                            let mut all = as_of(dev_hist, time.saturating_sub(1));
-                            all.extend(as_of(wild, time.saturating_sub(1)));
-                            all.into_iter().find(|rule| &rule.rule_id == id)
-                        };
-                        detector.apply(&r, rules, removed, &mut out);
+                        detector.apply(&r, rules, &mut out);
                     }
                     if !out.is_empty() {
                         output.session(&cap).give_iterator(out.drain(..));

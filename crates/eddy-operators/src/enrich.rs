@@ -7,7 +7,9 @@
 //! each reading sees the reference data as of its `ts` (clamped to the
 //! retained history; see [`lookup_time`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use differential_dataflow::operators::arrange::Arranged;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -131,7 +133,8 @@ pub fn enrich<'s>(
                     keys.dedup();
                     let hist = histories(&mut trace, &keys);
                     // Per device: the view as of every time in its history, computed once.
-                    let mut current: HashMap<DeviceId, (u64, DeviceView)> = HashMap::with_capacity(keys.len());
+                    let mut current: HashMap<DeviceId, (u64, DeviceView)> =
+                        HashMap::with_capacity_and_hasher(keys.len(), Default::default());
                     for (k, h) in keys.iter().zip(hist.iter()) {
                         current.insert(*k, (max_time(h), DeviceView::of(h, u64::MAX)));
                     }

@@ -23,8 +23,6 @@ pub struct Metrics {
     pub junk: AtomicU64,
     /// Junk readings per device id (non-late).
     pub junk_by_device: Mutex<HashMap<String, u64>>,
-    /// Records written, per output name.
-    pub written: Mutex<HashMap<String, u64>>,
     /// The first fatal error a worker met (an I/O error, say).
     pub error: Mutex<Option<String>>,
 }
@@ -38,11 +36,6 @@ impl Metrics {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
-    }
-
-    /// Records that `n` records were written to `output`.
-    pub fn wrote(&self, output: &str, n: u64) {
-        *self.written.lock().entry(output.to_string()).or_default() += n;
     }
 
     /// Records the first fatal error.

@@ -9,7 +9,9 @@
 //! reading in the window, and the readings that arrived before the watermark
 //! passed `e`), so it is the same whatever the number of workers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -45,21 +47,21 @@ pub fn stats<'s>(
     enriched.unary_frontier(Pipeline, name, move |cap, _info| {
         let mut held: Option<Capability<u64>> = Some(cap);
         let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
-        let mut state: HashMap<(DeviceId, Channel), ChannelStats> = HashMap::new();
+        let mut state: HashMap<(DeviceId, Channel), (ChannelStats, i64)> = HashMap::default();
         let mut pending: BTreeSet<(i64, DeviceId, Channel)> = BTreeSet::new();
         let cfg = params.config;
         let every = params.snapshot_every_ms;
 
         let close = move |upto: i64,
                           pending: &mut BTreeSet<(i64, DeviceId, Channel)>,
-                          state: &HashMap<(DeviceId, Channel), ChannelStats>,
+                          state: &HashMap<(DeviceId, Channel), (ChannelStats, i64)>,
                           out: &mut Vec<StatsRecord>| {
             while let Some(&(end, d, c)) = pending.first() {
                 if end > upto {
                     break;
                 }
                 pending.pop_first();
-                if let Some(s) = state.get(&(d, c)) {
+                if let Some((s, _)) = state.get(&(d, c)) {
                     out.push(StatsRecord { device_id: d, channel: c, stats: s.snapshot() });
                 }
             }
@@ -88,8 +90,15 @@ pub fn stats<'s>(
                 }
                 for r in batch {
                     for (c, v) in r.usable() {
-                        state.entry((r.device, c)).or_insert_with(|| ChannelStats::new(&cfg)).update(&cfg, r.ts, v);
-                        pending.insert((snapshot_end(r.ts, every), r.device, c));
+                        let (s, last_end) =
+                            state.entry((r.device, c)).or_insert_with(|| (ChannelStats::new(&cfg), i64::MIN));
+                        s.update(&cfg, r.ts, v);
+                        // Register the window's close once per run of values in it.
+                        let end = snapshot_end(r.ts, every);
+                        if end != *last_end {
+                            pending.insert((end, r.device, c));
+                            *last_end = end;
+                        }
                     }
                 }
             }
@@ -114,7 +123,7 @@ pub fn stats<'s>(
                         out.extend(keys.into_iter().map(|(d, c)| StatsRecord {
                             device_id: d,
                             channel: c,
-                            stats: state[&(d, c)].snapshot(),
+                            stats: state[&(d, c)].0.snapshot(),
                         }));
                         output.session(&h).give_iterator(out.drain(..));
                     }

@@ -5,7 +5,9 @@
 //! readings never reach these operators, and a non-late reading always has
 //! `ts` at or past the frontier, so no value arrives for a closed window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::hash::Hash;
 
 use timely::dataflow::channels::pact::Pipeline;
@@ -48,7 +50,7 @@ where
 {
     stream.unary_frontier(Pipeline, name, move |cap, _info| {
         let mut held: Option<Capability<u64>> = Some(cap);
-        let mut aggs: HashMap<(K, i64), WindowAgg> = HashMap::new();
+        let mut aggs: HashMap<(K, i64), WindowAgg> = HashMap::default();
         let mut closing: BTreeMap<i64, Vec<(K, i64)>> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {

@@ -76,7 +76,7 @@
 //! channels sorted by name; then `raw_<channel>` (Float64, the value as
 //! received) in the same order; then the device context columns (Utf8,
 //! sorted by name; null for an unknown device or a missing key); then `late`
-//! (Boolean), `junk` (List<Utf8>), `src_partition` (UInt32) and `src_offset`
+//! (Boolean), `junk` (`List<Utf8>`), `src_partition` (UInt32) and `src_offset`
 //! (UInt64). Each value, raw and context field also carries the metadata key
 //! `eddy.channel`, `eddy.raw_channel` or `eddy.context` naming its channel or
 //! context key; eddy's reader relies on it (a name that would collide with

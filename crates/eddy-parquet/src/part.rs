@@ -352,7 +352,7 @@ impl<E: Encoder> Core<E> {
         for d in &dirs {
             sync_dir(d)?;
         }
-        let entry = ManifestEntry {
+        let mut entry = ManifestEntry {
             version: crate::manifest::MANIFEST_VERSION,
             kind: self.kind.to_string(),
             writer: self.writer_id.clone(),
@@ -361,6 +361,7 @@ impl<E: Encoder> Core<E> {
             epoch: upto,
             files: self.pending.drain(..).map(|p| p.entry).collect(),
         };
+        entry.files.sort_by(|a, b| a.path.cmp(&b.path));
         let path = write_entry(&self.dir, &entry)?;
         self.commit_seq += 1;
         tracing::debug!(

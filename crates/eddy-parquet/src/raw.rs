@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryBuilder, RecordBatch, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+    Array, ArrayBuilder, ArrayRef, AsArray, BinaryBuilder, RecordBatch, TimestampMillisecondBuilder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type, UInt64Type,

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMillisecondType};
 use arrow::datatypes::{UInt32Type, UInt64Type};
@@ -104,6 +104,18 @@ fn role(field: &arrow::datatypes::Field) -> Role {
     }
 }
 
+/// The Float64 arrays of value or raw columns.
+fn floats<'a>(path: &Path, cols: &'a [(String, ArrayRef)]) -> Result<Vec<(&'a str, &'a Float64Array)>> {
+    cols.iter()
+        .map(|(c, a)| {
+            let a = a
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| Error::format(path, format!("column of `{c}` is not Float64")))?;
+            Ok((c.as_str(), a))
+        })
+        .collect()
+}
+
 /// Reads one backup data file (whether committed or not).
 pub fn read_backup_file(path: &Path) -> Result<Vec<BackupRow>> {
     let mut out = Vec::new();
@@ -156,16 +168,8 @@ fn decode_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<BackupRow>) -> R
         Some(a) => Some(a.as_list_opt::<i32>().ok_or_else(|| bad("junk"))?),
         None => None,
     };
-    let floats = |cols: &[(String, ArrayRef)]| -> Result<Vec<(String, _)>> {
-        cols.iter()
-            .map(|(c, a)| {
-                let a = a.as_primitive_opt::<Float64Type>().ok_or_else(|| bad(c))?;
-                Ok((c.clone(), a))
-            })
-            .collect()
-    };
-    let values = floats(&values)?;
-    let raw = floats(&raw)?;
+    let values = floats(path, &values)?;
+    let raw = floats(path, &raw)?;
     let context = context
         .iter()
         .map(|(k, a)| {
@@ -174,7 +178,7 @@ fn decode_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<BackupRow>) -> R
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let opt = |a: &arrow::array::Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+    let opt = |a: &Float64Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
     out.reserve(batch.num_rows());
     for i in 0..batch.num_rows() {
         let junk = match junk {
@@ -194,8 +198,8 @@ fn decode_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<BackupRow>) -> R
         out.push(BackupRow {
             device_id: device.value(i).to_string(),
             ts: ts.value(i),
-            raw: raw.iter().map(|(c, a)| (c.clone(), opt(a, i))).collect(),
-            values: values.iter().map(|(c, a)| (c.clone(), opt(a, i))).collect(),
+            raw: raw.iter().map(|(c, a)| (c.to_string(), opt(a, i))).collect(),
+            values: values.iter().map(|(c, a)| (c.to_string(), opt(a, i))).collect(),
             context: context
                 .iter()
                 .filter(|(_, a)| !a.is_null(i))

@@ -6,8 +6,10 @@
 //! holds its output at the committed frontier; a probe over all sinks' outputs
 //! (on every worker) therefore passes `t` exactly when every record of every
 //! epoch before `t` is durable in every output. Then the input before `p` is
-//! committed. A restarted job resumes from the committed position; records of
-//! the uncommitted epoch may be produced twice (at-least-once), never lost.
+//! committed. This is the position a restarted job must resume from (records
+//! of the uncommitted epoch may then be produced twice, never lost); the
+//! Kafka source commits consumer offsets from it. `eddy replay` itself
+//! starts from the beginning and rewrites its outputs on every run.
 
 use std::path::PathBuf;
 

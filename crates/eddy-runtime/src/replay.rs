@@ -38,22 +38,28 @@ pub fn window_spec(spec: &PipelineSpec) -> WindowSpec {
 /// Builds the embedded pipeline on one worker.
 pub fn pipeline(job: &mut JobContext<'_, '_>) {
     let spec = job.spec().clone();
+    let step = |name: &Option<String>, kind: &str| name.clone().unwrap_or_else(|| kind.to_string());
     let (readings, dead) = job.ingest();
     let reference = job.reference();
 
     // ingest → readings, late, deadletter
-    job.commit(readings.clone().late().step("late").sink(job.jsonl("late")));
-    job.commit(dead.step("deadletter").sink(job.jsonl("deadletter")));
+    let ingest = step(&spec.ingest.name, "ingest");
+    job.commit(readings.clone().step(&ingest).late().sink(job.jsonl("late")));
+    job.commit(dead.step(&ingest).sink(job.jsonl("deadletter")));
 
     // enrich → enriched (late readings are enriched too, for the backup)
-    let enriched = readings.step("enrich").enrich(&reference, spec.enrich.reference_retention.ms());
+    let enriched =
+        readings.step(&step(&spec.enrich.name, "enrich")).enrich(&reference, spec.enrich.reference_retention.ms());
     let on_time = enriched.on_time();
     job.commit(on_time.clone().sink(job.jsonl("enriched")));
 
     // stats, windows, alerts ← enriched (on time)
-    job.commit(on_time.clone().step("stats").stats(stats_params(&spec)).sink(job.jsonl("stats")));
-    job.commit(on_time.clone().step("windows").windows(window_spec(&spec)).sink(job.jsonl("windows")));
-    job.commit(on_time.step("alerts").detect(&reference).sink(job.jsonl("events")));
+    let stats = on_time.clone().step(&step(&spec.stats.name, "stats")).stats(stats_params(&spec));
+    job.commit(stats.sink(job.jsonl("stats")));
+    let windows = on_time.clone().step(&step(&spec.windows.name, "windows")).windows(window_spec(&spec));
+    job.commit(windows.sink(job.jsonl("windows")));
+    let events = on_time.step(&step(&spec.alerts.name, "alerts")).detect(&reference);
+    job.commit(events.sink(job.jsonl("events")));
 }
 
 /// Runs the embedded pipeline over a dataset.
