@@ -2,7 +2,7 @@
 //!
 //! `cargo run --release --example custom_job -- datasets/sample out/site_pm25 [-w 2]`
 //! writes `out/site_pm25/site_pm25.jsonl` and a summary.
-use eddy::core::{Channel, PipelineSpec};
+use eddy::core::Channel;
 use eddy::operators::windows::Windowed;
 use eddy::runtime::job::{run, JobOptions};
 use eddy::runtime::workers::Workers;
@@ -15,20 +15,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("-w") => args.get(4).ok_or("-w N")?.parse()?,
         _ => 1,
     };
-    let opts = JobOptions {
-        dataset: dataset.into(),
-        out: out.into(),
-        spec: PipelineSpec::builtin(),
-        workers: Workers::threads(threads),
-        speed: None,
-    };
+    let opts = JobOptions { workers: Workers::threads(threads), ..JobOptions::new(dataset, out) };
 
     let summary = run(
         &opts,
         |job| {
-            let (readings, _dead) = job.ingest();
             let reference = job.reference();
-            let site_means = readings
+            let site_means = job
+                .ingest()
+                .readings
                 .enrich(&reference, 6 * 3_600_000) // calibration and context as of each reading
                 .on_time()
                 .filter(|e| e.value(Channel::PM25).is_some())

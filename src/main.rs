@@ -34,10 +34,13 @@ struct Cli {
 enum Command {
     /// Replay a recorded dataset through the whole pipeline in this process.
     ///
-    /// Runs ingest, enrich, stats, windows and alerts together, wired by
-    /// in-process topics, and writes enriched.jsonl, late.jsonl,
+    /// Runs ingest, enrich, stats, windows, alerts and backup together, wired
+    /// by in-process topics, and writes enriched.jsonl, late.jsonl,
     /// deadletter.jsonl, stats.jsonl, windows.jsonl, events.jsonl and
-    /// summary.json to OUT. Goes as fast as possible unless --speed is given.
+    /// summary.json to OUT, the Parquet backup to OUT/backup and the raw
+    /// archive to OUT/raw. A rerun into the same OUT recomputes the JSON-lines
+    /// outputs and adds to the backup only what it does not hold yet. Goes as
+    /// fast as possible unless --speed is given.
     Replay(ReplayArgs),
     /// Generate a synthetic fleet dataset (deterministic per seed).
     Gen(GenArgs),
@@ -76,7 +79,8 @@ impl WorkerArgs {
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
 struct ReplayArgs {
-    /// The dataset directory (readings.jsonl[.gz], devices.csv, calibration.csv, …).
+    /// The dataset directory (readings.jsonl[.gz], devices.csv, calibration.csv, …),
+    /// or a backup made by eddy (OUT/backup, or an OUT holding one).
     dataset: PathBuf,
     /// Output directory (created if missing; outputs are overwritten).
     #[arg(long, short = 'o')]
@@ -90,6 +94,10 @@ struct ReplayArgs {
     /// built-in defaults (the shipped jobs/ directory).
     #[arg(long)]
     jobs: Option<PathBuf>,
+    /// Reference data (devices, calibration, thresholds, updates) from this
+    /// dataset directory: for replaying a backup, which has none of its own.
+    #[arg(long)]
+    reference: Option<PathBuf>,
     /// No progress bar and no summary table.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -212,6 +220,7 @@ fn cmd_replay(a: ReplayArgs) -> Result<()> {
         spec,
         workers: a.workers.workers(),
         speed: a.speed,
+        reference: a.reference.clone(),
     };
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
@@ -221,8 +230,10 @@ fn cmd_replay(a: ReplayArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let summary = replay(&opts, |p| {
-        bar.set_length(p.total_bytes);
-        bar.set_position(p.bytes);
+        if p.total_bytes > 0 {
+            bar.set_length(p.total_bytes);
+            bar.set_position(p.bytes.min(p.total_bytes));
+        }
         bar.set_message(format!("{} lines, {} valid, {} dead", p.lines, p.valid, p.deadletter));
     })
     .with_context(|| format!("replaying {}", a.dataset.display()))?;

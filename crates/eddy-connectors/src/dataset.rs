@@ -10,17 +10,30 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use eddy_core::reading::{LineSource, Position};
 use eddy_core::reference::{RefChange, RefUpdate, Row, Table, FOREVER};
 
 use crate::error::{Error, Result};
 use crate::lines::FileLines;
+
+/// Where a dataset's readings come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Readings {
+    /// `readings.jsonl` or `readings.jsonl.gz`.
+    File(PathBuf),
+    /// A Parquet backup made by eddy (`OUT/backup`): its committed, non-late
+    /// readings, each device's in event-time order, as raw values.
+    Backup(PathBuf),
+}
 
 /// An opened dataset.
 #[derive(Debug)]
 pub struct Dataset {
     /// The directory.
     pub dir: PathBuf,
-    /// `readings.jsonl` or `readings.jsonl.gz`.
+    /// The readings: a file, or a backup.
+    pub source: Readings,
+    /// The readings' path (the file, or the backup directory).
     pub readings: PathBuf,
     /// Size of the readings file in bytes.
     pub readings_bytes: u64,
@@ -32,6 +45,47 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Opens `dir`, reading its reference files. `dir` may also be a backup
+    /// made by eddy (a directory with `_manifest/`, or an output directory
+    /// holding `backup/`); its reference data then comes from `reference`
+    /// (a dataset directory), if given.
+    pub fn open_with_reference(dir: &Path, reference: Option<&Path>) -> Result<Dataset> {
+        let backup =
+            [dir.to_path_buf(), dir.join("backup")].into_iter().find(|d| d.join(eddy_parquet::MANIFEST_DIR).is_dir());
+        let Some(backup) = backup else {
+            let mut d = Dataset::open(dir)?;
+            if let Some(r) = reference {
+                let r = Dataset::open(r)?;
+                d.base = r.base;
+                d.updates = r.updates;
+            }
+            return Ok(d);
+        };
+        let (base, updates) = match reference {
+            Some(r) => {
+                let r = Dataset::open(r)?;
+                (r.base, r.updates)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        // Validate the manifest now, so a broken backup fails before the run starts.
+        eddy_parquet::Manifest::load(&backup).map_err(|e| Error::Parse {
+            path: backup.clone(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        // The size of the replayed lines is not known before they are read.
+        let readings_bytes = 0;
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            source: Readings::Backup(backup.clone()),
+            readings: backup,
+            readings_bytes,
+            base,
+            updates,
+        })
+    }
+
     /// Opens `dir`, reading its reference files.
     pub fn open(dir: &Path) -> Result<Dataset> {
         if !dir.is_dir() {
@@ -61,12 +115,71 @@ impl Dataset {
         }
         let path = dir.join("updates.jsonl");
         let updates = if path.is_file() { read_updates(&path)? } else { Vec::new() };
-        Ok(Dataset { dir: dir.to_path_buf(), readings, readings_bytes, base, updates })
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            source: Readings::File(readings.clone()),
+            readings,
+            readings_bytes,
+            base,
+            updates,
+        })
     }
 
     /// Opens the readings for reading.
-    pub fn lines(&self) -> Result<FileLines> {
-        FileLines::open(&self.readings)
+    pub fn lines(&self) -> Result<Box<dyn LineSource>> {
+        match &self.source {
+            Readings::File(p) => Ok(Box::new(FileLines::open(p)?)),
+            Readings::Backup(dir) => Ok(Box::new(BackupLines::open(dir)?)),
+        }
+    }
+}
+
+/// The readings of a backup as dataset lines: the committed, non-late rows,
+/// ordered by event time (so each device's are in event-time order), with
+/// their values as received. Late rows are left out: in event-time order
+/// they would not be late, and would enter statistics the original run kept
+/// them out of.
+pub struct BackupLines {
+    dir: PathBuf,
+    lines: std::vec::IntoIter<String>,
+    line_no: u64,
+    bytes: u64,
+}
+
+impl BackupLines {
+    /// Reads the committed rows of the backup at `dir`.
+    pub fn open(dir: &Path) -> Result<BackupLines> {
+        let mut rows = eddy_parquet::read_backup(dir).map_err(|e| Error::Parse {
+            path: dir.to_path_buf(),
+            line: 0,
+            message: e.to_string(),
+        })?;
+        rows.retain(|r| !r.late);
+        eddy_parquet::sort_for_replay(&mut rows);
+        let lines: Vec<String> = rows.iter().map(eddy_parquet::to_jsonl_line).collect();
+        Ok(BackupLines { dir: dir.to_path_buf(), lines: lines.into_iter(), line_no: 0, bytes: 0 })
+    }
+}
+
+impl LineSource for BackupLines {
+    fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<Position>> {
+        match self.lines.next() {
+            Some(l) => {
+                buf.extend_from_slice(l.as_bytes());
+                self.line_no += 1;
+                self.bytes += l.len() as u64 + 1;
+                Ok(Some(Position::line(self.line_no)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes
+    }
+
+    fn describe(&self) -> String {
+        format!("backup {}", self.dir.display())
     }
 }
 

@@ -124,3 +124,14 @@ pub trait LineSource {
     /// A description for error messages (a path, a topic).
     fn describe(&self) -> String;
 }
+
+/// An input line exactly as received, for the raw archive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawLine {
+    /// Where it was read from.
+    pub pos: Position,
+    /// When it was read, wall-clock epoch ms.
+    pub arrival_ms: i64,
+    /// Its bytes, without the line terminator.
+    pub bytes: Vec<u8>,
+}

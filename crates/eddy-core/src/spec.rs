@@ -54,11 +54,14 @@ pub enum JobKind {
     Windows,
     /// Threshold rules with hysteresis.
     Alerts,
+    /// Near-real-time Parquet backup and raw archive.
+    Backup,
 }
 
 impl JobKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [JobKind; 5] = [JobKind::Ingest, JobKind::Enrich, JobKind::Stats, JobKind::Windows, JobKind::Alerts];
+    pub const ALL: [JobKind; 6] =
+        [JobKind::Ingest, JobKind::Enrich, JobKind::Stats, JobKind::Windows, JobKind::Alerts, JobKind::Backup];
 
     /// The kind's name as written in specs.
     pub fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl JobKind {
             JobKind::Stats => "stats",
             JobKind::Windows => "windows",
             JobKind::Alerts => "alerts",
+            JobKind::Backup => "backup",
         }
     }
 
@@ -292,6 +296,50 @@ pub struct AlertsSpec {
     pub rules: Vec<RuleSpec>,
 }
 
+fn d_file_age() -> Millis {
+    Millis(5_000)
+}
+fn d_rows_per_file() -> u64 {
+    1_000_000
+}
+fn d_row_group() -> usize {
+    131_072
+}
+fn d_level() -> i32 {
+    3
+}
+
+/// `kind = "backup"`: the near-real-time Parquet backup of every valid
+/// reading, and the raw archive of every input line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSpec {
+    /// Must be `"backup"`.
+    pub kind: JobKind,
+    /// The job's name (operator-name prefix; defaults to the kind).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Write the backup (`OUT/backup/`). Default true.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Also archive every input line as received (`OUT/raw/`). Default true.
+    #[serde(default = "d_true")]
+    pub raw_archive: bool,
+    /// A file open longer than this is closed and committed at the next
+    /// epoch: the bound on how long a reading waits to be durable. Default `"5s"`.
+    #[serde(default = "d_file_age")]
+    pub max_file_age: Millis,
+    /// Roll a file after this many rows. Default 1,000,000.
+    #[serde(default = "d_rows_per_file")]
+    pub max_rows_per_file: u64,
+    /// Rows per Parquet row group. Default 131,072.
+    #[serde(default = "d_row_group")]
+    pub row_group_rows: usize,
+    /// zstd level, 1..=22. Default 3.
+    #[serde(default = "d_level")]
+    pub compression_level: i32,
+}
+
 /// Checks a rule's thresholds; `key` is the rule's key path for messages.
 pub fn check_rule(rise_above: f64, fall_below: f64) -> Result<(), String> {
     if !rise_above.is_finite() || !fall_below.is_finite() {
@@ -316,6 +364,8 @@ pub enum JobSpec {
     Windows(WindowsSpec),
     /// See [`AlertsSpec`].
     Alerts(AlertsSpec),
+    /// See [`BackupSpec`].
+    Backup(BackupSpec),
 }
 
 #[derive(Deserialize)]
@@ -337,14 +387,14 @@ impl JobSpec {
                 return Err(SpecError::key(
                     file,
                     "kind",
-                    "missing: say which job this is (ingest, enrich, stats, windows or alerts)",
+                    "missing: say which job this is (ingest, enrich, stats, windows, alerts or backup)",
                 ))
             }
             Some(toml::Value::String(s)) => JobKind::from_name(&s).ok_or_else(|| {
                 SpecError::key(
                     file,
                     "kind",
-                    format!("unknown job kind {s:?}: expected one of ingest, enrich, stats, windows, alerts"),
+                    format!("unknown job kind {s:?}: expected one of ingest, enrich, stats, windows, alerts, backup"),
                 )
             })?,
             Some(other) => {
@@ -357,6 +407,7 @@ impl JobSpec {
             JobKind::Stats => JobSpec::Stats(toml::from_str(text).map_err(|e| toml_error(file, e))?),
             JobKind::Windows => JobSpec::Windows(toml::from_str(text).map_err(|e| toml_error(file, e))?),
             JobKind::Alerts => JobSpec::Alerts(toml::from_str(text).map_err(|e| toml_error(file, e))?),
+            JobKind::Backup => JobSpec::Backup(toml::from_str(text).map_err(|e| toml_error(file, e))?),
         };
         spec.check(file)?;
         Ok(spec)
@@ -370,6 +421,7 @@ impl JobSpec {
             JobSpec::Stats(_) => JobKind::Stats,
             JobSpec::Windows(_) => JobKind::Windows,
             JobSpec::Alerts(_) => JobKind::Alerts,
+            JobSpec::Backup(_) => JobKind::Backup,
         }
     }
 
@@ -441,6 +493,21 @@ impl JobSpec {
                     ));
                 }
             }
+            JobSpec::Backup(s) => {
+                if s.max_rows_per_file == 0 {
+                    return Err(SpecError::key(file, "max_rows_per_file", "must be at least 1"));
+                }
+                if s.row_group_rows == 0 {
+                    return Err(SpecError::key(file, "row_group_rows", "must be at least 1"));
+                }
+                if !(1..=22).contains(&s.compression_level) {
+                    return Err(SpecError::key(
+                        file,
+                        "compression_level",
+                        format!("must be between 1 and 22, found {}", s.compression_level),
+                    ));
+                }
+            }
             JobSpec::Alerts(s) => {
                 let mut seen = std::collections::BTreeSet::new();
                 for (i, r) in s.rules.iter().enumerate() {
@@ -486,15 +553,18 @@ pub struct PipelineSpec {
     pub windows: WindowsSpec,
     /// The alerts job.
     pub alerts: AlertsSpec,
+    /// The backup job.
+    pub backup: BackupSpec,
 }
 
 /// The shipped `jobs/*.toml` files, compiled in: (file name, text).
-pub const BUILTIN_JOBS: [(&str, &str); 5] = [
+pub const BUILTIN_JOBS: [(&str, &str); 6] = [
     ("ingest.toml", include_str!("../../../jobs/ingest.toml")),
     ("enrich.toml", include_str!("../../../jobs/enrich.toml")),
     ("stats.toml", include_str!("../../../jobs/stats.toml")),
     ("windows.toml", include_str!("../../../jobs/windows.toml")),
     ("alerts.toml", include_str!("../../../jobs/alerts.toml")),
+    ("backup.toml", include_str!("../../../jobs/backup.toml")),
 ];
 
 impl PipelineSpec {
@@ -545,6 +615,7 @@ impl PipelineSpec {
             stats: take!(Stats, stats),
             windows: take!(Windows, windows),
             alerts: take!(Alerts, alerts),
+            backup: take!(Backup, backup),
         };
         spec.check(&names)?;
         Ok(spec)

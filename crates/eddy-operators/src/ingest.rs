@@ -27,7 +27,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::Activator;
 
-use eddy_core::reading::{DeadLetter, LineSource, Position, Reading};
+use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
 use eddy_core::validate::{parse_line, LateTracker, Ranges};
 
 use crate::metrics::Metrics;
@@ -46,6 +46,8 @@ pub struct IngestConfig {
     pub speed: Option<f64>,
     /// Lines read per activation.
     pub batch_lines: usize,
+    /// Also emit every line as received (for the raw archive).
+    pub raw: bool,
 }
 
 /// What a worker's ingest source tells other operators on the same worker:
@@ -89,6 +91,8 @@ pub struct IngestStreams<'s> {
     pub readings: StreamVec<'s, u64, Reading>,
     /// Rejected lines.
     pub dead: StreamVec<'s, u64, DeadLetter>,
+    /// Every line as received (empty unless `IngestConfig::raw`).
+    pub raw: StreamVec<'s, u64, RawLine>,
 }
 
 /// The dataflow time of a record that arrives when the watermark is `wm`.
@@ -113,11 +117,14 @@ pub fn ingest_source<'s>(
     let info = builder.operator_info();
     let (out_r, readings) = builder.new_output::<Vec<Reading>>();
     let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
+    let (out_raw, raw) = builder.new_output::<Vec<RawLine>>();
     let mut out_r = OutputBuilder::<u64, CapacityContainerBuilder<Vec<Reading>>>::from(out_r);
     let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
+    let mut out_raw = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RawLine>>>::from(out_raw);
     let activator = scope.activator_for(info.address);
 
     builder.build(move |mut caps| {
+        let mut cap_raw = caps.pop();
         let mut cap_d = caps.pop();
         let mut cap_r = caps.pop();
         let mut input = input;
@@ -128,21 +135,26 @@ pub fn ingest_source<'s>(
         let mut next_pos = Position::line(1);
         let mut buf_r: Vec<Reading> = Vec::new();
         let mut buf_d: Vec<DeadLetter> = Vec::new();
+        let mut buf_raw: Vec<RawLine> = Vec::new();
         let mut last_bytes = 0u64;
 
         move |_frontiers| {
-            let (Some(cr), Some(cd)) = (cap_r.as_mut(), cap_d.as_mut()) else {
+            let (Some(cr), Some(cd), Some(craw)) = (cap_r.as_mut(), cap_d.as_mut(), cap_raw.as_mut()) else {
                 return;
             };
             let Some(src) = input.as_mut() else {
                 cap_r = None;
                 cap_d = None;
+                cap_raw = None;
                 progress.done.set(true);
                 progress.notify();
                 return;
             };
             let mut handle_r = out_r.activate();
             let mut handle_d = out_d.activate();
+            let mut handle_raw = out_raw.activate();
+            let arrival_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
             let mut finished = false;
             let mut wait: Option<Duration> = None;
             let (mut n_valid, mut n_late, mut n_dead, mut n_junk, mut n_lines) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -187,9 +199,14 @@ pub fn ingest_source<'s>(
                 if t > *cr.time() {
                     flush(&mut handle_r, cr, &mut buf_r);
                     flush(&mut handle_d, cd, &mut buf_d);
+                    flush(&mut handle_raw, craw, &mut buf_raw);
                     cr.downgrade(&t);
                     cd.downgrade(&t);
+                    craw.downgrade(&t);
                     progress.epochs.borrow_mut().push_back((t, pos));
+                }
+                if cfg.raw {
+                    buf_raw.push(RawLine { pos, arrival_ms, bytes: line.clone() });
                 }
                 match parsed {
                     Ok(p) => {
@@ -216,6 +233,7 @@ pub fn ingest_source<'s>(
             }
             flush(&mut handle_r, cr, &mut buf_r);
             flush(&mut handle_d, cd, &mut buf_d);
+            flush(&mut handle_raw, craw, &mut buf_raw);
             progress.max_ts.set(late.max_ts());
 
             Metrics::add(&metrics.lines, n_lines);
@@ -230,8 +248,10 @@ pub fn ingest_source<'s>(
             if finished {
                 drop(handle_r);
                 drop(handle_d);
+                drop(handle_raw);
                 cap_r = None;
                 cap_d = None;
+                cap_raw = None;
                 input = None;
                 progress.done.set(true);
             } else {
@@ -241,6 +261,7 @@ pub fn ingest_source<'s>(
                 if t > *cr.time() {
                     cr.downgrade(&t);
                     cd.downgrade(&t);
+                    craw.downgrade(&t);
                     progress.epochs.borrow_mut().push_back((t, next_pos));
                 }
                 match wait {
@@ -252,7 +273,7 @@ pub fn ingest_source<'s>(
         }
     });
 
-    IngestStreams { readings, dead }
+    IngestStreams { readings, dead, raw }
 }
 
 fn flush<D: 'static>(

@@ -19,14 +19,16 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use eddy_connectors::dataset::Dataset;
 use eddy_connectors::jsonl::{JsonlFile, JsonlSink};
-use eddy_core::reading::{DeadLetter, LineSource, Position, Reading};
+use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
 use eddy_core::reference::{RefChange, RefUpdate, Rule, RuleScope};
 use eddy_core::spec::PipelineSpec;
 use eddy_core::Channel;
 use eddy_operators::ingest::{ingest_source, IngestConfig, SourceProgress};
 use eddy_operators::metrics::Metrics;
 use eddy_operators::reference::{reference, Reference};
+use eddy_parquet::{BackupWriter, RawArchiveWriter};
 
+use crate::backup::{backup_config, ParquetSink, Resume};
 use crate::checkpoint::Ledger;
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
@@ -45,6 +47,33 @@ pub struct JobOptions {
     pub workers: Workers,
     /// `Some(x)`: replay at x times the recorded event-time pace.
     pub speed: Option<f64>,
+    /// Reference data (a dataset directory) for a dataset that has none of
+    /// its own, such as a backup.
+    pub reference: Option<PathBuf>,
+}
+
+impl JobOptions {
+    /// Options with the defaults: built-in specs, one worker, full speed.
+    pub fn new(dataset: impl Into<PathBuf>, out: impl Into<PathBuf>) -> JobOptions {
+        JobOptions {
+            dataset: dataset.into(),
+            out: out.into(),
+            spec: PipelineSpec::builtin(),
+            workers: Workers::default(),
+            speed: None,
+            reference: None,
+        }
+    }
+}
+
+/// The ingest job's outputs, as flows.
+pub struct Ingest<'s> {
+    /// Valid readings, late ones flagged.
+    pub readings: Flow<'s, Reading>,
+    /// Lines that failed validation.
+    pub dead: Flow<'s, DeadLetter>,
+    /// Every line as received (empty when the backup spec disables the raw archive).
+    pub raw: Flow<'s, RawLine>,
 }
 
 /// A progress report, sent about ten times a second.
@@ -92,6 +121,7 @@ pub struct Summary {
 /// Process-wide state shared by the workers of a run.
 struct Shared {
     dataset: Dataset,
+    resume: Resume,
     updates: Vec<RefUpdate>,
     spec: PipelineSpec,
     speed: Option<f64>,
@@ -141,8 +171,8 @@ impl<'s, 'a> JobContext<'s, 'a> {
     }
 
     /// The dataset's readings, through the ingest job: valid readings (late
-    /// ones flagged) and dead letters. Call it once.
-    pub fn ingest(&mut self) -> (Flow<'s, Reading>, Flow<'s, DeadLetter>) {
+    /// ones flagged), dead letters, and the raw lines. Call it once.
+    pub fn ingest(&mut self) -> Ingest<'s> {
         let spec = &self.shared.spec.ingest;
         let cfg = IngestConfig {
             lateness_ms: spec.lateness.ms(),
@@ -150,16 +180,42 @@ impl<'s, 'a> JobContext<'s, 'a> {
             ranges: spec.ranges(),
             speed: self.shared.speed,
             batch_lines: 1024,
+            raw: self.shared.spec.backup.enabled && self.shared.spec.backup.raw_archive,
         };
+        let name = spec.name.clone().unwrap_or_else(|| "ingest".into());
         let streams = ingest_source(
             self.scope,
-            "ingest",
+            &name,
             self.input.take(),
             cfg,
             Rc::clone(&self.progress),
             Arc::clone(&self.shared.metrics),
         );
-        (Flow::new(streams.readings, "ingest"), Flow::new(streams.dead, "ingest"))
+        Ingest {
+            readings: Flow::new(streams.readings, &name),
+            dead: Flow::new(streams.dead, &name),
+            raw: Flow::new(streams.raw, &name),
+        }
+    }
+
+    /// A sink writing every reading it gets to the Parquet backup
+    /// (`OUT/backup/`), one writer per worker, committed per epoch. Readings
+    /// an earlier run into the same OUT already committed are skipped, so a
+    /// rerun never duplicates a row.
+    pub fn backup(&self) -> ParquetSink<BackupWriter> {
+        let s = self.shared;
+        let id = format!("w{}of{}", self.scope.index(), self.scope.peers());
+        let writer = BackupWriter::new(&s.out.join("backup"), &id, backup_config(&s.spec.backup));
+        ParquetSink::new(writer, Arc::clone(&s.metrics), Arc::clone(&s.resume.backup))
+    }
+
+    /// A sink writing raw lines to the raw archive (`OUT/raw/`), committed
+    /// per epoch; lines an earlier run already archived are skipped.
+    pub fn raw_archive(&self) -> ParquetSink<RawArchiveWriter> {
+        let s = self.shared;
+        let id = format!("raw-w{}", self.scope.index());
+        let writer = RawArchiveWriter::new(&s.out.join("raw"), &id, backup_config(&s.spec.backup));
+        ParquetSink::new(writer, Arc::clone(&s.metrics), Arc::clone(&s.resume.raw))
     }
 
     /// The reference data (devices, calibration, rules), as arrangements
@@ -232,8 +288,10 @@ where
             return Err(Error::Workers(format!("--speed must be a positive number, found {s}")));
         }
     }
-    let dataset = Dataset::open(&opts.dataset)?;
+    let dataset = Dataset::open_with_reference(&opts.dataset, opts.reference.as_deref())?;
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
+    let resume =
+        if opts.spec.backup.enabled { Resume::prepare(&opts.out, &dataset.readings)? } else { Resume::default() };
     let mut updates = spec_rules(&opts.spec);
     updates.extend(dataset.base.iter().cloned());
     updates.extend(dataset.updates.iter().cloned());
@@ -241,6 +299,7 @@ where
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         dataset,
+        resume,
         updates,
         spec: opts.spec.clone(),
         speed: opts.speed,
@@ -317,7 +376,7 @@ where
     let progress = Rc::new(SourceProgress::default());
     let input: Option<Box<dyn LineSource>> = if index == 0 {
         match s.dataset.lines() {
-            Ok(l) => Some(Box::new(l)),
+            Ok(l) => Some(l),
             Err(e) => {
                 s.metrics.fail(e.to_string());
                 None

@@ -22,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod checkpoint;
 pub mod error;
 pub mod flow;

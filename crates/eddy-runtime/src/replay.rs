@@ -39,17 +39,24 @@ pub fn window_spec(spec: &PipelineSpec) -> WindowSpec {
 pub fn pipeline(job: &mut JobContext<'_, '_>) {
     let spec = job.spec().clone();
     let step = |name: &Option<String>, kind: &str| name.clone().unwrap_or_else(|| kind.to_string());
-    let (readings, dead) = job.ingest();
+    let ingest = job.ingest();
     let reference = job.reference();
+    let readings = ingest.readings;
 
-    // ingest → readings, late, deadletter
-    let ingest = step(&spec.ingest.name, "ingest");
-    job.commit(readings.clone().step(&ingest).late().sink(job.jsonl("late")));
-    job.commit(dead.step(&ingest).sink(job.jsonl("deadletter")));
+    // ingest → late, deadletter (and the raw archive: every line as received)
+    job.commit(readings.clone().late().sink(job.jsonl("late")));
+    job.commit(ingest.dead.sink(job.jsonl("deadletter")));
 
     // enrich → enriched (late readings are enriched too, for the backup)
     let enriched =
         readings.step(&step(&spec.enrich.name, "enrich")).enrich(&reference, spec.enrich.reference_retention.ms());
+    if spec.backup.enabled {
+        let backup = step(&spec.backup.name, "backup");
+        job.commit(enriched.clone().step(&backup).sink(job.backup()));
+        if spec.backup.raw_archive {
+            job.commit(ingest.raw.step(&backup).sink(job.raw_archive()));
+        }
+    }
     let on_time = enriched.on_time();
     job.commit(on_time.clone().sink(job.jsonl("enriched")));
 

@@ -1,0 +1,194 @@
+//! The backup job's sinks: the Parquet backup and the raw archive, and how a
+//! rerun into the same output directory resumes them without duplicates.
+//!
+//! Each worker writes its own files and commits them per epoch in the
+//! manifest (see `eddy-parquet`). A writer's committed rows are always a
+//! prefix, in input order, of the rows it was given, and the rows a writer
+//! gets are fixed by the device routing (`route % peers`). So on a rerun,
+//! after deleting everything uncommitted, a reading is already backed up
+//! exactly when its position is at or below the largest committed position
+//! of the writer that had its device, for any earlier worker count. Those
+//! readings are skipped; every other reading is written. The JSON-lines
+//! outputs, by contrast, are recomputed from the start on every run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use eddy_core::reading::{Enriched, RawLine};
+use eddy_core::sink::BatchSink;
+use eddy_core::spec::BackupSpec;
+use eddy_operators::metrics::Metrics;
+use eddy_parquet::{BackupConfig, BackupWriter, Manifest, RawArchiveWriter, RawRecord};
+
+use crate::error::{Error, Result};
+
+/// The backup settings of a spec, for the writers.
+pub fn backup_config(spec: &BackupSpec) -> BackupConfig {
+    BackupConfig {
+        max_rows_per_file: spec.max_rows_per_file,
+        row_group_rows: spec.row_group_rows,
+        max_file_age: std::time::Duration::from_millis(spec.max_file_age.ms().max(0) as u64),
+        compression_level: spec.compression_level,
+        ..BackupConfig::default()
+    }
+}
+
+/// What earlier runs committed, by writer.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Backup writers `w{i}of{p}`: for each worker count `p`, the largest
+    /// committed position of each writer `i` (file partition 0).
+    by_peers: BTreeMap<u64, Vec<Option<u64>>>,
+    /// Raw archive writers: the largest committed position of any.
+    max_any: Option<u64>,
+}
+
+impl Committed {
+    fn load(dir: &Path) -> Result<Committed> {
+        let mut c = Committed::default();
+        if !dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
+            return Ok(c);
+        }
+        let removed = eddy_parquet::cleanup_uncommitted(dir).map_err(|e| Error::Run(e.to_string()))?;
+        if !removed.is_empty() {
+            tracing::info!(dir = %dir.display(), files = removed.len(), "Removed uncommitted files of an earlier run");
+        }
+        let manifest = Manifest::load(dir).map_err(|e| Error::Run(e.to_string()))?;
+        for ((writer, partition), max) in manifest.max_offsets() {
+            if partition != 0 {
+                continue;
+            }
+            c.max_any = c.max_any.max(Some(max));
+            if let Some((i, p)) = writer.strip_prefix('w').and_then(|r| r.split_once("of")) {
+                if let (Ok(i), Ok(p)) = (i.parse::<usize>(), p.parse::<u64>()) {
+                    let v = c.by_peers.entry(p).or_insert_with(|| vec![None; p as usize]);
+                    if i < v.len() {
+                        v[i] = v[i].max(Some(max));
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn has_reading(&self, e: &Enriched) -> bool {
+        self.by_peers.iter().any(|(p, maxes)| {
+            let i = (e.device.route() % p) as usize;
+            maxes.get(i).copied().flatten().is_some_and(|m| e.pos.offset <= m)
+        })
+    }
+
+    fn has_line(&self, r: &RawLine) -> bool {
+        self.max_any.is_some_and(|m| r.pos.offset <= m)
+    }
+}
+
+/// What the backup and the raw archive of earlier runs hold.
+#[derive(Debug, Default)]
+pub struct Resume {
+    /// The backup's.
+    pub backup: Arc<Committed>,
+    /// The raw archive's.
+    pub raw: Arc<Committed>,
+}
+
+impl Resume {
+    /// Cleans up after an interrupted run into `out` and reads what it
+    /// committed. Refuses an `out` whose backup is of another input.
+    pub fn prepare(out: &Path, input: &Path) -> Result<Resume> {
+        let backup = out.join("backup");
+        std::fs::create_dir_all(&backup).map_err(|e| eddy_connectors::Error::io(&backup, e))?;
+        let marker = backup.join("_input.json");
+        let this = std::fs::canonicalize(input).unwrap_or_else(|_| input.to_path_buf()).display().to_string();
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let before = v["input"].as_str().unwrap_or_default();
+                if before != this {
+                    return Err(Error::Run(format!(
+                        "{} holds the backup of {before}, not of {this}: use another --out",
+                        out.display()
+                    )));
+                }
+            }
+            Err(_) => {
+                let text = serde_json::json!({ "version": 1, "input": this }).to_string();
+                std::fs::write(&marker, text).map_err(|e| eddy_connectors::Error::io(&marker, e))?;
+            }
+        }
+        Ok(Resume { backup: Arc::new(Committed::load(&backup)?), raw: Arc::new(Committed::load(&out.join("raw"))?) })
+    }
+}
+
+/// A Parquet writer as a sink: skips what earlier runs committed, and turns
+/// a write error into a failed run.
+pub struct ParquetSink<W> {
+    writer: Option<W>,
+    metrics: Arc<Metrics>,
+    committed: Arc<Committed>,
+    raw: Vec<RawRecord>,
+}
+
+impl<W> ParquetSink<W> {
+    pub(crate) fn new(writer: eddy_parquet::Result<W>, metrics: Arc<Metrics>, committed: Arc<Committed>) -> Self {
+        let writer = match writer {
+            Ok(w) => Some(w),
+            Err(e) => {
+                metrics.fail(e.to_string());
+                None
+            }
+        };
+        ParquetSink { writer, metrics, committed, raw: Vec::new() }
+    }
+
+    fn check(&mut self, r: eddy_parquet::Result<impl Sized>) {
+        if let Err(e) = r {
+            self.metrics.fail(e.to_string());
+            self.writer = None;
+        }
+    }
+}
+
+impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
+    fn write(&mut self, batch: &mut Vec<Enriched>) {
+        let committed = Arc::clone(&self.committed);
+        batch.retain(|e| !committed.has_reading(e));
+        if let Some(w) = self.writer.as_mut() {
+            let r = w.try_write(batch);
+            self.check(r);
+        }
+        batch.clear();
+    }
+
+    fn commit(&mut self, upto: Option<u64>) {
+        if let Some(w) = self.writer.as_mut() {
+            let r = w.try_commit(upto);
+            self.check(r);
+        }
+    }
+}
+
+impl BatchSink<RawLine> for ParquetSink<RawArchiveWriter> {
+    fn write(&mut self, batch: &mut Vec<RawLine>) {
+        let committed = Arc::clone(&self.committed);
+        self.raw.extend(batch.drain(..).filter(|r| !committed.has_line(r)).map(|r| RawRecord {
+            partition: r.pos.partition,
+            offset: r.pos.offset,
+            arrival_ms: r.arrival_ms,
+            bytes: r.bytes,
+        }));
+        if let Some(w) = self.writer.as_mut() {
+            let r = w.try_write(&mut self.raw);
+            self.check(r);
+        }
+        self.raw.clear();
+    }
+
+    fn commit(&mut self, upto: Option<u64>) {
+        if let Some(w) = self.writer.as_mut() {
+            let r = w.try_commit(upto);
+            self.check(r);
+        }
+    }
+}
