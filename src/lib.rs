@@ -8,7 +8,8 @@
 //! * [`operators`]: the dataflow operators of every job;
 //! * [`connectors`]: datasets and outputs;
 //! * [`runtime`]: worker configuration, `replay`, the commit ledger;
-//! * [`gen`]: synthetic fleet datasets.
+//! * [`gen`]: synthetic fleet datasets;
+//! * [`parquet`]: the Parquet backup and raw archive.
 //!
 //! The `eddy` binary is a thin CLI over [`runtime`]. To write a job of your
 //! own, see `examples/custom_job.rs`.
@@ -17,5 +18,6 @@ pub use eddy_connectors as connectors;
 pub use eddy_core as core;
 pub use eddy_gen as gen;
 pub use eddy_operators as operators;
+pub use eddy_parquet as parquet;
 pub use eddy_runtime as runtime;
 pub use eddy_state as state;
