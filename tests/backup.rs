@@ -315,3 +315,40 @@ fn devices_in_event_time_order(data: &Path) -> HashMap<String, bool> {
     }
     ok
 }
+
+#[test]
+fn the_checkpoint_never_runs_ahead_of_the_raw_archive() {
+    // A paced replay commits as it goes; every time we look, the input the
+    // checkpoint calls committed is in the raw archive's committed files.
+    let d = Data::new();
+    let lines: Vec<String> =
+        (0..600).map(|i| reading("a", T0 + i * 1_000, &[("pm25", serde_json::json!(1))])).collect();
+    d.readings(&lines);
+    let jobs = d.root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join("backup.toml"), "kind = \"backup\"\nmax_file_age = \"1s\"\n").unwrap();
+    let out = d.out();
+    let mut child = eddy()
+        .args(["replay", d.dir().to_str().unwrap(), "--out", out.to_str().unwrap(), "--jobs", jobs.to_str().unwrap()])
+        .args(["--speed", "200", "-q"])
+        .spawn()
+        .unwrap();
+    let mut samples = 0;
+    let mut ahead = Vec::new();
+    while child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(text) = std::fs::read_to_string(out.join("_checkpoint.json")) else { continue };
+        let Ok(cp) = serde_json::from_str::<Value>(&text) else { continue };
+        let committed = cp["committed"]["offset"].as_u64().unwrap();
+        let archived = eddy::parquet::Manifest::load(&out.join("raw")).ok().and_then(|m| m.max_offset("raw-w0", 0));
+        if committed > 1 {
+            samples += 1;
+            if archived.is_none_or(|a| a + 1 < committed) {
+                ahead.push((committed, archived));
+            }
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(ahead.is_empty(), "the checkpoint ran ahead of the raw archive: {ahead:?}");
+    assert!(samples >= 3, "only {samples} samples of a moving checkpoint");
+}

@@ -110,8 +110,9 @@ impl<D: Encode + 'static> BatchSink<D> for JsonlSink {
         }
     }
 
-    fn commit(&mut self, _upto: Option<u64>) {
+    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
         self.drain(true);
+        upto
     }
 }
 

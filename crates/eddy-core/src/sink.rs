@@ -8,7 +8,14 @@
 pub trait BatchSink<D>: 'static {
     /// Takes a batch of records; the sink may drain it.
     fn write(&mut self, batch: &mut Vec<D>);
-    /// Makes everything written so far durable. `upto` is the new frontier:
+    /// Commits what was written so far. `upto` is the new input frontier:
     /// `Some(t)` means times before `t` are complete; `None`, the input is.
-    fn commit(&mut self, upto: Option<u64>);
+    ///
+    /// Returns the frontier up to which everything written is now durable
+    /// (`None`: all of it). A sink that batches commits (the Parquet backup
+    /// publishes files every few seconds) returns less than `upto` until it
+    /// publishes; `Some(0)` claims nothing new. The sink operator holds its
+    /// output at the largest frontier returned, and the commit ledger only
+    /// counts input as committed once every sink's output has passed it.
+    fn commit(&mut self, upto: Option<u64>) -> Option<u64>;
 }

@@ -22,19 +22,29 @@ pub fn sink<'s, D: 'static, S: BatchSink<D>>(
     name: &str,
     mut sink: S,
 ) -> StreamVec<'s, u64, ()> {
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, _info| {
+    let scope = stream.scope();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, info| {
         let mut held = Some(cap);
         let mut last = Antichain::from_elem(0u64);
+        let mut pending = false;
+        let activator = scope.activator_for(info.address);
         move |(input, frontier), _output| {
             input.for_each(|_cap, data| sink.write(data));
             let f = frontier.frontier();
-            if f != last.borrow() {
-                sink.commit(f.iter().copied().min());
+            if f != last.borrow() || pending {
+                let durable = sink.commit(f.iter().copied().min());
                 last = f.to_owned();
-                match (f.iter().copied().min(), held.as_mut()) {
+                // Hold the output at what is durable, which may lag the input.
+                match (durable, held.as_mut()) {
                     (Some(t), Some(h)) => h.downgrade(&t.max(*h.time())),
                     (None, _) => held = None,
                     _ => {}
+                }
+                // A sink that lags its input is asked again at the next
+                // activation; ask for one after a short while.
+                pending = held.as_ref().is_some_and(|h| f.iter().any(|t| t > h.time()) || f.is_empty());
+                if pending {
+                    activator.activate_after(std::time::Duration::from_millis(200));
                 }
             }
         }

@@ -471,8 +471,17 @@ impl BatchSink<Enriched> for BackupWriter {
         let _ = self.try_write(batch);
     }
 
-    fn commit(&mut self, upto: Option<u64>) {
-        let _ = self.try_commit(upto);
+    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+        // The error is recorded, logged and kept in `error()`.
+        match self.try_commit(upto) {
+            // Everything written is published: durable through `upto`.
+            Ok(_) if self.uncommitted_rows() == 0 => upto,
+            // Rows wait for the next publication: no new claim.
+            Ok(_) => Some(0),
+            // A failed writer must not hold the dataflow open; the error
+            // is reported through `error()`.
+            Err(_) => upto,
+        }
     }
 }
 

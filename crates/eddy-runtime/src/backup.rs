@@ -161,11 +161,18 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
         batch.clear();
     }
 
-    fn commit(&mut self, upto: Option<u64>) {
-        if let Some(w) = self.writer.as_mut() {
-            let r = w.try_commit(upto);
-            self.check(r);
-        }
+    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+        // A failed writer has already failed the run: it must not also hold
+        // the dataflow open.
+        let Some(w) = self.writer.as_mut() else { return upto };
+        let r = w.try_commit(upto);
+        let durable = match &r {
+            Err(_) => upto,
+            Ok(_) if w.uncommitted_rows() == 0 => upto,
+            Ok(_) => Some(0),
+        };
+        self.check(r);
+        durable
     }
 }
 
@@ -185,10 +192,17 @@ impl BatchSink<RawLine> for ParquetSink<RawArchiveWriter> {
         self.raw.clear();
     }
 
-    fn commit(&mut self, upto: Option<u64>) {
-        if let Some(w) = self.writer.as_mut() {
-            let r = w.try_commit(upto);
-            self.check(r);
-        }
+    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+        // A failed writer has already failed the run: it must not also hold
+        // the dataflow open.
+        let Some(w) = self.writer.as_mut() else { return upto };
+        let r = w.try_commit(upto);
+        let durable = match &r {
+            Err(_) => upto,
+            Ok(_) if w.uncommitted_rows() == 0 => upto,
+            Ok(_) => Some(0),
+        };
+        self.check(r);
+        durable
     }
 }
