@@ -409,3 +409,51 @@ fn gzip_datasets_replay_the_same() {
     eddy_ok(&["replay", gz.to_str().unwrap(), "--out", o2.to_str().unwrap(), "-q"]);
     assert_eq!(output_sets(&o1), output_sets(&o2));
 }
+
+#[test]
+fn hopping_windows_hold_each_value_in_size_over_slide_windows() {
+    let d = Data::new();
+    // Values 1..=6 every 10 minutes from 00:05; 1-hour windows sliding by 20 minutes.
+    let lines: Vec<String> =
+        (0..6).map(|i| reading("a", T0 + 5 * MIN + i * 10 * MIN, &[("pm25", json!(i + 1))])).collect();
+    d.readings(&lines);
+    let jobs = d.root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join("windows.toml"), "kind = \"windows\"\nsize = \"1h\"\nslide = \"20m\"\n").unwrap();
+    let out = d.out();
+    eddy_ok(&[
+        "replay",
+        d.dir().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--jobs",
+        jobs.to_str().unwrap(),
+        "-q",
+    ]);
+    let mut w: Vec<(i64, u64, f64, f64, f64)> = read_jsonl(&out.join("windows.jsonl"))
+        .iter()
+        .map(|r| {
+            assert_eq!(r["window_end"].as_i64().unwrap() - r["window_start"].as_i64().unwrap(), 60 * MIN);
+            let start = (r["window_start"].as_i64().unwrap() - T0) / MIN;
+            (
+                start,
+                r["count"].as_u64().unwrap(),
+                r["mean"].as_f64().unwrap(),
+                r["min"].as_f64().unwrap(),
+                r["max"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    w.sort_by_key(|x| x.0);
+    // Starts -40, -20, 0, 20, 40 minutes; values at 5, 15, …, 55 minutes.
+    assert_eq!(
+        w,
+        vec![
+            (-40, 2, 1.5, 1.0, 2.0),
+            (-20, 4, 2.5, 1.0, 4.0),
+            (0, 6, 3.5, 1.0, 6.0),
+            (20, 4, 4.5, 3.0, 6.0),
+            (40, 2, 5.5, 5.0, 6.0),
+        ]
+    );
+}

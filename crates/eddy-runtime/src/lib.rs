@@ -6,17 +6,10 @@
 //! commit ledger ([`checkpoint`]).
 //!
 //! ```no_run
-//! use eddy_core::PipelineSpec;
 //! use eddy_runtime::replay::{replay, ReplayOptions};
 //! use eddy_runtime::workers::Workers;
 //!
-//! let opts = ReplayOptions {
-//!     dataset: "datasets/sample".into(),
-//!     out: "out".into(),
-//!     spec: PipelineSpec::builtin(),
-//!     workers: Workers::threads(2),
-//!     speed: None,
-//! };
+//! let opts = ReplayOptions { workers: Workers::threads(2), ..ReplayOptions::new("datasets/sample", "out") };
 //! let summary = replay(&opts, |_progress| {}).unwrap();
 //! println!("{} valid readings", summary.valid);
 //! ```
