@@ -12,14 +12,11 @@
 //! event is active ends the event at the device's next reading, with reason
 //! `rule_removed`.
 
-use std::collections::VecDeque;
-
 use rustc_hash::FxHashMap as HashMap;
 
 use differential_dataflow::operators::arrange::Arranged;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use eddy_core::hysteresis::{observe, Active, Transition};
@@ -28,7 +25,7 @@ use eddy_core::reading::Enriched;
 use eddy_core::records::{EndReason, EventRecord, EventState};
 use eddy_core::reference::{effective_rules, Rule, RuleScope};
 
-use crate::lookup::{as_of, compact_to, histories, max_time};
+use crate::lookup::{as_of, compact_to, histories, max_time, Waiting};
 use crate::reference::RulesTrace;
 
 /// An active event of one rule on one device, with the rule as last applied.
@@ -126,29 +123,17 @@ pub fn detect<'s>(
 ) -> StreamVec<'s, u64, EventRecord> {
     let mut trace = rules.trace;
     enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
-        let mut stash: VecDeque<(Capability<u64>, VecDeque<Enriched>)> = VecDeque::new();
+        let mut stash: Waiting<Enriched> = Waiting::default();
         let mut detector = Detector::default();
         move |(input, frontier), (rule_batches, rules_frontier), output| {
             input.for_each(|cap, data| {
                 if let Some(cap) = cap.retain_least(0) {
-                    stash.push_back((cap, std::mem::take(data).into()));
+                    stash.push(cap, std::mem::take(data));
                 }
             });
             rule_batches.for_each(|_, _| {});
             let rf = rules_frontier.frontier();
-            let mut ready: Vec<(Capability<u64>, Vec<Enriched>)> = Vec::new();
-            while let Some((cap, batch)) = stash.front_mut() {
-                let n = batch.iter().take_while(|r| !rf.less_equal(&(r.ts.max(0) as u64))).count();
-                if n == batch.len() {
-                    let (cap, batch) = stash.pop_front().expect("front exists");
-                    ready.push((cap, batch.into()));
-                } else {
-                    if n > 0 {
-                        ready.push((cap.clone(), batch.drain(..n).collect()));
-                    }
-                    break;
-                }
-            }
+            let ready = stash.take_ready(|r, _t| !rf.less_equal(&(r.ts.max(0) as u64)));
             if !ready.is_empty() {
                 let mut keys: Vec<RuleScope> =
                     ready.iter().flat_map(|(_, b)| b.iter().map(|r| RuleScope::Device(r.device))).collect();
@@ -186,12 +171,7 @@ pub fn detect<'s>(
                     }
                 }
             }
-            let input_min = frontier.frontier().iter().copied().min();
-            let stash_min = stash.front().map(|(c, _)| *c.time());
-            let low = match (input_min, stash_min) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let low = stash.low(frontier.frontier());
             if let Some(low) = low {
                 let target = rf.iter().copied().min().map_or(low, |r| r.min(low));
                 compact_to(&mut trace, target);

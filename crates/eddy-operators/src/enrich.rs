@@ -7,21 +7,18 @@
 //! each reading sees the reference data as of its `ts` (clamped to the
 //! retained history; see [`lookup_time`]).
 
-use std::collections::VecDeque;
-
 use rustc_hash::FxHashMap as HashMap;
 
 use differential_dataflow::operators::arrange::Arranged;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use eddy_core::ids::DeviceId;
 use eddy_core::reading::{ChannelList, Context, Enriched, Reading, Values};
 use eddy_core::reference::{calibration_as_of, Calibration, DeviceRef};
 
-use crate::lookup::{as_of, compact_to, histories, max_time, History};
+use crate::lookup::{as_of, compact_to, histories, max_time, History, Waiting};
 use crate::reference::DeviceTrace;
 
 /// The reference time a reading is looked up at: its `ts`, but no earlier than
@@ -101,31 +98,18 @@ pub fn enrich<'s>(
         Pipeline,
         name,
         move |_cap, _info| {
-            let mut stash: VecDeque<(Capability<u64>, VecDeque<Reading>)> = VecDeque::new();
+            let mut stash: Waiting<Reading> = Waiting::default();
             move |(input, frontier), (refs, ref_frontier), output| {
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
-                        stash.push_back((cap, std::mem::take(data).into()));
+                        stash.push(cap, std::mem::take(data));
                     }
                 });
                 refs.for_each(|_, _| {});
 
                 // The ready prefix, in arrival order.
                 let rf = ref_frontier.frontier();
-                let mut ready: Vec<(Capability<u64>, Vec<Reading>)> = Vec::new();
-                while let Some((cap, batch)) = stash.front_mut() {
-                    let t = *cap.time();
-                    let n = batch.iter().take_while(|r| !rf.less_equal(&lookup_time(r.ts, t, retention_ms))).count();
-                    if n == batch.len() {
-                        let (cap, batch) = stash.pop_front().expect("front exists");
-                        ready.push((cap, batch.into()));
-                    } else {
-                        if n > 0 {
-                            ready.push((cap.clone(), batch.drain(..n).collect()));
-                        }
-                        break;
-                    }
-                }
+                let ready = stash.take_ready(|r, t| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)));
 
                 if !ready.is_empty() {
                     let mut keys: Vec<DeviceId> = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device)).collect();
@@ -156,12 +140,7 @@ pub fn enrich<'s>(
                 }
 
                 // Let the trace forget history no pending or future reading can ask for.
-                let input_min = frontier.frontier().iter().copied().min();
-                let stash_min = stash.front().map(|(c, _)| *c.time());
-                let low = match (input_min, stash_min) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let low = stash.low(frontier.frontier());
                 if let Some(low) = low {
                     let mut target = (low as i64).saturating_sub(retention_ms).max(0) as u64;
                     if let Some(r) = rf.iter().copied().min() {

@@ -10,7 +10,57 @@ use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::ExchangeData;
+use std::collections::VecDeque;
+
+use timely::dataflow::operators::Capability;
 use timely::progress::frontier::AntichainRef;
+
+/// Readings waiting, in arrival order, for a reference frontier to pass them.
+pub struct Waiting<D> {
+    stash: VecDeque<(Capability<u64>, VecDeque<D>)>,
+}
+
+impl<D> Default for Waiting<D> {
+    fn default() -> Self {
+        Waiting { stash: VecDeque::new() }
+    }
+}
+
+impl<D> Waiting<D> {
+    /// Queues a batch received under `cap`.
+    pub fn push(&mut self, cap: Capability<u64>, batch: Vec<D>) {
+        self.stash.push_back((cap, batch.into()));
+    }
+
+    /// Takes the longest prefix of the queue for which `ready(record, time)`
+    /// holds, as batches with their capabilities, keeping arrival order.
+    pub fn take_ready(&mut self, ready: impl Fn(&D, u64) -> bool) -> Vec<(Capability<u64>, Vec<D>)> {
+        let mut out = Vec::new();
+        while let Some((cap, batch)) = self.stash.front_mut() {
+            let t = *cap.time();
+            let n = batch.iter().take_while(|d| ready(d, t)).count();
+            if n == batch.len() {
+                let (cap, batch) = self.stash.pop_front().expect("front exists");
+                out.push((cap, batch.into()));
+            } else {
+                if n > 0 {
+                    out.push((cap.clone(), batch.drain(..n).collect()));
+                }
+                break;
+            }
+        }
+        out
+    }
+
+    /// The least time of a waiting or future record, given the input frontier.
+    pub fn low(&self, input: AntichainRef<u64>) -> Option<u64> {
+        let waiting = self.stash.front().map(|(c, _)| *c.time());
+        match (input.iter().copied().min(), waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
 
 /// The updates of one key: `(value, time, diff)`.
 pub type History<V> = Vec<(V, u64, isize)>;

@@ -150,6 +150,51 @@ impl<W> ParquetSink<W> {
     }
 }
 
+/// The two Parquet writers, as far as committing goes.
+pub trait Publish {
+    /// Publishes what is due; see `BackupWriter::try_commit`.
+    fn try_commit(&mut self, upto: Option<u64>) -> eddy_parquet::Result<Option<std::path::PathBuf>>;
+    /// Rows written but not yet published.
+    fn uncommitted_rows(&self) -> u64;
+}
+
+impl Publish for BackupWriter {
+    fn try_commit(&mut self, upto: Option<u64>) -> eddy_parquet::Result<Option<std::path::PathBuf>> {
+        BackupWriter::try_commit(self, upto)
+    }
+    fn uncommitted_rows(&self) -> u64 {
+        BackupWriter::uncommitted_rows(self)
+    }
+}
+
+impl Publish for RawArchiveWriter {
+    fn try_commit(&mut self, upto: Option<u64>) -> eddy_parquet::Result<Option<std::path::PathBuf>> {
+        RawArchiveWriter::try_commit(self, upto)
+    }
+    fn uncommitted_rows(&self) -> u64 {
+        RawArchiveWriter::uncommitted_rows(self)
+    }
+}
+
+impl<W: Publish> ParquetSink<W> {
+    /// Commits, returning the frontier through which the writes are durable:
+    /// `upto` once nothing is left unpublished, `Some(0)` (no new claim) while
+    /// rows wait for the next publication.
+    fn publish(&mut self, upto: Option<u64>) -> Option<u64> {
+        // A failed writer has already failed the run: it must not also hold
+        // the dataflow open.
+        let Some(w) = self.writer.as_mut() else { return upto };
+        let r = w.try_commit(upto);
+        let durable = match &r {
+            Err(_) => upto,
+            Ok(_) if w.uncommitted_rows() == 0 => upto,
+            Ok(_) => Some(0),
+        };
+        self.check(r);
+        durable
+    }
+}
+
 impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
     fn write(&mut self, batch: &mut Vec<Enriched>) {
         let committed = Arc::clone(&self.committed);
@@ -162,17 +207,7 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        // A failed writer has already failed the run: it must not also hold
-        // the dataflow open.
-        let Some(w) = self.writer.as_mut() else { return upto };
-        let r = w.try_commit(upto);
-        let durable = match &r {
-            Err(_) => upto,
-            Ok(_) if w.uncommitted_rows() == 0 => upto,
-            Ok(_) => Some(0),
-        };
-        self.check(r);
-        durable
+        self.publish(upto)
     }
 }
 
@@ -193,16 +228,6 @@ impl BatchSink<RawLine> for ParquetSink<RawArchiveWriter> {
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        // A failed writer has already failed the run: it must not also hold
-        // the dataflow open.
-        let Some(w) = self.writer.as_mut() else { return upto };
-        let r = w.try_commit(upto);
-        let durable = match &r {
-            Err(_) => upto,
-            Ok(_) if w.uncommitted_rows() == 0 => upto,
-            Ok(_) => Some(0),
-        };
-        self.check(r);
-        durable
+        self.publish(upto)
     }
 }
