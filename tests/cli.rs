@@ -457,3 +457,30 @@ fn hopping_windows_hold_each_value_in_size_over_slide_windows() {
         ]
     );
 }
+
+#[test]
+fn an_out_of_order_reading_from_before_a_rule_existed_does_not_end_its_event() {
+    // Regression: the reading at T+9m saw no `spike` rule as of its ts and
+    // used to end the event started at T+11m as `rule_removed`.
+    let d = Data::new();
+    d.file(
+        "updates.jsonl",
+        &[
+            json!({"ts": T0, "table": "rules", "op": "delete", "row": {"rule_id": "pm25-high", "device_id": "*"}}),
+            json!({"ts": T0 + 10 * MIN, "table": "rules", "op": "upsert", "row": {"rule_id": "spike", "device_id": "d", "channel": "pm25", "rise_above": 45, "fall_below": 40}}),
+        ]
+        .iter()
+        .map(|v| v.to_string() + "\n")
+        .collect::<String>(),
+    );
+    d.readings(&[
+        reading("d", T0 + 11 * MIN, &[("pm25", json!(50))]),
+        reading("d", T0 + 9 * MIN, &[("pm25", json!(50))]),
+        reading("d", T0 + 12 * MIN, &[("pm25", json!(50))]),
+    ]);
+    d.replay(1);
+    let events = d.output("events");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["state"], "start");
+    assert_eq!(events[0]["ts"], T0 + 11 * MIN);
+}

@@ -1,15 +1,23 @@
 //! The embedded pipeline (`eddy replay`) against a plain, sequential
-//! reference model of its documented semantics (`tests/model/reference.rs`).
+//! reference model of its documented semantics (`tests/model/reference.rs`;
+//! the random datasets are in `tests/model/scenario.rs`, the comparison and
+//! its diffs in `tests/model/compare.rs`).
 //!
 //! * `pipeline_matches_reference_model_at_1_and_2_workers`: random small
-//!   datasets (disorder, late readings, nulls, junk, malformed lines of every
-//!   kind, calibration versions, reference updates mid-stream, three spec
-//!   presets), every output compared with the model;
+//!   datasets (disorder, late readings, nulls, junk, extra channels,
+//!   malformed lines of every kind, calibration versions, thresholds,
+//!   reference updates mid-stream, four spec presets), every output compared
+//!   with the model, record by record, plus the documented line order;
 //! * `generated_fleet_matches_reference_model`: the same on an `eddy gen` fleet;
-//! * `output_record_sets_do_not_depend_on_worker_count`: -w 1, 2 and 4 give
-//!   the same records;
+//! * `output_record_sets_do_not_depend_on_worker_count`: -w 1, 2 and 4;
+//! * `paced_and_gzipped_replays_give_the_same_records`: `--speed` and `.gz`;
 //! * `windows_and_final_stats_match_two_pass_recomputation_from_enriched`;
-//! * focused cases for documented rules the random test leaves out.
+//! * focused cases: dead-letter precedence and field order, the thresholds of
+//!   a `rule_removed` end, same-`ts` reference changes, extreme timestamps.
+//!
+//! On a mismatch, the failure names the output, the key and the first
+//! differing fields, with the expected and the actual line; the random test
+//! also prints the (shrunk) dataset files.
 
 #[path = "model/compare.rs"]
 mod compare;
@@ -34,13 +42,10 @@ use reference::{Config, DatasetFiles};
 
 /// Runs the embedded pipeline over `dataset` into `out`.
 fn run_pipeline(dataset: &Path, out: &Path, spec: &PipelineSpec, workers: usize) -> (Summary, Actual) {
-    let opts = ReplayOptions {
-        dataset: dataset.to_path_buf(),
-        out: out.to_path_buf(),
-        spec: spec.clone(),
-        workers: Workers::threads(workers),
-        speed: None,
-    };
+    // `new` fills the options this test does not care about (speed, reference, …).
+    let mut opts = ReplayOptions::new(dataset, out);
+    opts.spec = spec.clone();
+    opts.workers = Workers::threads(workers);
     let summary = replay(&opts, |_| {}).unwrap_or_else(|e| panic!("replay failed: {e}"));
     (summary, read_outputs(out))
 }
@@ -84,8 +89,25 @@ proptest! {
             &cfg,
             &[1, 2],
                     )
-        .map_err(|e| TestCaseError::fail(format!("{e}\n(preset {})", s.preset)))?;
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{}", describe(&files, s.preset))))?;
     }
+}
+
+/// The dataset files as text, to reproduce a failure by hand.
+fn describe(files: &DatasetFiles, preset: usize) -> String {
+    let cut = |t: &str| match t.char_indices().nth(6000) {
+        Some((i, _)) => format!("{}…\n", &t[..i]),
+        None if t.is_empty() || t.ends_with('\n') => t.to_string(),
+        None => format!("{t}\n(no final newline)\n"),
+    };
+    format!(
+        "spec: preset {preset} of scenario::preset\n--- readings.jsonl\n{}--- devices.csv\n{}--- calibration.csv\n{}--- thresholds.csv\n{}--- updates.jsonl\n{}",
+        cut(&String::from_utf8_lossy(&files.readings)),
+        cut(files.devices_csv.as_deref().unwrap_or("")),
+        cut(files.calibration_csv.as_deref().unwrap_or("")),
+        cut(files.thresholds_csv.as_deref().unwrap_or("")),
+        cut(files.updates_jsonl.as_deref().unwrap_or("")),
+    )
 }
 
 fn gen_fleet(dir: &Path) {
@@ -127,47 +149,21 @@ fn output_record_sets_do_not_depend_on_worker_count() {
     let ds = tmp.path().join("fleet");
     gen_fleet(&ds);
     let spec = PipelineSpec::builtin();
-    let mut base: Option<(Summary, Vec<(String, Vec<String>)>)> = None;
-    for w in [1, 2, 4] {
+    let out1 = tmp.path().join("out-w1");
+    let (s1, _) = run_pipeline(&ds, &out1, &spec, 1);
+    let sets1 = record_sets(&out1);
+    assert!(sets1.iter().all(|(_, lines)| !lines.is_empty()), "every output has records");
+    let mut diffs = Vec::new();
+    for w in [2, 4] {
         let out = tmp.path().join(format!("out-w{w}"));
-        let (summary, _) = run_pipeline(&ds, &out, &spec, w);
-        let sets = record_sets(&out);
-        match &base {
-            None => base = Some((summary, sets)),
-            Some((s1, sets1)) => {
-                let mut diffs = Vec::new();
-                for ((name, a), (_, b)) in sets1.iter().zip(&sets) {
-                    if a != b {
-                        let only1: Vec<_> = a.iter().filter(|l| b.binary_search(l).is_err()).take(3).collect();
-                        let only_w: Vec<_> = b.iter().filter(|l| a.binary_search(l).is_err()).take(3).collect();
-                        diffs.push(format!(
-                            "{name}.jsonl: {} records at -w 1, {} at -w {w}\n  only at -w 1: {only1:#?}\n  only at -w {w}: {only_w:#?}",
-                            a.len(),
-                            b.len()
-                        ));
-                    }
-                }
-                for (k, x, y) in [
-                    ("valid", s1.valid, summary.valid),
-                    ("late", s1.late, summary.late),
-                    ("deadletter", s1.deadletter, summary.deadletter),
-                    ("junk", s1.junk, summary.junk),
-                    ("lines", s1.lines, summary.lines),
-                ] {
-                    if x != y {
-                        diffs.push(format!("summary.{k}: {x} at -w 1, {y} at -w {w}"));
-                    }
-                }
-                if s1.records != summary.records || s1.junk_by_device != summary.junk_by_device {
-                    diffs.push(format!(
-                        "summary records/junk_by_device differ:\n  -w 1: {:?} {:?}\n  -w {w}: {:?} {:?}",
-                        s1.records, s1.junk_by_device, summary.records, summary.junk_by_device
-                    ));
-                }
-                assert!(diffs.is_empty(), "{}", diffs.join("\n"));
-            }
+        let (s, _) = run_pipeline(&ds, &out, &spec, w);
+        diffs.extend(diff_record_sets(&sets1, &record_sets(&out), &format!("-w 1 vs -w {w}")));
+        let counts = |s: &Summary| (s.valid, s.late, s.deadletter, s.junk, s.lines, s.bytes);
+        if counts(&s1) != counts(&s) || s1.records != s.records || s1.junk_by_device != s.junk_by_device {
+            diffs.push(format!("summary at -w 1: {s1:?}\nsummary at -w {w}: {s:?}"));
         }
     }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
 
 /// Windows and the final statistics snapshot of each key, recomputed with
@@ -278,9 +274,12 @@ fn small_dataset(readings: &[String], updates: &[Value]) -> DatasetFiles {
     }
 }
 
-/// The rule order is documented in `parse_line`: device_id, then ts, then
-/// the channel rules, whatever the order of the fields in the line. A bad
-/// channel field written before `device_id` or `ts` must not hide them.
+/// The rule order is documented in `parse_line` and docs/formats.md 2.1:
+/// device_id, then ts, then the channel rules (reserved name, bad value,
+/// repeated field: the first broken field in the line wins), whatever the
+/// order of the fields in the line. A bad channel field written before
+/// `device_id` or `ts` must not hide them. (Repeated keys are only written
+/// here, where each line's outcome is unambiguous.)
 #[test]
 fn dead_letter_reason_follows_rule_precedence_not_field_order() {
     let t = scenario::T0;
@@ -291,6 +290,12 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
         format!(r#"{{"pm25":"x","device_id":7,"ts":{t}}}"#),
         format!(r#"{{"device_id":"d-1","co2":true,"ts":"soon"}}"#),
         format!(r#"{{"ts":{t},"raw":{{}},"device_id":"d-1"}}"#),
+        format!(r#"{{"device_id":"d1","device_id":"d2","ts":{t}}}"#),
+        r#"{"device_id":"d1","device_id":"d2"}"#.to_string(),
+        format!(r#"{{"device_id":"d1","ts":{t},"pm25":1,"co2":"x","pm25":2}}"#),
+        format!(r#"{{"device_id":"d1","ts":{t},"pm25":1,"pm25":2,"co2":"x"}}"#),
+        format!(r#"{{"ts":{t},"ts":{t},"device_id":"d1","raw":1}}"#),
+        format!(r#"{{"pm25":null,"device_id":"d1","pm25":null,"ts":{t}}}"#),
     ];
     let files = small_dataset(&lines, &[]);
     let cfg = Config::documented_defaults();
@@ -298,7 +303,20 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
     let codes: Vec<&str> = expected.deadletter.iter().map(|v| v["code"].as_str().unwrap()).collect();
     assert_eq!(
         codes,
-        ["invalid_value", "reserved_field", "invalid_value", "invalid_device_id", "invalid_ts", "reserved_field"],
+        [
+            "invalid_value",
+            "reserved_field",
+            "invalid_value",
+            "invalid_device_id",
+            "invalid_ts",
+            "reserved_field",
+            "duplicate_field",
+            "missing_ts",
+            "invalid_value",
+            "duplicate_field",
+            "duplicate_field",
+            "duplicate_field"
+        ],
         "the model encodes the documented precedence"
     );
     if let Err(e) = check_against_model(&files, &PipelineSpec::builtin(), &cfg, &[1]) {
@@ -363,6 +381,113 @@ fn extreme_valid_timestamps_follow_the_model() {
     ];
     let files = small_dataset(&lines, &updates);
     if let Err(e) = check_against_model(&files, &PipelineSpec::builtin(), &Config::documented_defaults(), &[1, 2]) {
+        panic!("{e}");
+    }
+}
+
+/// The first differences between two runs' record sets, for a message.
+fn diff_record_sets(a: &[(String, Vec<String>)], b: &[(String, Vec<String>)], what: &str) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        if x != y {
+            let only_a: Vec<_> = x.iter().filter(|l| y.binary_search(l).is_err()).take(3).collect();
+            let only_b: Vec<_> = y.iter().filter(|l| x.binary_search(l).is_err()).take(3).collect();
+            diffs.push(format!(
+                "{name}.jsonl: {} vs {} records ({what})\n  only in the first: {only_a:#?}\n  only in the second: {only_b:#?}",
+                x.len(),
+                y.len()
+            ));
+        }
+    }
+    diffs
+}
+
+/// `--speed` changes the pace, not the results (readings held back for
+/// pacing must come out exactly as without pacing), and a gzipped readings
+/// file gives the same records as the plain one.
+#[test]
+fn paced_and_gzipped_replays_give_the_same_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = tmp.path().join("plain");
+    let gz = tmp.path().join("gz");
+    let cfg = GenConfig { devices: 30, hours: 12.0, ..Default::default() };
+    generate(&cfg, &plain, &mut |_, _| {}).unwrap();
+    generate(&GenConfig { gzip: true, ..cfg }, &gz, &mut |_, _| {}).unwrap();
+    assert!(gz.join("readings.jsonl.gz").is_file());
+
+    let spec = PipelineSpec::builtin();
+    let base_out = tmp.path().join("out-plain");
+    run_pipeline(&plain, &base_out, &spec, 1);
+    let base = record_sets(&base_out);
+
+    let gz_out = tmp.path().join("out-gz");
+    run_pipeline(&gz, &gz_out, &spec, 2);
+    let mut diffs = diff_record_sets(&base, &record_sets(&gz_out), "plain -w 1 vs gzip -w 2");
+
+    // 12 hours at 200000× is about 0.2 s of pacing.
+    let paced_out = tmp.path().join("out-paced");
+    let mut opts = ReplayOptions::new(&plain, &paced_out);
+    opts.workers = Workers::threads(2);
+    opts.speed = Some(200_000.0);
+    replay(&opts, |_| {}).unwrap();
+    diffs.extend(diff_record_sets(&base, &record_sets(&paced_out), "unpaced -w 1 vs --speed 200000 -w 2"));
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}
+
+/// Reference changes with the same `ts` apply in file order (after the
+/// file is sorted by `ts`, stably), and a reading at exactly that `ts` sees
+/// all of them; one ms earlier sees none.
+#[test]
+fn same_ts_reference_changes_apply_in_file_order() {
+    let t = scenario::T0;
+    let u = t + 30 * 60_000;
+    let lines = vec![
+        format!(r#"{{"device_id":"a","ts":{t},"pm25":10,"co2":100}}"#),
+        format!(r#"{{"device_id":"a","ts":{},"pm25":10,"co2":100}}"#, u - 1),
+        format!(r#"{{"device_id":"a","ts":{u},"pm25":10,"co2":100}}"#),
+        format!(r#"{{"device_id":"b","ts":{u},"pm25":10,"co2":100}}"#),
+        format!(r#"{{"device_id":"a","ts":{},"pm25":10,"co2":100}}"#, u + 1),
+    ];
+    let up = |ts: i64, table: &str, op: &str, row: Value| serde_json::json!({"ts": ts, "table": table, "op": op, "row": row});
+    let updates = [
+        // Out of file order in time: sorted by ts, stably.
+        up(
+            u,
+            "calibration",
+            "upsert",
+            serde_json::json!({"device_id": "a", "channel": "pm25", "gain": 2, "offset": 0}),
+        ),
+        up(t + 60_000, "devices", "upsert", serde_json::json!({"device_id": "a", "site": "first"})),
+        up(u, "calibration", "delete", serde_json::json!({"device_id": "a", "channel": "pm25"})),
+        up(
+            u,
+            "calibration",
+            "upsert",
+            serde_json::json!({"device_id": "a", "channel": "pm25", "gain": 3, "offset": 1}),
+        ),
+        up(u, "devices", "upsert", serde_json::json!({"device_id": "a", "zeta": 1, "alpha": null, "site": "S3"})),
+        up(u, "devices", "delete", serde_json::json!({"device_id": "b"})),
+        up(u, "devices", "upsert", serde_json::json!({"device_id": "b", "site": "B"})),
+        up(
+            u,
+            "calibration",
+            "upsert",
+            serde_json::json!({"device_id": "a", "channel": "co2", "gain": "0.5", "offset": "1", "valid_from": u + 1}),
+        ),
+        up(
+            u,
+            "calibration",
+            "upsert",
+            serde_json::json!({"device_id": "a", "channel": "co2", "gain": 0.25, "offset": 0, "valid_from": u + 1}),
+        ),
+    ];
+    let files = small_dataset(&lines, &updates);
+    let cfg = Config::documented_defaults();
+    let expected = reference::run(&cfg, &files);
+    let pm25: Vec<f64> =
+        expected.enriched.iter().filter(|e| e["device_id"] == "a").map(|e| e["pm25"].as_f64().unwrap()).collect();
+    assert_eq!(pm25, [10.0, 10.0, 31.0, 31.0], "the model: gain 3, offset 1 from {u}");
+    if let Err(e) = check_against_model(&files, &PipelineSpec::builtin(), &cfg, &[1, 2]) {
         panic!("{e}");
     }
 }

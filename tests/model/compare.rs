@@ -201,6 +201,10 @@ pub fn compare(exp: &Expected, act: &Actual) -> Result<(), String> {
     push(compare_summary(&exp.summary, &act.summary));
     push(compare_deadletter(&exp.deadletter, &act.deadletter));
     push(compare_keyed("late.jsonl (by line_no)", &exp.late, &act.late, |v| v["line_no"].as_u64().unwrap_or(0)));
+    push(check_field_order("late.jsonl", &exp.late, &act.late, |v| v["line_no"].to_string()));
+    push(check_field_order("enriched.jsonl", &exp.enriched, &act.enriched, |v| {
+        format!("{} {}", v["device_id"], v["ts"])
+    }));
     push(compare_keyed("enriched.jsonl (per device, in arrival order)", &exp.enriched, &act.enriched, |v| {
         s(v, "device_id")
     }));
@@ -429,6 +433,60 @@ fn check_record_types(act: &Actual) -> Result<(), String> {
     for v in &act.events {
         if let Err(e) = serde_json::from_value::<EventRecord>(v.clone()) {
             r.add(format!("events line is not an EventRecord ({e}): {v}"));
+        }
+    }
+    r.finish()
+}
+
+/// True when `serde_json::Map` keeps insertion order (its `preserve_order`
+/// feature), so the field order of parsed lines can be checked.
+fn maps_keep_order() -> bool {
+    let v: Value = serde_json::from_str(r#"{"b":1,"a":2}"#).unwrap();
+    v.as_object().unwrap().keys().next().map(String::as_str) == Some("b")
+}
+
+fn key_order(path: &str, e: &Value, a: &Value, out: &mut Vec<String>) {
+    if let (Value::Object(x), Value::Object(y)) = (e, a) {
+        let kx: Vec<&String> = x.keys().collect();
+        let ky: Vec<&String> = y.keys().collect();
+        if kx != ky {
+            out.push(format!("{path}: field order: expected {kx:?}, actual {ky:?}"));
+        }
+        for (k, v) in x {
+            if let Some(w) = y.get(k) {
+                key_order(&format!("{path}.{k}"), v, w, out);
+            }
+        }
+    }
+}
+
+/// The documented field order of `enriched.jsonl` and `late.jsonl` lines:
+/// `device_id`, `ts`, the channels in the order received, then the fixed
+/// fields; `raw` in channel order; `device` in `devices.csv` column order
+/// or the update row's field order. Records are paired in sequence (the
+/// record comparison checks their content). Skipped when serde_json maps
+/// are sorted.
+fn check_field_order(title: &str, exp: &[Value], act: &[Value], key: impl Fn(&Value) -> String) -> Result<(), String> {
+    let mut r = Report::new(format!("{title} field order"));
+    if !maps_keep_order() {
+        return r.finish();
+    }
+    let by_key = |vals: &'_ [Value]| -> BTreeMap<String, Vec<Value>> {
+        let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for v in vals {
+            m.entry(key(v)).or_default().push(v.clone());
+        }
+        m
+    };
+    let (e, a) = (by_key(exp), by_key(act));
+    for (k, es) in &e {
+        for (x, y) in es.iter().zip(a.get(k).map_or(&[][..], |v| &v[..])) {
+            let mut f = Vec::new();
+            key_order("", x, y, &mut f);
+            if !f.is_empty() {
+                r.records(&format!("{k}"), &f, Some(x), Some(y));
+                break;
+            }
         }
     }
     r.finish()

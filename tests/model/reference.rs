@@ -293,19 +293,31 @@ pub fn classify(line: &[u8]) -> Result<ParsedLine, &'static str> {
         },
         Some(_) => return Err("invalid_ts"),
     };
-    let mut values = Vec::new();
+    // Row 7, the first broken field in the line wins: a repeated field
+    // (device_id and ts included), a reserved name, a value that is not a
+    // number or null. (`get` above used the first device_id and ts.)
+    let mut values: Vec<(String, Option<f64>)> = Vec::new();
+    let mut seen = BTreeSet::new();
     for (k, v) in &fields {
+        let first = seen.insert(k.as_str());
         if k == "device_id" || k == "ts" {
+            if !first {
+                return Err("duplicate_field");
+            }
             continue;
         }
         if RESERVED.contains(&k.as_str()) {
             return Err("reserved_field");
         }
-        match v {
-            Value::Number(n) => values.push((k.clone(), Some(n.as_f64().expect("finite")))),
-            Value::Null => values.push((k.clone(), None)),
+        let x = match v {
+            Value::Number(n) => Some(n.as_f64().expect("finite")),
+            Value::Null => None,
             _ => return Err("invalid_value"),
+        };
+        if !first {
+            return Err("duplicate_field");
         }
+        values.push((k.clone(), x));
     }
     Ok(ParsedLine { device, ts, values })
 }
@@ -612,9 +624,15 @@ pub fn reference_changes(cfg: &Config, files: &DatasetFiles) -> Vec<(i64, Change
                     if delete {
                         Change::DeleteDevice(d)
                     } else {
-                        let ctx = row
+                        // The row's fields in file order (whatever serde_json's map order).
+                        #[derive(serde::Deserialize)]
+                        struct RowOnly {
+                            row: Ordered,
+                        }
+                        let ordered = serde_json::from_str::<RowOnly>(line).expect("update row").row.0;
+                        let ctx = ordered
                             .iter()
-                            .filter(|(k, _)| *k != "device_id")
+                            .filter(|(k, _)| k != "device_id")
                             .map(|(k, v)| {
                                 let s = match v {
                                     Value::String(s) => s.clone(),
@@ -973,9 +991,13 @@ fn detect(timeline: &Timeline, on_time: &[OnTime]) -> Vec<Value> {
     for r in on_time {
         let rules = timeline.at_ref(r.ts).map(|s| s.effective_rules(&r.device)).unwrap_or_default();
         let value = |c: &str| r.usable.iter().find(|(n, _)| n == c).map(|(_, v)| *v);
-        // Events whose rule is no longer in force end now.
-        let gone: Vec<String> =
-            open.keys().filter(|(d, id)| d == &r.device && !rules.contains_key(id)).map(|(_, id)| id.clone()).collect();
+        // Events whose rule is no longer in force end now (a reading from
+        // before the event's start, arriving out of order, ends nothing).
+        let gone: Vec<String> = open
+            .iter()
+            .filter(|((d, id), o)| d == &r.device && !rules.contains_key(id) && r.ts >= o.start_ts)
+            .map(|((_, id), _)| id.clone())
+            .collect();
         for id in gone {
             let o = open.remove(&(r.device.clone(), id.clone())).unwrap();
             let th = Some((o.rule.rise_above, o.rule.fall_below));

@@ -20,12 +20,14 @@ pub const T0: i64 = 1_767_225_600_000;
 const MIN: i64 = 60_000;
 
 /// Device ids; the last one is in no `devices.csv` (it may be upserted later).
-pub const DEVICES: [&str; 8] = ["d-1", "d-2", "dév-3", "d-4", "d-5", "d-6", "ghost-7", " "];
+pub const DEVICES: [&str; 9] = ["d-1", "d-2", "dév-3", "d-4", "d-5", "d-6", "ghost-7", " ", "q\"\\é"];
 const GHOST: usize = 6;
 /// A device id that is a single space (valid: ids are not trimmed); in no reference data.
 const BLANK: usize = 7;
+/// A device id with a quote, a backslash and a non-ASCII letter; in no reference data.
+const ODD: usize = 8;
 const STANDARD: [&str; 5] = ["pm25", "co2", "voc", "temp", "hum"];
-const EXTRA: [&str; 3] = ["ref_pm25", "x_noise", "pm10"];
+const EXTRA: [&str; 4] = ["ref_pm25", "x_noise", "pm10", "µg/m³ \"x\""];
 /// Channels that get calibration rows.
 const CAL_CHANNELS: [&str; 4] = ["pm25", "co2", "temp", "x_noise"];
 /// Rules that thresholds and updates pick from: (rule_id, channel, lo, hi) where
@@ -156,6 +158,8 @@ pub enum UpdKind {
     RuleUpsert(RuleSpec, bool),
     /// Rule delete.
     RuleDelete(usize, Option<usize>, bool),
+    /// A rule upsert, then its delete this many ms later (removals of changed rules).
+    ChangeThenDelete(RuleSpec, i64),
 }
 
 /// When an update applies.
@@ -218,7 +222,7 @@ fn step() -> impl Strategy<Value = i64> {
 }
 
 fn reading(devices: usize) -> impl Strategy<Value = ReadingSpec> {
-    let dev = prop_oneof![18 => 0..devices, 2 => Just(GHOST), 1 => Just(BLANK)];
+    let dev = prop_oneof![18 => 0..devices, 2 => Just(GHOST), 1 => Just(BLANK), 1 => Just(ODD)];
     (
         dev,
         step(),
@@ -279,16 +283,22 @@ fn cal_row(devices: usize) -> impl Strategy<Value = CalRow> {
         })
 }
 
+/// A rule index, mostly `pm25-high` (the standard rule, whose changes and
+/// removals hit active events most often).
+fn rule_index() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => Just(0usize), 2 => 0..RULES.len()]
+}
+
 fn scope(devices: usize) -> impl Strategy<Value = Option<usize>> {
     prop_oneof![
-        2 => Just(None),
+        3 => Just(None),
         2 => (0..devices).prop_map(Some),
         1 => Just(Some(GHOST)),
     ]
 }
 
 fn rule_spec(devices: usize) -> impl Strategy<Value = RuleSpec> {
-    (0..RULES.len(), scope(devices), 0.2f64..0.8, 0.0f64..0.3).prop_map(|(rule, scope, rise, gap)| RuleSpec {
+    (rule_index(), scope(devices), 0.2f64..0.8, 0.0f64..0.3).prop_map(|(rule, scope, rise, gap)| RuleSpec {
         rule,
         scope,
         rise,
@@ -311,7 +321,8 @@ fn update(devices: usize) -> impl Strategy<Value = (UpdTime, UpdKind)> {
             .prop_map(|(d, s, f)| UpdKind::DevUpsert(d, s, f)),
         1 => dev.prop_map(UpdKind::DevDelete),
         3 => (rule_spec(devices), any::<bool>()).prop_map(|(r, o)| UpdKind::RuleUpsert(r, o)),
-        3 => (0..RULES.len(), scope(devices), any::<bool>())
+        2 => (rule_spec(devices), MIN..=20 * MIN).prop_map(|(r, g)| UpdKind::ChangeThenDelete(r, g)),
+        3 => (rule_index(), scope(devices), any::<bool>())
             .prop_map(|(r, s, o)| UpdKind::RuleDelete(r, s, o)),
     ];
     (time, kind)
@@ -325,7 +336,7 @@ prop_compose! {
         lines in proptest::collection::vec(line(devices), 20..300),
         calibration in proptest::collection::vec(cal_row(devices), 0..8),
         thresholds in proptest::collection::vec(rule_spec(devices), 0..5),
-        updates in proptest::collection::vec(update(devices), 0..14),
+        updates in proptest::collection::vec(update(devices), 0..20),
         final_newline in proptest::bool::weighted(0.8),
         devices in Just(devices),
     ) -> Scenario {
@@ -637,7 +648,7 @@ impl Scenario {
                         }
                     }
                     if let Some((e, u)) = r.extra {
-                        fields.push(format!("\"{}\":{}", EXTRA[e], num(extra_value(e, u), r.exp_style)));
+                        fields.push(format!("{}:{}", q(EXTRA[e]), num(extra_value(e, u), r.exp_style)));
                     }
                     let k = r.rotate % fields.len();
                     fields.rotate_left(k);
@@ -695,78 +706,88 @@ impl Scenario {
                 UpdTime::AtReading(k) if !reading_ts.is_empty() => reading_ts[k % reading_ts.len()],
                 UpdTime::AtReading(_) => start,
             };
-            let (table, op, row) = match kind {
-                UpdKind::CalUpsert(c, strings) => {
-                    let mut row = serde_json::json!({
-                        "device_id": device_name(c.dev),
-                        "channel": CAL_CHANNELS[c.chan],
-                    });
-                    if *strings {
-                        row["gain"] = serde_json::json!(c.gain.to_string());
-                        row["offset"] = serde_json::json!(c.offset.to_string());
-                    } else {
-                        row["gain"] = serde_json::json!(c.gain);
-                        row["offset"] = serde_json::json!(c.offset);
-                    }
-                    if let Some(s) = c.vf {
-                        row["valid_from"] = serde_json::json!(vf(s));
-                    }
-                    ("calibration", "upsert", row)
-                }
-                UpdKind::CalDelete(d, c, v) => {
-                    let mut row = serde_json::json!({
-                        "device_id": device_name(*d),
-                        "channel": CAL_CHANNELS[*c],
-                    });
-                    if let Some(s) = v {
-                        row["valid_from"] = serde_json::json!(vf(*s));
-                    }
-                    ("calibration", "delete", row)
-                }
-                UpdKind::DevUpsert(d, site, floor) => {
-                    let mut row = serde_json::json!({
-                        "device_id": device_name(*d),
-                        "site": format!("site-{}", site % 4),
-                        "note": null,
-                    });
-                    if let Some(f) = floor {
-                        row["floor"] = serde_json::json!(f);
-                    }
-                    ("devices", "upsert", row)
-                }
-                UpdKind::DevDelete(d) => ("devices", "delete", serde_json::json!({"device_id": device_name(*d)})),
-                UpdKind::RuleUpsert(r, omit) => {
-                    let (rise, fall) = rule_thresholds(r);
-                    let mut row = serde_json::json!({
-                        "rule_id": RULES[r.rule].0,
-                        "channel": RULES[r.rule].1,
-                        "rise_above": rise,
-                        "fall_below": fall,
-                    });
-                    if (r.rise * 1000.0) as i64 % 3 == 0 {
-                        // Numbers may be numeric strings.
-                        row["rise_above"] = serde_json::json!(rise.to_string());
-                        row["fall_below"] = serde_json::json!(fall.to_string());
-                    }
-                    match r.scope {
-                        Some(d) => row["device_id"] = serde_json::json!(device_name(d)),
-                        None if !omit => row["device_id"] = serde_json::json!("*"),
-                        None => {}
-                    }
-                    ("rules", "upsert", row)
-                }
-                UpdKind::RuleDelete(rule, scope, omit) => {
-                    let mut row = serde_json::json!({"rule_id": RULES[*rule].0});
-                    match scope {
-                        Some(d) => row["device_id"] = serde_json::json!(device_name(*d)),
-                        None if !omit => row["device_id"] = serde_json::json!("*"),
-                        None => {}
-                    }
-                    ("rules", "delete", row)
-                }
+            let items = match kind {
+                UpdKind::ChangeThenDelete(r, gap) => vec![
+                    (ts, UpdKind::RuleUpsert(r.clone(), false)),
+                    (ts + gap, UpdKind::RuleDelete(r.rule, r.scope, false)),
+                ],
+                k => vec![(ts, k.clone())],
             };
-            let line = serde_json::json!({"ts": ts, "table": table, "op": op, "row": row});
-            let _ = writeln!(updates, "{line}");
+            for (ts, kind) in &items {
+                let (table, op, row) = match kind {
+                    UpdKind::CalUpsert(c, strings) => {
+                        let mut row = serde_json::json!({
+                            "device_id": device_name(c.dev),
+                            "channel": CAL_CHANNELS[c.chan],
+                        });
+                        if *strings {
+                            row["gain"] = serde_json::json!(c.gain.to_string());
+                            row["offset"] = serde_json::json!(c.offset.to_string());
+                        } else {
+                            row["gain"] = serde_json::json!(c.gain);
+                            row["offset"] = serde_json::json!(c.offset);
+                        }
+                        if let Some(s) = c.vf {
+                            row["valid_from"] = serde_json::json!(vf(s));
+                        }
+                        ("calibration", "upsert", row)
+                    }
+                    UpdKind::CalDelete(d, c, v) => {
+                        let mut row = serde_json::json!({
+                            "device_id": device_name(*d),
+                            "channel": CAL_CHANNELS[*c],
+                        });
+                        if let Some(s) = v {
+                            row["valid_from"] = serde_json::json!(vf(*s));
+                        }
+                        ("calibration", "delete", row)
+                    }
+                    UpdKind::DevUpsert(d, site, floor) => {
+                        let mut row = serde_json::json!({
+                            "device_id": device_name(*d),
+                            "site": format!("site-{}", site % 4),
+                            "note": null,
+                        });
+                        if let Some(f) = floor {
+                            row["floor"] = serde_json::json!(f);
+                        }
+                        ("devices", "upsert", row)
+                    }
+                    UpdKind::DevDelete(d) => ("devices", "delete", serde_json::json!({"device_id": device_name(*d)})),
+                    UpdKind::RuleUpsert(r, omit) => {
+                        let (rise, fall) = rule_thresholds(r);
+                        let mut row = serde_json::json!({
+                            "rule_id": RULES[r.rule].0,
+                            "channel": RULES[r.rule].1,
+                            "rise_above": rise,
+                            "fall_below": fall,
+                        });
+                        if (r.rise * 1000.0) as i64 % 3 == 0 {
+                            // Numbers may be numeric strings.
+                            row["rise_above"] = serde_json::json!(rise.to_string());
+                            row["fall_below"] = serde_json::json!(fall.to_string());
+                        }
+                        match r.scope {
+                            Some(d) => row["device_id"] = serde_json::json!(device_name(d)),
+                            None if !omit => row["device_id"] = serde_json::json!("*"),
+                            None => {}
+                        }
+                        ("rules", "upsert", row)
+                    }
+                    UpdKind::ChangeThenDelete(..) => unreachable!("expanded above"),
+                    UpdKind::RuleDelete(rule, scope, omit) => {
+                        let mut row = serde_json::json!({"rule_id": RULES[*rule].0});
+                        match scope {
+                            Some(d) => row["device_id"] = serde_json::json!(device_name(*d)),
+                            None if !omit => row["device_id"] = serde_json::json!("*"),
+                            None => {}
+                        }
+                        ("rules", "delete", row)
+                    }
+                };
+                let line = serde_json::json!({"ts": ts, "table": table, "op": op, "row": row});
+                let _ = writeln!(updates, "{line}");
+            }
         }
 
         let files = DatasetFiles {

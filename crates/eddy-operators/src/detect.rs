@@ -9,8 +9,9 @@
 //!
 //! A rule that changes while its event is active keeps the event; the new
 //! thresholds apply from the next reading. A rule that is removed while its
-//! event is active ends the event at the device's next reading, with reason
-//! `rule_removed`.
+//! event is active ends the event at the device's next reading at or after
+//! the event's start, with reason `rule_removed` and the thresholds last
+//! applied to the event.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -64,10 +65,12 @@ impl Detector {
     /// device), pushing the events it causes.
     pub fn apply(&mut self, r: &Enriched, rules: &[Rule], out: &mut Vec<EventRecord>) {
         let open = self.open.entry(r.device).or_default();
-        // Events whose rule is gone end now, with the thresholds last in force.
+        // Events whose rule is gone end now, with the thresholds last applied
+        // to them. A reading from before an event's start (out of order) sees
+        // the rules as of its own ts, which may predate the rule: it ends nothing.
         let mut i = 0;
         while i < open.len() {
-            if rules.iter().any(|rule| rule.rule_id == open[i].rule.rule_id) {
+            if r.ts < open[i].active.start_ts || rules.iter().any(|rule| rule.rule_id == open[i].rule.rule_id) {
                 i += 1;
                 continue;
             }
