@@ -140,21 +140,29 @@ fn a_replay_killed_at_random_points_and_rerun_backs_up_every_reading_exactly_onc
     };
 
     let clean = root.path().join("clean");
+    let started = std::time::Instant::now();
     eddy_ok(&args(&clean, "2").iter().map(String::as_str).collect::<Vec<_>>());
+    let clean_run = started.elapsed();
     let expected = backup_rows(&clean);
     assert!(!expected.is_empty());
 
+    // Kill at random points within the time a clean run takes, until ten
+    // kills have landed mid-run (bounded, in case runs race to the end).
     let crashed = root.path().join("crashed");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut kills = 0;
-    for i in 0..12 {
+    let mut partial = false;
+    for i in 0..40 {
+        if kills >= 10 {
+            break;
+        }
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         // Alternate worker counts: the resume must not depend on them.
         let w = if i % 2 == 0 { "2" } else { "1" };
         let mut child = eddy().args(args(&crashed, w)).spawn().unwrap();
-        let wait = Duration::from_millis(50 + seed % 1500);
+        let wait = clean_run.mul_f64(0.05 + (seed % 1000) as f64 / 1000.0 * 0.85);
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -165,9 +173,11 @@ fn a_replay_killed_at_random_points_and_rerun_backs_up_every_reading_exactly_onc
         let rows = backup_rows(&crashed);
         let mut dedup = rows.clone();
         dedup.dedup();
-        assert_eq!(rows.len(), dedup.len(), "duplicates after kill {i}");
+        assert_eq!(rows.len(), dedup.len(), "duplicates after run {i}");
+        partial |= !rows.is_empty() && rows.len() < expected.len();
     }
-    assert!(kills >= 10, "only {kills} runs were killed mid-way: the dataset replays too fast for this test");
+    assert!(kills >= 10, "only {kills} runs were killed mid-way");
+    assert!(partial, "no kill left a partly committed backup: the resume path was not exercised");
     eddy_ok(&args(&crashed, "2").iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(backup_rows(&crashed), expected, "the backup after kills and reruns equals a clean run's");
     // And an independent reader agrees: no duplicates, no partial files.
