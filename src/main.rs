@@ -255,7 +255,12 @@ fn print_summary(s: &Summary, out: &Path) {
     println!("  junk        {:>10}  ({} devices)", s.junk, s.junk_by_device.len());
     println!("outputs in {}:", out.display());
     for (name, n) in &s.records {
-        println!("  {:<12}{:>10}  {name}.jsonl", name, n);
+        let what = match name.as_str() {
+            "backup" => "backup/  (Parquet rows)".to_string(),
+            "raw" => "raw/  (raw archive, Parquet rows)".to_string(),
+            _ => format!("{name}.jsonl"),
+        };
+        println!("  {name:<12}{n:>10}  {what}");
     }
     println!("  summary.json");
 }

@@ -335,6 +335,8 @@ fn the_summary_counts_every_line_once() {
         assert_eq!(s["records"][name], n, "{name}");
         assert!(n > 0, "{name} is empty");
     }
+    assert_eq!(s["records"]["backup"], s["valid"], "every valid reading is backed up");
+    assert_eq!(s["records"]["raw"], lines, "every line is archived");
     let cp = read_json(&out.join("_checkpoint.json"));
     assert_eq!(cp["complete"], true);
     assert_eq!(cp["committed"]["offset"], lines + 1);

@@ -102,7 +102,8 @@ pub struct Summary {
     pub deadletter: u64,
     /// Non-late valid readings with at least one junk channel.
     pub junk: u64,
-    /// Records written to each output.
+    /// Records written to each output; for `backup` and `raw`, the rows
+    /// their manifests hold.
     pub records: BTreeMap<String, u64>,
     /// Non-late junk readings per device.
     pub junk_by_device: BTreeMap<String, u64>,
@@ -343,6 +344,15 @@ where
             return Err(Error::Run(e));
         }
         records.insert(name.clone(), f.records());
+    }
+    // The Parquet outputs: rows committed in their manifests (earlier runs into
+    // the same OUT included, since a rerun adds only what they lack).
+    for name in ["backup", "raw"] {
+        let dir = opts.out.join(name);
+        if dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
+            let m = eddy_parquet::Manifest::load(&dir).map_err(|e| Error::Run(e.to_string()))?;
+            records.insert(name.to_string(), m.rows());
+        }
     }
     let wall = started.elapsed().as_secs_f64();
     let lines = Metrics::get(&metrics.lines);
