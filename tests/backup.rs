@@ -132,6 +132,9 @@ fn a_replay_killed_at_random_points_and_rerun_backs_up_every_reading_exactly_onc
             jobs.to_str().unwrap(),
             "-w",
             w,
+            // Paced: 24 hours of event time in about 3 s, committing as it goes.
+            "--speed",
+            "28800",
             "-q",
         ]
         .iter()
@@ -140,14 +143,13 @@ fn a_replay_killed_at_random_points_and_rerun_backs_up_every_reading_exactly_onc
     };
 
     let clean = root.path().join("clean");
-    let started = std::time::Instant::now();
     eddy_ok(&args(&clean, "2").iter().map(String::as_str).collect::<Vec<_>>());
-    let clean_run = started.elapsed();
+    let paced = Duration::from_secs(3);
     let expected = backup_rows(&clean);
     assert!(!expected.is_empty());
 
-    // Kill at random points within the time a clean run takes, until ten
-    // kills have landed mid-run (bounded, in case runs race to the end).
+    // Kill at random points within the paced run, until ten kills have
+    // landed mid-run (bounded, in case a slow machine lets runs finish).
     let crashed = root.path().join("crashed");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut kills = 0;
@@ -162,7 +164,7 @@ fn a_replay_killed_at_random_points_and_rerun_backs_up_every_reading_exactly_onc
         // Alternate worker counts: the resume must not depend on them.
         let w = if i % 2 == 0 { "2" } else { "1" };
         let mut child = eddy().args(args(&crashed, w)).spawn().unwrap();
-        let wait = clean_run.mul_f64(0.05 + (seed % 1000) as f64 / 1000.0 * 0.85);
+        let wait = paced.mul_f64(0.05 + (seed % 1000) as f64 / 1000.0 * 0.85);
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
