@@ -15,11 +15,12 @@ if ! .venv/bin/python -c 'import duckdb, pyarrow' >/dev/null 2>&1; then
 fi
 export EDDY_PYTHON="$PWD/.venv/bin/python"
 
+# nextest does not run doc tests: run them first, so that the run ends on
+# the summary of the whole suite.
+cargo test --workspace --doc --quiet
 # The Rust toolchain is the machine's; nextest when present, cargo test otherwise.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
-# nextest does not run doc tests.
-cargo test --workspace --doc --quiet
