@@ -465,6 +465,18 @@ impl BackupWriter {
     }
 }
 
+/// What a writer's [`BatchSink::commit`] reports as durable after a commit:
+/// `upto` once everything written is published, `Some(0)` (no new claim)
+/// while rows wait for the next publication. A failed writer reports `upto`
+/// too, so that it does not hold the dataflow open; its error is in `error()`.
+pub fn durable_after(ok: bool, uncommitted_rows: u64, upto: Option<u64>) -> Option<u64> {
+    if !ok || uncommitted_rows == 0 {
+        upto
+    } else {
+        Some(0)
+    }
+}
+
 impl BatchSink<Enriched> for BackupWriter {
     fn write(&mut self, batch: &mut Vec<Enriched>) {
         // The error is recorded, logged and kept in `error()`.
@@ -472,16 +484,8 @@ impl BatchSink<Enriched> for BackupWriter {
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        // The error is recorded, logged and kept in `error()`.
-        match self.try_commit(upto) {
-            // Everything written is published: durable through `upto`.
-            Ok(_) if self.uncommitted_rows() == 0 => upto,
-            // Rows wait for the next publication: no new claim.
-            Ok(_) => Some(0),
-            // A failed writer must not hold the dataflow open; the error
-            // is reported through `error()`.
-            Err(_) => upto,
-        }
+        let r = self.try_commit(upto);
+        durable_after(r.is_ok(), self.uncommitted_rows(), upto)
     }
 }
 

@@ -133,7 +133,7 @@ mod part;
 mod raw;
 mod read;
 
-pub use backup::{BackupConfig, BackupWriter};
+pub use backup::{durable_after, BackupConfig, BackupWriter};
 pub use error::{Error, Result};
 pub use fsutil::date_of_ms;
 pub use manifest::{

@@ -16,7 +16,7 @@ use eddy_core::sink::BatchSink;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
-use crate::backup::{BackupConfig, META_FORMAT};
+use crate::backup::{durable_after, BackupConfig, META_FORMAT};
 use crate::error::{Error, Result};
 use crate::manifest::committed_files;
 use crate::part::{Core, Encoder, RowKey};
@@ -181,16 +181,8 @@ impl BatchSink<RawRecord> for RawArchiveWriter {
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        // The error is recorded, logged and kept in `error()`.
-        match self.try_commit(upto) {
-            // Everything written is published: durable through `upto`.
-            Ok(_) if self.uncommitted_rows() == 0 => upto,
-            // Rows wait for the next publication: no new claim.
-            Ok(_) => Some(0),
-            // A failed writer must not hold the dataflow open; the error
-            // is reported through `error()`.
-            Err(_) => upto,
-        }
+        let r = self.try_commit(upto);
+        durable_after(r.is_ok(), self.uncommitted_rows(), upto)
     }
 }
 

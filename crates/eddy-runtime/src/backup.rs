@@ -185,11 +185,7 @@ impl<W: Publish> ParquetSink<W> {
         // the dataflow open.
         let Some(w) = self.writer.as_mut() else { return upto };
         let r = w.try_commit(upto);
-        let durable = match &r {
-            Err(_) => upto,
-            Ok(_) if w.uncommitted_rows() == 0 => upto,
-            Ok(_) => Some(0),
-        };
+        let durable = eddy_parquet::durable_after(r.is_ok(), w.uncommitted_rows(), upto);
         self.check(r);
         durable
     }
