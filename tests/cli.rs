@@ -99,20 +99,8 @@ fn late_readings_are_classified_against_the_largest_earlier_ts() {
 fn lateness_comes_from_the_spec() {
     let d = Data::new();
     d.readings(&[reading("a", T0 + 30 * MIN, &[]), reading("a", T0 + 19 * MIN, &[])]);
-    let jobs = d.root.path().join("jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
-    std::fs::write(jobs.join("ingest.toml"), "kind = \"ingest\"\nlateness = \"15m\"\n").unwrap();
-    let out = d.out();
-    eddy_ok(&[
-        "replay",
-        d.dir().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--jobs",
-        jobs.to_str().unwrap(),
-        "-q",
-    ]);
-    assert_eq!(read_json(&out.join("summary.json"))["late"], 0);
+    let summary = d.replay_with_specs(&[("ingest.toml", "kind = \"ingest\"\nlateness = \"15m\"\n")]);
+    assert_eq!(summary["late"], 0);
 }
 
 #[test]
@@ -147,24 +135,12 @@ fn junk_values_are_flagged_excluded_and_counted_per_device() {
 fn junk_ranges_come_from_the_spec() {
     let d = Data::new();
     d.readings(&[reading("a", T0, &[("pm25", json!(900)), ("ref_pm25", json!(-1))])]);
-    let jobs = d.root.path().join("jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
-    std::fs::write(
-        jobs.join("ingest.toml"),
+    let summary = d.replay_with_specs(&[(
+        "ingest.toml",
         "kind = \"ingest\"\n[ranges]\npm25 = { min = 0, max = 500 }\nref_pm25 = { min = 0 }\n",
-    )
-    .unwrap();
-    let out = d.out();
-    eddy_ok(&[
-        "replay",
-        d.dir().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--jobs",
-        jobs.to_str().unwrap(),
-        "-q",
-    ]);
-    assert_eq!(read_jsonl(&out.join("enriched.jsonl"))[0]["junk"], json!(["pm25", "ref_pm25"]));
+    )]);
+    assert_eq!(summary["junk"], 1);
+    assert_eq!(d.output("enriched")[0]["junk"], json!(["pm25", "ref_pm25"]));
 }
 
 #[test]
@@ -419,20 +395,10 @@ fn hopping_windows_hold_each_value_in_size_over_slide_windows() {
     let lines: Vec<String> =
         (0..6).map(|i| reading("a", T0 + 5 * MIN + i * 10 * MIN, &[("pm25", json!(i + 1))])).collect();
     d.readings(&lines);
-    let jobs = d.root.path().join("jobs");
-    std::fs::create_dir_all(&jobs).unwrap();
-    std::fs::write(jobs.join("windows.toml"), "kind = \"windows\"\nsize = \"1h\"\nslide = \"20m\"\n").unwrap();
-    let out = d.out();
-    eddy_ok(&[
-        "replay",
-        d.dir().to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--jobs",
-        jobs.to_str().unwrap(),
-        "-q",
-    ]);
-    let mut w: Vec<(i64, u64, f64, f64, f64)> = read_jsonl(&out.join("windows.jsonl"))
+    let summary = d.replay_with_specs(&[("windows.toml", "kind = \"windows\"\nsize = \"1h\"\nslide = \"20m\"\n")]);
+    assert_eq!(summary["valid"], 6);
+    let mut w: Vec<(i64, u64, f64, f64, f64)> = d
+        .output("windows")
         .iter()
         .map(|r| {
             assert_eq!(r["window_end"].as_i64().unwrap() - r["window_start"].as_i64().unwrap(), 60 * MIN);

@@ -77,6 +77,26 @@ impl Data {
         ]);
         read_json(&out.join("summary.json"))
     }
+    /// Replays with the given spec files (`--jobs`), one worker; returns the summary.
+    pub fn replay_with_specs(&self, specs: &[(&str, &str)]) -> Value {
+        let jobs = self.root.path().join("jobs");
+        let _ = std::fs::remove_dir_all(&jobs);
+        std::fs::create_dir_all(&jobs).unwrap();
+        for (file, text) in specs {
+            std::fs::write(jobs.join(file), text).unwrap();
+        }
+        let out = self.out();
+        eddy_ok(&[
+            "replay",
+            self.dir().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            jobs.to_str().unwrap(),
+            "-q",
+        ]);
+        read_json(&out.join("summary.json"))
+    }
     pub fn output(&self, name: &str) -> Vec<Value> {
         read_jsonl(&self.out().join(format!("{name}.jsonl")))
     }
