@@ -438,30 +438,17 @@ impl BackupWriter {
     /// open files. After an error (this one or an earlier one) the rest of
     /// the batch is dropped.
     pub fn try_write(&mut self, batch: &mut Vec<Enriched>) -> Result<()> {
-        if let Err(e) = self.core.check_ok() {
-            batch.clear();
-            return Err(e);
+        if self.core.check_ok().is_ok() {
+            self.tracker.observe(batch);
         }
-        self.tracker.observe(batch);
         let layout = &self.tracker.layout;
-        let core = &mut self.core;
-        let mut result = Ok(());
-        for row in batch.iter() {
-            result = core.push(row, || BackupEncoder::new(Arc::clone(layout)));
-            if result.is_err() {
-                break;
-            }
-        }
-        batch.clear();
-        self.core.record(result)
+        self.core.write_batch(batch, || BackupEncoder::new(Arc::clone(layout)))
     }
 
     /// [`BatchSink::commit`], returning the error and the path of the
     /// manifest entry written (`None` when nothing was due).
     pub fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
-        self.core.check_ok()?;
-        let r = self.core.commit(upto);
-        self.core.record(r)
+        self.core.try_commit(upto)
     }
 }
 

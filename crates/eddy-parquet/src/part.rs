@@ -218,6 +218,32 @@ impl<E: Encoder> Core<E> {
 
     /// Appends one row to the open file of its date, opening or rolling
     /// files as needed; `make` builds the encoder of a new file.
+    /// Writes a batch (draining it), stopping at the first error, which is
+    /// recorded: the shared body of the writers' `try_write`.
+    pub(crate) fn write_batch(&mut self, batch: &mut Vec<E::Row>, mut make: impl FnMut() -> E) -> Result<()> {
+        if let Err(e) = self.check_ok() {
+            batch.clear();
+            return Err(e);
+        }
+        let mut result = Ok(());
+        for row in batch.iter() {
+            result = self.push(row, &mut make);
+            if result.is_err() {
+                break;
+            }
+        }
+        batch.clear();
+        self.record(result)
+    }
+
+    /// Publishes what is due, recording any error: the shared body of the
+    /// writers' `try_commit`.
+    pub(crate) fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        self.check_ok()?;
+        let r = self.commit(upto);
+        self.record(r)
+    }
+
     pub(crate) fn push(&mut self, row: &E::Row, make: impl FnOnce() -> E) -> Result<()> {
         let key = E::key(row);
         let day = day_of_ms(key.ts);

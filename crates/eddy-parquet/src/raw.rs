@@ -149,29 +149,14 @@ impl RawArchiveWriter {
 
     /// [`BatchSink::write`], returning the error.
     pub fn try_write(&mut self, batch: &mut Vec<RawRecord>) -> Result<()> {
-        if let Err(e) = self.core.check_ok() {
-            batch.clear();
-            return Err(e);
-        }
         let schema = &self.schema;
-        let core = &mut self.core;
-        let mut result = Ok(());
-        for row in batch.iter() {
-            result = core.push(row, || RawEncoder::new(Arc::clone(schema)));
-            if result.is_err() {
-                break;
-            }
-        }
-        batch.clear();
-        self.core.record(result)
+        self.core.write_batch(batch, || RawEncoder::new(Arc::clone(schema)))
     }
 
     /// [`BatchSink::commit`], returning the error and the path of the
     /// manifest entry written (`None` when nothing was due).
     pub fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
-        self.core.check_ok()?;
-        let r = self.core.commit(upto);
-        self.core.record(r)
+        self.core.try_commit(upto)
     }
 }
 
