@@ -65,17 +65,8 @@ impl Data {
     }
     /// Replays with `-w workers`, returning the summary.
     pub fn replay(&self, workers: usize) -> Value {
-        let out = self.out();
-        eddy_ok(&[
-            "replay",
-            self.dir().to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "-w",
-            &workers.to_string(),
-            "-q",
-        ]);
-        read_json(&out.join("summary.json"))
+        let w = workers.to_string();
+        self.replay_args(&["-w", &w])
     }
     /// Replays with the given spec files (`--jobs`), one worker; returns the summary.
     pub fn replay_with_specs(&self, specs: &[(&str, &str)]) -> Value {
@@ -85,16 +76,14 @@ impl Data {
         for (file, text) in specs {
             std::fs::write(jobs.join(file), text).unwrap();
         }
-        let out = self.out();
-        eddy_ok(&[
-            "replay",
-            self.dir().to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--jobs",
-            jobs.to_str().unwrap(),
-            "-q",
-        ]);
+        self.replay_args(&["--jobs", jobs.to_str().unwrap()])
+    }
+    /// `eddy replay DATA --out OUT -q extra…`, returning the summary.
+    fn replay_args(&self, extra: &[&str]) -> Value {
+        let (dir, out) = (self.dir(), self.out());
+        let mut args = vec!["replay", dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q"];
+        args.extend_from_slice(extra);
+        eddy_ok(&args);
         read_json(&out.join("summary.json"))
     }
     pub fn output(&self, name: &str) -> Vec<Value> {
