@@ -14,6 +14,8 @@ use eddy::gen::{generate, GenConfig};
 use eddy::runtime::replay::{replay, ReplayOptions, Summary};
 use eddy::runtime::workers::Workers;
 
+mod train;
+
 /// eddy: dataflow jobs for IoT air-quality sensor pipelines.
 ///
 /// eddy validates, calibrates and enriches sensor readings, keeps incremental
@@ -46,6 +48,15 @@ enum Command {
     Gen(GenArgs),
     /// Check job spec files and print the effective pipeline spec.
     Check(CheckArgs),
+    /// Train a model on a Parquet backup (see docs/ml.md).
+    ///
+    /// --task forecast: will an alert rule's event start for a device within
+    /// the next --horizon minutes (logistic regression on features of the
+    /// recent past, split by time, evaluated against persistence).
+    /// --task calibration: per-device gain and offset of a channel against a
+    /// co-located reference channel, with RMSE before and after. Writes the
+    /// model (versioned JSON) to --out and its evaluation beside it.
+    Train(train::TrainArgs),
 }
 
 /// Timely's process arguments.
@@ -172,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Replay(a) => cmd_replay(a),
         Command::Gen(a) => cmd_gen(a),
         Command::Check(a) => cmd_check(a),
+        Command::Train(a) => train::cmd_train(a, load_pipeline),
     }
 }
 
