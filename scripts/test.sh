@@ -7,13 +7,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Independent readers of the Parquet backup (DuckDB, pyarrow), in a venv.
-if ! .venv/bin/python -c 'import duckdb, pyarrow' >/dev/null 2>&1; then
-  echo "test.sh: installing duckdb and pyarrow into .venv" >&2
+# Independent readers of the Parquet backup (DuckDB, pyarrow),
+# and a Kafka client eddy did not write (confluent-kafka), in a venv.
+if ! .venv/bin/python -c 'import duckdb, pyarrow, confluent_kafka' >/dev/null 2>&1; then
+  echo "test.sh: installing duckdb, pyarrow and confluent-kafka into .venv" >&2
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check duckdb pyarrow
+  .venv/bin/pip install --quiet --disable-pip-version-check duckdb pyarrow confluent-kafka
 fi
 export EDDY_PYTHON="$PWD/.venv/bin/python"
+
+# A Kafka-compatible broker for the Kafka tests: Tansu, from crates.io
+# (about 15 minutes to build once; skipped when the binary is there).
+TANSU="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+if ! "$TANSU" --version >/dev/null 2>&1; then
+  echo "test.sh: installing the tansu broker (cargo install tansu --features dynostore --locked)" >&2
+  cargo install tansu --features dynostore --locked
+fi
+export EDDY_BROKERS="${EDDY_BROKERS:-127.0.0.1:9092}"
+if ! (exec 3<>"/dev/tcp/${EDDY_BROKERS%:*}/${EDDY_BROKERS##*:}") 2>/dev/null; then
+  echo "test.sh: starting tansu on $EDDY_BROKERS (in memory; logs in target/tansu.log)" >&2
+  mkdir -p target
+  nohup "$TANSU" broker --listener-url "tcp://$EDDY_BROKERS" --advertised-listener-url "tcp://$EDDY_BROKERS" \
+    --storage-engine memory://tansu/ >target/tansu.log 2>&1 &
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/${EDDY_BROKERS%:*}/${EDDY_BROKERS##*:}") 2>/dev/null && break
+    sleep 0.1
+  done
+fi
 
 # nextest does not run doc tests: run them first, so that the run ends on
 # the summary of the whole suite.

@@ -9,7 +9,8 @@
 //! * [`connectors`]: datasets and outputs;
 //! * [`runtime`]: worker configuration, `replay`, the commit ledger;
 //! * [`gen`]: synthetic fleet datasets;
-//! * [`parquet`]: the Parquet backup and raw archive.
+//! * [`parquet`]: the Parquet backup and raw archive;
+//! * [`kafka`]: Kafka topics, producer, consumers and `eddy publish`.
 //!
 //! The `eddy` binary is a thin CLI over [`runtime`]. To write a job of your
 //! own, see `examples/custom_job.rs`.
@@ -17,6 +18,7 @@
 pub use eddy_connectors as connectors;
 pub use eddy_core as core;
 pub use eddy_gen as gen;
+pub use eddy_kafka as kafka;
 pub use eddy_operators as operators;
 pub use eddy_parquet as parquet;
 pub use eddy_runtime as runtime;

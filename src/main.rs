@@ -57,6 +57,92 @@ enum Command {
     /// co-located reference channel, with RMSE before and after. Writes the
     /// model (versioned JSON) to --out and its evaluation beside it.
     Train(train::TrainArgs),
+    /// Run one job of the pipeline against Kafka, as its own process or cluster.
+    ///
+    /// The job's spec file names its kind (ingest, enrich, stats, windows,
+    /// alerts, backup); it reads and writes the topics of docs/kafka.md
+    /// under --prefix. It runs until every partition of its input has ended
+    /// (an end marker, written by `eddy publish`), or forever on a live
+    /// stream. Stop it with Ctrl-C or SIGTERM and start it again: it resumes
+    /// from its last checkpoint, and nothing is lost.
+    Run(RunArgs),
+    /// Publish a recorded dataset into a pipeline's Kafka topics.
+    ///
+    /// Reference data first (devices, calibration, rules, and every update,
+    /// each with its time), then every line of the readings file into
+    /// PREFIX.raw, as it is, then an end marker into each raw partition.
+    Publish(PublishArgs),
+}
+
+/// Where the brokers are, and the pipeline's topics.
+#[derive(Args, Debug, Clone)]
+struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port…].
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// Prefix of the pipeline's topics (PREFIX.raw, PREFIX.readings, …).
+    #[arg(long, default_value = "eddy")]
+    prefix: String,
+    /// Seconds to wait for the brokers at start before giving up.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+}
+
+impl KafkaArgs {
+    fn config(&self) -> eddy::kafka::KafkaConfig {
+        eddy::kafka::KafkaConfig {
+            brokers: self.brokers.clone(),
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+struct RunArgs {
+    /// The job's spec file (jobs/<job>.toml); its `kind` selects the job.
+    spec: PathBuf,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    workers: WorkerArgs,
+    /// Output directory of the backup job.
+    #[arg(long, short = 'o')]
+    out: Option<PathBuf>,
+    /// Partitions of the topics this job creates.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Seconds after which an idle partition of PREFIX.raw stops holding
+    /// the ingest job's watermark back.
+    #[arg(long, default_value_t = 10)]
+    idle_timeout: u64,
+    /// No progress line and no summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// The dataset directory.
+    dataset: PathBuf,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Publish at this multiple of the recorded event-time pace (e.g. 60);
+    /// default: as fast as possible.
+    #[arg(long)]
+    speed: Option<f64>,
+    /// Partitions of PREFIX.raw, when it has to be created.
+    #[arg(long, default_value_t = 1)]
+    raw_partitions: i32,
+    /// Do not end the stream: leave out the end markers.
+    #[arg(long)]
+    no_end: bool,
+    /// No progress bar and no summary.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 /// Timely's process arguments.
@@ -184,6 +270,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gen(a) => cmd_gen(a),
         Command::Check(a) => cmd_check(a),
         Command::Train(a) => train::cmd_train(a, load_pipeline),
+        Command::Run(a) => cmd_run(a),
+        Command::Publish(a) => cmd_publish(a),
     }
 }
 
@@ -327,5 +415,81 @@ fn cmd_check(a: CheckArgs) -> Result<()> {
     };
     // A closed pipe (`eddy check | head`) is not an error.
     let _ = writeln!(std::io::stdout(), "{spec:#?}\nok");
+    Ok(())
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    use eddy::runtime::kafka::{run_job, RunOptions};
+    let files = read_specs(std::slice::from_ref(&a.spec))?;
+    let job = eddy::core::spec::JobSpec::from_toml(&files[0].1, &files[0].0)?;
+    let spec = PipelineSpec::from_files(&files, true)?;
+    let mut opts = RunOptions::new(job.kind(), spec, &a.kafka.brokers);
+    opts.kafka = a.kafka.config();
+    opts.topics = eddy::kafka::Topics::new(a.kafka.prefix.clone());
+    opts.workers = a.workers.workers();
+    opts.out = a.out.clone();
+    opts.partitions = a.partitions;
+    opts.idle_timeout = std::time::Duration::from_secs(a.idle_timeout);
+    // SIGTERM or Ctrl-C: stop reading, make what was read durable, checkpoint,
+    // exit 0. A second one exits at once (the checkpoint keeps that safe too).
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, std::sync::Arc::clone(&opts.stop))?;
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&opts.stop))?;
+    }
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let bar = if show { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{spinner} {prefix} {msg} ({elapsed})").expect("valid template"));
+    bar.set_prefix(opts.group());
+    let summary = run_job(&opts, |p| {
+        bar.set_message(format!("{} records, {} bytes read", p.records, p.bytes));
+        bar.tick();
+    })
+    .with_context(|| format!("running {}", a.spec.display()))?;
+    bar.finish_and_clear();
+    if !a.quiet {
+        println!(
+            "{}: {} records in, {} valid, {} dead letters, in {:.2}s{}",
+            summary.job,
+            summary.records_in,
+            summary.valid,
+            summary.deadletter,
+            summary.wall_time_s,
+            if summary.resumed_from > 0 { " (resumed from its checkpoint)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn cmd_publish(a: PublishArgs) -> Result<()> {
+    use eddy::kafka::publish::{publish, PublishOptions};
+    let opts = PublishOptions {
+        dataset: a.dataset.clone(),
+        topics: eddy::kafka::Topics::new(a.kafka.prefix.clone()),
+        raw_partitions: a.raw_partitions,
+        speed: a.speed,
+        no_end: a.no_end,
+    };
+    let show = !a.quiet && std::io::stderr().is_terminal();
+    let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} publish [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let s = publish(&a.kafka.config(), &opts, |p| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.bytes.min(p.total_bytes));
+        bar.set_message(format!("{} lines", p.lines));
+    })
+    .with_context(|| format!("publishing {}", a.dataset.display()))?;
+    bar.finish_and_clear();
+    if !a.quiet {
+        println!(
+            "published {} lines to {} and {} reference records",
+            s.lines,
+            opts.topics.raw(),
+            s.reference
+        );
+    }
     Ok(())
 }

@@ -235,39 +235,7 @@ pub fn read_updates(path: &Path) -> Result<Vec<RefUpdate>> {
         }
         let err = |message: String| Error::Parse { path: path.to_path_buf(), line: line_no, message };
         let v: Value = serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| err("expected a JSON object".into()))?;
-        let ts = match obj.get("ts") {
-            Some(Value::Number(n)) => n.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
-                err(format!("field `ts` must be a non-negative integer of epoch milliseconds, found {n}"))
-            })?,
-            Some(other) => {
-                return Err(err(format!("field `ts` must be an integer of epoch milliseconds, found {other}")))
-            }
-            None => return Err(err("field `ts` is missing".into())),
-        };
-        let table = match obj.get("table").and_then(Value::as_str) {
-            Some("devices") => Table::Devices,
-            Some("calibration") => Table::Calibration,
-            Some("rules") => Table::Rules,
-            Some(other) => {
-                return Err(err(format!(
-                    "field `table` must be \"devices\", \"calibration\" or \"rules\", found {other:?}"
-                )))
-            }
-            None => return Err(err("field `table` is missing or not a string".into())),
-        };
-        let delete = match obj.get("op").and_then(Value::as_str) {
-            Some("upsert") => false,
-            Some("delete") => true,
-            Some(other) => return Err(err(format!("field `op` must be \"upsert\" or \"delete\", found {other:?}"))),
-            None => return Err(err("field `op` is missing or not a string".into())),
-        };
-        let row: Row = match obj.get("row") {
-            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            _ => return Err(err("field `row` must be an object".into())),
-        };
-        let change = RefChange::from_row(table, delete, &row, ts).map_err(|e| err(format!("row.{e}")))?;
-        out.push(RefUpdate { ts, change });
+        out.push(RefUpdate::from_json(&v).map_err(err)?);
     }
     out.sort_by_key(|u| u.ts);
     Ok(out)

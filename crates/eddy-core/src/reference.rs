@@ -148,6 +148,97 @@ pub struct RefUpdate {
     pub change: RefChange,
 }
 
+impl RefUpdate {
+    /// Parses an update object, `{"ts","table","op","row"}`: a line of
+    /// `updates.jsonl`, or the value of a reference-topic record. The error
+    /// names the field and the reason.
+    pub fn from_json(v: &Value) -> Result<RefUpdate, String> {
+        let obj = v.as_object().ok_or("expected a JSON object")?;
+        let ts = match obj.get("ts") {
+            Some(Value::Number(n)) => n.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
+                format!("field `ts` must be a non-negative integer of epoch milliseconds, found {n}")
+            })?,
+            Some(other) => return Err(format!("field `ts` must be an integer of epoch milliseconds, found {other}")),
+            None => return Err("field `ts` is missing".into()),
+        };
+        let table = match obj.get("table").and_then(Value::as_str) {
+            Some("devices") => Table::Devices,
+            Some("calibration") => Table::Calibration,
+            Some("rules") => Table::Rules,
+            Some(other) => {
+                return Err(format!("field `table` must be \"devices\", \"calibration\" or \"rules\", found {other:?}"))
+            }
+            None => return Err("field `table` is missing or not a string".into()),
+        };
+        let delete = match obj.get("op").and_then(Value::as_str) {
+            Some("upsert") => false,
+            Some("delete") => true,
+            Some(other) => return Err(format!("field `op` must be \"upsert\" or \"delete\", found {other:?}")),
+            None => return Err("field `op` is missing or not a string".into()),
+        };
+        let row: Row = match obj.get("row") {
+            Some(Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => return Err("field `row` must be an object".into()),
+        };
+        let change = RefChange::from_row(table, delete, &row, ts).map_err(|e| format!("row.{e}"))?;
+        Ok(RefUpdate { ts, change })
+    }
+
+    /// The update as an object [`RefUpdate::from_json`] reads back, with its
+    /// table and its primary key (a JSON array of the key fields). Every
+    /// calibration row carries its `valid_from` explicitly.
+    pub fn to_json(&self) -> (Table, String, Value) {
+        use serde_json::json;
+        let (table, op, key, row) = match &self.change {
+            RefChange::UpsertDevice(d, ctx) => {
+                let mut row = serde_json::Map::new();
+                row.insert("device_id".into(), json!(d.name()));
+                for (k, v) in ctx.iter() {
+                    row.insert(k.clone(), json!(v));
+                }
+                (Table::Devices, "upsert", json!([d.name()]), Value::Object(row))
+            }
+            RefChange::DeleteDevice(d) => (Table::Devices, "delete", json!([d.name()]), json!({"device_id": d.name()})),
+            RefChange::UpsertCalibration(d, c) => (
+                Table::Calibration,
+                "upsert",
+                json!([d.name(), c.channel.name(), c.valid_from]),
+                json!({"device_id": d.name(), "channel": c.channel.name(), "valid_from": c.valid_from,
+                       "gain": c.gain.0, "offset": c.offset.0}),
+            ),
+            RefChange::DeleteCalibration(d, ch, vf) => {
+                let mut row = json!({"device_id": d.name(), "channel": ch.name()});
+                if let Some(vf) = vf {
+                    row["valid_from"] = json!(vf);
+                }
+                (Table::Calibration, "delete", json!([d.name(), ch.name(), vf]), row)
+            }
+            RefChange::UpsertRule(scope, r) => {
+                let dev = scope_name(scope);
+                (
+                    Table::Rules,
+                    "upsert",
+                    json!([&*r.rule_id, dev]),
+                    json!({"rule_id": &*r.rule_id, "device_id": dev, "channel": r.channel.name(),
+                           "rise_above": r.rise_above.0, "fall_below": r.fall_below.0}),
+                )
+            }
+            RefChange::DeleteRule(scope, id) => {
+                let dev = scope_name(scope);
+                (Table::Rules, "delete", json!([&**id, dev]), json!({"rule_id": &**id, "device_id": dev}))
+            }
+        };
+        (table, key.to_string(), json!({"ts": self.ts, "table": table, "op": op, "row": row}))
+    }
+}
+
+fn scope_name(scope: &RuleScope) -> String {
+    match scope {
+        RuleScope::All => "*".to_string(),
+        RuleScope::Device(d) => d.name().to_string(),
+    }
+}
+
 /// A record of the reference collections, with the collection it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RefRecord {

@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod flow;
 pub mod job;
+pub mod kafka;
 pub mod replay;
 pub mod workers;
 

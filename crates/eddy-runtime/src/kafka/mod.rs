@@ -1,0 +1,708 @@
+//! `eddy run`: one job of the pipeline as its own process or cluster,
+//! connected to the others by Kafka topics (see `docs/kafka.md`).
+//!
+//! **Time.** The ingest job stamps each record with the watermark of `P.raw`
+//! (per partition, see [`operators::raw_source`]); every other job keeps the
+//! time each record was stamped with (`eddy.t`), and takes its frontier
+//! from the markers its producer writes once its outputs are acknowledged.
+//! So a chain of jobs computes exactly what `eddy replay` computes in one
+//! process.
+//!
+//! **Commits.** A probe over every sink of the job gives the frontier below
+//! which all outputs are acknowledged (or committed to Parquet). Worker 0
+//! then writes the job's checkpoint (`P.checkpoints`, keyed by the job's
+//! group) and markers into each output topic, and every worker commits the
+//! consumer-group offsets of its partitions up to the first record not yet
+//! durable: never earlier.
+//!
+//! **Restart.** A restarted job reads its checkpoint and drops every output
+//! below the committed frontier, so only records of the epochs that were not
+//! committed can appear twice. Jobs whose state spans all of history
+//! (ingest's lateness, statistics, windows, alerts) rebuild it by reading
+//! their input again from the beginning; enrich and backup resume from the
+//! committed offsets.
+
+pub mod operators;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, Scope};
+
+use eddy_connectors::jsonl::Encode;
+use eddy_core::reading::{DeadLetter, Enriched, RawLine, Reading};
+use eddy_core::reference::RefUpdate;
+use eddy_core::spec::{JobKind, PipelineSpec};
+use eddy_kafka::codec::marker_headers;
+use eddy_kafka::consume::{self, read_to_end};
+use eddy_kafka::produce::Producer;
+use eddy_kafka::topics::{ensure, TopicSpec};
+use eddy_kafka::{KafkaConfig, Topics};
+use eddy_operators::ingest::SourceProgress;
+use eddy_operators::metrics::Metrics;
+use eddy_operators::reference::{reference_with_feedback, Reference};
+use eddy_parquet::{BackupWriter, Manifest, RawArchiveWriter};
+
+use crate::backup::{backup_config, ParquetSink, Resume};
+use crate::error::{Error, Result};
+use crate::flow::{Committed, Flow};
+use crate::job::spec_rules;
+use crate::replay::{stats_params, window_spec};
+use crate::workers::Workers;
+use operators::{kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop, Unsettled};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Which job.
+    pub kind: JobKind,
+    /// The job specs (the job's own file over the built-in defaults).
+    pub spec: PipelineSpec,
+    /// The brokers.
+    pub kafka: KafkaConfig,
+    /// The pipeline's topics.
+    pub topics: Topics,
+    /// Workers (`-w`, `-n`, `-p`, `-h`).
+    pub workers: Workers,
+    /// The backup job's output directory.
+    pub out: Option<PathBuf>,
+    /// Partitions of the topics this job creates.
+    pub partitions: i32,
+    /// A partition of `P.raw` without records for this long stops holding
+    /// the ingest job's watermark back.
+    pub idle_timeout: Duration,
+    /// How often, at most, the job writes markers and its checkpoint.
+    pub marker_every: Duration,
+    /// Set it (from a SIGTERM handler) to stop the job cleanly: it stops
+    /// reading, makes what it read durable, checkpoints, and returns.
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RunOptions {
+    /// Options with the defaults: one worker, 4 partitions, 10 s idle timeout.
+    pub fn new(kind: JobKind, spec: PipelineSpec, brokers: &str) -> RunOptions {
+        RunOptions {
+            kind,
+            spec,
+            kafka: KafkaConfig::new(brokers),
+            topics: Topics::default(),
+            workers: Workers::default(),
+            out: None,
+            partitions: 4,
+            idle_timeout: Duration::from_secs(10),
+            marker_every: Duration::from_millis(100),
+            stop: Arc::default(),
+        }
+    }
+
+    /// The job's name: its spec's `name`, or its kind.
+    pub fn job_name(&self) -> String {
+        let s = &self.spec;
+        let name = match self.kind {
+            JobKind::Ingest => &s.ingest.name,
+            JobKind::Enrich => &s.enrich.name,
+            JobKind::Stats => &s.stats.name,
+            JobKind::Windows => &s.windows.name,
+            JobKind::Alerts => &s.alerts.name,
+            JobKind::Backup => &s.backup.name,
+        };
+        name.clone().unwrap_or_else(|| self.kind.name().to_string())
+    }
+
+    /// The consumer group (and checkpoint key): `<prefix>.<job name>`.
+    pub fn group(&self) -> String {
+        self.topics.name(&self.job_name())
+    }
+
+    /// The window size as it appears in the windows topic name (`1h`, `15m`).
+    pub fn window_label(&self) -> String {
+        self.spec.windows.size.to_string()
+    }
+
+    fn input_topic(&self) -> String {
+        match self.kind {
+            JobKind::Ingest => self.topics.raw(),
+            JobKind::Enrich => self.topics.readings(),
+            _ => self.topics.enriched(),
+        }
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        let t = &self.topics;
+        match self.kind {
+            JobKind::Ingest => vec![t.readings(), t.late(), t.deadletter()],
+            JobKind::Enrich => vec![t.enriched(), t.deadletter()],
+            JobKind::Stats => vec![t.stats(), t.deadletter()],
+            JobKind::Windows => vec![t.windows(&self.window_label()), t.deadletter()],
+            JobKind::Alerts => vec![t.events(), t.deadletter()],
+            JobKind::Backup => vec![t.deadletter()],
+        }
+    }
+
+    /// Stateful jobs rebuild their state from the start of their input.
+    fn rewinds(&self) -> bool {
+        !matches!(self.kind, JobKind::Enrich | JobKind::Backup)
+    }
+}
+
+/// A job's record in `P.checkpoints`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct JobCheckpoint {
+    /// Format version (1).
+    pub version: u32,
+    /// The job's group.
+    pub job: String,
+    /// Every output record below this dataflow time is durable.
+    pub frontier: u64,
+    /// True once the job's input has ended and every output is durable.
+    pub complete: bool,
+}
+
+/// What a run did, printed by `eddy run`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    /// The job's group.
+    pub job: String,
+    /// Records read (lines for ingest).
+    pub records_in: u64,
+    /// Valid readings (ingest) or decoded records.
+    pub valid: u64,
+    /// Records sent to the dead-letter topic.
+    pub deadletter: u64,
+    /// The frontier this run started from (committed by an earlier run).
+    pub resumed_from: u64,
+    /// Wall time, seconds.
+    pub wall_time_s: f64,
+}
+
+/// Progress of a run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunProgress {
+    /// Records read.
+    pub records: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+struct Shared {
+    opts: RunOptions,
+    resume_from: u64,
+    updates: Vec<RefUpdate>,
+    ref_offsets: BTreeMap<(String, i32), i64>,
+    partitions: i32,
+    window_label: String,
+    backup_floor: BTreeMap<u64, Vec<u64>>,
+    raw_resume: Option<Resume>,
+    metrics: Arc<Metrics>,
+    finished: AtomicUsize,
+    stop: Stop,
+}
+
+/// Reads the job's last checkpoint from `P.checkpoints`.
+pub fn read_checkpoint(cfg: &KafkaConfig, topics: &Topics, group: &str) -> Result<Option<JobCheckpoint>> {
+    let msgs = read_to_end(cfg, &topics.checkpoints(), Duration::from_secs(30)).map_err(kafka_err)?;
+    Ok(msgs
+        .iter()
+        .filter(|m| m.key() == Some(group.as_bytes()))
+        .filter_map(|m| m.payload().and_then(|p| serde_json::from_slice::<JobCheckpoint>(p).ok()))
+        .last())
+}
+
+fn kafka_err(e: eddy_kafka::Error) -> Error {
+    Error::Run(e.to_string())
+}
+
+/// Reads the reference topics to their current end, as updates in `ts` order,
+/// with the offset to go on from in each partition that had records.
+/// A record without a value (a tombstone) is skipped: a delete must say from
+/// when it applies, as `{"op":"delete",…}`.
+pub fn read_reference(cfg: &KafkaConfig, topics: &Topics) -> Result<(Vec<RefUpdate>, BTreeMap<(String, i32), i64>)> {
+    let mut out = Vec::new();
+    let mut next = BTreeMap::new();
+    for topic in topics.reference() {
+        for m in read_to_end(cfg, &topic, Duration::from_secs(60)).map_err(kafka_err)? {
+            next.insert((topic.clone(), m.partition()), m.offset() + 1);
+            let Some(p) = m.payload() else { continue };
+            let parsed = serde_json::from_slice::<serde_json::Value>(p)
+                .map_err(|e| e.to_string())
+                .and_then(|v| RefUpdate::from_json(&v));
+            match parsed {
+                Ok(u) => out.push(u),
+                Err(e) => tracing::warn!(topic, partition = m.partition(), offset = m.offset(), "skipping a reference record: {e}"),
+            }
+        }
+    }
+    out.sort_by_key(|u| u.ts);
+    Ok((out, next))
+}
+
+/// Runs one job until its input ends (an `end` marker in every partition),
+/// or forever on a live stream.
+pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> Result<RunSummary> {
+    let started = Instant::now();
+    let config = opts.workers.to_timely()?;
+    opts.kafka.check_reachable().map_err(kafka_err)?;
+    let group = opts.group();
+
+    // Topics: the input and outputs exist before anyone reads or writes them.
+    let mut specs: Vec<TopicSpec> = vec![
+        TopicSpec::new(opts.input_topic(), if opts.kind == JobKind::Ingest { 1 } else { opts.partitions }),
+        TopicSpec::compacted(opts.topics.checkpoints(), 1),
+    ];
+    specs.extend(opts.output_topics().into_iter().map(|t| TopicSpec::new(t, opts.partitions)));
+    specs.extend(opts.topics.reference().into_iter().map(|t| TopicSpec::compacted(t, 1)));
+    if opts.kind == JobKind::Backup && opts.spec.backup.raw_archive {
+        specs.push(TopicSpec::new(opts.topics.raw(), 1));
+    }
+    ensure(&opts.kafka, &specs).map_err(kafka_err)?;
+
+    let checkpoint = read_checkpoint(&opts.kafka, &opts.topics, &group)?;
+    if let Some(c) = checkpoint.as_ref().filter(|c| c.complete) {
+        // Its input ended and every output is durable: nothing is left to do.
+        println!("{group}: complete (its input ended and every output is committed)");
+        return Ok(RunSummary {
+            job: group,
+            records_in: 0,
+            valid: 0,
+            deadletter: 0,
+            resumed_from: c.frontier,
+            wall_time_s: started.elapsed().as_secs_f64(),
+        });
+    }
+    let resume_from = checkpoint.as_ref().map_or(0, |c| c.frontier);
+    if resume_from > 0 {
+        tracing::info!(job = %group, frontier = resume_from, "resuming: outputs below the committed frontier are not written again");
+        println!("{group}: resumed from frontier {resume_from} (outputs below it were committed by an earlier run)");
+    }
+    let (updates, ref_offsets) = if matches!(opts.kind, JobKind::Enrich | JobKind::Alerts) {
+        let mut u = spec_rules(&opts.spec);
+        let (read, next) = read_reference(&opts.kafka, &opts.topics)?;
+        u.extend(read);
+        u.sort_by_key(|u| u.ts);
+        (u, next)
+    } else {
+        (Vec::new(), BTreeMap::new())
+    };
+    let probe_consumer = consume::consumer(&opts.kafka, &group).map_err(kafka_err)?;
+    let partitions =
+        consume::partitions(&probe_consumer, &opts.input_topic(), opts.kafka.connect_timeout).map_err(kafka_err)?;
+    drop(probe_consumer);
+
+    let (backup_floor, raw_resume) = match (&opts.kind, &opts.out) {
+        (JobKind::Backup, Some(out)) => {
+            std::fs::create_dir_all(out).map_err(|e| eddy_connectors::Error::io(out, e))?;
+            let identity = PathBuf::from(format!("kafka:{}", opts.topics.enriched()));
+            let resume = Resume::prepare(out, &identity)?;
+            (backup_floors(&out.join("backup"))?, Some(resume))
+        }
+        (JobKind::Backup, None) => return Err(Error::Run("the backup job needs --out DIR".into())),
+        _ => (BTreeMap::new(), None),
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        resume_from,
+        updates,
+        ref_offsets,
+        partitions,
+        window_label: opts.window_label(),
+        backup_floor,
+        raw_resume,
+        metrics: Arc::clone(&metrics),
+        finished: AtomicUsize::new(0),
+        stop: Stop::new(Arc::clone(&opts.stop)),
+    });
+    let worker_shared = Arc::clone(&shared);
+    let guards = timely::execute(config, move |worker| {
+        if let Err(e) = run_worker(worker, &worker_shared) {
+            worker_shared.metrics.fail(e.to_string());
+        }
+        worker_shared.finished.fetch_add(1, Ordering::SeqCst);
+    })
+    .map_err(Error::Run)?;
+    while shared.finished.load(Ordering::SeqCst) < opts.workers.threads {
+        on_progress(RunProgress { records: Metrics::get(&metrics.lines), bytes: Metrics::get(&metrics.bytes) });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for r in guards.join() {
+        r.map_err(Error::Run)?;
+    }
+    if let Some(e) = metrics.error.lock().clone() {
+        return Err(Error::Run(e));
+    }
+    Ok(RunSummary {
+        job: group,
+        records_in: Metrics::get(&metrics.lines),
+        valid: Metrics::get(&metrics.valid),
+        deadletter: Metrics::get(&metrics.deadletter),
+        resumed_from: resume_from,
+        wall_time_s: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// For each earlier worker count, each backup writer's committed frontier.
+fn backup_floors(dir: &std::path::Path) -> Result<BTreeMap<u64, Vec<u64>>> {
+    let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    if !dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
+        return Ok(out);
+    }
+    eddy_parquet::cleanup_uncommitted(dir).map_err(|e| Error::Run(e.to_string()))?;
+    let manifest = Manifest::load(dir).map_err(|e| Error::Run(e.to_string()))?;
+    for entry in &manifest.entries {
+        let Some((i, p)) = entry.writer.strip_prefix('w').and_then(|r| r.split_once("of")) else { continue };
+        let (Ok(i), Ok(p)) = (i.parse::<usize>(), p.parse::<u64>()) else { continue };
+        let v = out.entry(p).or_insert_with(|| vec![0; p as usize]);
+        if i < v.len() {
+            v[i] = v[i].max(entry.epoch.unwrap_or(u64::MAX));
+        }
+    }
+    Ok(out)
+}
+
+/// A worker's part of a job.
+struct Ctx<'s> {
+    scope: Scope<'s, u64>,
+    shared: Arc<Shared>,
+    producer: Rc<RefCell<Producer>>,
+    probe: ProbeHandle<u64>,
+    inputs: Vec<Input>,
+    progress: Rc<SourceProgress>,
+}
+
+impl<'s> Ctx<'s> {
+    fn opts(&self) -> &RunOptions {
+        &self.shared.opts
+    }
+
+    /// A consumer for `topic`, assigned this worker's share of its partitions.
+    fn input(&mut self, topic: &str, partitions: i32, rewind: bool) -> Result<Option<Input>> {
+        let (index, peers) = (self.scope.index(), self.scope.peers());
+        let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let consumer = consume::consumer(&self.opts().kafka, &self.opts().group()).map_err(kafka_err)?;
+        let committed = if rewind {
+            BTreeMap::new()
+        } else {
+            consume::committed(&consumer, topic, &mine).map_err(kafka_err)?
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in &mine {
+            let at = committed.get(p).copied().flatten().map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(topic, *p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+        }
+        consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+        let input = Input {
+            consumer: Rc::new(consumer),
+            topic: topic.to_string(),
+            partitions: mine,
+            unsettled: Rc::new(RefCell::new(Unsettled::default())),
+        };
+        self.inputs.push(Input {
+            consumer: Rc::clone(&input.consumer),
+            topic: input.topic.clone(),
+            partitions: input.partitions.clone(),
+            unsettled: Rc::clone(&input.unsettled),
+        });
+        Ok(Some(input))
+    }
+
+    fn typed<D: Stamped>(&mut self, topic: &str) -> Result<(Flow<'s, D>, Flow<'s, DeadLetter>)> {
+        let rewind = self.opts().rewinds();
+        let input = self.input(topic, self.shared.partitions, rewind)?;
+        let (data, dead) =
+            typed_source::<D>(
+            self.scope,
+            topic,
+            input,
+            Rc::clone(&self.progress),
+            Arc::clone(&self.shared.metrics),
+            self.shared.stop.clone(),
+        );
+        Ok((Flow::new(data, "source"), Flow::new(dead, "source")))
+    }
+
+    fn raw(&mut self) -> Result<operators::RawStreams<'s>> {
+        let raw_topic = self.opts().topics.raw();
+        let partitions = {
+            let c = consume::consumer(&self.opts().kafka, &self.opts().group()).map_err(kafka_err)?;
+            consume::partitions(&c, &raw_topic, self.opts().kafka.connect_timeout).map_err(kafka_err)?
+        };
+        let input = self.input(&raw_topic, partitions, true)?;
+        let spec = &self.opts().spec.ingest;
+        let cfg = RawConfig {
+            lateness_ms: spec.lateness.ms(),
+            epoch_ms: spec.epoch.ms(),
+            ranges: spec.ranges(),
+            idle_timeout: self.opts().idle_timeout,
+        };
+        Ok(raw_source(
+            self.scope,
+            "ingest",
+            input,
+            cfg,
+            Rc::clone(&self.progress),
+            Arc::clone(&self.shared.metrics),
+            self.shared.stop.clone(),
+        ))
+    }
+
+    fn sink<D: Clone + 'static>(&self, flow: Flow<'s, D>, topic: String, encoder: Encoder<D>) {
+        let name = format!("sink.{topic}");
+        let stream = kafka_sink(
+            flow.into_stream(),
+            &name,
+            Rc::clone(&self.producer),
+            topic,
+            encoder,
+            self.shared.resume_from,
+            Arc::clone(&self.shared.metrics),
+        );
+        Committed { stream }.probe_with(&self.probe);
+    }
+
+    /// The reference arrangements: what the reference topics held at start,
+    /// then every change that arrives while the job runs (read by worker 0).
+    /// `watch` is the job's readings, whose frontier paces the changes.
+    fn reference<D: Clone + 'static>(&self, watch: &Flow<'s, D>) -> Result<Reference<'s>> {
+        let leader = self.scope.index() == 0;
+        let updates = if leader { self.shared.updates.clone() } else { Vec::new() };
+        let consumer = if leader { Some(self.reference_consumer()?) } else { None };
+        let (probe, _) = watch.clone().into_stream().probe();
+        let spec = &self.opts().spec.ingest;
+        let ahead = (spec.lateness.ms() + spec.epoch.ms()).max(0) as u64;
+        let live = live_reference(self.scope, "reference.live", consumer, probe, ahead);
+        Ok(reference_with_feedback(self.scope, "reference", updates, Rc::clone(&self.progress), Some(live)))
+    }
+
+    fn reference_consumer(&self) -> Result<rdkafka::consumer::BaseConsumer> {
+        let opts = self.opts();
+        let consumer = consume::consumer(&opts.kafka, &format!("{}.reference", opts.group())).map_err(kafka_err)?;
+        let mut tpl = TopicPartitionList::new();
+        for topic in opts.topics.reference() {
+            let n = consume::partitions(&consumer, &topic, opts.kafka.connect_timeout).map_err(kafka_err)?;
+            for p in 0..n {
+                let at = self.shared.ref_offsets.get(&(topic.clone(), p)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                tpl.add_partition_offset(&topic, p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+            }
+        }
+        consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning the reference topics: {e}")))?;
+        Ok(consumer)
+    }
+}
+
+/// Encodes with the JSON-lines encoding of `eddy replay`'s outputs.
+fn as_jsonl<D: Encode + 'static>(key: fn(&D) -> Option<Arc<str>>) -> Encoder<D> {
+    Encoder { value: Box::new(|d: &D, out: &mut Vec<u8>| d.encode(out)), key: Box::new(key) }
+}
+
+/// Encodes with serde (eddy's own topics, read back by the next job).
+fn as_serde<D: Serialize + 'static>(key: fn(&D) -> Option<Arc<str>>) -> Encoder<D> {
+    Encoder {
+        value: Box::new(|d: &D, out: &mut Vec<u8>| {
+            serde_json::to_writer(&mut *out, d).expect("records serialise to memory");
+        }),
+        key: Box::new(key),
+    }
+}
+
+fn dead_encoder() -> Encoder<DeadLetter> {
+    as_serde(|_| None)
+}
+
+fn build(ctx: &mut Ctx<'_>) -> Result<()> {
+    let opts = ctx.opts().clone();
+    let t = &opts.topics;
+    let spec = &opts.spec;
+    match opts.kind {
+        JobKind::Ingest => {
+            let s = ctx.raw()?;
+            let readings = Flow::new(s.readings, "ingest");
+            ctx.sink(readings.clone().late(), t.late(), as_jsonl(|r: &Reading| Some(r.device.name())));
+            ctx.sink(readings, t.readings(), as_serde(|r: &Reading| Some(r.device.name())));
+            ctx.sink(Flow::new(s.dead, "ingest"), t.deadletter(), dead_encoder());
+        }
+        JobKind::Enrich => {
+            let (readings, dead) = ctx.typed::<Reading>(&t.readings())?;
+            let reference = ctx.reference(&readings)?;
+            let enriched = readings.step("enrich").enrich(&reference, spec.enrich.reference_retention.ms());
+            ctx.sink(enriched, t.enriched(), as_serde(|e: &Enriched| Some(e.device.name())));
+            ctx.sink(dead, t.deadletter(), dead_encoder());
+        }
+        JobKind::Stats => {
+            let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
+            let stats = enriched.on_time().step("stats").stats(stats_params(spec));
+            ctx.sink(stats, t.stats(), as_jsonl(|s| Some(s.device_id.name())));
+            ctx.sink(dead, t.deadletter(), dead_encoder());
+        }
+        JobKind::Windows => {
+            let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
+            let windows = enriched.on_time().step("windows").windows(window_spec(spec));
+            let topic = t.windows(&ctx.shared.window_label);
+            ctx.sink(windows, topic, as_jsonl(|w| Some(w.device_id.name())));
+            ctx.sink(dead, t.deadletter(), dead_encoder());
+        }
+        JobKind::Alerts => {
+            let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
+            let reference = ctx.reference(&enriched)?;
+            let events = enriched.on_time().step("alerts").detect(&reference);
+            ctx.sink(events, t.events(), as_jsonl(|e| Some(e.device_id.name())));
+            ctx.sink(dead, t.deadletter(), dead_encoder());
+        }
+        JobKind::Backup => build_backup(ctx)?,
+    }
+    Ok(())
+}
+
+fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
+    let opts = ctx.opts().clone();
+    let out = opts.out.clone().ok_or_else(|| Error::Run("the backup job needs --out DIR".into()))?;
+    let (index, peers) = (ctx.scope.index(), ctx.scope.peers());
+    let (enriched, dead) = ctx.typed::<Enriched>(&opts.topics.enriched())?;
+    // Rows below the frontier the writer that had their device committed
+    // are in the backup already.
+    let floors = ctx.shared.backup_floor.clone();
+    let kept = suppress(enriched.into_stream(), "backup.resume", move |e: &Enriched| {
+        floors
+            .iter()
+            .map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(0)
+    });
+    let id = format!("w{index}of{peers}");
+    let writer = BackupWriter::new(&out.join("backup"), &id, backup_config(&opts.spec.backup));
+    let sink = ParquetSink::new(writer, Arc::clone(&ctx.shared.metrics), Default::default());
+    Flow::new(kept, "backup").sink(sink).probe_with(&ctx.probe);
+    ctx.sink(dead, opts.topics.deadletter(), dead_encoder());
+    if opts.spec.backup.raw_archive {
+        let s = ctx.raw()?;
+        let resume = ctx.shared.raw_resume.as_ref().map(|r| Arc::clone(&r.raw)).unwrap_or_default();
+        let writer = RawArchiveWriter::new(&out.join("raw"), &format!("raw-w{index}"), backup_config(&opts.spec.backup));
+        let sink = ParquetSink::new(writer, Arc::clone(&ctx.shared.metrics), resume);
+        Flow::<RawLine>::new(s.raw, "backup").sink(sink).probe_with(&ctx.probe);
+    }
+    Ok(())
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Result<()> {
+    let opts = &shared.opts;
+    let producer = Rc::new(RefCell::new(Producer::new(&opts.kafka).map_err(kafka_err)?));
+    let probe = ProbeHandle::new();
+    let progress = Rc::new(SourceProgress::default());
+    let mut built: Result<Vec<Input>> = Ok(Vec::new());
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut ctx = Ctx {
+            scope,
+            shared: Arc::clone(shared),
+            producer: Rc::clone(&producer),
+            probe: probe.clone(),
+            inputs: Vec::new(),
+            progress: Rc::clone(&progress),
+        };
+        built = build(&mut ctx).map(|_| ctx.inputs);
+    });
+    let inputs = match built {
+        Ok(i) => i,
+        Err(e) => {
+            // Keep stepping so the other workers can finish; report the error.
+            shared.metrics.fail(e.to_string());
+            Vec::new()
+        }
+    };
+
+    // Worker 0 writes the job's checkpoint and the markers; every worker
+    // commits the offsets of its partitions.
+    let leader = worker.index() == 0;
+    let outputs = opts.output_topics();
+    let mut marks = if leader { Some(Marks::new(opts, shared)?) } else { None };
+    let mut last_frontier = 0u64;
+    let mut last_mark = Instant::now();
+    let mut done = false;
+    while !done {
+        done = !worker.step_or_park(Some(Duration::from_millis(10)));
+        producer.borrow_mut().poll();
+        // A stopped source read its last epoch only in part.
+        let frontier = probe.with_frontier(|f| f.iter().copied().min().unwrap_or(u64::MAX)).min(shared.stop.limit());
+        let due = last_mark.elapsed() >= opts.marker_every || done;
+        if frontier > last_frontier && due {
+            last_frontier = frontier;
+            last_mark = Instant::now();
+            for input in &inputs {
+                let offsets = input.unsettled.borrow_mut().settle(frontier);
+                if let Err(e) = consume::commit(&input.consumer, &input.topic, &offsets) {
+                    tracing::warn!("{e}; retrying at the next commit");
+                }
+            }
+            if let Some(m) = marks.as_mut() {
+                m.mark(frontier, &outputs)?;
+            }
+        }
+    }
+    if let Some(m) = marks.as_mut() {
+        m.finish()?;
+    }
+    while !producer.borrow_mut().flush(Duration::from_secs(1)) {
+        tracing::info!("waiting for the brokers to acknowledge the last records");
+    }
+    Ok(())
+}
+
+/// The leader's markers and checkpoints.
+struct Marks {
+    producer: Producer,
+    checkpoints: String,
+    group: String,
+    partitions: BTreeMap<String, i32>,
+}
+
+impl Marks {
+    fn new(opts: &RunOptions, _shared: &Shared) -> Result<Marks> {
+        let producer = Producer::new(&opts.kafka).map_err(kafka_err)?;
+        let mut partitions = BTreeMap::new();
+        for t in opts.output_topics() {
+            let n = producer.partitions(&t, opts.kafka.connect_timeout).map_err(kafka_err)?;
+            partitions.insert(t, n);
+        }
+        Ok(Marks { producer, checkpoints: opts.topics.checkpoints(), group: opts.group(), partitions })
+    }
+
+    fn mark(&mut self, frontier: u64, outputs: &[String]) -> Result<()> {
+        for topic in outputs {
+            for p in 0..self.partitions[topic] {
+                self.producer.send(topic, Some(p), None, None, marker_headers(frontier));
+            }
+        }
+        let cp = JobCheckpoint {
+            version: 1,
+            job: self.group.clone(),
+            frontier,
+            complete: frontier == u64::MAX,
+        };
+        let value = serde_json::to_vec(&cp).expect("checkpoint serialises");
+        self.producer.send(&self.checkpoints, None, Some(self.group.as_bytes()), Some(&value), Default::default());
+        self.producer.poll();
+        match self.producer.error() {
+            Some(e) => Err(Error::Run(format!("kafka: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        while !self.producer.flush(Duration::from_secs(1)) {
+            tracing::info!("waiting for the brokers to acknowledge the checkpoint");
+        }
+        Ok(())
+    }
+}

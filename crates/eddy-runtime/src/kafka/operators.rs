@@ -1,0 +1,664 @@
+//! The timely operators of a Kafka job: the raw source (the ingest job's
+//! validation over Kafka partitions), the typed source (eddy's own topics,
+//! stamped), and the sink.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
+use serde::de::DeserializeOwned;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, StreamVec};
+use timely::progress::Antichain;
+
+use eddy_core::reading::{DeadLetter, Enriched, Position, RawLine, Reading};
+use eddy_core::validate::{parse_line, LateTracker, Ranges};
+use eddy_kafka::codec::{data_headers, envelope, Envelope};
+use eddy_kafka::produce::Producer;
+use eddy_operators::ingest::{time_of, SourceProgress};
+use eddy_operators::metrics::Metrics;
+
+/// Messages read per activation.
+const BATCH: usize = 4096;
+
+/// What a source has read and not yet seen committed: per partition, runs
+/// of `(first offset, dataflow time)` in offset order. Once a job's outputs
+/// are durable up to frontier `f`, every leading run with a time below `f`
+/// is done, and the partition's committable offset is the first offset of
+/// the first run left (or the next offset to read).
+#[derive(Default)]
+pub struct Unsettled {
+    runs: BTreeMap<i32, VecDeque<(i64, u64)>>,
+    next: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+}
+
+impl Unsettled {
+    fn read(&mut self, partition: i32, offset: i64, t: u64) {
+        let runs = self.runs.entry(partition).or_default();
+        if runs.back().is_none_or(|(_, last)| *last != t) {
+            runs.push_back((offset, t));
+        }
+        self.next.insert(partition, offset + 1);
+    }
+
+    /// Markers and records that produce nothing settle at once.
+    fn skip(&mut self, partition: i32, offset: i64) {
+        let runs = self.runs.entry(partition).or_default();
+        if runs.is_empty() {
+            self.next.insert(partition, offset + 1);
+        } else {
+            self.read(partition, offset, 0);
+        }
+    }
+
+    /// The offsets to commit now that everything below `frontier` is
+    /// durable: only partitions whose committable offset moved.
+    pub fn settle(&mut self, frontier: u64) -> BTreeMap<i32, i64> {
+        let mut out = BTreeMap::new();
+        for (p, next) in &self.next {
+            let runs = self.runs.entry(*p).or_default();
+            // A run is settled when its time is below the frontier and so is
+            // every run before it (offset order).
+            while runs.front().is_some_and(|(_, t)| *t < frontier) {
+                runs.pop_front();
+            }
+            let at = runs.front().map_or(*next, |(o, _)| *o);
+            if self.committed.get(p) != Some(&at) {
+                self.committed.insert(*p, at);
+                out.insert(*p, at);
+            }
+        }
+        out
+    }
+}
+
+/// A worker's consumer and what it has read.
+pub struct Input {
+    /// The consumer (manually assigned partitions).
+    pub consumer: Rc<BaseConsumer>,
+    /// The topic.
+    pub topic: String,
+    /// The partitions assigned to this worker.
+    pub partitions: Vec<i32>,
+    /// Offsets read and not yet committed.
+    pub unsettled: Rc<RefCell<Unsettled>>,
+}
+
+/// A request to stop (SIGTERM), shared by the sources of a process. A source
+/// that sees it stops reading and records the time it stopped at, so the
+/// job's last checkpoint says exactly which epochs are complete.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    /// Set to stop.
+    pub requested: Arc<AtomicBool>,
+    /// The least time at which a source stopped (`u64::MAX` until one does).
+    pub at: Arc<AtomicU64>,
+}
+
+impl Stop {
+    /// Not requested.
+    pub fn new(requested: Arc<AtomicBool>) -> Stop {
+        Stop { requested, at: Arc::new(AtomicU64::new(u64::MAX)) }
+    }
+
+    fn check(&self, time: u64) -> bool {
+        if self.requested.load(Ordering::Relaxed) {
+            self.at.fetch_min(time, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The frontier below which a stopped process's input was read whole.
+    pub fn limit(&self) -> u64 {
+        self.at.load(Ordering::SeqCst)
+    }
+}
+
+/// Settings of the raw source.
+#[derive(Clone, Debug)]
+pub struct RawConfig {
+    /// See `IngestSpec::lateness`.
+    pub lateness_ms: i64,
+    /// See `IngestSpec::epoch`.
+    pub epoch_ms: i64,
+    /// The junk rule.
+    pub ranges: Ranges,
+    /// A partition without records for this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+}
+
+struct RawPartition {
+    late: LateTracker,
+    last_seen: Instant,
+    ended: bool,
+}
+
+/// The outputs of the raw source.
+pub struct RawStreams<'s> {
+    /// Valid readings, late ones flagged.
+    pub readings: StreamVec<'s, u64, Reading>,
+    /// Rejected records, with partition and offset.
+    pub dead: StreamVec<'s, u64, DeadLetter>,
+    /// Every record as received.
+    pub raw: StreamVec<'s, u64, RawLine>,
+}
+
+/// The ingest job's source over `P.raw`: validates each record as the file
+/// ingest does, with the lateness rule kept **per partition**. A record is
+/// stamped with the job's watermark, the least watermark over its live
+/// partitions (a partition idle for `idle_timeout` does not count), rounded
+/// down to an epoch. A reading below its partition's watermark, or below the
+/// job's (possible only after its partition was idle), is late. With one
+/// partition this is exactly the file ingest.
+pub fn raw_source<'s>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    input: Option<Input>,
+    cfg: RawConfig,
+    progress: Rc<SourceProgress>,
+    metrics: Arc<Metrics>,
+    stop: Stop,
+) -> RawStreams<'s> {
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (out_r, readings) = builder.new_output::<Vec<Reading>>();
+    let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
+    let (out_raw, raw) = builder.new_output::<Vec<RawLine>>();
+    let mut out_r = OutputBuilder::<u64, CapacityContainerBuilder<Vec<Reading>>>::from(out_r);
+    let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
+    let mut out_raw = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RawLine>>>::from(out_raw);
+    let activator = scope.activator_for(info.address);
+
+    builder.build(move |mut caps| {
+        let mut caps3: Option<[Capability<u64>; 3]> = match (caps.pop(), caps.pop(), caps.pop()) {
+            (Some(c), Some(b), Some(a)) if input.is_some() => Some([a, b, c]),
+            _ => None,
+        };
+        if caps3.is_none() {
+            progress.set_done();
+        }
+        let started = Instant::now();
+        let mut parts: BTreeMap<i32, RawPartition> = input
+            .as_ref()
+            .map(|i| {
+                i.partitions
+                    .iter()
+                    .map(|p| {
+                        (*p, RawPartition { late: LateTracker::new(cfg.lateness_ms), last_seen: started, ended: false })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut max_ts: Option<i64> = None;
+
+        move |_frontiers| {
+            let (Some(input), Some([cr, cd, craw])) = (input.as_ref(), caps3.as_mut()) else {
+                return;
+            };
+            if stop.check(*cr.time()) {
+                caps3 = None;
+                progress.set_done();
+                return;
+            }
+            let mut hr = out_r.activate();
+            let mut hd = out_d.activate();
+            let mut hraw = out_raw.activate();
+            let now = Instant::now();
+            let arrival_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let (mut n_lines, mut n_valid, mut n_late, mut n_dead, mut n_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+            let mut got = 0;
+            let mut unsettled = input.unsettled.borrow_mut();
+            while got < BATCH {
+                let m = match input.consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(topic = %input.topic, error = %e, "kafka consumer error; retrying");
+                        break;
+                    }
+                    None => break,
+                };
+                got += 1;
+                let (p, offset) = (m.partition(), m.offset());
+                let Some(part) = parts.get_mut(&p) else { continue };
+                part.last_seen = now;
+                if let Ok(Envelope::Marker(wm)) = envelope(m.headers()) {
+                    if wm == u64::MAX {
+                        part.ended = true;
+                    }
+                    unsettled.skip(p, offset);
+                    continue;
+                }
+                let bytes = m.payload().unwrap_or_default();
+                let pos = Position { partition: p as u32, offset: offset as u64 };
+                // The record's time is the job's watermark before it.
+                let t = time_of(job_watermark(&parts, now, cfg.idle_timeout), cfg.epoch_ms).max(*cr.time());
+                if t > *cr.time() {
+                    cr.downgrade(&t);
+                    cd.downgrade(&t);
+                    craw.downgrade(&t);
+                }
+                unsettled.read(p, offset, t);
+                n_lines += 1;
+                n_bytes += bytes.len() as u64;
+                hraw.session(&*craw).give(RawLine { pos, arrival_ms, bytes: bytes.to_vec() });
+                match parse_line(bytes) {
+                    Ok(r) => {
+                        n_valid += 1;
+                        let part = parts.get_mut(&p).expect("checked above");
+                        let is_late = part.late.observe(r.ts) | (r.ts < t as i64);
+                        max_ts = max_ts.max(Some(r.ts));
+                        n_late += is_late as u64;
+                        let junk = cfg.ranges.junk_of(&r.values);
+                        hr.session(&*cr).give(Reading {
+                            device: r.device,
+                            ts: r.ts,
+                            pos,
+                            values: r.values,
+                            late: is_late,
+                            junk,
+                        });
+                    }
+                    Err(reason) => {
+                        n_dead += 1;
+                        hd.session(&*cd).give(DeadLetter {
+                            pos,
+                            line: String::from_utf8_lossy(bytes).into_owned(),
+                            reason: reason.reason(),
+                        });
+                    }
+                }
+            }
+            drop(unsettled);
+            Metrics::add(&metrics.lines, n_lines);
+            Metrics::add(&metrics.valid, n_valid);
+            Metrics::add(&metrics.late, n_late);
+            Metrics::add(&metrics.deadletter, n_dead);
+            Metrics::add(&metrics.bytes, n_bytes);
+            progress.set_max_ts(max_ts);
+
+            if parts.values().all(|p| p.ended) {
+                drop((hr, hd, hraw));
+                caps3 = None;
+                progress.set_done();
+                return;
+            }
+            let t = time_of(job_watermark(&parts, now, cfg.idle_timeout), cfg.epoch_ms);
+            if t > *cr.time() {
+                cr.downgrade(&t);
+                cd.downgrade(&t);
+                craw.downgrade(&t);
+            }
+            if got > 0 {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(20));
+            }
+        }
+    });
+    RawStreams { readings, dead, raw }
+}
+
+/// The least watermark over live partitions; `None` while one of them has
+/// no reading yet (or every one is idle or ended).
+fn job_watermark(parts: &BTreeMap<i32, RawPartition>, now: Instant, idle: Duration) -> Option<i64> {
+    let mut wm: Option<i64> = None;
+    let mut any = false;
+    for p in parts.values() {
+        if p.ended || now.duration_since(p.last_seen) > idle {
+            continue;
+        }
+        any = true;
+        match p.late.watermark() {
+            Some(w) => wm = Some(wm.map_or(w, |m: i64| m.min(w))),
+            None => return None,
+        }
+    }
+    if any {
+        wm
+    } else {
+        None
+    }
+}
+
+/// A record of an eddy topic that the typed source can read: it has an
+/// identity for dropping the duplicates a restarted producer may write, and
+/// an event time.
+pub trait Stamped: DeserializeOwned + Clone + 'static {
+    /// The record's identity (its raw input position).
+    fn id(&self) -> Position;
+    /// Its event time.
+    fn ts(&self) -> i64;
+}
+
+impl Stamped for Reading {
+    fn id(&self) -> Position {
+        self.pos
+    }
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+}
+
+impl Stamped for Enriched {
+    fn id(&self) -> Position {
+        self.pos
+    }
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+}
+
+#[derive(Default)]
+struct TypedPartition {
+    wm: u64,
+    /// Identities seen at each time not yet below the watermark.
+    seen: BTreeMap<u64, HashSet<Position>>,
+}
+
+/// A source over one of eddy's own topics (`P.readings`, `P.enriched`):
+/// each record keeps the dataflow time its producer stamped it with
+/// (`eddy.t`), each partition's watermark is the largest marker seen in it,
+/// and the source's frontier is the least watermark of its partitions. A
+/// record already seen at the same time (a restarted producer's duplicate)
+/// is dropped. A record that cannot be decoded goes to the second output
+/// with its partition, offset and reason.
+pub fn typed_source<'s, D: Stamped>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    input: Option<Input>,
+    progress: Rc<SourceProgress>,
+    metrics: Arc<Metrics>,
+    stop: Stop,
+) -> (StreamVec<'s, u64, D>, StreamVec<'s, u64, DeadLetter>) {
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (out, data) = builder.new_output::<Vec<D>>();
+    let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
+    let mut out = OutputBuilder::<u64, CapacityContainerBuilder<Vec<D>>>::from(out);
+    let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
+    let activator = scope.activator_for(info.address);
+
+    builder.build(move |mut caps| {
+        let mut caps2: Option<[Capability<u64>; 2]> = match (caps.pop(), caps.pop()) {
+            (Some(b), Some(a)) if input.as_ref().is_some_and(|i| !i.partitions.is_empty()) => Some([a, b]),
+            _ => None,
+        };
+        if caps2.is_none() {
+            progress.set_done();
+        }
+        let mut parts: BTreeMap<i32, TypedPartition> = input
+            .as_ref()
+            .map(|i| i.partitions.iter().map(|p| (*p, TypedPartition::default())).collect())
+            .unwrap_or_default();
+        let mut max_ts: Option<i64> = None;
+
+        move |_frontiers| {
+            let (Some(input), Some([cap, cap_d])) = (input.as_ref(), caps2.as_mut()) else {
+                return;
+            };
+            if stop.check(*cap.time()) {
+                caps2 = None;
+                progress.set_done();
+                return;
+            }
+            let mut h = out.activate();
+            let mut hd = out_d.activate();
+            let (mut n_in, mut n_dead, mut n_bytes) = (0u64, 0u64, 0u64);
+            let mut got = 0;
+            let mut unsettled = input.unsettled.borrow_mut();
+            while got < BATCH {
+                let m = match input.consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(topic = %input.topic, error = %e, "kafka consumer error; retrying");
+                        break;
+                    }
+                    None => break,
+                };
+                got += 1;
+                let (p, offset) = (m.partition(), m.offset());
+                let Some(part) = parts.get_mut(&p) else { continue };
+                let pos = Position { partition: p as u32, offset: offset as u64 };
+                let dead = |reason: String, bytes: &[u8]| DeadLetter {
+                    pos,
+                    line: String::from_utf8_lossy(bytes).into_owned(),
+                    reason,
+                };
+                let bytes = m.payload().unwrap_or_default();
+                n_bytes += bytes.len() as u64;
+                let stamp = match envelope(m.headers()) {
+                    Ok(Envelope::Marker(wm)) => {
+                        if wm > part.wm {
+                            part.wm = wm;
+                            part.seen.retain(|t, _| *t >= wm);
+                        }
+                        unsettled.skip(p, offset);
+                        continue;
+                    }
+                    Ok(Envelope::Data(t)) => t,
+                    Err(reason) => {
+                        n_dead += 1;
+                        unsettled.read(p, offset, *cap_d.time());
+                        hd.session(&*cap_d).give(dead(format!("bad_envelope: {reason}"), bytes));
+                        continue;
+                    }
+                };
+                // A record without a time (written by a client other than
+                // eddy) counts as arriving now.
+                let t = stamp.unwrap_or(*cap.time()).max(*cap.time()).max(part.wm);
+                match serde_json::from_slice::<D>(bytes) {
+                    Ok(d) => {
+                        if !part.seen.entry(t).or_default().insert(d.id()) {
+                            unsettled.skip(p, offset);
+                            continue;
+                        }
+                        n_in += 1;
+                        max_ts = max_ts.max(Some(d.ts()));
+                        unsettled.read(p, offset, t);
+                        h.session(&cap.delayed(&t)).give(d);
+                    }
+                    Err(e) => {
+                        n_dead += 1;
+                        unsettled.read(p, offset, *cap_d.time());
+                        hd.session(&*cap_d).give(dead(format!("undecodable: {e}"), bytes));
+                    }
+                }
+            }
+            drop(unsettled);
+            Metrics::add(&metrics.lines, n_in + n_dead);
+            Metrics::add(&metrics.valid, n_in);
+            Metrics::add(&metrics.deadletter, n_dead);
+            Metrics::add(&metrics.bytes, n_bytes);
+            progress.set_max_ts(max_ts);
+
+            let wm = parts.values().map(|p| p.wm).min().unwrap_or(u64::MAX);
+            if wm == u64::MAX {
+                drop((h, hd));
+                caps2 = None;
+                progress.set_done();
+                return;
+            }
+            if wm > *cap.time() {
+                cap.downgrade(&wm);
+                cap_d.downgrade(&wm);
+            }
+            if got > 0 {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(20));
+            }
+        }
+    });
+    (data, dead)
+}
+
+/// How a sink writes one record to Kafka.
+pub struct Encoder<D> {
+    /// Appends the record's value.
+    pub value: Box<dyn Fn(&D, &mut Vec<u8>)>,
+    /// The record's key (its `device_id`), if it has one.
+    pub key: Box<dyn Fn(&D) -> Option<Arc<str>>>,
+}
+
+/// Writes a stream to `topic`, each record with its dataflow time in
+/// `eddy.t`, skipping records below `suppress_below` (committed by an earlier
+/// run of the job). The output's frontier is the frontier up to which the
+/// brokers have acknowledged every record.
+pub fn kafka_sink<'s, D: 'static>(
+    stream: StreamVec<'s, u64, D>,
+    name: &str,
+    producer: Rc<RefCell<Producer>>,
+    topic: String,
+    encoder: Encoder<D>,
+    suppress_below: u64,
+    metrics: Arc<Metrics>,
+) -> StreamVec<'s, u64, ()> {
+    let scope = stream.scope();
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut held = Some(cap);
+        let mut last = Antichain::from_elem(0u64);
+        // (frontier, sequence number): once every record sent before the
+        // sequence number is acknowledged, the frontier is durable.
+        let mut waiting: VecDeque<(Option<u64>, u64)> = VecDeque::new();
+        let mut buf = Vec::with_capacity(512);
+        move |(input, frontier), _output| {
+            let mut producer = producer.borrow_mut();
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else { return };
+                if t < suppress_below {
+                    return;
+                }
+                for d in data.drain(..) {
+                    buf.clear();
+                    (encoder.value)(&d, &mut buf);
+                    let key = (encoder.key)(&d);
+                    producer.send(&topic, None, key.as_deref().map(str::as_bytes), Some(&buf), data_headers(t));
+                }
+            });
+            let f = frontier.frontier();
+            if f != last.borrow() {
+                last = f.to_owned();
+                waiting.push_back((f.iter().copied().min(), producer.next_seq()));
+            }
+            producer.poll();
+            if let Some(e) = producer.error() {
+                metrics.fail(format!("{topic}: {e}"));
+            }
+            let acked = producer.acked_below();
+            while let Some((upto, _)) = waiting.front().filter(|(_, seq)| *seq <= acked).copied() {
+                waiting.pop_front();
+                match (upto, held.as_mut()) {
+                    (Some(t), Some(h)) => h.downgrade(&t.max(*h.time())),
+                    (None, _) => held = None,
+                    _ => {}
+                }
+            }
+            if !waiting.is_empty() {
+                activator.activate_after(Duration::from_millis(5));
+            }
+        }
+    })
+}
+
+/// Drops records below the frontier an earlier run already committed,
+/// before a sink that cannot tell (the Parquet backup): `below(record)` is
+/// that frontier for the record (it depends on which writer had its device).
+pub fn suppress<'s, D: 'static>(
+    stream: StreamVec<'s, u64, D>,
+    name: &str,
+    below: impl Fn(&D) -> u64 + 'static,
+) -> StreamVec<'s, u64, D> {
+    stream.unary(Pipeline, name, move |_cap, _info| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(t) = cap.least().copied() else { return };
+                output.session(&cap).give_iterator(data.drain(..).filter(|d| t >= below(d)));
+            });
+        }
+    })
+}
+
+/// Reference changes that arrive on the reference topics while the job
+/// runs (worker 0 reads them; other workers get `None`). A change applies
+/// from its `ts`, or from the source's time if that has passed: the source
+/// holds its time at the frontier of `watch` (the job's readings) plus
+/// `ahead_ms` (the lateness and an epoch, how far a reading's `ts` can be
+/// ahead of its dataflow time), so every reading is looked up only once
+/// every change up to its `ts` that has arrived is in.
+pub fn live_reference<'s>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    consumer: Option<BaseConsumer>,
+    watch: timely::dataflow::ProbeHandle<u64>,
+    ahead_ms: u64,
+) -> StreamVec<'s, u64, eddy_core::reference::RefUpdate> {
+    use eddy_core::reference::RefUpdate;
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (out, updates) = builder.new_output::<Vec<RefUpdate>>();
+    let mut out = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RefUpdate>>>::from(out);
+    let activator = scope.activator_for(info.address);
+    builder.build(move |mut caps| {
+        let mut cap = caps.pop().filter(|_| consumer.is_some());
+        move |_frontiers| {
+            let (Some(c), Some(consumer)) = (cap.as_mut(), consumer.as_ref()) else {
+                return;
+            };
+            let mut h = out.activate();
+            let mut got = 0;
+            while got < BATCH {
+                let m = match consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "kafka consumer error on a reference topic; retrying");
+                        break;
+                    }
+                    None => break,
+                };
+                got += 1;
+                let Some(bytes) = m.payload() else { continue };
+                let parsed = serde_json::from_slice::<serde_json::Value>(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| RefUpdate::from_json(&v));
+                match parsed {
+                    Ok(u) => {
+                        let t = (u.ts.max(0) as u64).max(*c.time());
+                        h.session(&c.delayed(&t)).give(u);
+                    }
+                    Err(e) => tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        offset = m.offset(),
+                        "skipping a reference record: {e}"
+                    ),
+                }
+            }
+            drop(h);
+            match watch.with_frontier(|f| f.iter().copied().min()) {
+                None => cap = None,
+                Some(f) => {
+                    let t = f.saturating_add(ahead_ms);
+                    if t > *c.time() {
+                        c.downgrade(&t);
+                    }
+                    activator.activate_after(Duration::from_millis(if got > 0 { 0 } else { 20 }));
+                }
+            }
+        }
+    });
+    updates
+}

@@ -1,0 +1,385 @@
+//! The pipeline over Kafka: every job as its own process (`eddy run`), fed by
+//! `eddy publish`, against a real broker (Tansu, started by scripts/test.sh
+//! at `EDDY_BROKERS`, default 127.0.0.1:9092). Each test uses its own topic
+//! prefix.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Headers, Message};
+use support::*;
+
+fn brokers() -> String {
+    std::env::var("EDDY_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn kafka() -> eddy::kafka::KafkaConfig {
+    let cfg = eddy::kafka::KafkaConfig::new(brokers());
+    cfg.check_reachable().unwrap_or_else(|e| panic!("{e}\n(scripts/test.sh installs and starts a broker)"));
+    cfg
+}
+
+/// A topic prefix no other test (or earlier run) uses.
+fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t{}-{test}-{nanos}", std::process::id())
+}
+
+fn jobs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs")
+}
+
+/// `eddy run jobs/<job>.toml --prefix P extra…`, started in the background.
+fn start(job: &str, prefix: &str, extra: &[&str]) -> Child {
+    let spec = jobs_dir().join(format!("{job}.toml"));
+    eddy()
+        .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", prefix, "-q"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start eddy run")
+}
+
+/// Waits for a job to exit on its own (the stream ends), with a generous
+/// guard against hanging forever; returns its stdout.
+fn finish(mut child: Child, what: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            assert!(status.success(), "{what} failed ({status}):\n{}\n{}", text(&out.stdout), text(&out.stderr));
+            return text(&out.stdout);
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{what} did not finish:\n{}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn publish(data: &Path, prefix: &str, extra: &[&str]) {
+    let mut args = vec!["publish", data.to_str().unwrap(), "--brokers", &*Box::leak(brokers().into_boxed_str())];
+    args.extend_from_slice(&["--prefix", prefix, "-q"]);
+    args.extend_from_slice(extra);
+    eddy_ok(&args);
+}
+
+/// A topic's data records (markers left out): `(eddy.t, value)`.
+fn topic(prefix: &str, name: &str) -> Vec<(Option<u64>, String)> {
+    let topic = format!("{prefix}.{name}");
+    eddy::kafka::consume::read_to_end(&kafka(), &topic, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{topic}: {e}"))
+        .into_iter()
+        .filter_map(|m| {
+            let mut t = None;
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    match hd.key {
+                        "eddy.wm" => return None,
+                        "eddy.t" => t = std::str::from_utf8(hd.value.unwrap()).ok().and_then(|s| s.parse().ok()),
+                        _ => {}
+                    }
+                }
+            }
+            Some((t, text(m.payload().unwrap_or_default())))
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn values(records: Vec<(Option<u64>, String)>) -> Vec<String> {
+    sorted(records.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Asserts two sorted multisets are equal, showing what differs.
+#[track_caller]
+fn assert_same(kafka: Vec<String>, replay: Vec<String>, what: &str) {
+    if kafka == replay {
+        return;
+    }
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        let mut b = b.to_vec();
+        a.iter()
+            .filter(|x| match b.iter().position(|y| y == *x) {
+                Some(i) => {
+                    b.swap_remove(i);
+                    false
+                }
+                None => true,
+            })
+            .take(3)
+            .cloned()
+            .collect()
+    };
+    panic!(
+        "{what}: {} records over Kafka, {} from replay\nonly over Kafka (first 3): {:#?}\nonly from replay (first 3): {:#?}",
+        kafka.len(),
+        replay.len(),
+        only(&kafka, &replay),
+        only(&replay, &kafka)
+    );
+}
+
+fn file_lines(out: &Path, name: &str) -> Vec<String> {
+    sorted(std::fs::read_to_string(out.join(format!("{name}.jsonl"))).unwrap().lines().map(String::from).collect())
+}
+
+/// Backup rows without their input positions (a file's line numbers are
+/// 1-based, Kafka offsets 0-based), sorted.
+fn backup_rows(out: &Path) -> Vec<String> {
+    let rows = eddy::parquet::read_backup(&out.join("backup")).unwrap();
+    sorted(
+        rows.into_iter()
+            .map(|r| format!("{}|{}|{:?}|{:?}|{:?}|{}|{:?}", r.device_id, r.ts, r.raw, r.values, r.context, r.late, r.junk))
+            .collect(),
+    )
+}
+
+/// `(device_id, ts)` of late readings.
+fn late_keys(lines: Vec<String>) -> Vec<String> {
+    sorted(
+        lines
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{}|{}", v["device_id"], v["ts"])
+            })
+            .collect(),
+    )
+}
+
+fn gen(dir: &Path, devices: &str, hours: &str) {
+    eddy_ok(&["gen", dir.to_str().unwrap(), "--devices", devices, "--hours", hours, "--seed", "5"]);
+}
+
+const CHAIN: [&str; 5] = ["ingest", "enrich", "stats", "windows", "alerts"];
+
+#[test]
+fn every_job_in_its_own_process_computes_what_replay_computes() {
+    let data = Data::new();
+    gen(&data.dir(), "12", "6");
+    eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
+
+    let p = prefix("chain");
+    let kout = data.root.path().join("kafka-out");
+    let mut jobs: Vec<(&str, Child)> = CHAIN.iter().map(|j| (*j, start(j, &p, &[]))).collect();
+    jobs.push(("backup", start("backup", &p, &["--out", kout.to_str().unwrap()])));
+    publish(&data.dir(), &p, &[]);
+    for (name, child) in jobs {
+        finish(child, name);
+    }
+
+    let out = data.out();
+    assert_same(values(topic(&p, "stats")), file_lines(&out, "stats"), "stats");
+    assert_same(values(topic(&p, "windows.1h")), file_lines(&out, "windows"), "windows");
+    assert_same(values(topic(&p, "events")), file_lines(&out, "events"), "events");
+    assert!(!file_lines(&out, "events").is_empty(), "the dataset should raise alerts");
+    assert_same(late_keys(values(topic(&p, "late"))), late_keys(file_lines(&out, "late")), "late");
+    let dead = topic(&p, "deadletter");
+    assert_eq!(dead.len(), file_lines(&out, "deadletter").len(), "dead letters");
+    for (_, d) in &dead {
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        assert!(v["pos"]["offset"].is_u64() && v["reason"].is_string(), "{d}");
+    }
+    assert_same(backup_rows(&kout), backup_rows(&out), "backup");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `job` as a cluster of 2 processes × 2 workers.
+fn start_cluster(job: &str, prefix: &str, dir: &Path) -> Vec<Child> {
+    let hostfile = dir.join(format!("hosts-{job}"));
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let h = hostfile.to_str().unwrap().to_string();
+    (0..2).map(|i| start(job, prefix, &["-w", "2", "-n", "2", "-p", &i.to_string(), "-h", &h])).collect()
+}
+
+#[test]
+fn a_job_on_two_processes_of_two_workers_computes_what_one_process_computes() {
+    let data = Data::new();
+    gen(&data.dir(), "16", "4");
+    eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
+
+    let p = prefix("cluster");
+    let mut single = vec![("ingest", start("ingest", &p, &[])), ("alerts", start("alerts", &p, &[]))];
+    let mut clustered = start_cluster("enrich", &p, data.root.path());
+    clustered.extend(start_cluster("windows", &p, data.root.path()));
+    single.push(("stats", start("stats", &p, &["-w", "2"])));
+    publish(&data.dir(), &p, &[]);
+    for (name, child) in single {
+        finish(child, name);
+    }
+    for child in clustered {
+        finish(child, "cluster process");
+    }
+    let out = data.out();
+    assert_same(values(topic(&p, "windows.1h")), file_lines(&out, "windows"), "windows");
+    assert_same(values(topic(&p, "stats")), file_lines(&out, "stats"), "stats");
+    assert_same(values(topic(&p, "events")), file_lines(&out, "events"), "events");
+}
+
+/// Stops `job` with `signal` once it has written some output, restarts it,
+/// and checks that nothing is lost and that duplicates lie only at or
+/// after the frontier the restarted job resumed from.
+fn redeploy(signal: &str, job: &str, output: &str, replay_file: &str) {
+    let data = Data::new();
+    gen(&data.dir(), "10", "8");
+    eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
+
+    let p = prefix(&format!("redeploy-{}", signal.to_lowercase()));
+    let mut others: Vec<(&str, Child)> =
+        CHAIN.iter().filter(|j| **j != job).map(|j| (*j, start(j, &p, &[]))).collect();
+    let victim = start(job, &p, &[]);
+    // 8 hours of readings at 2400×: about 12 s of stream.
+    let publisher = eddy()
+        .args(["publish", data.dir().to_str().unwrap(), "--brokers", &brokers(), "--prefix", &p, "-q"])
+        .args(["--speed", "2400"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the job has written part of its output.
+    let until = Instant::now() + Duration::from_secs(300);
+    while topic(&p, output).len() < 20 {
+        assert!(Instant::now() < until, "{job} wrote nothing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = Command::new("kill").args(["-s", signal, &victim.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = victim.wait_with_output().unwrap();
+    if signal == "TERM" {
+        assert!(out.status.success(), "SIGTERM should stop {job} cleanly: {}", text(&out.stderr));
+    }
+    let restarted = start(job, &p, &["--log", "info"]);
+    let restarted_out = finish(restarted, job);
+    others.push(("publish", publisher));
+    for (name, child) in others {
+        finish(child, name);
+    }
+    let resumed: u64 = restarted_out
+        .lines()
+        .find_map(|l| l.split("resumed from frontier ").nth(1))
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the restarted job should resume from a checkpoint: {restarted_out}"));
+
+    let records = topic(&p, output);
+    let mut counts: BTreeMap<&str, (usize, Vec<u64>)> = BTreeMap::new();
+    for (t, v) in &records {
+        let e = counts.entry(v.as_str()).or_default();
+        e.0 += 1;
+        e.1.push(t.expect("eddy.t on every record"));
+    }
+    let expected = file_lines(&data.out(), replay_file);
+    for line in &expected {
+        assert!(counts.contains_key(line.as_str()), "lost after {signal}: {line}");
+    }
+    assert_eq!(counts.len(), expected.len(), "records that replay does not produce");
+    for (v, (n, times)) in &counts {
+        if *n > 1 {
+            assert!(times.iter().all(|t| *t >= resumed), "{v} duplicated below the resumed frontier {resumed}");
+        }
+    }
+}
+
+#[test]
+fn a_stats_job_stopped_with_sigterm_and_restarted_loses_nothing() {
+    redeploy("TERM", "stats", "stats", "stats");
+}
+
+#[test]
+fn a_windows_job_killed_with_sigkill_and_restarted_loses_nothing() {
+    redeploy("KILL", "windows", "windows.1h", "windows");
+}
+
+#[test]
+fn an_enrich_job_killed_with_sigkill_and_restarted_loses_nothing_downstream() {
+    redeploy("KILL", "enrich", "events", "events");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_within_the_connect_timeout() {
+    let spec = jobs_dir().join("stats.toml");
+    let port = free_port();
+    let started = Instant::now();
+    let out = eddy_err(&[
+        "run",
+        spec.to_str().unwrap(),
+        "--brokers",
+        &format!("127.0.0.1:{port}"),
+        "--connect-timeout",
+        "2",
+        "-q",
+    ]);
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("cannot reach Kafka at 127.0.0.1:{port}")), "{err}");
+    // A hang guard, not a speed claim: the error must come at all.
+    assert!(started.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn undecodable_records_go_to_the_dead_letter_topic_with_partition_offset_and_reason() {
+    let p = prefix("undecodable");
+    let cfg = kafka();
+    let topics = eddy::kafka::Topics::new(&p);
+    eddy::kafka::topics::ensure(&cfg, &[eddy::kafka::topics::TopicSpec::new(topics.enriched(), 1)]).unwrap();
+    let mut producer = eddy::kafka::produce::Producer::new(&cfg).unwrap();
+    let good = r#"{"device":"d1","ts":1767225600000,"pos":{"partition":0,"offset":1},"late":false,"values":[["pm25",40.0]],"raw":[["pm25",40.0]],"calibrated":[],"context":null,"junk":[]}"#;
+    producer.send(&topics.enriched(), Some(0), None, Some(b"not json at all"), eddy::kafka::codec::data_headers(0));
+    producer.send(&topics.enriched(), Some(0), None, Some(good.as_bytes()), eddy::kafka::codec::data_headers(0));
+    producer.send(&topics.enriched(), Some(0), None, None, eddy::kafka::codec::marker_headers(u64::MAX));
+    assert!(producer.flush(Duration::from_secs(30)));
+    drop(producer);
+
+    let job = start("windows", &p, &["--partitions", "1"]);
+    finish(job, "windows");
+    let dead = topic(&p, "deadletter");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let v: serde_json::Value = serde_json::from_str(&dead[0].1).unwrap();
+    assert_eq!(v["pos"], serde_json::json!({"partition": 0, "offset": 0}));
+    assert!(v["reason"].as_str().unwrap().starts_with("undecodable"), "{v}");
+    assert_eq!(v["line"], "not json at all");
+    // The job went on: the good record made its window.
+    let windows = topic(&p, "windows.1h");
+    assert!(windows.iter().any(|(_, w)| w.contains("\"d1\"")), "{windows:?}");
+}
+
+fn python() -> PathBuf {
+    std::env::var("EDDY_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+        assert!(venv.exists(), "no Python with confluent-kafka: run scripts/test.sh, which installs it into .venv");
+        venv
+    })
+}
+
+#[test]
+fn confluent_kafka_produces_what_eddy_consumes_and_consumes_what_eddy_produces() {
+    let p = prefix("interop");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/kafka_peer.py");
+    let ingest = start("ingest", &p, &[]);
+    // The Python peer produces raw readings (and an end marker) into P.raw…
+    let o = Command::new(python()).args([script.to_str().unwrap(), "produce", &brokers(), &p]).output().unwrap();
+    assert!(o.status.success(), "kafka_peer.py produce: {}", text(&o.stderr));
+    finish(ingest, "ingest");
+    // …and consumes the readings and dead letters eddy wrote.
+    let o = Command::new(python()).args([script.to_str().unwrap(), "consume", &brokers(), &p]).output().unwrap();
+    assert!(o.status.success(), "kafka_peer.py consume: {}", text(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(got["readings"], 3, "{got}");
+    assert_eq!(got["deadletter"], 1, "{got}");
+    assert_eq!(got["devices"], serde_json::json!(["py-1", "py-2"]), "{got}");
+    assert_eq!(got["keyed_by_device"], true, "{got}");
+}
