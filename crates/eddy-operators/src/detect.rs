@@ -170,6 +170,7 @@ pub fn detect<'s>(
                         detector.apply(&r, rules, &mut out);
                     }
                     if !out.is_empty() {
+                        crate::metrics::latency().events(*cap.time(), out.len() as u64);
                         output.session(&cap).give_iterator(out.drain(..));
                     }
                 }

@@ -30,7 +30,7 @@ use timely::scheduling::Activator;
 use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
 use eddy_core::validate::{parse_line, LateTracker, Ranges};
 
-use crate::metrics::Metrics;
+use crate::metrics::{latency, Metrics};
 
 /// Settings of the ingest source.
 #[derive(Clone, Debug)]
@@ -122,6 +122,8 @@ pub fn ingest_source<'s>(
     let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
     let mut out_raw = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RawLine>>>::from(out_raw);
     let activator = scope.activator_for(info.address);
+    let lat = latency();
+    lat.set_peers(scope.peers());
 
     builder.build(move |mut caps| {
         let mut cap_raw = caps.pop();
@@ -137,6 +139,8 @@ pub fn ingest_source<'s>(
         let mut buf_d: Vec<DeadLetter> = Vec::new();
         let mut buf_raw: Vec<RawLine> = Vec::new();
         let mut last_bytes = 0u64;
+        // Bench latency marks: the epoch being counted and its readings so far.
+        let (mut lat_t, mut lat_n) = (u64::MAX, 0u64);
 
         move |_frontiers| {
             let (Some(cr), Some(cd), Some(craw)) = (cap_r.as_mut(), cap_d.as_mut(), cap_raw.as_mut()) else {
@@ -205,12 +209,20 @@ pub fn ingest_source<'s>(
                     craw.downgrade(&t);
                     progress.epochs.borrow_mut().push_back((t, pos));
                 }
+                if lat.on() && t != lat_t {
+                    if lat_t != u64::MAX {
+                        lat.ingested(lat_t, lat_n);
+                    }
+                    lat.ingested(t, 0);
+                    (lat_t, lat_n) = (t, 0);
+                }
                 if cfg.raw {
                     buf_raw.push(RawLine { pos, arrival_ms, bytes: line.clone() });
                 }
                 match parsed {
                     Ok(p) => {
                         n_valid += 1;
+                        lat_n += 1;
                         let is_late = late.observe(p.ts);
                         let junk = cfg.ranges.junk_of(&p.values);
                         if is_late {
@@ -235,6 +247,10 @@ pub fn ingest_source<'s>(
             flush(&mut handle_d, cd, &mut buf_d);
             flush(&mut handle_raw, craw, &mut buf_raw);
             progress.max_ts.set(late.max_ts());
+            if lat_n > 0 {
+                lat.ingested(lat_t, lat_n);
+                lat_n = 0;
+            }
 
             Metrics::add(&metrics.lines, n_lines);
             Metrics::add(&metrics.valid, n_valid);

@@ -128,9 +128,11 @@ pub struct ParquetSink<W> {
     metrics: Arc<Metrics>,
     committed: Arc<Committed>,
     raw: Vec<RawRecord>,
+    /// The bench latency slot of a backup (not raw archive) sink.
+    latency_slot: Option<usize>,
 }
 
-impl<W> ParquetSink<W> {
+impl<W: 'static> ParquetSink<W> {
     pub(crate) fn new(writer: eddy_parquet::Result<W>, metrics: Arc<Metrics>, committed: Arc<Committed>) -> Self {
         let writer = match writer {
             Ok(w) => Some(w),
@@ -139,9 +141,16 @@ impl<W> ParquetSink<W> {
                 None
             }
         };
-        ParquetSink { writer, metrics, committed, raw: Vec::new() }
+        let latency_slot = if std::any::TypeId::of::<W>() == std::any::TypeId::of::<BackupWriter>() {
+            eddy_operators::metrics::latency().register_backup()
+        } else {
+            None
+        };
+        ParquetSink { writer, metrics, committed, raw: Vec::new(), latency_slot }
     }
+}
 
+impl<W> ParquetSink<W> {
     fn check(&mut self, r: eddy_parquet::Result<impl Sized>) {
         if let Err(e) = r {
             self.metrics.fail(e.to_string());
@@ -203,7 +212,9 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        self.publish(upto)
+        let durable = self.publish(upto);
+        eddy_operators::metrics::latency().durable(self.latency_slot, durable);
+        durable
     }
 }
 

@@ -370,6 +370,9 @@ where
         lines_per_s: if wall > 0.0 { lines as f64 / wall } else { 0.0 },
     };
     write_json(&opts.out.join("summary.json"), &summary)?;
+    // Bench instrumentation (EDDY_BENCH_STAGES / EDDY_BENCH_LATENCY): OUT/bench.json.
+    eddy_operators::metrics::write_bench_report(&opts.out, started.elapsed())
+        .map_err(|e| eddy_connectors::Error::io(&opts.out.join("bench.json"), e))?;
     Ok(summary)
 }
 
@@ -397,6 +400,7 @@ where
     };
     let updates = if index == 0 { s.updates.clone() } else { Vec::new() };
     let probe = ProbeHandle::new();
+    eddy_operators::metrics::install_stage_timer(worker);
     worker.dataflow::<u64, _, _>(|scope| {
         let mut ctx = JobContext {
             scope,

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Same-run comparison of two eddy binaries (before/after an optimisation).
+#
+#   benches/ab.sh BIN_A BIN_B [DATASET] [WORKERS] [REPS]
+#
+# Runs A, B, A, B, … (REPS each, default 3) on DATASET (default the cached
+# 10k-device × 24 h fleet), -w WORKERS (default 2), and prints each wall time,
+# the medians and the ratio A/B (> 1: B is faster). Interleaving keeps the
+# noise of a shared machine out of the ratio as far as possible.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+a="$1" b="$2"
+dataset="${3:-$root/target/bench-data/fleet-10k-24h}"
+workers="${4:-2}"
+reps="${5:-3}"
+out="$root/target/bench-data/ab"
+mkdir -p "$out"
+ta=() tb=()
+for i in $(seq "$reps"); do
+    for v in a b; do
+        bin="$a"; [ "$v" = b ] && bin="$b"
+        rm -rf "$out/$v"
+        s=$(date +%s.%N)
+        "$bin" replay "$dataset" --out "$out/$v" -w "$workers" -q > /dev/null
+        e=$(date +%s.%N)
+        t=$(echo "$e - $s" | bc)
+        echo "run $i $v: $t s"
+        if [ "$v" = a ]; then ta+=("$t"); else tb+=("$t"); fi
+    done
+done
+python3 - "${ta[*]}" "${tb[*]}" <<'PY'
+import statistics, sys
+a = [float(x) for x in sys.argv[1].split()]
+b = [float(x) for x in sys.argv[2].split()]
+ma, mb = statistics.median(a), statistics.median(b)
+print(f"median A {ma:.2f} s, median B {mb:.2f} s, A/B = {ma / mb:.2f}x")
+PY
+# The outputs must agree (the backup and raw archive are checked by the tests).
+for f in enriched late deadletter stats windows events; do
+    if ! cmp -s <(sort "$out/a/$f.jsonl") <(sort "$out/b/$f.jsonl"); then
+        echo "OUTPUT DIFFERS: $f.jsonl" >&2
+        exit 1
+    fi
+done
+echo "outputs identical (sorted lines of every JSON-lines output)"

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of `eddy replay` (see docs/performance.md).
+#
+#   benches/e2e.sh [--skip-spark] [--skip-memory] [--skip-paced] [--rate R] [--chunk-lines N]
+#
+# EDDY_BIN=path uses that binary instead of building target/release/eddy.
+#
+# 1. builds the release binary;
+# 2. generates the 10,000-device × 24 h fleet (cached in target/bench-data);
+# 3. replays it at -w 1 and -w 2 (same run): readings/s, MB/s, peak RSS, and
+#    the busy time of every step (EDDY_BENCH_STAGES, timely's schedule log);
+# 4. a paced run at R readings/s offered (default 100,000; -w 2): p50/p99/max
+#    latency from ingestion to event emission and to backup durability
+#    (EDDY_BENCH_LATENCY);
+# 5. the Spark Structured Streaming baseline (benches/baselines, local[2]) on
+#    the same dataset, in one micro-batch and in micro-batches of 50,000 lines;
+# 6. memory: 1,000,000 devices × 5 channels of live state (RSS sampled from /proc).
+#
+# Writes every run under target/bench-data/runs/STAMP/ and a report,
+# target/bench-data/runs/STAMP/report.md, which it also prints.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+spark=1 memory=1 paced=1 rate=100000 chunk=50000
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --skip-spark) spark=0 ;;
+        --skip-memory) memory=0 ;;
+        --skip-paced) paced=0 ;;
+        --rate) rate="$2"; shift ;;
+        --chunk-lines) chunk="$2"; shift ;;
+        *) echo "usage: $0 [--skip-spark] [--skip-memory] [--skip-paced] [--rate R] [--chunk-lines N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+data="$root/target/bench-data"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+runs="$data/runs/$stamp"
+mkdir -p "$runs"
+if [ -n "${EDDY_BIN:-}" ]; then
+    eddy="$EDDY_BIN"   # a prebuilt binary (e.g. to bench a given commit)
+else
+    echo "== build (release)"
+    cargo build --release --bin eddy
+    eddy="$root/target/release/eddy"
+fi
+
+fleet="$data/fleet-10k-24h"
+if [ ! -f "$fleet/gen.json" ]; then
+    echo "== generate $fleet"
+    rm -rf "$fleet"
+    "$eddy" gen "$fleet" --devices 10000 --hours 24 --seed 1
+fi
+
+# run NAME WORKERS [ENV=VALUE…] [-- extra replay args]: one replay, with
+# /usr/bin/time and a /proc RSS sampler.
+run() {
+    local name="$1" workers="$2" dataset="$3"; shift 3
+    local envs=() extra=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do envs+=("$1"); shift; done
+    [ "${1:-}" = "--" ] && { shift; extra=("$@"); }
+    local out="$runs/$name"
+    rm -rf "$out"; mkdir -p "$out"
+    echo "== $name: eddy replay -w $workers ${extra[*]:-}"
+    env "${envs[@]}" /usr/bin/time -v -o "$out.time" "$eddy" replay "$dataset" --out "$out" -w "$workers" -q "${extra[@]}" &
+    local pid=$!
+    # /usr/bin/time's child is eddy: sample its RSS twice a second.
+    ( sleep 0.2; child="$(pgrep -P "$pid" | head -1)"
+      while [ -n "$child" ] && [ -r "/proc/$child/status" ]; do
+          awk '/VmRSS/ {print $2}' "/proc/$child/status" 2>/dev/null || true
+          sleep 0.5
+      done ) > "$out.rss" &
+    local sampler=$!
+    wait "$pid"
+    wait "$sampler" || true
+}
+
+run w1 1 "$fleet" EDDY_BENCH_STAGES=1
+run w2 2 "$fleet" EDDY_BENCH_STAGES=1
+
+if [ "$paced" = 1 ]; then
+    speed="$(python3 -c "
+import json; g = json.load(open('$fleet/gen.json'))
+print(round($rate / (g['summary']['lines'] / (g['config']['hours'] * 3600)), 1))" 2>/dev/null || echo 3000)"
+    echo "$speed" > "$runs/paced.speed"
+    run paced 2 "$fleet" EDDY_BENCH_LATENCY=1 -- --speed "$speed"
+fi
+
+if [ "$spark" = 1 ]; then
+    echo "== Spark baseline setup"
+    eval "$(benches/baselines/setup.sh | grep -E '^(JAVA_HOME|PYTHON)=')"
+    export JAVA_HOME
+    for cfg in one "chunks:$chunk"; do
+        args=()
+        [ "$cfg" != one ] && args=(--chunk-lines "${cfg#chunks:}")
+        echo "== spark-$cfg"
+        "$PYTHON" benches/baselines/spark_pipeline.py "$fleet" "$runs/spark-${cfg%%:*}" --stage "$data/spark-input" \
+            "${args[@]}" 2> "$runs/spark-${cfg%%:*}.log" | tail -1 > "$runs/spark-${cfg%%:*}.json"
+        cat "$runs/spark-${cfg%%:*}.json"
+    done
+    # eddy again, right after Spark, so the ratio is taken within minutes.
+    run w2-after-spark 2 "$fleet"
+fi
+
+if [ "$memory" = 1 ]; then
+    million="$data/fleet-1m-15min"
+    if [ ! -f "$million/gen.json" ]; then
+        echo "== generate $million"
+        rm -rf "$million"
+        "$eddy" gen "$million" --devices 1000000 --hours 0.25 --seed 1
+    fi
+    run million 2 "$million"
+fi
+
+python3 benches/report.py "$runs" | tee "$runs/report.md"
