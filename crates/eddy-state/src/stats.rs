@@ -9,13 +9,15 @@
 //! * an exponentially weighted moving average (EWMA) in arrival order;
 //! * the mean of the `k` largest and of the `k` smallest values seen;
 //! * a least-squares trend (value units per hour) over a rolling event-time
-//!   span, kept as a ring of time buckets.
+//!   span, kept as time buckets.
 //!
-//! Memory per key is fixed when the key is created: two heaps of capacity
-//! [`StatsConfig::top_k`] and a ring of [`StatsConfig::trend_buckets`]
-//! buckets. [`ChannelStats::update`] never allocates and costs
-//! `O(log top_k)`; [`ChannelStats::snapshot`] costs
-//! `O(top_k + trend_buckets)` and does not allocate either.
+//! Memory per key is bounded: two heaps of capacity [`StatsConfig::top_k`],
+//! and at most [`StatsConfig::trend_buckets`] trend buckets, of which only
+//! those holding values inside the span are stored (a sensor reading every
+//! 5 minutes keeps 12 of the default 60). [`ChannelStats::update`] costs
+//! `O(log top_k + live buckets)` and allocates only while the buckets in use
+//! grow towards that bound; [`ChannelStats::snapshot`] costs
+//! `O(top_k + live buckets · log live buckets)`.
 //!
 //! # Trend
 //!
@@ -25,8 +27,8 @@
 //! buckets `head - trend_buckets + 1 ..= head`. A value whose bucket is older
 //! than the span when it arrives is left out of the trend (it still counts
 //! for every other statistic), and buckets that fall out of the span when
-//! `head` advances are dropped (lazily: their ring slot is reset when it is
-//! reused, and [`ChannelStats::snapshot`] skips buckets outside the span).
+//! `head` advances are dropped (lazily: when a new bucket is added, and
+//! [`ChannelStats::snapshot`] skips buckets outside the span).
 //!
 //! Each bucket keeps `n`, the means of `t` and `v`, `M2_t` (the sum of squared
 //! deviations of `t`) and `C_tv` (the co-moment), updated with Welford-style
@@ -339,6 +341,14 @@ impl Bucket {
         *self = Bucket { index, origin_ms, ..Bucket::EMPTY };
     }
 
+    /// A bucket holding one value, as a reset then a push make it.
+    fn first(index: i64, ts: i64, v: f64) -> Bucket {
+        let mut b = Bucket::EMPTY;
+        b.reset(index, ts);
+        b.push(ts, v);
+        b
+    }
+
     fn push(&mut self, ts: i64, v: f64) {
         let t = hours_between(self.origin_ms, ts);
         self.n += 1;
@@ -382,26 +392,41 @@ impl Moments {
     }
 }
 
-/// Rolling least-squares trend over a ring of event-time buckets.
+/// Rolling least-squares trend over event-time buckets.
+///
+/// Only the buckets inside the span that hold values are stored (at most
+/// `trend_buckets`, usually far fewer: a sensor reading every 5 minutes fills
+/// 12 one-minute buckets of an hour), so a key's state is proportional to its
+/// values in the span rather than to the span's resolution. The slope merges
+/// the buckets in the order of their ring slot (`index mod trend_buckets`),
+/// the order the first version (a dense ring of every slot) merged them in,
+/// so the floating-point result is the same, bit for bit.
 #[derive(Clone, Debug)]
 struct Trend {
     /// Bucket width in ms, at least 1.
     width_ms: i64,
     /// Largest bucket index seen.
     head: Option<i64>,
-    /// Ring of `trend_buckets` slots; bucket `b` lives in slot
-    /// `b.rem_euclid(len)`.
-    buckets: Vec<Bucket>,
+    /// Number of buckets in the span (`trend_buckets`).
+    span: usize,
+    /// The non-empty buckets inside the span (and perhaps a few that have
+    /// just left it), in index order.
+    buckets: std::collections::VecDeque<Bucket>,
 }
 
 impl Trend {
     fn new(cfg: &StatsConfig) -> Self {
-        Self { width_ms: cfg.bucket_width_ms(), head: None, buckets: vec![Bucket::EMPTY; cfg.trend_buckets] }
+        Self {
+            width_ms: cfg.bucket_width_ms(),
+            head: None,
+            span: cfg.trend_buckets,
+            buckets: std::collections::VecDeque::new(),
+        }
     }
 
     /// Number of buckets in the span, as `i64` (at least 1 when called).
     fn span(&self) -> i64 {
-        i64::try_from(self.buckets.len()).unwrap_or(i64::MAX)
+        i64::try_from(self.span).unwrap_or(i64::MAX)
     }
 
     /// Oldest bucket index inside the span ending at `head`.
@@ -410,7 +435,7 @@ impl Trend {
     }
 
     fn push(&mut self, ts: i64, v: f64) {
-        if self.buckets.is_empty() {
+        if self.span == 0 {
             return;
         }
         let b = ts.div_euclid(self.width_ms);
@@ -421,24 +446,51 @@ impl Trend {
                 b
             }
         };
-        if b < self.oldest(head) {
+        let oldest = self.oldest(head);
+        if b < oldest {
             return;
         }
-        // Two distinct buckets inside the span never share a slot, so a slot
-        // holding another index holds an evicted bucket: reuse it.
-        let slot = usize::try_from(b.rem_euclid(self.span())).unwrap_or(0);
-        if let Some(bucket) = self.buckets.get_mut(slot) {
-            if bucket.n == 0 || bucket.index != b {
-                bucket.reset(b, ts);
+        // Buckets are kept in index order; the newest is the usual target.
+        match self.buckets.back_mut() {
+            Some(last) if last.index == b => return last.push(ts, v),
+            Some(last) if last.index > b => {
+                match self.buckets.binary_search_by_key(&b, |x| x.index) {
+                    Ok(i) => self.buckets[i].push(ts, v),
+                    Err(i) => self.buckets.insert(i, Bucket::first(b, ts, v)),
+                }
+                return;
             }
-            bucket.push(ts, v);
+            _ => {}
         }
+        // A new newest bucket. Buckets that fell out of the span can never
+        // count again (the head never moves back): drop them first.
+        while self.buckets.front().is_some_and(|x| x.index < oldest) {
+            self.buckets.pop_front();
+        }
+        if self.buckets.len() == self.buckets.capacity() {
+            // Grow by at most what the span can still hold: storage stays bounded.
+            let room = self.span.saturating_sub(self.buckets.len()).max(1);
+            self.buckets.reserve_exact(self.buckets.len().max(4).min(room));
+        }
+        self.buckets.push_back(Bucket::first(b, ts, v));
     }
 
+    /// Slope in value units per hour, or `None` (see [`StatsSnapshot`]).
     fn slope_per_hour(&self) -> Option<f64> {
         let head = self.head?;
         let oldest = self.oldest(head);
-        let mut live = self.buckets.iter().filter(|b| b.n > 0 && b.index >= oldest && b.index <= head);
+        let span = self.span();
+        // In index order the live buckets span less than `span` indices, so
+        // their slots ascend, wrap once at most, and ascend again: ring-slot
+        // order is the part after the wrap, then the part before it.
+        let start = self.buckets.partition_point(|b| b.index < oldest);
+        let slot = |i: usize| self.buckets[i].index.rem_euclid(span);
+        let wrap = (start..self.buckets.len().saturating_sub(1)).find(|&i| slot(i + 1) < slot(i)).map_or(start, |i| i + 1);
+        let mut live = self
+            .buckets
+            .range(wrap..)
+            .chain(self.buckets.range(start..wrap))
+            .filter(|b| b.n > 0 && b.index >= oldest && b.index <= head);
         let first = live.next()?;
         // Common origin: the first live bucket's own origin, a retained ts.
         let origin = first.origin_ms;
@@ -746,13 +798,19 @@ mod tests {
     fn updates_never_grow_storage() {
         let c = cfg(0.1, 4, 60_000, 6);
         let mut s = ChannelStats::new(&c);
-        let caps = (s.top.largest.capacity(), s.top.smallest.capacity(), s.trend.buckets.capacity());
+        let caps = (s.top.largest.capacity(), s.top.smallest.capacity());
         for i in 0..10_000i64 {
             s.update(&c, T0 + (i * 7_919) % 500_000, (i % 97) as f64);
+            assert!(s.trend.buckets.capacity() <= 8, "trend storage is bounded by trend_buckets");
         }
-        assert_eq!(caps, (s.top.largest.capacity(), s.top.smallest.capacity(), s.trend.buckets.capacity()));
+        assert_eq!(caps, (s.top.largest.capacity(), s.top.smallest.capacity()));
         assert_eq!(s.top.largest.len(), 4);
-        assert_eq!(s.trend.buckets.len(), 6);
+        assert!(s.trend.buckets.len() <= 6);
+        // Moving on in time keeps storage at the buckets in the span.
+        for i in 0..1_000i64 {
+            s.update(&c, T0 + 10_000_000 + i * 60_000, 1.0);
+        }
+        assert!(s.trend.buckets.len() <= 6);
     }
 
     // ---- Reference model and property tests --------------------------------
