@@ -200,21 +200,81 @@ impl Encode for DeadLetter {
     }
 }
 
+// The three record types below are written field by field, in the order and
+// with the leaf encodings serde's derive would use (the tests compare), but
+// without serde's struct and `flatten` machinery, which cost more than the
+// numbers themselves.
+
+/// `,"name":` then the value.
+fn field<T: Serialize + ?Sized>(name: &[u8], v: &T, out: &mut Vec<u8>) {
+    out.push(b',');
+    out.push(b'"');
+    out.extend_from_slice(name);
+    out.extend_from_slice(b"\":");
+    json(v, out);
+}
+
 impl Encode for StatsRecord {
     fn encode(&self, out: &mut Vec<u8>) {
-        json(self, out)
+        let s = &self.stats;
+        out.extend_from_slice(b"{\"device_id\":");
+        self.device_id.with_name(|n| json(n, out));
+        out.extend_from_slice(b",\"channel\":");
+        self.channel.with_name(|n| json(n, out));
+        field(b"count", &s.count, out);
+        field(b"mean", &s.mean, out);
+        field(b"min", &s.min, out);
+        field(b"max", &s.max, out);
+        field(b"stddev", &s.stddev, out);
+        field(b"ewma", &s.ewma, out);
+        field(b"top_k_max_mean", &s.top_k_max_mean, out);
+        field(b"top_k_min_mean", &s.top_k_min_mean, out);
+        field(b"trend_per_hour", &s.trend_per_hour, out);
+        field(b"ts", &s.ts, out);
+        out.push(b'}');
     }
 }
 
 impl Encode for WindowRecord {
     fn encode(&self, out: &mut Vec<u8>) {
-        json(self, out)
+        out.extend_from_slice(b"{\"device_id\":");
+        self.device_id.with_name(|n| json(n, out));
+        out.extend_from_slice(b",\"channel\":");
+        self.channel.with_name(|n| json(n, out));
+        field(b"window_start", &self.window_start, out);
+        field(b"window_end", &self.window_end, out);
+        field(b"count", &self.count, out);
+        field(b"mean", &self.mean, out);
+        field(b"min", &self.min, out);
+        field(b"max", &self.max, out);
+        out.push(b'}');
     }
 }
 
 impl Encode for EventRecord {
     fn encode(&self, out: &mut Vec<u8>) {
-        json(self, out)
+        out.extend_from_slice(b"{\"event_id\":");
+        json(&self.event_id, out);
+        field(b"rule_id", &*self.rule_id, out);
+        out.extend_from_slice(b",\"device_id\":");
+        self.device_id.with_name(|n| json(n, out));
+        out.extend_from_slice(b",\"channel\":");
+        self.channel.with_name(|n| json(n, out));
+        field(b"state", &self.state, out);
+        field(b"ts", &self.ts, out);
+        field(b"value", &self.value, out);
+        field(b"rise_above", &self.rise_above, out);
+        field(b"fall_below", &self.fall_below, out);
+        if let Some(p) = &self.peak {
+            field(b"peak", p, out);
+        }
+        if let Some(d) = &self.duration_ms {
+            field(b"duration_ms", d, out);
+        }
+        if let Some(r) = &self.reason {
+            field(b"reason", r, out);
+        }
+        out.push(b'}');
     }
 }
 
@@ -224,6 +284,68 @@ mod tests {
     use eddy_core::ids::{Channel, DeviceId};
     use eddy_core::reading::Position;
     use std::sync::Arc as StdArc;
+
+    fn encoded<T: Encode>(r: &T) -> String {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hand_written_encoders_write_what_serde_writes() {
+        use eddy_core::records::{EndReason, EventState};
+        use eddy_core::records::StatsSnapshot;
+        let d = DeviceId::intern("dev-\"x\"");
+        let stats = StatsRecord {
+            device_id: d,
+            channel: Channel::intern("ref_pm25"),
+            stats: StatsSnapshot {
+                count: 3,
+                mean: 1.0 / 3.0,
+                min: -0.0,
+                max: 1e300,
+                stddev: None,
+                ewma: f64::NAN,
+                top_k_max_mean: 12.5,
+                top_k_min_mean: 1e-7,
+                trend_per_hour: Some(-2.25),
+                ts: 1_767_225_600_000,
+            },
+        };
+        assert_eq!(encoded(&stats), serde_json::to_string(&stats).unwrap());
+        let w = WindowRecord {
+            device_id: d,
+            channel: Channel::CO2,
+            window_start: 0,
+            window_end: 3_600_000,
+            count: 12,
+            mean: 845.5,
+            min: 420.0,
+            max: f64::INFINITY,
+        };
+        assert_eq!(encoded(&w), serde_json::to_string(&w).unwrap());
+        let mut e = EventRecord {
+            event_id: "pm25-high:dev-\"x\":5".into(),
+            rule_id: StdArc::from("pm25-high"),
+            device_id: d,
+            channel: Channel::PM25,
+            state: EventState::Start,
+            ts: 5,
+            value: Some(40.0),
+            rise_above: 35.0,
+            fall_below: 25.0,
+            peak: None,
+            duration_ms: None,
+            reason: None,
+        };
+        assert_eq!(encoded(&e), serde_json::to_string(&e).unwrap());
+        e.state = EventState::End;
+        e.value = None;
+        e.peak = Some(99.5);
+        e.duration_ms = Some(-3);
+        e.reason = Some(EndReason::RuleRemoved);
+        assert_eq!(encoded(&e), serde_json::to_string(&e).unwrap());
+    }
 
     #[test]
     fn enriched_line_matches_the_contract() {

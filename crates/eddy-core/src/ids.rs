@@ -42,6 +42,55 @@ impl Table {
     }
 }
 
+/// A thread's copy of a table's names, appended to as new names appear, so
+/// that looking a name up (for every field of every output line) takes no
+/// lock and touches no cache line another worker writes.
+#[derive(Default)]
+struct NameCache {
+    bytes: String,
+    ends: Vec<usize>,
+}
+
+impl NameCache {
+    fn get(&self, idx: usize) -> Option<&str> {
+        let end = *self.ends.get(idx)?;
+        let start = if idx == 0 { 0 } else { self.ends[idx - 1] };
+        Some(&self.bytes[start..end])
+    }
+
+    fn refresh(&mut self, table: &RwLock<Table>) {
+        let t = table.read();
+        for n in &t.names[self.ends.len()..] {
+            self.bytes.push_str(n);
+            self.ends.push(self.bytes.len());
+        }
+    }
+}
+
+/// Calls `f` with name `idx` of `table`, from this thread's cache.
+fn with_cached<R>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<NameCache>>,
+    table: &RwLock<Table>,
+    idx: usize,
+    f: impl FnOnce(&str) -> R,
+) -> R {
+    cache.with(|c| match c.try_borrow_mut() {
+        Ok(mut c) => {
+            if c.get(idx).is_none() {
+                c.refresh(table);
+            }
+            f(c.get(idx).expect("interned names are never removed"))
+        }
+        // Re-entered from within `f`: use the shared table.
+        Err(_) => f(&table.read().names[idx]),
+    })
+}
+
+thread_local! {
+    static DEVICE_NAMES: std::cell::RefCell<NameCache> = Default::default();
+    static CHANNEL_NAMES: std::cell::RefCell<NameCache> = Default::default();
+}
+
 fn intern_in(table: &RwLock<Table>, s: &str) -> u32 {
     if let Some(i) = table.read().lookup(s) {
         return i;
@@ -87,7 +136,7 @@ impl DeviceId {
 
     /// Calls `f` with the device id string, without cloning it.
     pub fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        f(&devices().read().names[self.idx as usize])
+        with_cached(&DEVICE_NAMES, devices(), self.idx as usize, f)
     }
 
     /// A hash of the device id string that is the same in every process:
@@ -161,6 +210,10 @@ impl Channel {
 
     /// Interns `name` and returns its handle.
     pub fn intern(name: &str) -> Channel {
+        // The standard channels have fixed handles: no lock for them.
+        if let Some(i) = STANDARD_CHANNELS.iter().position(|c| *c == name) {
+            return Channel(i as u16);
+        }
         let idx = intern_in(channels(), name);
         Channel(u16::try_from(idx).expect("more than 65536 distinct channel names"))
     }
@@ -172,7 +225,7 @@ impl Channel {
 
     /// Calls `f` with the channel name, without cloning it.
     pub fn with_name<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        f(&channels().read().names[self.0 as usize])
+        with_cached(&CHANNEL_NAMES, channels(), self.0 as usize, f)
     }
 
     /// The process-local dense index.

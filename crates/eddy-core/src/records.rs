@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use eddy_state::stats::StatsSnapshot;
+pub use eddy_state::stats::StatsSnapshot;
 
 use crate::ids::{Channel, DeviceId};
 

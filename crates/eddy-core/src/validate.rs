@@ -320,6 +320,189 @@ impl<'de> Visitor<'de> for TopVisitor {
 /// appears once.
 pub fn parse_line(line: &[u8]) -> Result<Parsed, Rejection> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if let Some(p) = parse_fast(line) {
+        return Ok(p);
+    }
+    parse_full(line)
+}
+
+/// Powers of ten exactly representable in an f64, as serde_json uses them.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+    1e20, 1e21, 1e22,
+];
+
+/// The fast path of [`parse_line`]: a valid reading written compactly
+/// (`{"device_id":"…","ts":…,"<channel>":<number or null>,…}`, no
+/// whitespace, no escapes, plain ASCII field names, numbers of at most 18
+/// digits and exponents of at most 22), decoded without allocating.
+///
+/// It returns `None` for anything else, valid or not, and [`parse_full`]
+/// decides; so it only has to be right on what it accepts. Numbers are
+/// computed with the same operations as serde_json's (`significand as f64`
+/// times or divided by an exact power of ten), so they are bit-identical.
+fn parse_fast(line: &[u8]) -> Option<Parsed> {
+    let mut i = 0;
+    let n = line.len();
+    let mut device: Option<DeviceId> = None;
+    let mut ts: Option<i64> = None;
+    let mut values = Values::new();
+    if line.first() != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        // "key":
+        if line.get(i) != Some(&b'"') {
+            return None;
+        }
+        let k0 = i + 1;
+        let mut k1 = k0;
+        while k1 < n && matches!(line[k1], b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_') {
+            k1 += 1;
+        }
+        if k1 == k0 || line.get(k1) != Some(&b'"') || line.get(k1 + 1) != Some(&b':') {
+            return None;
+        }
+        // Plain ASCII, checked above.
+        let key = std::str::from_utf8(&line[k0..k1]).ok()?;
+        i = k1 + 2;
+        match key {
+            "device_id" => {
+                if device.is_some() || line.get(i) != Some(&b'"') {
+                    return None;
+                }
+                let v0 = i + 1;
+                let mut v1 = v0;
+                while v1 < n && line[v1] != b'"' {
+                    if line[v1] == b'\\' || line[v1] < 0x20 {
+                        return None;
+                    }
+                    v1 += 1;
+                }
+                if v1 == v0 || v1 >= n {
+                    return None;
+                }
+                device = Some(DeviceId::intern(std::str::from_utf8(&line[v0..v1]).ok()?));
+                i = v1 + 1;
+            }
+            "ts" => {
+                if ts.is_some() {
+                    return None;
+                }
+                let (v, len) = plain_uint(&line[i..])?;
+                if v > MAX_TS as u64 {
+                    return None;
+                }
+                ts = Some(v as i64);
+                i += len;
+            }
+            name => {
+                if RESERVED_FIELDS.contains(&name) {
+                    return None;
+                }
+                let channel = Channel::intern(name);
+                if values.iter().any(|(c, _)| *c == channel) {
+                    return None;
+                }
+                let (value, len) = number_or_null(&line[i..])?;
+                values.push((channel, value));
+                i += len;
+            }
+        }
+        match line.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') if i + 1 == n => break,
+            _ => return None,
+        }
+    }
+    Some(Parsed { device: device?, ts: ts?, values })
+}
+
+/// Digits only, no leading zero (unless the number is 0), at most 18 of them.
+fn plain_uint(s: &[u8]) -> Option<(u64, usize)> {
+    let len = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if len == 0 || len > 18 || (s[0] == b'0' && len > 1) {
+        return None;
+    }
+    Some((s[..len].iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0')), len))
+}
+
+/// `null`, or a JSON number the fast path can decode exactly as serde_json does.
+fn number_or_null(s: &[u8]) -> Option<(Option<f64>, usize)> {
+    if s.starts_with(b"null") {
+        return Some((None, 4));
+    }
+    let mut i = 0;
+    let negative = s.first() == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let (int, len) = plain_uint(&s[i..])?;
+    i += len;
+    let mut significand = int;
+    let mut digits = len;
+    let mut exponent: i32 = 0;
+    let mut float = false;
+    if s.get(i) == Some(&b'.') {
+        float = true;
+        i += 1;
+        let frac = s[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if frac == 0 {
+            return None;
+        }
+        digits += frac;
+        if digits > 18 {
+            return None;
+        }
+        for d in &s[i..i + frac] {
+            significand = significand * 10 + u64::from(d - b'0');
+        }
+        exponent -= frac as i32;
+        i += frac;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        float = true;
+        i += 1;
+        let neg_exp = match s.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        let len = s[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if len == 0 || len > 3 {
+            return None;
+        }
+        let e: i32 = s[i..i + len].iter().fold(0i32, |a, d| a * 10 + i32::from(d - b'0'));
+        exponent += if neg_exp { -e } else { e };
+        i += len;
+    }
+    let value = if float {
+        let pow = *POW10.get(exponent.unsigned_abs() as usize)?;
+        let f = significand as f64;
+        let f = if exponent >= 0 { f * pow } else { f / pow };
+        if negative {
+            -f
+        } else {
+            f
+        }
+    } else if negative {
+        // serde_json: a negative integer is an i64 (or -0.0 for "-0"); as f64 it is this.
+        -(significand as f64)
+    } else {
+        significand as f64
+    };
+    Some((Some(value), i))
+}
+
+/// The general parser: every rule, every rejection reason.
+fn parse_full(line: &[u8]) -> Result<Parsed, Rejection> {
     let text = std::str::from_utf8(line).map_err(|_| Rejection::InvalidUtf8)?;
     if text.trim().is_empty() {
         return Err(Rejection::Empty);
@@ -485,6 +668,80 @@ mod tests {
     fn reasons_name_the_field() {
         let r = parse_line(br#"{"device_id":"d","ts":1,"co2":"high"}"#).unwrap_err();
         assert_eq!(r.reason(), "invalid_value: field `co2` must be a number or null, found a string");
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_parser() {
+        let lines = [
+            r#"{"device_id":"dev-000042","ts":1767225637412,"pm25":12.3,"co2":845,"voc":123,"temp":21.4,"hum":45.2}"#,
+            r#"{"device_id":"d","ts":0,"pm25":-0,"co2":-0.0,"voc":-5,"temp":-60.25,"hum":140}"#,
+            r#"{"ts":5,"device_id":"dé","x_1":1e3,"y":1.5E-3,"z":2e+2,"w":null,"v":0.1,"u":123456789012345678}"#,
+            r#"{"device_id":"d","ts":1,"pm25":0.30000000000000004,"co2":1e22,"voc":1e-22,"temp":9007199254740993}"#,
+            r#"{"device_id":"d","ts":9007199254740991}"#,
+            r#"{"device_id":"d","ts":9007199254740992}"#,
+            r#"{"device_id":"d","ts":01}"#,
+            r#"{"device_id":"d","ts":1,"pm25":01.5}"#,
+            r#"{"device_id":"d","ts":1,"pm25":1.}"#,
+            r#"{"device_id":"d","ts":1,"pm25":.5}"#,
+            r#"{"device_id":"d","ts":1,"pm25":1e400}"#,
+            r#"{"device_id":"d","ts":1,"pm25":1234567890123456789012}"#,
+            r#"{"device_id":"d","ts":1,"pm25":1,"pm25":2}"#,
+            r#"{"device_id":"d","ts":1,"junk":1}"#,
+            r#"{"device_id":"","ts":1}"#,
+            r#"{"device_id":"a"b","ts":1}"#,
+            r#"{"device_id":"d","ts":1,"pm25":nul}"#,
+            r#"{"device_id":"d","ts":1,"pm25":null }"#,
+            r#"{"device_id":"d","ts":1} "#,
+            r#"{"device_id":"d","ts":1}x"#,
+            r#"{"device_id":"d","ts":1,}"#,
+            r#"{"device_id":"d","ts":-1}"#,
+            r#"{"device_id":"d","ts":1.0}"#,
+            r#"{"device_id":"d","pm25":1}"#,
+            r#"{"ts":1,"pm25":1}"#,
+            r#"{}"#,
+            r#"{"device_id":"d","ts":1,"":1}"#,
+            r#"{"device_id":"d","ts":1,"pm25":true}"#,
+        ];
+        for l in lines {
+            let full = parse_full(l.as_bytes());
+            if let Some(fast) = parse_fast(l.as_bytes()) {
+                let full = full.unwrap_or_else(|e| panic!("fast path accepted {l}, full parser: {e}"));
+                assert_eq!(fast.device, full.device, "{l}");
+                assert_eq!(fast.ts, full.ts, "{l}");
+                assert_eq!(fast.values.len(), full.values.len(), "{l}");
+                for (a, b) in fast.values.iter().zip(full.values.iter()) {
+                    assert_eq!(a.0, b.0, "{l}");
+                    assert_eq!(a.1.map(f64::to_bits), b.1.map(f64::to_bits), "{l}");
+                }
+            }
+        }
+        assert!(parse_fast(lines[0].as_bytes()).is_some(), "the common shape takes the fast path");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_fast_path_agrees_on_random_numbers(
+            int in 0u64..100_000_000, frac in 0u64..1_000_000, fd in 0usize..7, neg: bool,
+            exp in proptest::option::of(-30i32..30), ts in 0u64..(1u64 << 54),
+        ) {
+            let mut num = format!("{}{int}", if neg { "-" } else { "" });
+            if fd > 0 {
+                num.push_str(&format!(".{:0width$}", frac % 10u64.pow(fd as u32), width = fd));
+            }
+            if let Some(e) = exp {
+                num.push_str(&format!("e{e}"));
+            }
+            let l = format!(r#"{{"device_id":"d","ts":{ts},"pm25":{num},"co2":null}}"#);
+            let full = parse_full(l.as_bytes());
+            match parse_fast(l.as_bytes()) {
+                Some(fast) => {
+                    let full = full.expect("the full parser accepts what the fast path accepts");
+                    proptest::prop_assert_eq!(fast.ts, full.ts);
+                    proptest::prop_assert_eq!(fast.values[0].1.map(f64::to_bits), full.values[0].1.map(f64::to_bits), "{}", l);
+                }
+                None => proptest::prop_assert!(full.is_err() || ts > MAX_TS as u64 || exp.is_some_and(|e| e.abs() > 16) || fd + 9 > 18),
+            }
+        }
     }
 
     #[test]
