@@ -78,6 +78,19 @@ impl SourceProgress {
         self.listeners.borrow_mut().push(activator);
     }
 
+    /// Records the largest `ts` read so far, for a source other than
+    /// [`ingest_source`] (a Kafka source), and wakes the listeners.
+    pub fn set_max_ts(&self, ts: Option<i64>) {
+        self.max_ts.set(ts);
+        self.notify();
+    }
+
+    /// Marks the input as exhausted, for a source other than [`ingest_source`].
+    pub fn set_done(&self) {
+        self.done.set(true);
+        self.notify();
+    }
+
     fn notify(&self) {
         for a in self.listeners.borrow().iter() {
             a.activate();
