@@ -340,6 +340,83 @@ pub struct BackupSpec {
     pub compression_level: i32,
 }
 
+/// The kinds of the ML jobs (issue 7). They are not [`JobKind`]s: they run
+/// inside `eddy replay` only, so the per-kind runners need not know them.
+pub const ML_KINDS: [&str; 2] = ["adapter", "score"];
+
+fn d_adapter_channel() -> String {
+    "co2".into()
+}
+fn d_adapter_k() -> usize {
+    3
+}
+fn d_adapter_span() -> Millis {
+    Millis(24 * 3_600_000)
+}
+fn d_outdoor() -> f64 {
+    420.0
+}
+fn d_min_correction() -> f64 {
+    4.0
+}
+
+/// `kind = "adapter"`: the calibration adapter. It takes, per device, the
+/// smoothed level (`ewma`) of each statistics snapshot of `channel`; once it
+/// has `span` of them, the mean of the `k` lowest is taken to be outdoor air
+/// and, when it is off `outdoor_ppm` by at least `min_correction`, a
+/// calibration update shifting the offset by the difference is fed back into
+/// the calibration reference data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    /// Must be `"adapter"`.
+    pub kind: String,
+    /// The job's name (operator-name prefix; defaults to the kind).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Run the adapter in `eddy replay`. Default false (see docs/decisions.md).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The channel whose baseline drifts. Default `"co2"`.
+    #[serde(default = "d_adapter_channel")]
+    pub channel: String,
+    /// How many of the lowest levels make the baseline. Default 3.
+    #[serde(default = "d_adapter_k")]
+    pub k: usize,
+    /// The rolling span of levels. Default `"24h"`.
+    #[serde(default = "d_adapter_span")]
+    pub span: Millis,
+    /// The outdoor-air level the baseline is corrected to. Default 420.
+    #[serde(default = "d_outdoor")]
+    pub outdoor_ppm: f64,
+    /// Smaller corrections are not published. Default 4 (ppm).
+    #[serde(default = "d_min_correction")]
+    pub min_correction: f64,
+}
+
+/// `kind = "score"`: the scoring job. With a model (`eddy replay --model`
+/// or `model` here) it scores every on-time reading of the model's channel
+/// while no event is active, and writes `forecasts.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreSpec {
+    /// Must be `"score"`.
+    pub kind: String,
+    /// The job's name (operator-name prefix; defaults to the kind).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A forecast model file, watched for changes (`--model` overrides it).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How often the model file is checked for a change. Default `"200ms"`.
+    #[serde(default = "d_poll")]
+    pub poll: Millis,
+}
+
+fn d_poll() -> Millis {
+    Millis(200)
+}
+
 /// Checks a rule's thresholds; `key` is the rule's key path for messages.
 pub fn check_rule(rise_above: f64, fall_below: f64) -> Result<(), String> {
     if !rise_above.is_finite() || !fall_below.is_finite() {
@@ -394,7 +471,7 @@ impl JobSpec {
                 SpecError::key(
                     file,
                     "kind",
-                    format!("unknown job kind {s:?}: expected one of ingest, enrich, stats, windows, alerts, backup"),
+                    format!("unknown job kind {s:?}: expected one of ingest, enrich, stats, windows, alerts, backup, adapter, score"),
                 )
             })?,
             Some(other) => {
@@ -540,6 +617,30 @@ impl JobSpec {
     }
 }
 
+fn ml_builtin<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let text = BUILTIN_JOBS.iter().find(|(n, _)| *n == file).expect("a built-in ML spec").1;
+    toml::from_str(text).expect("the built-in ML specs are valid")
+}
+
+fn check_adapter(s: &AdapterSpec, file: &str) -> Result<(), SpecError> {
+    if s.k == 0 {
+        return Err(SpecError::key(file, "k", "must be at least 1"));
+    }
+    if s.span.ms() < 3_600_000 {
+        return Err(SpecError::key(file, "span", format!("must be at least 1h, found {}", s.span)));
+    }
+    if !(s.outdoor_ppm.is_finite() && s.outdoor_ppm > 0.0) {
+        return Err(SpecError::key(file, "outdoor_ppm", format!("must be a positive number, found {}", s.outdoor_ppm)));
+    }
+    if !(s.min_correction.is_finite() && s.min_correction >= 0.0) {
+        return Err(SpecError::key(file, "min_correction", "must be a number ≥ 0"));
+    }
+    if s.channel.is_empty() {
+        return Err(SpecError::key(file, "channel", "must not be empty"));
+    }
+    Ok(())
+}
+
 /// The specs of the whole embedded pipeline, one per built-in job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineSpec {
@@ -555,16 +656,22 @@ pub struct PipelineSpec {
     pub alerts: AlertsSpec,
     /// The backup job.
     pub backup: BackupSpec,
+    /// The calibration adapter (ML).
+    pub adapter: AdapterSpec,
+    /// The scoring job (ML).
+    pub score: ScoreSpec,
 }
 
 /// The shipped `jobs/*.toml` files, compiled in: (file name, text).
-pub const BUILTIN_JOBS: [(&str, &str); 6] = [
+pub const BUILTIN_JOBS: [(&str, &str); 8] = [
     ("ingest.toml", include_str!("../../../jobs/ingest.toml")),
     ("enrich.toml", include_str!("../../../jobs/enrich.toml")),
     ("stats.toml", include_str!("../../../jobs/stats.toml")),
     ("windows.toml", include_str!("../../../jobs/windows.toml")),
     ("alerts.toml", include_str!("../../../jobs/alerts.toml")),
     ("backup.toml", include_str!("../../../jobs/backup.toml")),
+    ("adapter.toml", include_str!("../../../jobs/adapter.toml")),
+    ("score.toml", include_str!("../../../jobs/score.toml")),
 ];
 
 impl PipelineSpec {
@@ -580,7 +687,40 @@ impl PipelineSpec {
     /// kind must be given. Two files of the same kind are an error.
     pub fn from_files(files: &[(String, String)], defaults: bool) -> Result<PipelineSpec, SpecError> {
         let mut by_kind: BTreeMap<JobKind, (String, JobSpec)> = BTreeMap::new();
+        let mut adapter: Option<(String, AdapterSpec)> = None;
+        let mut score: Option<(String, ScoreSpec)> = None;
         for (name, text) in files {
+            match toml::from_str::<KindOnly>(text).ok().and_then(|k| k.kind) {
+                Some(toml::Value::String(k)) if k == "adapter" => {
+                    if let Some((other, _)) = &adapter {
+                        return Err(SpecError::key(
+                            name,
+                            "kind",
+                            format!("a second adapter job: {other} already defines one"),
+                        ));
+                    }
+                    let s: AdapterSpec = toml::from_str(text).map_err(|e| toml_error(name, e))?;
+                    check_adapter(&s, name)?;
+                    adapter = Some((name.clone(), s));
+                    continue;
+                }
+                Some(toml::Value::String(k)) if k == "score" => {
+                    if let Some((other, _)) = &score {
+                        return Err(SpecError::key(
+                            name,
+                            "kind",
+                            format!("a second score job: {other} already defines one"),
+                        ));
+                    }
+                    let s: ScoreSpec = toml::from_str(text).map_err(|e| toml_error(name, e))?;
+                    if s.poll.ms() <= 0 {
+                        return Err(SpecError::key(name, "poll", "must be at least 1ms"));
+                    }
+                    score = Some((name.clone(), s));
+                    continue;
+                }
+                _ => {}
+            }
             let spec = JobSpec::from_toml(text, name)?;
             if let Some((other, _)) = by_kind.get(&spec.kind()) {
                 return Err(SpecError::key(
@@ -616,6 +756,15 @@ impl PipelineSpec {
             windows: take!(Windows, windows),
             alerts: take!(Alerts, alerts),
             backup: take!(Backup, backup),
+            // The ML jobs are optional even without defaults.
+            adapter: match adapter {
+                Some((_, s)) => s,
+                None => ml_builtin::<AdapterSpec>("adapter.toml"),
+            },
+            score: match score {
+                Some((_, s)) => s,
+                None => ml_builtin::<ScoreSpec>("score.toml"),
+            },
         };
         spec.check(&names)?;
         Ok(spec)
@@ -658,6 +807,20 @@ mod tests {
         assert_eq!(p.stats.alpha, 0.1);
         assert_eq!(p.alerts.rules.len(), 2);
         assert_eq!(p.ingest.effective_ranges()["temp"].min, Some(-40.0));
+        assert!(!p.adapter.enabled);
+        assert_eq!((p.adapter.k, p.adapter.outdoor_ppm), (3, 420.0));
+        assert_eq!(p.score.model, None);
+    }
+
+    #[test]
+    fn adapter_spec_is_checked() {
+        let files = vec![("a.toml".to_string(), "kind = \"adapter\"\nenabled = true\nk = 0\n".to_string())];
+        let e = PipelineSpec::from_files(&files, true).unwrap_err();
+        assert_eq!(e.to_string(), "a.toml: key `k`: must be at least 1");
+        let files = vec![("a.toml".to_string(), "kind = \"adapter\"\nenabled = true\nspan = \"12h\"\n".to_string())];
+        let p = PipelineSpec::from_files(&files, true).unwrap();
+        assert!(p.adapter.enabled);
+        assert_eq!(p.adapter.span, Millis(12 * 3_600_000));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!
 //! The walkthrough is `docs/ml.md`.
 
+pub mod adapt;
 pub mod calibrate;
 pub mod data;
 mod error;

@@ -12,6 +12,7 @@
 //! Readings never enter an arrangement: the enrich and detect operators look
 //! them up against these traces.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
@@ -22,12 +23,12 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concat, Exchange as _};
+use timely::dataflow::operators::{Capability, Concat, Exchange as _};
 use timely::dataflow::{Scope, StreamVec};
 
 use eddy_core::ids::DeviceId;
 pub use eddy_core::reference::RefUpdate;
-use eddy_core::reference::{DeviceRef, RefRecord, RefState, Rule, RuleScope};
+use eddy_core::reference::{DeviceRef, RefChange, RefRecord, RefState, Rule, RuleScope};
 
 use crate::ingest::SourceProgress;
 
@@ -60,8 +61,62 @@ pub fn reference<'s>(
     updates: Vec<RefUpdate>,
     progress: Rc<SourceProgress>,
 ) -> Reference<'s> {
+    reference_with_feedback(scope, name, updates, progress, None)
+}
+
+/// [`reference`], plus reference updates fed back from the dataflow itself
+/// (e.g. live updates, or the calibration adapter's through a timely
+/// feedback edge), delivered on the worker that holds `updates` (worker 0).
+///
+/// Each update's `ts` should be at or after the time it arrives at (an
+/// earlier one applies from its arrival time). An update is applied in `ts`
+/// order with the dataset's updates (after every dataset update with the same
+/// or a smaller `ts`) and enters the arrangements at its `ts`, so enrichment
+/// applies it from that time on. The arrangements' frontier follows the
+/// feedback's: a reading waits until no fed-back change at or before its `ts`
+/// can still come, which, for a feedback edge, needs the edge's delay to
+/// exceed how far a reading's `ts` can be ahead of its dataflow time (the
+/// lateness plus an epoch).
+pub fn reference_with_feedback<'s>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    updates: Vec<RefUpdate>,
+    progress: Rc<SourceProgress>,
+    feedback: Option<StreamVec<'s, u64, RefUpdate>>,
+) -> Reference<'s> {
+    build(scope, name, updates, progress, feedback.map(|f| (f, Pipeline)))
+}
+
+/// [`reference_with_feedback`] for records made on any worker: they are
+/// exchanged to worker 0 and converted there (by the source itself, so that
+/// no operator of a feedback loop sits idle holding its initial capability).
+pub fn reference_with_exchanged_feedback<'s, F>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    updates: Vec<RefUpdate>,
+    progress: Rc<SourceProgress>,
+    feedback: StreamVec<'s, u64, F>,
+) -> Reference<'s>
+where
+    F: timely::ExchangeData + Clone + Into<RefUpdate>,
+{
+    build(scope, name, updates, progress, Some((feedback, Exchange::new(|_: &F| 0))))
+}
+
+fn build<'s, F, P>(
+    scope: Scope<'s, u64>,
+    name: &str,
+    updates: Vec<RefUpdate>,
+    progress: Rc<SourceProgress>,
+    feedback: Option<(StreamVec<'s, u64, F>, P)>,
+) -> Reference<'s>
+where
+    F: Clone + Into<RefUpdate> + 'static,
+    P: timely::dataflow::channels::pact::ParallelizationContract<u64, Vec<F>>,
+{
     let mut builder = OperatorBuilder::new(format!("{name}.source"), scope);
     let info = builder.operator_info();
+    let mut fb_in = feedback.map(|(f, pact)| builder.new_input(f, pact));
     let (out_dev, dev) = builder.new_output::<Vec<DevUpd>>();
     let (out_rule, rules) = builder.new_output::<Vec<RuleUpd>>();
     let mut out_dev = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DevUpd>>>::from(out_dev);
@@ -74,27 +129,69 @@ pub fn reference<'s>(
         let mut pending = updates.into_iter().peekable();
         let mut state = RefState::default();
         let mut out = Vec::new();
-        move |_frontiers| {
-            let (Some(cd), Some(cr)) = (cap_dev.as_mut(), cap_rule.as_mut()) else {
-                return;
-            };
-            let limit = if progress.done() { i64::MAX } else { progress.max_ts().unwrap_or(i64::MIN) };
-            let mut hd = out_dev.activate();
-            let mut hr = out_rule.activate();
-            while let Some(u) = pending.next_if(|u| u.ts <= limit) {
-                let t = u.ts.max(0) as u64;
-                state.apply(u.change, &mut out);
-                let dcap = cd.delayed(&t);
-                let rcap = cr.delayed(&t);
-                let mut sd = hd.session(&dcap);
-                let mut sr = hr.session(&rcap);
-                for (rec, diff) in out.drain(..) {
+        // Fed-back updates by (ts, arrival), each with a capability for both outputs.
+        let mut fed: BTreeMap<(i64, u64), (Capability<u64>, Capability<u64>, RefChange)> = BTreeMap::new();
+        let mut fed_seq = 0u64;
+        // Sends the records of one applied change at the capabilities' time.
+        macro_rules! emit {
+            ($dcap:expr, $rcap:expr, $out:expr, $hd:expr, $hr:expr) => {{
+                let (dcap, rcap) = ($dcap, $rcap);
+                let t = *dcap.time();
+                let mut sd = $hd.session(&dcap);
+                let mut sr = $hr.session(&rcap);
+                for (rec, diff) in $out.drain(..) {
                     match rec {
                         RefRecord::Device(d, v) => sd.give(((d, v), t, diff)),
                         RefRecord::Rule(s, r) => sr.give(((s, r), t, diff)),
                     }
                 }
+            }};
+        }
+        move |_frontiers| {
+            if let Some(input) = fb_in.as_mut() {
+                input.for_each(|cap, data| {
+                    for u in data.drain(..) {
+                        let u: RefUpdate = u.into();
+                        let t = (u.ts.max(0) as u64).max(cap.least().copied().unwrap_or(0));
+                        fed.insert((t as i64, fed_seq), (cap.delayed(&t, 0), cap.delayed(&t, 1), u.change));
+                        fed_seq += 1;
+                    }
+                });
             }
+            let limit = if progress.done() { i64::MAX } else { progress.max_ts().unwrap_or(i64::MIN) };
+            let mut hd = out_dev.activate();
+            let mut hr = out_rule.activate();
+            // Dataset and fed-back updates in ts order: a fed-back update goes
+            // once every dataset update at or before its ts has.
+            loop {
+                let mut progressed = false;
+                while let Some(entry) = fed.first_entry() {
+                    let ts = entry.key().0;
+                    if pending.peek().is_some_and(|u| u.ts <= ts) {
+                        break;
+                    }
+                    let (dcap, rcap, change) = entry.remove();
+                    state.apply(change, &mut out);
+                    emit!(dcap, rcap, out, hd, hr);
+                    progressed = true;
+                }
+                if let (Some(cd), Some(cr)) = (cap_dev.as_ref(), cap_rule.as_ref()) {
+                    while let Some(u) =
+                        pending.next_if(|u| u.ts <= limit && fed.first_key_value().is_none_or(|(k, _)| u.ts <= k.0))
+                    {
+                        let t = u.ts.max(0) as u64;
+                        state.apply(u.change, &mut out);
+                        emit!(cd.delayed(&t), cr.delayed(&t), out, hd, hr);
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            let (Some(cd), Some(cr)) = (cap_dev.as_mut(), cap_rule.as_mut()) else {
+                return;
+            };
             match pending.peek() {
                 Some(next) => {
                     let t = next.ts.max(0) as u64;

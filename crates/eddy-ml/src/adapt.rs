@@ -1,0 +1,237 @@
+//! The calibration adapter: corrects the baseline drift of CO2 sensors.
+//!
+//! It consumes statistics snapshots (see [`adapter`] for where they come
+//! from) and keeps, per device, the
+//! smoothed level (`ewma`) of each snapshot of the channel over a rolling
+//! span. Once the span is covered, the mean of the `k` lowest levels is taken
+//! to be outdoor air; if it is off the outdoor level by at least
+//! `min_correction`, the adapter publishes a calibration upsert that keeps
+//! the gain in force and shifts the offset by the difference, valid from
+//! `ts` = the snapshot's dataflow time plus the feedback delay. It then
+//! starts a new span after the correction, so no level measured under the
+//! old calibration enters the next estimate.
+//!
+//! The calibration in force is that of the dataset's reference data (base
+//! tables and updates, as of `ts`) together with the adapter's own updates,
+//! chosen like enrichment chooses it: the version with the latest
+//! `valid_from ≤ ts`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+
+use eddy_core::ids::{Channel, DeviceId};
+use eddy_core::reading::Enriched;
+use eddy_core::records::StatsRecord;
+use eddy_core::reference::{Calibration, Num, RefChange, RefUpdate};
+use eddy_operators::stats::snapshot_end;
+use eddy_state::stats::{ChannelStats, StatsConfig};
+
+/// Settings of the adapter.
+#[derive(Clone, Debug)]
+pub struct AdapterConfig {
+    /// The channel whose baseline drifts.
+    pub channel: Channel,
+    /// How many of the lowest levels make the baseline.
+    pub k: usize,
+    /// The rolling span of levels (ms).
+    pub span_ms: i64,
+    /// The level outdoor air should read.
+    pub outdoor: f64,
+    /// Smaller corrections are not published.
+    pub min_correction: f64,
+    /// The feedback edge's delay (ms): an update emitted at dataflow time `t`
+    /// applies from `t + delay`.
+    pub delay_ms: i64,
+}
+
+/// A calibration update from the adapter: exchanged between workers, then
+/// fed back into the reference data as a [`RefUpdate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationUpdate {
+    /// From when it applies (epoch ms).
+    pub ts: i64,
+    /// The device.
+    pub device: DeviceId,
+    /// The new version (its `valid_from` is `ts`).
+    pub calibration: Calibration,
+    /// The baseline it corrects, as measured.
+    pub baseline: f64,
+}
+
+impl From<CalibrationUpdate> for RefUpdate {
+    fn from(u: CalibrationUpdate) -> RefUpdate {
+        RefUpdate { ts: u.ts, change: RefChange::UpsertCalibration(u.device, u.calibration) }
+    }
+}
+
+/// The channel's calibration changes of the reference data, per device.
+#[derive(Clone, Debug, Default)]
+pub struct CalibrationBook {
+    changes: BTreeMap<DeviceId, Vec<(i64, RefChange)>>,
+}
+
+impl CalibrationBook {
+    /// The changes of `channel` among reference updates (in `ts` order).
+    pub fn new(updates: &[RefUpdate], channel: Channel) -> CalibrationBook {
+        let mut changes: BTreeMap<DeviceId, Vec<(i64, RefChange)>> = BTreeMap::new();
+        for u in updates {
+            match &u.change {
+                RefChange::UpsertCalibration(d, c) if c.channel == channel => {
+                    changes.entry(*d).or_default().push((u.ts, u.change.clone()))
+                }
+                RefChange::DeleteCalibration(d, c, _) if *c == channel => {
+                    changes.entry(*d).or_default().push((u.ts, u.change.clone()))
+                }
+                _ => {}
+            }
+        }
+        CalibrationBook { changes }
+    }
+
+    /// The (gain, offset) in force for `device` at `ts`, given the adapter's
+    /// own versions; `(1, 0)` when there is none.
+    pub fn in_force(&self, device: DeviceId, ts: i64, own: &[Calibration]) -> (f64, f64) {
+        let mut versions: BTreeMap<i64, Calibration> = BTreeMap::new();
+        let mut own = own.iter().filter(|c| c.valid_from <= ts).peekable();
+        for (uts, change) in self.changes.get(&device).into_iter().flatten() {
+            if *uts > ts {
+                break;
+            }
+            while let Some(c) = own.next_if(|c| c.valid_from < *uts) {
+                versions.insert(c.valid_from, *c);
+            }
+            match change {
+                RefChange::UpsertCalibration(_, c) => {
+                    versions.insert(c.valid_from, *c);
+                }
+                RefChange::DeleteCalibration(_, _, Some(vf)) => {
+                    versions.remove(vf);
+                }
+                RefChange::DeleteCalibration(_, _, None) => versions.clear(),
+                _ => {}
+            }
+        }
+        for c in own {
+            versions.insert(c.valid_from, *c);
+        }
+        versions.range(..=ts).next_back().map_or((1.0, 0.0), |(_, c)| (c.gain.0, c.offset.0))
+    }
+}
+
+/// The adapter's state for its devices.
+#[derive(Debug)]
+pub struct Adapter {
+    cfg: AdapterConfig,
+    book: CalibrationBook,
+    levels: BTreeMap<DeviceId, VecDeque<(i64, f64)>>,
+    /// Per device: its own versions, and the ts before which levels are ignored.
+    own: BTreeMap<DeviceId, (Vec<Calibration>, i64)>,
+}
+
+impl Adapter {
+    /// A new adapter.
+    pub fn new(cfg: AdapterConfig, book: CalibrationBook) -> Adapter {
+        Adapter { cfg, book, levels: BTreeMap::new(), own: BTreeMap::new() }
+    }
+
+    /// Takes one snapshot, emitted at dataflow time `time`; returns the
+    /// update to publish, if any.
+    pub fn observe(&mut self, time: i64, rec: &StatsRecord) -> Option<CalibrationUpdate> {
+        if rec.channel != self.cfg.channel {
+            return None;
+        }
+        let s = &rec.stats;
+        let (own, ignore_before) = self.own.entry(rec.device_id).or_default();
+        if s.ts < *ignore_before {
+            return None;
+        }
+        let levels = self.levels.entry(rec.device_id).or_default();
+        if levels.back().is_some_and(|&(t, _)| t >= s.ts) {
+            return None; // the final snapshot repeats the last one
+        }
+        levels.push_back((s.ts, s.ewma));
+        while levels.front().is_some_and(|&(t, _)| t <= s.ts - self.cfg.span_ms) {
+            levels.pop_front();
+        }
+        // Wait until the levels cover the span (one snapshot period short of it).
+        let first = levels.front().map_or(s.ts, |&(t, _)| t);
+        if s.ts - first < self.cfg.span_ms * 22 / 24 || levels.len() < self.cfg.k {
+            return None;
+        }
+        let mut sorted: Vec<f64> = levels.iter().map(|&(_, v)| v).collect();
+        sorted.sort_by(f64::total_cmp);
+        let baseline = sorted[..self.cfg.k].iter().sum::<f64>() / self.cfg.k as f64;
+        let correction = self.cfg.outdoor - baseline;
+        if correction.abs() < self.cfg.min_correction {
+            return None;
+        }
+        let ts = time + self.cfg.delay_ms;
+        let (gain, offset) = self.book.in_force(rec.device_id, ts, own);
+        let calibration = Calibration {
+            channel: self.cfg.channel,
+            valid_from: ts,
+            gain: Num(gain),
+            offset: Num(offset + correction),
+        };
+        own.push(calibration);
+        // Levels from before the correction (and the hours the smoothed level
+        // still remembers) would mix two calibrations.
+        *ignore_before = ts + 2 * 3_600_000;
+        levels.clear();
+        tracing::info!(device = %rec.device_id, baseline, correction, ts, "adapter: calibration update");
+        Some(CalibrationUpdate { ts, device: rec.device_id, calibration, baseline })
+    }
+}
+
+/// The adapter operator: enriched readings in (partitioned by device; late
+/// ones are skipped), calibration updates out, at the time of the reading that closed
+/// the snapshot window.
+///
+/// It keeps the statistics of the adapted channel itself, with the statistics
+/// job's code and settings ([`ChannelStats`], snapshot per `every_ms` window),
+/// and passes each device's snapshot to [`Adapter::observe`] when a reading
+/// of a later window arrives. It does not take the statistics job's output:
+/// that operator holds a capability at its input frontier, which inside the
+/// feedback loop would creep forward one feedback delay per round trip.
+/// This operator holds no capability, so the loop's frontier is that of the
+/// readings.
+pub fn adapter<'s>(
+    enriched: StreamVec<'s, u64, Enriched>,
+    mut adapter: Adapter,
+    stats: StatsConfig,
+    every_ms: i64,
+    name: &str,
+) -> StreamVec<'s, u64, CalibrationUpdate> {
+    let channel = adapter.cfg.channel;
+    let mut state: BTreeMap<DeviceId, (ChannelStats, i64)> = BTreeMap::new();
+    // `unary_frontier`, not `unary`: an operator in the feedback loop must be
+    // scheduled from the start, so that its initial capability is released
+    // before any data reaches it.
+    enriched.unary_frontier(Pipeline, name, move |_cap, _info| {
+        move |(input, _frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                let time = *cap.time() as i64;
+                let mut out = Vec::new();
+                for r in data.iter().filter(|r| !r.late) {
+                    let Some(v) = r.value(channel) else { continue };
+                    let (s, end) = state.entry(r.device).or_insert_with(|| (ChannelStats::new(&stats), i64::MIN));
+                    let this_end = snapshot_end(r.ts, every_ms);
+                    if *end != i64::MIN && this_end > *end {
+                        let rec = StatsRecord { device_id: r.device, channel, stats: s.snapshot() };
+                        out.extend(adapter.observe(time, &rec));
+                    }
+                    s.update(&stats, r.ts, v);
+                    *end = (*end).max(this_end);
+                }
+                if !out.is_empty() {
+                    output.session(&cap).give_iterator(out.into_iter());
+                }
+            });
+        }
+    })
+}
