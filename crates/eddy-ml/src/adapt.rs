@@ -145,7 +145,7 @@ impl Adapter {
             return None;
         }
         let s = &rec.stats;
-        let (own, ignore_before) = self.own.entry(rec.device_id).or_default();
+        let (own, ignore_before) = self.own.entry(rec.device_id).or_insert_with(|| (Vec::new(), i64::MIN));
         if s.ts < *ignore_before {
             return None;
         }
@@ -234,4 +234,88 @@ pub fn adapter<'s>(
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eddy_state::stats::StatsSnapshot;
+
+    const H: i64 = 3_600_000;
+
+    fn snap(device: DeviceId, ts: i64, ewma: f64) -> StatsRecord {
+        let stats = StatsSnapshot {
+            count: 1,
+            mean: ewma,
+            min: ewma,
+            max: ewma,
+            stddev: None,
+            ewma,
+            top_k_max_mean: ewma,
+            top_k_min_mean: ewma,
+            trend_per_hour: None,
+            ts,
+        };
+        StatsRecord { device_id: device, channel: Channel::intern("co2"), stats }
+    }
+
+    fn cfg() -> AdapterConfig {
+        AdapterConfig {
+            channel: Channel::intern("co2"),
+            k: 3,
+            span_ms: 24 * H,
+            outdoor: 420.0,
+            min_correction: 4.0,
+            delay_ms: 601_000,
+        }
+    }
+
+    #[test]
+    fn a_drifted_baseline_is_corrected_once_the_span_is_covered() {
+        let d = DeviceId::intern("dev-a");
+        // File calibration: gain 1.1, offset -10 since forever.
+        let book = CalibrationBook::new(
+            &[RefUpdate {
+                ts: 0,
+                change: RefChange::UpsertCalibration(
+                    d,
+                    Calibration { channel: Channel::intern("co2"), valid_from: i64::MIN, gain: Num(1.1), offset: Num(-10.0) },
+                ),
+            }],
+            Channel::intern("co2"),
+        );
+        let mut a = Adapter::new(cfg(), book);
+        let mut published = Vec::new();
+        for h in 0..30 {
+            // Nights (hours 0..6 of each day) at 470, days higher.
+            let level = if h % 24 < 6 { 470.0 + (h % 3) as f64 } else { 800.0 };
+            if let Some(u) = a.observe(h * H, &snap(d, h * H - 1, level)) {
+                published.push((h, u));
+            }
+        }
+        assert_eq!(published.len(), 1, "{published:?}");
+        let (h, u) = &published[0];
+        assert_eq!(*h, 22, "published once 22 of the 24 hours are covered");
+        assert_eq!(u.ts, 22 * H + 601_000);
+        assert_eq!(u.calibration.valid_from, u.ts);
+        // The 3 lowest levels: 470, 470, 471.
+        let baseline = (470.0 + 470.0 + 471.0) / 3.0;
+        assert!((u.baseline - baseline).abs() < 1e-9, "{}", u.baseline);
+        assert_eq!(u.calibration.gain, Num(1.1));
+        let offset = -10.0 + (420.0 - baseline);
+        assert!((u.calibration.offset.0 - offset).abs() < 1e-9);
+        // The next correction builds on the adapter's own version; before it, the file's holds.
+        assert_eq!(a.book.in_force(d, u.ts, &a.own[&d].0), (1.1, u.calibration.offset.0));
+        assert_eq!(a.book.in_force(d, u.ts - 1, &a.own[&d].0), (1.1, -10.0));
+    }
+
+    #[test]
+    fn a_baseline_at_outdoor_level_is_left_alone() {
+        let d = DeviceId::intern("dev-b");
+        let mut a = Adapter::new(cfg(), CalibrationBook::default());
+        for h in 0..60 {
+            let level = if h % 24 < 6 { 421.0 } else { 900.0 };
+            assert_eq!(a.observe(h * H, &snap(d, h * H - 1, level)), None);
+        }
+    }
 }
