@@ -195,6 +195,11 @@ struct ReplayArgs {
     /// dataset directory: for replaying a backup, which has none of its own.
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// Run the scoring job with this event-forecast model (`eddy train --task
+    /// forecast`): early warnings to OUT/forecasts.jsonl. The file is watched;
+    /// a new model written to it is used from the next epoch on.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// No progress bar and no summary table.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -313,7 +318,10 @@ fn load_pipeline(jobs: Option<&Path>) -> Result<PipelineSpec> {
 }
 
 fn cmd_replay(a: ReplayArgs) -> Result<()> {
-    let spec = load_pipeline(a.jobs.as_deref())?;
+    let mut spec = load_pipeline(a.jobs.as_deref())?;
+    if let Some(m) = &a.model {
+        spec.score.model = Some(m.display().to_string());
+    }
     let opts = ReplayOptions {
         dataset: a.dataset.clone(),
         out: a.out.clone(),

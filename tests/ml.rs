@@ -180,3 +180,91 @@ fn train_errors_name_the_problem() {
     ]);
     assert!(text(&e.stderr).contains("--rule nope-high: no such rule"), "{}", text(&e.stderr));
 }
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn scoring_swaps_the_model_while_the_replay_runs() {
+    // Two models trained on one backup, with different versions and horizons.
+    let (root, _ds, train_out) = replayed(&["--devices", "20", "--hours", "72", "--seed", "3"], &[]);
+    let (v1, v2) = (root.path().join("v1.json"), root.path().join("v2.json"));
+    train_forecast(&train_out, &v1, "v1", &[]);
+    train_forecast(&train_out, &v2, "v2", &["--horizon", "20"]);
+
+    // A paced replay of another fleet, scoring with the watched file.
+    let ds = root.path().join("live");
+    eddy_ok(&["gen", ds.to_str().unwrap(), "--devices", "4", "--hours", "6", "--seed", "9"]);
+    let model = root.path().join("model.json");
+    std::fs::copy(&v1, &model).unwrap();
+    let out = root.path().join("scored");
+    let mut child = support::eddy()
+        .args(["replay", ds.to_str().unwrap(), "--out", out.to_str().unwrap(), "-q", "--speed", "1800"])
+        .args(["--model", model.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // Once v1 has scored something, replace the file (atomically, as `eddy train` writes).
+    let forecasts = out.join("forecasts.jsonl");
+    let mut waited = 0;
+    while jsonl(&forecasts).is_empty() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the replay ended ({status}) before any forecast");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 2400, "no forecast after two minutes");
+    }
+    let tmp = root.path().join("model.json.tmp");
+    std::fs::copy(&v2, &tmp).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let records = jsonl(&forecasts);
+    let mut by_epoch: BTreeMap<u64, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for r in &records {
+        let p = f(&r["probability"]);
+        assert!((0.0..=1.0).contains(&p), "{r}");
+        let v = r["model_version"].as_str().unwrap().to_string();
+        assert_eq!(r["horizon_min"], if v == "v1" { 30 } else { 20 }, "{r}");
+        by_epoch.entry(r["epoch"].as_u64().unwrap()).or_default().insert(v);
+    }
+    // Both versions scored, one model per epoch, and v2 only after every v1 epoch.
+    let v1_epochs: Vec<u64> = by_epoch.iter().filter(|(_, v)| v.contains("v1")).map(|(e, _)| *e).collect();
+    let v2_epochs: Vec<u64> = by_epoch.iter().filter(|(_, v)| v.contains("v2")).map(|(e, _)| *e).collect();
+    assert!(!v1_epochs.is_empty() && !v2_epochs.is_empty(), "{by_epoch:?}");
+    assert!(by_epoch.values().all(|v| v.len() == 1), "an epoch was scored by two models: {by_epoch:?}");
+    assert!(v1_epochs.last() < v2_epochs.first(), "{by_epoch:?}");
+    // Every scored reading is an on-time reading of the replay.
+    let enriched = jsonl(&out.join("enriched.jsonl"));
+    let keys: std::collections::BTreeSet<(String, i64)> =
+        enriched.iter().map(|e| (e["device_id"].as_str().unwrap().to_string(), e["ts"].as_i64().unwrap())).collect();
+    for r in &records {
+        assert!(keys.contains(&(r["device_id"].as_str().unwrap().to_string(), r["ts"].as_i64().unwrap())), "{r}");
+    }
+}
+
+#[test]
+fn scoring_refuses_a_model_that_is_not_a_forecaster() {
+    let (root, _ds, out) =
+        replayed(&["--devices", "4", "--hours", "24", "--seed", "3", "--reference-channel", "--late", "0"], &[]);
+    let cal = root.path().join("cal.json");
+    eddy_ok(&["train", "--backup", out.to_str().unwrap(), "--task", "calibration", "--out", cal.to_str().unwrap()]);
+    let out2 = root.path().join("out2");
+    let e = eddy_err(&[
+        "replay",
+        root.path().join("ds").to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "-q",
+        "--model",
+        cal.to_str().unwrap(),
+    ]);
+    let msg = text(&e.stderr);
+    assert!(msg.contains("cal.json") && msg.contains("calibration model cannot score"), "{msg}");
+}

@@ -279,7 +279,12 @@ mod tests {
                 ts: 0,
                 change: RefChange::UpsertCalibration(
                     d,
-                    Calibration { channel: Channel::intern("co2"), valid_from: i64::MIN, gain: Num(1.1), offset: Num(-10.0) },
+                    Calibration {
+                        channel: Channel::intern("co2"),
+                        valid_from: i64::MIN,
+                        gain: Num(1.1),
+                        offset: Num(-10.0),
+                    },
                 ),
             }],
             Channel::intern("co2"),

@@ -19,6 +19,7 @@ pub mod features;
 pub mod forecast;
 pub mod metrics;
 pub mod model;
+pub mod score;
 
 use std::path::Path;
 

@@ -10,7 +10,13 @@ use eddy_operators::stats::StatsParams;
 use eddy_state::stats::StatsConfig;
 use eddy_state::window::WindowSpec;
 
-use crate::error::Result;
+use std::time::Duration;
+
+use eddy_ml::model::{ModelFile, ModelUpdate};
+use eddy_ml::score::{score, ModelWatch};
+
+use crate::error::{Error, Result};
+use crate::flow::Flow;
 use crate::job::{run, JobContext};
 pub use crate::job::{JobOptions as ReplayOptions, Progress, Summary};
 
@@ -65,12 +71,27 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     job.commit(stats.sink(job.jsonl("stats")));
     let windows = on_time.clone().step(&step(&spec.windows.name, "windows")).windows(window_spec(&spec));
     job.commit(windows.sink(job.jsonl("windows")));
+    // scoring ← enriched (on time), with a watched model file
+    if let Some(path) = &spec.score.model {
+        let name = step(&spec.score.name, "score");
+        let watch = ModelWatch::new(path.into(), Duration::from_millis(spec.score.poll.ms() as u64));
+        let forecasts = score(on_time.clone().into_stream(), watch, &name);
+        job.commit(Flow::new(forecasts, &name).sink(job.jsonl("forecasts")));
+    }
     let events = on_time.step(&step(&spec.alerts.name, "alerts")).detect(&reference);
     job.commit(events.sink(job.jsonl("events")));
 }
 
 /// Runs the embedded pipeline over a dataset.
 pub fn replay(opts: &ReplayOptions, on_progress: impl FnMut(Progress)) -> Result<Summary> {
+    if let Some(path) = &opts.spec.score.model {
+        // The first model must load; later versions are checked as they come.
+        let path = std::path::Path::new(path);
+        ModelFile::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(ModelUpdate::from_file)
+            .map_err(|e| Error::Run(format!("scoring model {}: {e}", path.display())))?;
+    }
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
     // Create every output up front, so that an empty one exists as a file.
     let summary = run(
