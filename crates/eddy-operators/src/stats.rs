@@ -55,14 +55,14 @@ pub fn stats<'s>(
         let close = move |upto: i64,
                           pending: &mut BTreeSet<(i64, DeviceId, Channel)>,
                           state: &HashMap<(DeviceId, Channel), (ChannelStats, i64)>,
-                          out: &mut Vec<StatsRecord>| {
+                          out: &mut Vec<(i64, StatsRecord)>| {
             while let Some(&(end, d, c)) = pending.first() {
                 if end > upto {
                     break;
                 }
                 pending.pop_first();
                 if let Some((s, _)) = state.get(&(d, c)) {
-                    out.push(StatsRecord { device_id: d, channel: c, stats: s.snapshot() });
+                    out.push((end, StatsRecord { device_id: d, channel: c, stats: s.snapshot() }));
                 }
             }
         };
@@ -83,10 +83,10 @@ pub fn stats<'s>(
                 if f.less_equal(&t) {
                     break;
                 }
-                let (cap, batch) = entry.remove();
+                let (_cap, batch) = entry.remove();
                 close(t as i64, &mut pending, &state, &mut out);
-                if !out.is_empty() {
-                    output.session(&cap).give_iterator(out.drain(..));
+                if let Some(h) = held.as_ref() {
+                    emit_at_ends(h, output, &mut out);
                 }
                 for r in batch {
                     for (c, v) in r.usable() {
@@ -105,30 +105,55 @@ pub fn stats<'s>(
             match f.iter().copied().min() {
                 Some(low) => {
                     if let Some(h) = held.as_mut() {
+                        // Each snapshot goes out at its window's end, which
+                        // is after the held time (the window was open), so
+                        // a rerun stamps it the same however the frontier moved.
+                        close(low as i64, &mut pending, &state, &mut out);
+                        emit_at_ends(h, output, &mut out);
                         if low > *h.time() {
                             h.downgrade(&low);
-                        }
-                        close(low as i64, &mut pending, &state, &mut out);
-                        if !out.is_empty() {
-                            output.session(h).give_iterator(out.drain(..));
                         }
                     }
                 }
                 None => {
                     if let Some(h) = held.take() {
                         close(i64::MAX, &mut pending, &state, &mut out);
+                        emit_at_ends(&h, output, &mut out);
                         // The final state of every key.
                         let mut keys: Vec<_> = state.keys().copied().collect();
                         keys.sort();
-                        out.extend(keys.into_iter().map(|(d, c)| StatsRecord {
+                        output.session(&h).give_iterator(keys.into_iter().map(|(d, c)| StatsRecord {
                             device_id: d,
                             channel: c,
                             stats: state[&(d, c)].0.snapshot(),
                         }));
-                        output.session(&h).give_iterator(out.drain(..));
                     }
                 }
             }
         }
     })
+}
+
+/// Sends snapshots each at its window's end (never before `held`).
+fn emit_at_ends(
+    held: &Capability<u64>,
+    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        u64,
+        timely::container::CapacityContainerBuilder<Vec<StatsRecord>>,
+    >,
+    out: &mut Vec<(i64, StatsRecord)>,
+) {
+    let mut i = 0;
+    while i < out.len() {
+        let end = out[i].0;
+        let t = (end.max(0) as u64).max(*held.time());
+        let cap = held.delayed(&t);
+        let mut session = output.session(&cap);
+        while i < out.len() && out[i].0 == end {
+            session.give(out[i].1.clone());
+            i += 1;
+        }
+    }
+    out.clear();
 }

@@ -69,29 +69,30 @@ where
             });
             let low = frontier.frontier().iter().copied().min();
             let Some(h) = held.as_mut() else { return };
-            let upto = match low {
-                Some(low) => {
-                    if low > *h.time() {
-                        h.downgrade(&low);
-                    }
-                    low as i64
-                }
-                None => i64::MAX,
-            };
-            let mut out = Vec::new();
+            let upto = low.map_or(i64::MAX, |l| l as i64);
+            // Each window goes out at its end, which is after the held time
+            // (the window was still open), so a rerun stamps it the same
+            // however far the frontier jumped.
             while let Some(entry) = closing.first_entry() {
                 if *entry.key() > upto {
                     break;
                 }
                 let end = *entry.key();
+                let mut out = Vec::new();
                 for key in entry.remove() {
                     if let Some(agg) = aggs.remove(&key) {
                         out.push(Windowed { key: key.0, start: key.1, end, agg });
                     }
                 }
+                if !out.is_empty() {
+                    let t = (end.max(0) as u64).max(*h.time());
+                    output.session(&h.delayed(&t)).give_iterator(out.drain(..));
+                }
             }
-            if !out.is_empty() {
-                output.session(h).give_iterator(out.drain(..));
+            if let Some(low) = low {
+                if low > *h.time() {
+                    h.downgrade(&low);
+                }
             }
             if low.is_none() {
                 held = None;

@@ -633,10 +633,25 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     while !done {
         done = !worker.step_or_park(Some(Duration::from_millis(10)));
         producer.borrow_mut().poll();
-        // A stopped source read its last epoch only in part.
-        let frontier = probe.with_frontier(|f| f.iter().copied().min().unwrap_or(u64::MAX)).min(shared.stop.limit());
+        let mut frontier = probe.with_frontier(|f| f.iter().copied().min().unwrap_or(u64::MAX));
+        // Stopping: once every source has stopped and every output below the
+        // least stop time is durable, checkpoint there and leave.
+        if shared.stop.all_stopped() {
+            let limit = shared.stop.limit();
+            if limit == u64::MAX {
+                // This process read nothing: nothing to checkpoint.
+                break;
+            }
+            if frontier >= limit {
+                frontier = limit;
+                done = true;
+            }
+        }
         let due = last_mark.elapsed() >= opts.marker_every || done;
-        if frontier > last_frontier && due {
+        // An empty frontier means "complete" only once the dataflow is done:
+        // before its first steps a probe has not heard of any capability yet.
+        let trusted = frontier < u64::MAX || done;
+        if frontier > last_frontier && due && trusted {
             last_frontier = frontier;
             last_mark = Instant::now();
             for input in &inputs {
@@ -652,6 +667,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     }
     if let Some(m) = marks.as_mut() {
         m.finish()?;
+    }
+    // A stopped job's dataflow never completes (its sources keep their
+    // capabilities): drop it, or timely would wait for it.
+    for id in worker.installed_dataflows() {
+        worker.drop_dataflow(id);
     }
     while !producer.borrow_mut().flush(Duration::from_secs(1)) {
         tracing::info!("waiting for the brokers to acknowledge the last records");

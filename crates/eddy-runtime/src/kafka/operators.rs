@@ -95,29 +95,47 @@ pub struct Input {
 }
 
 /// A request to stop (SIGTERM), shared by the sources of a process. A source
-/// that sees it stops reading and records the time it stopped at, so the
-/// job's last checkpoint says exactly which epochs are complete.
+/// that sees it stops reading but keeps its capability, and records the time
+/// it stopped at: once every output below the least such time is durable,
+/// the job checkpoints there and exits. Nothing is emitted that a run to the
+/// end would not emit (an operator never sees its input end).
 #[derive(Clone, Debug, Default)]
 pub struct Stop {
     /// Set to stop.
     pub requested: Arc<AtomicBool>,
     /// The least time at which a source stopped (`u64::MAX` until one does).
     pub at: Arc<AtomicU64>,
+    /// Sources reading in this process, and how many of them have stopped.
+    sources: Arc<(AtomicU64, AtomicU64)>,
 }
 
 impl Stop {
     /// Not requested.
     pub fn new(requested: Arc<AtomicBool>) -> Stop {
-        Stop { requested, at: Arc::new(AtomicU64::new(u64::MAX)) }
+        Stop { requested, at: Arc::new(AtomicU64::new(u64::MAX)), sources: Arc::default() }
     }
 
-    fn check(&self, time: u64) -> bool {
-        if self.requested.load(Ordering::Relaxed) {
-            self.at.fetch_min(time, Ordering::SeqCst);
-            true
-        } else {
-            false
+    fn register(&self) {
+        self.sources.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// True when stopping; the first time, records `time`.
+    fn check(&self, time: u64, noted: &mut bool) -> bool {
+        if !self.requested.load(Ordering::Relaxed) {
+            return false;
         }
+        if !*noted {
+            *noted = true;
+            self.at.fetch_min(time, Ordering::SeqCst);
+            self.sources.1.fetch_add(1, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// True once a stop was requested and every source has stopped.
+    pub fn all_stopped(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+            && self.sources.1.load(Ordering::SeqCst) >= self.sources.0.load(Ordering::SeqCst)
     }
 
     /// The frontier below which a stopped process's input was read whole.
@@ -188,7 +206,10 @@ pub fn raw_source<'s>(
         };
         if caps3.is_none() {
             progress.set_done();
+        } else {
+            stop.register();
         }
+        let mut stopped = false;
         let started = Instant::now();
         let mut parts: BTreeMap<i32, RawPartition> = input
             .as_ref()
@@ -207,9 +228,7 @@ pub fn raw_source<'s>(
             let (Some(input), Some([cr, cd, craw])) = (input.as_ref(), caps3.as_mut()) else {
                 return;
             };
-            if stop.check(*cr.time()) {
-                caps3 = None;
-                progress.set_done();
+            if stop.check(*cr.time(), &mut stopped) {
                 return;
             }
             let mut hr = out_r.activate();
@@ -372,8 +391,9 @@ struct TypedPartition {
 /// each record keeps the dataflow time its producer stamped it with
 /// (`eddy.t`), each partition's watermark is the largest marker seen in it,
 /// and the source's frontier is the least watermark of its partitions. A
-/// record already seen at the same time (a restarted producer's duplicate)
-/// is dropped. A record that cannot be decoded goes to the second output
+/// restarted producer's copies are dropped: a record below its partition's
+/// watermark (the marker promised every such record came before it), and a
+/// record already seen at the same time. A record that cannot be decoded goes to the second output
 /// with its partition, offset and reason.
 pub fn typed_source<'s, D: Stamped>(
     scope: Scope<'s, u64>,
@@ -398,7 +418,10 @@ pub fn typed_source<'s, D: Stamped>(
         };
         if caps2.is_none() {
             progress.set_done();
+        } else {
+            stop.register();
         }
+        let mut stopped = false;
         let mut parts: BTreeMap<i32, TypedPartition> = input
             .as_ref()
             .map(|i| i.partitions.iter().map(|p| (*p, TypedPartition::default())).collect())
@@ -409,9 +432,7 @@ pub fn typed_source<'s, D: Stamped>(
             let (Some(input), Some([cap, cap_d])) = (input.as_ref(), caps2.as_mut()) else {
                 return;
             };
-            if stop.check(*cap.time()) {
-                caps2 = None;
-                progress.set_done();
+            if stop.check(*cap.time(), &mut stopped) {
                 return;
             }
             let mut h = out.activate();
@@ -445,6 +466,12 @@ pub fn typed_source<'s, D: Stamped>(
                             part.wm = wm;
                             part.seen.retain(|t, _| *t >= wm);
                         }
+                        unsettled.skip(p, offset);
+                        continue;
+                    }
+                    // Below the watermark: by the marker's promise, a copy of a
+                    // record already read, written again by a restarted producer.
+                    Ok(Envelope::Data(Some(t))) if t < part.wm => {
                         unsettled.skip(p, offset);
                         continue;
                     }
@@ -614,6 +641,7 @@ pub fn live_reference<'s>(
     let activator = scope.activator_for(info.address);
     builder.build(move |mut caps| {
         let mut cap = caps.pop().filter(|_| consumer.is_some());
+        let mut last_check = Instant::now() - Duration::from_secs(1);
         move |_frontiers| {
             let (Some(c), Some(consumer)) = (cap.as_mut(), consumer.as_ref()) else {
                 return;
@@ -651,14 +679,39 @@ pub fn live_reference<'s>(
             match watch.with_frontier(|f| f.iter().copied().min()) {
                 None => cap = None,
                 Some(f) => {
+                    // Move on only once every change already in the topics has
+                    // been read: a change published before a reading is then
+                    // in before that reading is looked up.
                     let t = f.saturating_add(ahead_ms);
-                    if t > *c.time() {
-                        c.downgrade(&t);
+                    let mut wait = if got > 0 { 0 } else { 20 };
+                    if t > *c.time() && last_check.elapsed() >= Duration::from_millis(50) {
+                        last_check = Instant::now();
+                        if caught_up(consumer) {
+                            c.downgrade(&t);
+                        } else {
+                            wait = 5;
+                        }
                     }
-                    activator.activate_after(Duration::from_millis(if got > 0 { 0 } else { 20 }));
+                    activator.activate_after(Duration::from_millis(wait));
                 }
             }
         }
     });
     updates
+}
+
+/// True when `consumer` has read every record its partitions hold now.
+fn caught_up(consumer: &BaseConsumer) -> bool {
+    use rdkafka::consumer::Consumer;
+    let Ok(positions) = consumer.position() else { return false };
+    positions.elements().iter().all(|e| {
+        let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) else {
+            return false;
+        };
+        let at = match e.offset() {
+            rdkafka::Offset::Offset(o) => o,
+            _ => low,
+        };
+        at >= high
+    })
 }
