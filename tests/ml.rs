@@ -268,3 +268,85 @@ fn scoring_refuses_a_model_that_is_not_a_forecaster() {
     let msg = text(&e.stderr);
     assert!(msg.contains("cal.json") && msg.contains("calibration model cannot score"), "{msg}");
 }
+
+/// Per device, the calibrated co2 baseline over the last 24 h of `enriched`:
+/// the mean of the 3 lowest hourly means (the adapter's own definition).
+fn co2_baselines(enriched: &[Value]) -> BTreeMap<String, f64> {
+    let end = enriched.iter().map(|e| e["ts"].as_i64().unwrap()).max().unwrap();
+    let mut hours: BTreeMap<String, BTreeMap<i64, (f64, f64)>> = BTreeMap::new();
+    for e in enriched {
+        let (Some(v), ts) = (e["co2"].as_f64(), e["ts"].as_i64().unwrap()) else { continue };
+        if ts >= end - 24 * 3_600_000 {
+            let h = hours
+                .entry(e["device_id"].as_str().unwrap().to_string())
+                .or_default()
+                .entry(ts / 3_600_000)
+                .or_default();
+            *h = (h.0 + v, h.1 + 1.0);
+        }
+    }
+    hours
+        .into_iter()
+        .filter(|(_, h)| h.len() >= 20)
+        .map(|(d, h)| {
+            let mut means: Vec<f64> = h.values().map(|(s, n)| s / n).collect();
+            means.sort_by(f64::total_cmp);
+            (d, means[..3].iter().sum::<f64>() / 3.0)
+        })
+        .collect()
+}
+
+#[test]
+fn the_adapter_removes_an_injected_co2_drift() {
+    let root = tempfile::tempdir().unwrap();
+    let ds = root.path().join("ds");
+    eddy_ok(&[
+        "gen",
+        ds.to_str().unwrap(),
+        "--devices",
+        "6",
+        "--hours",
+        "96",
+        "--seed",
+        "5",
+        "--late",
+        "0",
+        "--drift",
+        "20",
+        "--drift-fraction",
+        "1",
+    ]);
+    let drifting: Vec<String> = csv_rows(&ds.join("drift.csv")).into_iter().map(|r| r["device_id"].clone()).collect();
+    assert_eq!(drifting.len(), 6);
+    let jobs = root.path().join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(jobs.join("adapter.toml"), "kind = \"adapter\"\nenabled = true\n").unwrap();
+    let (plain, adapted) = (root.path().join("plain"), root.path().join("adapted"));
+    eddy_ok(&["replay", ds.to_str().unwrap(), "--out", plain.to_str().unwrap(), "-q"]);
+    eddy_ok(&[
+        "replay",
+        ds.to_str().unwrap(),
+        "--out",
+        adapted.to_str().unwrap(),
+        "-q",
+        "--jobs",
+        jobs.to_str().unwrap(),
+    ]);
+    let before = co2_baselines(&jsonl(&plain.join("enriched.jsonl")));
+    let after = co2_baselines(&jsonl(&adapted.join("enriched.jsonl")));
+    let off = |b: f64| (b - 420.0).abs() / 420.0;
+    let mut worst = 0.0f64;
+    let mut drifted = 0;
+    for d in &drifting {
+        let (b, a) = (before[d], after[d]);
+        eprintln!("{d}: baseline {b:.1} without the adapter, {a:.1} with it");
+        drifted += (off(b) > 0.05) as usize;
+        assert!(off(a) <= 0.05, "{d}: the adapted baseline {a:.1} is not within 5% of 420");
+        worst = worst.max(off(a));
+    }
+    assert!(drifted >= 4, "without the adapter most baselines are off by more than 5%: {before:?}");
+    eprintln!("worst adapted baseline error {:.1}%", worst * 100.0);
+    // The other outputs' record counts do not change.
+    let (p, a) = (read_json(&plain.join("summary.json")), read_json(&adapted.join("summary.json")));
+    assert_eq!(p["records"]["enriched"], a["records"]["enriched"]);
+}

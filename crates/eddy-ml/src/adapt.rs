@@ -7,9 +7,15 @@
 //! to be outdoor air; if it is off the outdoor level by at least
 //! `min_correction`, the adapter publishes a calibration upsert that keeps
 //! the gain in force and shifts the offset by the difference, valid from
-//! `ts` = the snapshot's dataflow time plus the feedback delay. It then
-//! starts a new span after the correction, so no level measured under the
-//! old calibration enters the next estimate.
+//! `ts` = the snapshot's dataflow time plus the feedback delay. Levels kept
+//! from before a change of calibration (its own, or the dataset's) are
+//! converted to the calibration in force; the baseline is extrapolated from
+//! the time of the lows to the correction's `ts` with the drift rate seen so
+//! far (the change of the uncorrected baseline since the first estimate, over
+//! at least 12 hours); and the two hours after a
+//! correction, which the smoothed level still mixes, are skipped; so the
+//! adapter keeps tracking a drift, correcting whenever the baseline is off by
+//! `min_correction`.
 //!
 //! The calibration in force is that of the dataset's reference data (base
 //! tables and updates, as of `ts`) together with the adapter's own updates,
@@ -24,7 +30,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use eddy_core::ids::{Channel, DeviceId};
-use eddy_core::reading::Enriched;
+use eddy_core::reading::{Enriched, Reading};
 use eddy_core::records::StatsRecord;
 use eddy_core::reference::{Calibration, Num, RefChange, RefUpdate};
 use eddy_operators::stats::snapshot_end;
@@ -130,12 +136,32 @@ pub struct Adapter {
     levels: BTreeMap<DeviceId, VecDeque<(i64, f64)>>,
     /// Per device: its own versions, and the ts before which levels are ignored.
     own: BTreeMap<DeviceId, (Vec<Calibration>, i64)>,
+    /// Per device: the (gain, offset) in force at its last level.
+    in_force: BTreeMap<DeviceId, (f64, f64)>,
+    /// Per device: what it knows of the drift.
+    drift: BTreeMap<DeviceId, Drift>,
+}
+
+/// A device's drift history since its last calibration from the dataset.
+#[derive(Clone, Copy, Debug, Default)]
+struct Drift {
+    /// The sum of the adapter's corrections.
+    corrected: f64,
+    /// The first baseline estimate: (mean time of its lows, baseline without corrections).
+    first: Option<(f64, f64)>,
 }
 
 impl Adapter {
     /// A new adapter.
     pub fn new(cfg: AdapterConfig, book: CalibrationBook) -> Adapter {
-        Adapter { cfg, book, levels: BTreeMap::new(), own: BTreeMap::new() }
+        Adapter {
+            cfg,
+            book,
+            levels: BTreeMap::new(),
+            own: BTreeMap::new(),
+            in_force: BTreeMap::new(),
+            drift: BTreeMap::new(),
+        }
     }
 
     /// Takes one snapshot, emitted at dataflow time `time`; returns the
@@ -146,12 +172,27 @@ impl Adapter {
         }
         let s = &rec.stats;
         let (own, ignore_before) = self.own.entry(rec.device_id).or_insert_with(|| (Vec::new(), i64::MIN));
-        if s.ts < *ignore_before {
-            return None;
-        }
         let levels = self.levels.entry(rec.device_id).or_default();
         if levels.back().is_some_and(|&(t, _)| t >= s.ts) {
             return None; // the final snapshot repeats the last one
+        }
+        // Levels measured under another calibration (a dataset update, or the
+        // adapter's own) are converted to the one in force now.
+        let (g, o) = self.book.in_force(rec.device_id, s.ts, own);
+        let (g0, o0) = *self.in_force.entry(rec.device_id).or_insert((g, o));
+        let drift = self.drift.entry(rec.device_id).or_default();
+        if (g0, o0) != (g, o) {
+            for (_, v) in levels.iter_mut() {
+                *v = g * (*v - o0) / g0 + o;
+            }
+            self.in_force.insert(rec.device_id, (g, o));
+            let mine = own.last().is_some_and(|c| (c.gain.0, c.offset.0) == (g, o));
+            if !mine {
+                *drift = Drift::default(); // a new calibration from the dataset: a new drift history
+            }
+        }
+        if s.ts < *ignore_before {
+            return None; // the smoothed level still remembers the old calibration
         }
         levels.push_back((s.ts, s.ewma));
         while levels.front().is_some_and(|&(t, _)| t <= s.ts - self.cfg.span_ms) {
@@ -162,15 +203,26 @@ impl Adapter {
         if s.ts - first < self.cfg.span_ms * 22 / 24 || levels.len() < self.cfg.k {
             return None;
         }
-        let mut sorted: Vec<f64> = levels.iter().map(|&(_, v)| v).collect();
-        sorted.sort_by(f64::total_cmp);
-        let baseline = sorted[..self.cfg.k].iter().sum::<f64>() / self.cfg.k as f64;
-        let correction = self.cfg.outdoor - baseline;
+        let mut sorted: Vec<(i64, f64)> = levels.iter().copied().collect();
+        sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let lows = &sorted[..self.cfg.k];
+        let baseline = lows.iter().map(|l| l.1).sum::<f64>() / self.cfg.k as f64;
+        let at = lows.iter().map(|l| l.0 as f64).sum::<f64>() / self.cfg.k as f64;
+        // The baseline in the terms of the first level (the adapter's own
+        // corrections undone) gives the drift rate; extrapolate from the time
+        // of the lows to when the correction applies.
+        let anchor = (at, baseline - drift.corrected);
+        let first = *drift.first.get_or_insert(anchor);
+        let rate =
+            if anchor.0 - first.0 >= 12.0 * 3_600_000.0 { (anchor.1 - first.1) / (anchor.0 - first.0) } else { 0.0 };
+        let ts = time + self.cfg.delay_ms;
+        let expected = baseline + rate * (ts as f64 - at);
+        let correction = self.cfg.outdoor - expected;
         if correction.abs() < self.cfg.min_correction {
             return None;
         }
-        let ts = time + self.cfg.delay_ms;
         let (gain, offset) = self.book.in_force(rec.device_id, ts, own);
+        drift.corrected += correction;
         let calibration = Calibration {
             channel: self.cfg.channel,
             valid_from: ts,
@@ -178,10 +230,9 @@ impl Adapter {
             offset: Num(offset + correction),
         };
         own.push(calibration);
-        // Levels from before the correction (and the hours the smoothed level
-        // still remembers) would mix two calibrations.
+        // The levels are converted once the correction is in force; the hours
+        // just after it, which the smoothed level still mixes, are skipped.
         *ignore_before = ts + 2 * 3_600_000;
-        levels.clear();
         tracing::info!(device = %rec.device_id, baseline, correction, ts, "adapter: calibration update");
         Some(CalibrationUpdate { ts, device: rec.device_id, calibration, baseline })
     }
@@ -230,6 +281,46 @@ pub fn adapter<'s>(
                 }
                 if !out.is_empty() {
                     output.session(&cap).give_iterator(out.into_iter());
+                }
+            });
+        }
+    })
+}
+
+/// Re-stamps readings for the feedback loop: each reading's dataflow time
+/// becomes at least its own `ts` minus the lateness, rounded down to the
+/// epoch. Ingest stamps a reading with the watermark of the readings before
+/// it (0 before the first one), which can be far below its `ts`; enrich then
+/// holds the reading, at that stamp, until the reference frontier passes its
+/// `ts`, while the feedback edge holds the reference frontier at most one
+/// loop delay above the stamp. After re-stamping every reading has
+/// `ts < time + lateness + epoch`, so a loop delay of `lateness + epoch`
+/// never holds a reading back. Times only move forward, each reading's
+/// position relative to the frontier is kept (`ts ≥ time` for on-time ones),
+/// and the order of each worker's output follows its input.
+pub fn restamp<'s>(
+    readings: StreamVec<'s, u64, Reading>,
+    lateness_ms: i64,
+    epoch_ms: i64,
+    name: &str,
+) -> StreamVec<'s, u64, Reading> {
+    readings.unary_frontier(Pipeline, name, move |_cap, _info| {
+        move |(input, _frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(least) = cap.least().copied() else { return };
+                let mut run: Vec<Reading> = Vec::new();
+                let mut run_time = least;
+                for r in data.drain(..) {
+                    let own = (r.ts - lateness_ms).div_euclid(epoch_ms) * epoch_ms;
+                    let t = least.max(own.max(0) as u64);
+                    if t != run_time && !run.is_empty() {
+                        output.session(&cap.delayed(&run_time, 0)).give_iterator(run.drain(..));
+                    }
+                    run_time = t;
+                    run.push(r);
+                }
+                if !run.is_empty() {
+                    output.session(&cap.delayed(&run_time, 0)).give_iterator(run.drain(..));
                 }
             });
         }

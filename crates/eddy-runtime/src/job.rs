@@ -230,6 +230,32 @@ impl<'s, 'a> JobContext<'s, 'a> {
         Reference { devices: r.devices.clone(), rules: r.rules.clone() }
     }
 
+    /// [`reference`](Self::reference), with changes fed back from the
+    /// dataflow on any worker (see `reference_with_exchanged_feedback` in
+    /// `eddy_operators::reference`); call it before any `reference()`. Used
+    /// by the calibration adapter.
+    pub fn reference_with_exchanged_feedback<F>(&mut self, feedback: timely::dataflow::StreamVec<'s, u64, F>) -> Reference<'s>
+    where
+        F: timely::ExchangeData + Clone + Into<RefUpdate>,
+    {
+        assert!(self.reference.is_none(), "reference_with_exchanged_feedback must build the reference");
+        let updates = self.updates.take().unwrap_or_default();
+        self.reference = Some(eddy_operators::reference::reference_with_exchanged_feedback(
+            self.scope,
+            "reference",
+            updates,
+            Rc::clone(&self.progress),
+            feedback,
+        ));
+        self.reference()
+    }
+
+    /// Every reference change of the dataset and the specs, in `ts` order
+    /// (the same on every worker).
+    pub fn reference_changes(&self) -> &[RefUpdate] {
+        &self.shared.updates
+    }
+
     /// A sink writing JSON lines to `OUT/<name>.jsonl` (one file, shared by
     /// every worker of this process).
     pub fn jsonl(&self, name: &str) -> JsonlSink {

@@ -12,8 +12,11 @@ use eddy_state::window::WindowSpec;
 
 use std::time::Duration;
 
+use eddy_core::Channel;
+use eddy_ml::adapt::{adapter, restamp, Adapter, AdapterConfig, CalibrationBook, CalibrationUpdate};
 use eddy_ml::model::{ModelFile, ModelUpdate};
 use eddy_ml::score::{score, ModelWatch};
+use timely::dataflow::operators::{ConnectLoop as _, Feedback as _};
 
 use crate::error::{Error, Result};
 use crate::flow::Flow;
@@ -46,7 +49,15 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     let spec = job.spec().clone();
     let step = |name: &Option<String>, kind: &str| name.clone().unwrap_or_else(|| kind.to_string());
     let ingest = job.ingest();
-    let reference = job.reference();
+    // The calibration adapter feeds calibration updates back into the
+    // reference data: a feedback edge into the reference source, delayed by
+    // the lateness plus an epoch (see `reference_with_feedback`).
+    let loop_delay = spec.ingest.lateness.ms() + spec.ingest.epoch.ms();
+    let adapter_loop = spec.adapter.enabled.then(|| job.scope().feedback::<Vec<CalibrationUpdate>>(loop_delay as u64));
+    let (reference, adapter_loop) = match adapter_loop {
+        Some((handle, fed)) => (job.reference_with_exchanged_feedback(fed), Some(handle)),
+        None => (job.reference(), None),
+    };
     let readings = ingest.readings;
 
     // ingest → late, deadletter (and the raw archive: every line as received)
@@ -54,8 +65,17 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     job.commit(ingest.dead.sink(job.jsonl("deadletter")));
 
     // enrich → enriched (late readings are enriched too, for the backup)
+    let to_enrich = match adapter_loop {
+        // In the loop, every reading's time must be within a loop delay of its ts.
+        Some(_) => {
+            let name = step(&spec.adapter.name, "adapter");
+            let stream = restamp(readings.into_stream(), spec.ingest.lateness.ms(), spec.ingest.epoch.ms(), &name);
+            Flow::new(stream, &name)
+        }
+        None => readings,
+    };
     let enriched =
-        readings.step(&step(&spec.enrich.name, "enrich")).enrich(&reference, spec.enrich.reference_retention.ms());
+        to_enrich.step(&step(&spec.enrich.name, "enrich")).enrich(&reference, spec.enrich.reference_retention.ms());
     if spec.backup.enabled {
         let backup = step(&spec.backup.name, "backup");
         job.commit(enriched.clone().step(&backup).sink(job.backup()));
@@ -63,11 +83,33 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
             job.commit(ingest.raw.step(&backup).sink(job.raw_archive()));
         }
     }
+    let adapter_input = adapter_loop.is_some().then(|| enriched.clone());
     let on_time = enriched.on_time();
     job.commit(on_time.clone().sink(job.jsonl("enriched")));
 
     // stats, windows, alerts ← enriched (on time)
     let stats = on_time.clone().step(&step(&spec.stats.name, "stats")).stats(stats_params(&spec));
+    if let (Some(handle), Some(input)) = (adapter_loop, adapter_input) {
+        let a = &spec.adapter;
+        let cfg = AdapterConfig {
+            channel: Channel::intern(&a.channel),
+            k: a.k,
+            span_ms: a.span.ms(),
+            outdoor: a.outdoor_ppm,
+            min_correction: a.min_correction,
+            delay_ms: loop_delay,
+        };
+        let book = CalibrationBook::new(job.reference_changes(), cfg.channel);
+        let params = stats_params(&spec);
+        let updates = adapter(
+            input.into_stream(),
+            Adapter::new(cfg, book),
+            params.config,
+            params.snapshot_every_ms,
+            &step(&a.name, "adapter"),
+        );
+        updates.connect_loop(handle);
+    }
     job.commit(stats.sink(job.jsonl("stats")));
     let windows = on_time.clone().step(&step(&spec.windows.name, "windows")).windows(window_spec(&spec));
     job.commit(windows.sink(job.jsonl("windows")));
