@@ -382,10 +382,15 @@ mod tests {
         );
         let mut a = Adapter::new(cfg(), book);
         let mut published = Vec::new();
+        // What enrichment adds once an update is in force.
+        let mut applied: Vec<(i64, f64)> = Vec::new();
         for h in 0..30 {
             // Nights (hours 0..6 of each day) at 470, days higher.
-            let level = if h % 24 < 6 { 470.0 + (h % 3) as f64 } else { 800.0 };
-            if let Some(u) = a.observe(h * H, &snap(d, h * H - 1, level)) {
+            let ts = h * H + 1;
+            let shift: f64 = applied.iter().filter(|(from, _)| *from <= ts).map(|(_, c)| c).sum();
+            let level = if h % 24 < 6 { 470.0 + (h % 3) as f64 } else { 800.0 } + shift;
+            if let Some(u) = a.observe(h * H, &snap(d, ts, level)) {
+                applied.push((u.ts, 420.0 - u.baseline));
                 published.push((h, u));
             }
         }

@@ -38,6 +38,8 @@ pub type DeviceTrace = TraceAgent<ValSpine<DeviceId, DeviceRef, u64, isize>>;
 pub type RulesTrace = TraceAgent<ValSpine<RuleScope, Rule, u64, isize>>;
 
 type DevUpd = ((DeviceId, DeviceRef), u64, isize);
+/// A fed-back change, with capabilities for the devices and the rules outputs.
+type Fed = (Capability<u64>, Capability<u64>, RefChange);
 type RuleUpd = ((RuleScope, Rule), u64, isize);
 
 /// The reference arrangements of one dataflow.
@@ -130,7 +132,7 @@ where
         let mut state = RefState::default();
         let mut out = Vec::new();
         // Fed-back updates by (ts, arrival), each with a capability for both outputs.
-        let mut fed: BTreeMap<(i64, u64), (Capability<u64>, Capability<u64>, RefChange)> = BTreeMap::new();
+        let mut fed: BTreeMap<(i64, u64), Fed> = BTreeMap::new();
         let mut fed_seq = 0u64;
         // Sends the records of one applied change at the capabilities' time.
         macro_rules! emit {
