@@ -140,6 +140,15 @@ struct PublishArgs {
     /// Do not end the stream: leave out the end markers.
     #[arg(long)]
     no_end: bool,
+    /// Publish the readings only, not the reference data.
+    #[arg(long)]
+    no_reference: bool,
+    /// Skip the first N lines of the readings file.
+    #[arg(long, default_value_t = 0)]
+    skip_lines: u64,
+    /// Publish at most N lines (after the skipped ones).
+    #[arg(long)]
+    max_lines: Option<u64>,
     /// No progress bar and no summary.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -476,6 +485,9 @@ fn cmd_publish(a: PublishArgs) -> Result<()> {
         raw_partitions: a.raw_partitions,
         speed: a.speed,
         no_end: a.no_end,
+        no_reference: a.no_reference,
+        skip_lines: a.skip_lines,
+        max_lines: a.max_lines,
     };
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };

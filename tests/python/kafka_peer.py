@@ -63,6 +63,15 @@ def read_all(brokers, topic):
         if "eddy.wm" in headers:
             continue
         out.append(m)
+    # Tansu 0.6 reports a partition's end as its last batch's first offset
+    # plus one: the rest of that batch is already here.
+    drain_until = time.time() + 1
+    while time.time() < drain_until:
+        m = c.poll(0.5)
+        if m is None:
+            break
+        if not m.error() and "eddy.wm" not in dict(m.headers() or []):
+            out.append(m)
     c.close()
     assert not ends, "did not reach the end of " + topic
     return out

@@ -117,5 +117,15 @@ pub fn read_to_end(cfg: &KafkaConfig, topic: &str, timeout: Duration) -> Result<
             None => {}
         }
     }
+    // Some brokers (Tansu 0.6) report a partition's end as the last batch's
+    // first offset plus one: the rest of that batch came in the same fetch,
+    // so take whatever is already here (briefly: a live topic never ends).
+    let drain_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < drain_until {
+        match consumer.poll(Duration::from_millis(50)) {
+            Some(r) => out.push(r.map_err(|e| Error::kafka(format!("reading {topic}"), e))?.detach()),
+            None => break,
+        }
+    }
     Ok(out)
 }

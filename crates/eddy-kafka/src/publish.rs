@@ -33,6 +33,12 @@ pub struct PublishOptions {
     pub speed: Option<f64>,
     /// Leave out the `end` markers (the stream stays open).
     pub no_end: bool,
+    /// Leave out the reference data (publish readings only).
+    pub no_reference: bool,
+    /// Skip this many lines of the readings file first.
+    pub skip_lines: u64,
+    /// Publish at most this many lines (after the skipped ones).
+    pub max_lines: Option<u64>,
 }
 
 /// Progress of a publish: lines and bytes sent, of the total bytes.
@@ -79,7 +85,9 @@ pub fn publish(
     let mut producer = Producer::new(cfg)?;
     let mut summary = PublishSummary::default();
 
-    for u in dataset.base.iter().chain(dataset.updates.iter()) {
+    let reference = if opts.no_reference { &[][..] } else { &dataset.updates[..] };
+    let base = if opts.no_reference { &[][..] } else { &dataset.base[..] };
+    for u in base.iter().chain(reference.iter()) {
         let (table, key, value) = u.to_json();
         let topic = match table {
             Table::Devices => opts.topics.devices(),
@@ -100,12 +108,20 @@ pub fn publish(
     let mut buf = Vec::with_capacity(1024);
     let mut progress = PublishProgress { total_bytes: dataset.readings_bytes, ..Default::default() };
     let mut pace: Option<(Instant, i64)> = None;
+    let mut skipped = 0u64;
     loop {
+        if opts.max_lines.is_some_and(|m| summary.lines >= m) {
+            break;
+        }
         buf.clear();
         match lines.next_line(&mut buf) {
             Ok(Some(_)) => {}
             Ok(None) => break,
             Err(e) => return Err(Error::Other(format!("{}: {e}", lines.describe()))),
+        }
+        if skipped < opts.skip_lines {
+            skipped += 1;
+            continue;
         }
         let parsed = parse_line(&buf).ok();
         if let (Some(p), Some(speed)) = (&parsed, opts.speed) {

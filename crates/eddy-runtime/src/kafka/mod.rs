@@ -483,7 +483,8 @@ impl<'s> Ctx<'s> {
         let (probe, _) = watch.clone().into_stream().probe();
         let spec = &self.opts().spec.ingest;
         let ahead = (spec.lateness.ms() + spec.epoch.ms()).max(0) as u64;
-        let live = live_reference(self.scope, "reference.live", consumer, probe, ahead);
+        let live =
+            live_reference(self.scope, "reference.live", consumer, probe, ahead, Rc::clone(&self.progress));
         Ok(reference_with_feedback(self.scope, "reference", updates, Rc::clone(&self.progress), Some(live)))
     }
 

@@ -632,6 +632,7 @@ pub fn live_reference<'s>(
     consumer: Option<BaseConsumer>,
     watch: timely::dataflow::ProbeHandle<u64>,
     ahead_ms: u64,
+    progress: Rc<SourceProgress>,
 ) -> StreamVec<'s, u64, eddy_core::reference::RefUpdate> {
     use eddy_core::reference::RefUpdate;
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
@@ -677,7 +678,10 @@ pub fn live_reference<'s>(
             }
             drop(h);
             match watch.with_frontier(|f| f.iter().copied().min()) {
-                None => cap = None,
+                // An empty frontier before the readings source has even
+                // started only means the probe has not heard of it yet.
+                None if progress.done() => cap = None,
+                None => activator.activate_after(Duration::from_millis(20)),
                 Some(f) => {
                     // Move on only once every change already in the topics has
                     // been read: a change published before a reading is then
