@@ -678,10 +678,12 @@ pub fn live_reference<'s>(
             }
             drop(h);
             match watch.with_frontier(|f| f.iter().copied().min()) {
-                // An empty frontier before the readings source has even
-                // started only means the probe has not heard of it yet.
-                None if progress.done() => cap = None,
-                None => activator.activate_after(Duration::from_millis(20)),
+                // The readings are done (or this probe has not heard of them
+                // yet; then the changes read at start are all there is).
+                None => {
+                    let _ = progress.done();
+                    cap = None
+                }
                 Some(f) => {
                     // Move on only once every change already in the topics has
                     // been read: a change published before a reading is then
@@ -716,6 +718,7 @@ fn caught_up(consumer: &BaseConsumer) -> bool {
             rdkafka::Offset::Offset(o) => o,
             _ => low,
         };
+        tracing::trace!(topic = e.topic(), partition = e.partition(), at, low, high, "reference position");
         at >= high
     })
 }
