@@ -27,14 +27,7 @@ pub fn consumer(cfg: &KafkaConfig, group: &str) -> Result<BaseConsumer> {
 
 /// The number of partitions of `topic`.
 pub fn partitions(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<i32> {
-    let md = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| Error::kafka(format!("reading metadata of {topic}"), e))?;
-    let n = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-    if n == 0 {
-        return Err(Error::Other(format!("kafka: topic {topic} does not exist")));
-    }
-    Ok(n as i32)
+    crate::topics::partition_count(consumer.client(), topic, timeout)
 }
 
 /// The offsets group `group` committed for `topic`'s `partitions`

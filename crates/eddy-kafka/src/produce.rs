@@ -68,7 +68,8 @@ impl Producer {
     ) -> u64 {
         let seq = self.next;
         self.next += 1;
-        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, seq as usize).headers(headers);
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, seq as usize).headers(headers);
         if let Some(k) = key {
             rec = rec.key(k);
         }
@@ -145,16 +146,7 @@ impl Producer {
 
     /// The number of partitions of `topic`.
     pub fn partitions(&self, topic: &str, timeout: Duration) -> Result<i32> {
-        let md = self
-            .inner
-            .client()
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(|e| Error::kafka(format!("reading metadata of {topic}"), e))?;
-        let n = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
-        if n == 0 {
-            return Err(Error::Other(format!("kafka: topic {topic} does not exist")));
-        }
-        Ok(n as i32)
+        crate::topics::partition_count(self.inner.client(), topic, timeout)
     }
 }
 

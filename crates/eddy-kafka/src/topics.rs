@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::error::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -143,8 +143,8 @@ pub fn ensure(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = futures_executor::block_on(admin.create_topics(&new, &opts))
-        .map_err(|e| Error::kafka("creating topics", e))?;
+    let results =
+        futures_executor::block_on(admin.create_topics(&new, &opts)).map_err(|e| Error::kafka("creating topics", e))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -152,4 +152,16 @@ pub fn ensure(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The number of partitions of `topic`, from the brokers' metadata.
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Result<i32> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| Error::kafka(format!("reading metadata of {topic}"), e))?;
+    let n = md.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+    if n == 0 {
+        return Err(Error::Other(format!("kafka: topic {topic} does not exist")));
+    }
+    Ok(n as i32)
 }

@@ -234,7 +234,10 @@ impl<'s, 'a> JobContext<'s, 'a> {
     /// dataflow on any worker (see `reference_with_exchanged_feedback` in
     /// `eddy_operators::reference`); call it before any `reference()`. Used
     /// by the calibration adapter.
-    pub fn reference_with_exchanged_feedback<F>(&mut self, feedback: timely::dataflow::StreamVec<'s, u64, F>) -> Reference<'s>
+    pub fn reference_with_exchanged_feedback<F>(
+        &mut self,
+        feedback: timely::dataflow::StreamVec<'s, u64, F>,
+    ) -> Reference<'s>
     where
         F: timely::ExchangeData + Clone + Into<RefUpdate>,
     {

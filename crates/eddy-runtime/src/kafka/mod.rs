@@ -59,7 +59,9 @@ use crate::flow::{Committed, Flow};
 use crate::job::spec_rules;
 use crate::replay::{stats_params, window_spec};
 use crate::workers::Workers;
-use operators::{kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop, Unsettled};
+use operators::{
+    kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop, Unsettled,
+};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -238,7 +240,12 @@ pub fn read_reference(cfg: &KafkaConfig, topics: &Topics) -> Result<(Vec<RefUpda
                 .and_then(|v| RefUpdate::from_json(&v));
             match parsed {
                 Ok(u) => out.push(u),
-                Err(e) => tracing::warn!(topic, partition = m.partition(), offset = m.offset(), "skipping a reference record: {e}"),
+                Err(e) => tracing::warn!(
+                    topic,
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "skipping a reference record: {e}"
+                ),
             }
         }
     }
@@ -393,11 +400,8 @@ impl<'s> Ctx<'s> {
             return Ok(None);
         }
         let consumer = consume::consumer(&self.opts().kafka, &self.opts().group()).map_err(kafka_err)?;
-        let committed = if rewind {
-            BTreeMap::new()
-        } else {
-            consume::committed(&consumer, topic, &mine).map_err(kafka_err)?
-        };
+        let committed =
+            if rewind { BTreeMap::new() } else { consume::committed(&consumer, topic, &mine).map_err(kafka_err)? };
         let mut tpl = TopicPartitionList::new();
         for p in &mine {
             let at = committed.get(p).copied().flatten().map_or(Offset::Beginning, Offset::Offset);
@@ -422,8 +426,7 @@ impl<'s> Ctx<'s> {
     fn typed<D: Stamped>(&mut self, topic: &str) -> Result<(Flow<'s, D>, Flow<'s, DeadLetter>)> {
         let rewind = self.opts().rewinds();
         let input = self.input(topic, self.shared.partitions, rewind)?;
-        let (data, dead) =
-            typed_source::<D>(
+        let (data, dead) = typed_source::<D>(
             self.scope,
             topic,
             input,
@@ -483,8 +486,7 @@ impl<'s> Ctx<'s> {
         let (probe, _) = watch.clone().into_stream().probe();
         let spec = &self.opts().spec.ingest;
         let ahead = (spec.lateness.ms() + spec.epoch.ms()).max(0) as u64;
-        let live =
-            live_reference(self.scope, "reference.live", consumer, probe, ahead, Rc::clone(&self.progress));
+        let live = live_reference(self.scope, "reference.live", consumer, probe, ahead, Rc::clone(&self.progress));
         Ok(reference_with_feedback(self.scope, "reference", updates, Rc::clone(&self.progress), Some(live)))
     }
 
@@ -495,7 +497,8 @@ impl<'s> Ctx<'s> {
         for topic in opts.topics.reference() {
             let n = consume::partitions(&consumer, &topic, opts.kafka.connect_timeout).map_err(kafka_err)?;
             for p in 0..n {
-                let at = self.shared.ref_offsets.get(&(topic.clone(), p)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                let at =
+                    self.shared.ref_offsets.get(&(topic.clone(), p)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
                 tpl.add_partition_offset(&topic, p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
             }
         }
@@ -576,11 +579,7 @@ fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
     // are in the backup already.
     let floors = ctx.shared.backup_floor.clone();
     let kept = suppress(enriched.into_stream(), "backup.resume", move |e: &Enriched| {
-        floors
-            .iter()
-            .map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0))
-            .min()
-            .unwrap_or(0)
+        floors.iter().map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0)).min().unwrap_or(0)
     });
     let id = format!("w{index}of{peers}");
     let writer = BackupWriter::new(&out.join("backup"), &id, backup_config(&opts.spec.backup));
@@ -590,7 +589,8 @@ fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
     if opts.spec.backup.raw_archive {
         let s = ctx.raw()?;
         let resume = ctx.shared.raw_resume.as_ref().map(|r| Arc::clone(&r.raw)).unwrap_or_default();
-        let writer = RawArchiveWriter::new(&out.join("raw"), &format!("raw-w{index}"), backup_config(&opts.spec.backup));
+        let writer =
+            RawArchiveWriter::new(&out.join("raw"), &format!("raw-w{index}"), backup_config(&opts.spec.backup));
         let sink = ParquetSink::new(writer, Arc::clone(&ctx.shared.metrics), resume);
         Flow::<RawLine>::new(s.raw, "backup").sink(sink).probe_with(&ctx.probe);
     }
@@ -705,12 +705,7 @@ impl Marks {
                 self.producer.send(topic, Some(p), None, None, marker_headers(frontier));
             }
         }
-        let cp = JobCheckpoint {
-            version: 1,
-            job: self.group.clone(),
-            frontier,
-            complete: frontier == u64::MAX,
-        };
+        let cp = JobCheckpoint { version: 1, job: self.group.clone(), frontier, complete: frontier == u64::MAX };
         let value = serde_json::to_vec(&cp).expect("checkpoint serialises");
         self.producer.send(&self.checkpoints, None, Some(self.group.as_bytes()), Some(&value), Default::default());
         self.producer.poll();

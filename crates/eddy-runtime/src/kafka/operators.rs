@@ -144,6 +144,20 @@ impl Stop {
     }
 }
 
+impl Input {
+    /// The next record already fetched, if any. A consumer error (a broker
+    /// gone, say) is logged and ends the batch; the client retries.
+    fn next(&self) -> Option<rdkafka::message::BorrowedMessage<'_>> {
+        match self.consumer.poll(Duration::ZERO)? {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
+                None
+            }
+        }
+    }
+}
+
 /// Settings of the raw source.
 #[derive(Clone, Debug)]
 pub struct RawConfig {
@@ -241,14 +255,7 @@ pub fn raw_source<'s>(
             let mut got = 0;
             let mut unsettled = input.unsettled.borrow_mut();
             while got < BATCH {
-                let m = match input.consumer.poll(Duration::ZERO) {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::warn!(topic = %input.topic, error = %e, "kafka consumer error; retrying");
-                        break;
-                    }
-                    None => break,
-                };
+                let Some(m) = input.next() else { break };
                 got += 1;
                 let (p, offset) = (m.partition(), m.offset());
                 let Some(part) = parts.get_mut(&p) else { continue };
@@ -441,14 +448,7 @@ pub fn typed_source<'s, D: Stamped>(
             let mut got = 0;
             let mut unsettled = input.unsettled.borrow_mut();
             while got < BATCH {
-                let m = match input.consumer.poll(Duration::ZERO) {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::warn!(topic = %input.topic, error = %e, "kafka consumer error; retrying");
-                        break;
-                    }
-                    None => break,
-                };
+                let Some(m) = input.next() else { break };
                 got += 1;
                 let (p, offset) = (m.partition(), m.offset());
                 let Some(part) = parts.get_mut(&p) else { continue };
