@@ -504,12 +504,7 @@ fn cmd_publish(a: PublishArgs) -> Result<()> {
     .with_context(|| format!("publishing {}", a.dataset.display()))?;
     bar.finish_and_clear();
     if !a.quiet {
-        println!(
-            "published {} lines to {} and {} reference records",
-            s.lines,
-            opts.topics.raw(),
-            s.reference
-        );
+        println!("published {} lines to {} and {} reference records", s.lines, opts.topics.raw(), s.reference);
     }
     Ok(())
 }

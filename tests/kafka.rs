@@ -144,7 +144,9 @@ fn backup_rows(out: &Path) -> Vec<String> {
     let rows = eddy::parquet::read_backup(&out.join("backup")).unwrap();
     sorted(
         rows.into_iter()
-            .map(|r| format!("{}|{}|{:?}|{:?}|{:?}|{}|{:?}", r.device_id, r.ts, r.raw, r.values, r.context, r.late, r.junk))
+            .map(|r| {
+                format!("{}|{}|{:?}|{:?}|{:?}|{}|{:?}", r.device_id, r.ts, r.raw, r.values, r.context, r.late, r.junk)
+            })
             .collect(),
     )
 }
@@ -246,8 +248,7 @@ fn redeploy(signal: &str, job: &str, own: &str, checks: &[(&str, &str)]) {
     eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
 
     let p = prefix(&format!("redeploy-{}", signal.to_lowercase()));
-    let others: Vec<(&str, Child)> =
-        CHAIN.iter().filter(|j| **j != job).map(|j| (*j, start(j, &p, &[]))).collect();
+    let others: Vec<(&str, Child)> = CHAIN.iter().filter(|j| **j != job).map(|j| (*j, start(j, &p, &[]))).collect();
     let mut victim = start(job, &p, &[]);
     // The first half of the readings, without an end: the job cannot finish
     // before it is stopped.
@@ -321,22 +322,12 @@ fn redeploy(signal: &str, job: &str, own: &str, checks: &[(&str, &str)]) {
 
 #[test]
 fn an_ingest_job_stopped_with_sigterm_and_restarted_loses_nothing() {
-    redeploy(
-        "TERM",
-        "ingest",
-        "readings",
-        &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")],
-    );
+    redeploy("TERM", "ingest", "readings", &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")]);
 }
 
 #[test]
 fn an_ingest_job_killed_with_sigkill_and_restarted_loses_nothing() {
-    redeploy(
-        "KILL",
-        "ingest",
-        "readings",
-        &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")],
-    );
+    redeploy("KILL", "ingest", "readings", &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")]);
 }
 
 /// Known bug (issue 5 stays open for it): on a paced live stream the windows

@@ -293,8 +293,8 @@ mod tests {
 
     #[test]
     fn hand_written_encoders_write_what_serde_writes() {
-        use eddy_core::records::{EndReason, EventState};
         use eddy_core::records::StatsSnapshot;
+        use eddy_core::records::{EndReason, EventState};
         let d = DeviceId::intern("dev-\"x\"");
         let stats = StatsRecord {
             device_id: d,

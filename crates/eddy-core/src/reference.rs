@@ -155,9 +155,10 @@ impl RefUpdate {
     pub fn from_json(v: &Value) -> Result<RefUpdate, String> {
         let obj = v.as_object().ok_or("expected a JSON object")?;
         let ts = match obj.get("ts") {
-            Some(Value::Number(n)) => n.as_i64().filter(|t| *t >= 0).ok_or_else(|| {
-                format!("field `ts` must be a non-negative integer of epoch milliseconds, found {n}")
-            })?,
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .filter(|t| *t >= 0)
+                .ok_or_else(|| format!("field `ts` must be a non-negative integer of epoch milliseconds, found {n}"))?,
             Some(other) => return Err(format!("field `ts` must be an integer of epoch milliseconds, found {other}")),
             None => return Err("field `ts` is missing".into()),
         };

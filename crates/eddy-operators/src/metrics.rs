@@ -329,8 +329,7 @@ pub fn write_bench_report(out: &Path, wall: Duration) -> std::io::Result<()> {
         let mut g = stages().lock();
         let mut by_op: Vec<(&String, &Duration)> = g.busy.iter().collect();
         by_op.sort_by(|a, b| b.1.cmp(a.1));
-        let ops: Vec<String> =
-            by_op.iter().map(|(n, d)| format!("{}:{:.3}", json_str(n), d.as_secs_f64())).collect();
+        let ops: Vec<String> = by_op.iter().map(|(n, d)| format!("{}:{:.3}", json_str(n), d.as_secs_f64())).collect();
         // By step: the operator name up to its first '.', as `Flow` names them.
         let mut by_step: BTreeMap<String, Duration> = BTreeMap::new();
         for (n, d) in &g.busy {

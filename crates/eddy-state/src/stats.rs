@@ -485,7 +485,8 @@ impl Trend {
         // order is the part after the wrap, then the part before it.
         let start = self.buckets.partition_point(|b| b.index < oldest);
         let slot = |i: usize| self.buckets[i].index.rem_euclid(span);
-        let wrap = (start..self.buckets.len().saturating_sub(1)).find(|&i| slot(i + 1) < slot(i)).map_or(start, |i| i + 1);
+        let wrap =
+            (start..self.buckets.len().saturating_sub(1)).find(|&i| slot(i + 1) < slot(i)).map_or(start, |i| i + 1);
         let mut live = self
             .buckets
             .range(wrap..)
