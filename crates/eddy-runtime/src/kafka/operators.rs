@@ -649,6 +649,12 @@ pub fn live_reference<'s>(
             };
             let mut h = out.activate();
             let mut got = 0;
+            // True once a poll comes back empty: nothing fetched is left to
+            // read. Only then can the positions be compared with the topics'
+            // ends (a position inside a fetched batch can pass the end a
+            // broker reports for it: Tansu 0.6 reports the last batch's base
+            // offset + 1).
+            let mut drained = false;
             while got < BATCH {
                 let m = match consumer.poll(Duration::ZERO) {
                     Some(Ok(m)) => m,
@@ -656,7 +662,10 @@ pub fn live_reference<'s>(
                         tracing::warn!(error = %e, "kafka consumer error on a reference topic; retrying");
                         break;
                     }
-                    None => break,
+                    None => {
+                        drained = true;
+                        break;
+                    }
                 };
                 got += 1;
                 let Some(bytes) = m.payload() else { continue };
@@ -690,7 +699,7 @@ pub fn live_reference<'s>(
                     // in before that reading is looked up.
                     let t = f.saturating_add(ahead_ms);
                     let mut wait = if got > 0 { 0 } else { 20 };
-                    if t > *c.time() && last_check.elapsed() >= Duration::from_millis(50) {
+                    if t > *c.time() && drained && last_check.elapsed() >= Duration::from_millis(50) {
                         last_check = Instant::now();
                         if caught_up(consumer) {
                             c.downgrade(&t);
