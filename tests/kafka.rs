@@ -330,21 +330,16 @@ fn an_ingest_job_killed_with_sigkill_and_restarted_loses_nothing() {
     redeploy("KILL", "ingest", "readings", &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")]);
 }
 
-/// Known bug (issue 5 stays open for it): on a paced live stream the windows
-/// job sometimes writes nothing until the stream ends, so it cannot be killed
-/// mid-stream; the SIGTERM test above covers a restart mid-stream.
+/// The windows job writes output mid-stream (its input's frontier moves with
+/// the readings, not with the end of the stream), so it can be killed there.
 #[test]
-#[ignore = "known bug: windows output can lag to the end of a paced live stream (see issue 5)"]
 fn a_windows_job_killed_with_sigkill_and_restarted_loses_nothing() {
     redeploy("KILL", "windows", "windows.1h", &[("windows.1h", "windows")]);
 }
 
-/// Known bug (issue 5 stays open for it): when enrich is killed after a
-/// mid-stream checkpoint and restarted from its committed offsets, one
-/// reading can go missing downstream (a statistics snapshot then counts one
-/// value less). Reproduced by hand about one time in two; not yet found.
+/// Enrich resumes from its committed offsets (it does not rewind): a
+/// regression test for resuming inside a broker's record batch.
 #[test]
-#[ignore = "known bug: an enrich restart from mid-stream offsets can lose a reading downstream (see issue 5)"]
 fn an_enrich_job_killed_with_sigkill_and_restarted_loses_nothing_downstream() {
     redeploy("KILL", "enrich", "enriched", &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")]);
 }

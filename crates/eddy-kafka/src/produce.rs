@@ -158,6 +158,9 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("retry.backoff.ms", "100")
         .set("retry.backoff.max.ms", "5000")
         .set("linger.ms", "5")
+        // The most records a batch holds: a resumed consumer fetches this far
+        // back (see eddy-runtime's RESUME_REWIND).
+        .set("batch.num.messages", "10000")
         .set("compression.type", "none")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576");

@@ -1,8 +1,8 @@
 //! The enrich job: calibration and device context, as of each reading's time.
 //!
 //! Readings arrive partitioned by device (the same routing as the reference
-//! arrangement) and wait, in arrival order, until the arrangement's frontier
-//! has passed their lookup time, so that every reference change that applies
+//! arrangement) and wait, in arrival order per device, until the
+//! arrangement's frontier has passed their lookup time, so that every reference change that applies
 //! to them is in. Then a batch of readings is looked up against the trace:
 //! each reading sees the reference data as of its `ts` (clamped to the
 //! retained history; see [`lookup_time`]).
@@ -99,6 +99,7 @@ pub fn enrich<'s>(
         name,
         move |_cap, _info| {
             let mut stash: Waiting<Reading> = Waiting::default();
+            let mut last_rf: Vec<u64> = Vec::new();
             move |(input, frontier), (refs, ref_frontier), output| {
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
@@ -107,9 +108,17 @@ pub fn enrich<'s>(
                 });
                 refs.for_each(|_, _| {});
 
-                // The ready prefix, in arrival order.
+                // The ready readings, in arrival order per device.
                 let rf = ref_frontier.frontier();
-                let ready = stash.take_ready(|r, t| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)));
+                let moved = rf.iter().ne(last_rf.iter());
+                if moved {
+                    last_rf = rf.to_vec();
+                }
+                let ready = stash.take_ready_by(
+                    moved,
+                    |r| u64::from(r.device.index()),
+                    |r, t| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)),
+                );
 
                 if !ready.is_empty() {
                     let mut keys: Vec<DeviceId> = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device)).collect();

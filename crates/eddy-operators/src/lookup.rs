@@ -10,6 +10,7 @@ use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::trace::TraceReader;
 use differential_dataflow::ExchangeData;
+use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
 
 use timely::dataflow::operators::Capability;
@@ -18,11 +19,15 @@ use timely::progress::frontier::AntichainRef;
 /// Readings waiting, in arrival order, for a reference frontier to pass them.
 pub struct Waiting<D> {
     stash: VecDeque<(Capability<u64>, VecDeque<D>)>,
+    /// For [`Waiting::take_ready_by`]: the keys with a record waiting among
+    /// the first `scanned` batches, all of which were found not ready.
+    blocked: FxHashSet<u64>,
+    scanned: usize,
 }
 
 impl<D> Default for Waiting<D> {
     fn default() -> Self {
-        Waiting { stash: VecDeque::new() }
+        Waiting { stash: VecDeque::new(), blocked: FxHashSet::default(), scanned: 0 }
     }
 }
 
@@ -49,12 +54,64 @@ impl<D> Waiting<D> {
                 break;
             }
         }
+        self.scanned = 0;
+        self.blocked.clear();
+        out
+    }
+
+    /// Takes every record for which `ready(record, time)` holds and no
+    /// earlier record with the same `key` is still waiting: arrival order is
+    /// kept per key, and a record that is not ready holds back only the
+    /// records of its own key (a device far ahead in event time does not
+    /// hold back the others). Batches come out with their capabilities.
+    ///
+    /// `rescan` says whether `ready` may have changed since the last call
+    /// (the reference frontier moved); when it has not, only the batches
+    /// pushed since are looked at.
+    pub fn take_ready_by(
+        &mut self,
+        rescan: bool,
+        key: impl Fn(&D) -> u64,
+        ready: impl Fn(&D, u64) -> bool,
+    ) -> Vec<(Capability<u64>, Vec<D>)> {
+        if rescan {
+            self.blocked.clear();
+            self.scanned = 0;
+        }
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.stash.len());
+        for (i, (cap, batch)) in std::mem::take(&mut self.stash).into_iter().enumerate() {
+            if i < self.scanned {
+                kept.push_back((cap, batch));
+                continue;
+            }
+            let t = *cap.time();
+            let mut go = Vec::new();
+            let mut stay = VecDeque::new();
+            for d in batch {
+                let k = key(&d);
+                if !self.blocked.contains(&k) && ready(&d, t) {
+                    go.push(d);
+                } else {
+                    self.blocked.insert(k);
+                    stay.push_back(d);
+                }
+            }
+            if !go.is_empty() {
+                out.push((cap.clone(), go));
+            }
+            if !stay.is_empty() {
+                kept.push_back((cap, stay));
+            }
+        }
+        self.scanned = kept.len();
+        self.stash = kept;
         out
     }
 
     /// The least time of a waiting or future record, given the input frontier.
     pub fn low(&self, input: AntichainRef<u64>) -> Option<u64> {
-        let waiting = self.stash.front().map(|(c, _)| *c.time());
+        let waiting = self.stash.iter().map(|(c, _)| *c.time()).min();
         match (input.iter().copied().min(), waiting) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

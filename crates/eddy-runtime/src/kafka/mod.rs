@@ -60,7 +60,8 @@ use crate::job::spec_rules;
 use crate::replay::{stats_params, window_spec};
 use crate::workers::Workers;
 use operators::{
-    kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop, Unsettled,
+    kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop,
+    Unsettled, RESUME_REWIND,
 };
 
 /// What to run.
@@ -403,22 +404,33 @@ impl<'s> Ctx<'s> {
         let committed =
             if rewind { BTreeMap::new() } else { consume::committed(&consumer, topic, &mine).map_err(kafka_err)? };
         let mut tpl = TopicPartitionList::new();
+        let mut floor = BTreeMap::new();
         for p in &mine {
-            let at = committed.get(p).copied().flatten().map_or(Offset::Beginning, Offset::Offset);
+            let at = match committed.get(p).copied().flatten() {
+                Some(c) => {
+                    floor.insert(*p, c);
+                    Offset::Offset((c - RESUME_REWIND).max(0))
+                }
+                None => Offset::Beginning,
+            };
             tpl.add_partition_offset(topic, *p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
         }
+        let floor = Rc::new(floor);
         consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+        tracing::info!(topic, ?committed, "reading from the committed offsets (or the beginning)");
         let input = Input {
             consumer: Rc::new(consumer),
             topic: topic.to_string(),
             partitions: mine,
             unsettled: Rc::new(RefCell::new(Unsettled::default())),
+            floor: Rc::clone(&floor),
         };
         self.inputs.push(Input {
             consumer: Rc::clone(&input.consumer),
             topic: input.topic.clone(),
             partitions: input.partitions.clone(),
             unsettled: Rc::clone(&input.unsettled),
+            floor,
         });
         Ok(Some(input))
     }
@@ -657,6 +669,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
             last_mark = Instant::now();
             for input in &inputs {
                 let offsets = input.unsettled.borrow_mut().settle(frontier);
+                tracing::debug!(topic = %input.topic, frontier, ?offsets, "committing");
                 if let Err(e) = consume::commit(&input.consumer, &input.topic, &offsets) {
                     tracing::warn!("{e}; retrying at the next commit");
                 }

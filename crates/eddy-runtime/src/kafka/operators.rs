@@ -92,7 +92,20 @@ pub struct Input {
     pub partitions: Vec<i32>,
     /// Offsets read and not yet committed.
     pub unsettled: Rc<RefCell<Unsettled>>,
+    /// Per partition, the committed offset the job resumes from: records
+    /// below it (fetched again, see [`RESUME_REWIND`]) are skipped.
+    pub floor: Rc<BTreeMap<i32, i64>>,
 }
+
+/// How far before its committed offset a resumed partition is fetched from.
+///
+/// Tansu 0.6 answers a fetch from an offset inside a record batch with the
+/// batches that start after it, so the rest of that batch would be skipped
+/// (records lost). A batch holds at most `batch.num.messages` records
+/// (10,000 in librdkafka, eddy's producers set it explicitly), so fetching
+/// from this many offsets earlier always starts at or before the batch that
+/// holds the committed offset; the records below it are skipped.
+pub const RESUME_REWIND: i64 = 10_000;
 
 /// A request to stop (SIGTERM), shared by the sources of a process. A source
 /// that sees it stops reading but keeps its capability, and records the time
@@ -148,11 +161,14 @@ impl Input {
     /// The next record already fetched, if any. A consumer error (a broker
     /// gone, say) is logged and ends the batch; the client retries.
     fn next(&self) -> Option<rdkafka::message::BorrowedMessage<'_>> {
-        match self.consumer.poll(Duration::ZERO)? {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
-                None
+        loop {
+            match self.consumer.poll(Duration::ZERO)? {
+                Ok(m) if self.floor.get(&m.partition()).is_some_and(|f| m.offset() < *f) => continue,
+                Ok(m) => return Some(m),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
+                    return None;
+                }
             }
         }
     }
@@ -188,12 +204,15 @@ pub struct RawStreams<'s> {
 }
 
 /// The ingest job's source over `P.raw`: validates each record as the file
-/// ingest does, with the lateness rule kept **per partition**. A record is
-/// stamped with the job's watermark, the least watermark over its live
-/// partitions (a partition idle for `idle_timeout` does not count), rounded
-/// down to an epoch. A reading below its partition's watermark, or below the
-/// job's (possible only after its partition was idle), is late. With one
-/// partition this is exactly the file ingest.
+/// ingest does, with the lateness rule kept **per partition**. The job's
+/// watermark is the least watermark over its live partitions (a partition
+/// idle for `idle_timeout` does not count), rounded down to an epoch: the
+/// source's frontier. A reading is stamped with the larger of that and its
+/// own partition's watermark before it (as an epoch), so its time stays
+/// within the lateness and an epoch of its `ts`. A reading below its
+/// partition's watermark, or below the job's (possible only after its
+/// partition was idle), is late. With one partition this is exactly the
+/// file ingest.
 pub fn raw_source<'s>(
     scope: Scope<'s, u64>,
     name: &str,
@@ -284,11 +303,19 @@ pub fn raw_source<'s>(
                     Ok(r) => {
                         n_valid += 1;
                         let part = parts.get_mut(&p).expect("checked above");
+                        // The reading's own time: its partition's watermark
+                        // before it, as an epoch (never below the job's).
+                        // Stamped with the job's watermark alone, a reading
+                        // of a partition read far ahead of the others would
+                        // carry a time far below its `ts`, and hold back every
+                        // job downstream that waits for reference data as of
+                        // its `ts` (enrich, alerts).
+                        let tr = time_of(part.late.watermark(), cfg.epoch_ms).max(t);
                         let is_late = part.late.observe(r.ts) | (r.ts < t as i64);
                         max_ts = max_ts.max(Some(r.ts));
                         n_late += is_late as u64;
                         let junk = cfg.ranges.junk_of(&r.values);
-                        hr.session(&*cr).give(Reading {
+                        hr.session(&cr.delayed(&tr)).give(Reading {
                             device: r.device,
                             ts: r.ts,
                             pos,
@@ -472,6 +499,7 @@ pub fn typed_source<'s, D: Stamped>(
                     // Below the watermark: by the marker's promise, a copy of a
                     // record already read, written again by a restarted producer.
                     Ok(Envelope::Data(Some(t))) if t < part.wm => {
+                        tracing::debug!(partition = p, offset, t, wm = part.wm, "dropping a copy below the watermark");
                         unsettled.skip(p, offset);
                         continue;
                     }
@@ -489,6 +517,7 @@ pub fn typed_source<'s, D: Stamped>(
                 match serde_json::from_slice::<D>(bytes) {
                     Ok(d) => {
                         if !part.seen.entry(t).or_default().insert(d.id()) {
+                            tracing::debug!(partition = p, offset, t, "dropping a copy already read");
                             unsettled.skip(p, offset);
                             continue;
                         }
@@ -567,6 +596,7 @@ pub fn kafka_sink<'s, D: 'static>(
             input.for_each(|cap, data| {
                 let Some(t) = cap.least().copied() else { return };
                 if t < suppress_below {
+                    tracing::debug!(topic = %topic, t, records = data.len(), "not written again: below the resumed frontier");
                     return;
                 }
                 for d in data.drain(..) {
