@@ -178,11 +178,11 @@ fn every_job_in_its_own_process_computes_what_replay_computes() {
 
     let p = prefix("chain");
     let kout = data.root.path().join("kafka-out");
-    // The reference data is in its topics before the jobs start (changes that
-    // arrive while enrich runs are the live path, which has a known race).
-    publish(&data.dir(), &p, &[]);
+    // The jobs start first: the reference data and its updates reach enrich
+    // and alerts while they run (the live path), then the readings.
     let mut jobs: Vec<(&str, Child)> = CHAIN.iter().map(|j| (*j, start(j, &p, &[]))).collect();
     jobs.push(("backup", start("backup", &p, &["--out", kout.to_str().unwrap()])));
+    publish(&data.dir(), &p, &[]);
     for (name, child) in jobs {
         finish(child, name);
     }
