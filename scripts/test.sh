@@ -23,6 +23,7 @@ if ! "$TANSU" --version >/dev/null 2>&1; then
   echo "test.sh: installing the tansu broker (cargo install tansu --features dynostore --locked)" >&2
   cargo install tansu --features dynostore --locked
 fi
+export EDDY_TANSU="$TANSU"   # tests/kafka_outage.rs starts a broker of its own
 export EDDY_BROKERS="${EDDY_BROKERS:-127.0.0.1:9092}"
 if ! (exec 3<>"/dev/tcp/${EDDY_BROKERS%:*}/${EDDY_BROKERS##*:}") 2>/dev/null; then
   echo "test.sh: starting tansu on $EDDY_BROKERS (in memory; logs in target/tansu.log)" >&2
