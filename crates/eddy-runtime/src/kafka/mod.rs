@@ -378,6 +378,14 @@ fn backup_floors(dir: &std::path::Path) -> Result<BTreeMap<u64, Vec<u64>>> {
     Ok(out)
 }
 
+/// Where a consumer that reads a partition from its start is assigned: the
+/// offset 0 itself (a partition whose log starts later is reset to its
+/// start by `auto.offset.reset=earliest`). Assigned at `Offset::Beginning`,
+/// librdkafka first asks the broker for the start offset, and a consumer of
+/// a reference topic that was being written at that moment sometimes never
+/// read a record of it (seen with Tansu 0.6).
+const FIRST_OFFSET: i64 = 0;
+
 /// A worker's part of a job.
 struct Ctx<'s> {
     scope: Scope<'s, u64>,
@@ -411,7 +419,8 @@ impl<'s> Ctx<'s> {
                     floor.insert(*p, c);
                     Offset::Offset((c - RESUME_REWIND).max(0))
                 }
-                None => Offset::Beginning,
+                // Offset 0, not `Offset::Beginning`: see `FIRST_OFFSET`.
+                None => Offset::Offset(FIRST_OFFSET),
             };
             tpl.add_partition_offset(topic, *p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
         }
@@ -502,20 +511,27 @@ impl<'s> Ctx<'s> {
         Ok(reference_with_feedback(self.scope, "reference", updates, Rc::clone(&self.progress), Some(live)))
     }
 
-    fn reference_consumer(&self) -> Result<rdkafka::consumer::BaseConsumer> {
+    /// The live reference consumer, and the offset each of its partitions
+    /// was assigned at.
+    fn reference_consumer(&self) -> Result<(rdkafka::consumer::BaseConsumer, BTreeMap<(String, i32), i64>)> {
         let opts = self.opts();
         let consumer = consume::consumer(&opts.kafka, &format!("{}.reference", opts.group())).map_err(kafka_err)?;
         let mut tpl = TopicPartitionList::new();
+        let mut next = BTreeMap::new();
         for topic in opts.topics.reference() {
             let n = consume::partitions(&consumer, &topic, opts.kafka.connect_timeout).map_err(kafka_err)?;
             for p in 0..n {
-                let at =
-                    self.shared.ref_offsets.get(&(topic.clone(), p)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-                tpl.add_partition_offset(&topic, p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+                // Past what was read at start; fetched from a little before
+                // it (the records below it are skipped: see RESUME_REWIND).
+                let at = self.shared.ref_offsets.get(&(topic.clone(), p)).copied().unwrap_or(FIRST_OFFSET);
+                next.insert((topic.clone(), p), at);
+                tpl.add_partition_offset(&topic, p, Offset::Offset((at - RESUME_REWIND).max(FIRST_OFFSET)))
+                    .map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
             }
         }
         consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning the reference topics: {e}")))?;
-        Ok(consumer)
+        tracing::debug!(?next, "reading reference changes live from");
+        Ok((consumer, next))
     }
 }
 

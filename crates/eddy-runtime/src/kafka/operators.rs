@@ -659,7 +659,7 @@ pub fn suppress<'s, D: 'static>(
 pub fn live_reference<'s>(
     scope: Scope<'s, u64>,
     name: &str,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<(BaseConsumer, BTreeMap<(String, i32), i64>)>,
     watch: timely::dataflow::ProbeHandle<u64>,
     ahead_ms: u64,
     progress: Rc<SourceProgress>,
@@ -670,6 +670,10 @@ pub fn live_reference<'s>(
     let (out, updates) = builder.new_output::<Vec<RefUpdate>>();
     let mut out = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RefUpdate>>>::from(out);
     let activator = scope.activator_for(info.address);
+    // The next offset to read of every assigned partition: where it was
+    // assigned, then past each record read (a consumer's own position is
+    // unknown until it has read a record of the partition).
+    let (consumer, mut next) = consumer.map_or((None, BTreeMap::new()), |(c, n)| (Some(c), n));
     builder.build(move |mut caps| {
         let mut cap = caps.pop().filter(|_| consumer.is_some());
         let mut last_check = Instant::now() - Duration::from_secs(1);
@@ -698,6 +702,13 @@ pub fn live_reference<'s>(
                     }
                 };
                 got += 1;
+                let key = (m.topic().to_string(), m.partition());
+                // Read already (the partition is fetched from before where it
+                // was assigned: see RESUME_REWIND).
+                if next.get(&key).is_some_and(|n| m.offset() < *n) {
+                    continue;
+                }
+                next.insert(key, m.offset() + 1);
                 let Some(bytes) = m.payload() else { continue };
                 let parsed = serde_json::from_slice::<serde_json::Value>(bytes)
                     .map_err(|e| e.to_string())
@@ -731,7 +742,7 @@ pub fn live_reference<'s>(
                     let mut wait = if got > 0 { 0 } else { 20 };
                     if t > *c.time() && drained && last_check.elapsed() >= Duration::from_millis(50) {
                         last_check = Instant::now();
-                        if caught_up(consumer) {
+                        if caught_up(consumer, &next) {
                             c.downgrade(&t);
                         } else {
                             wait = 5;
@@ -745,19 +756,15 @@ pub fn live_reference<'s>(
     updates
 }
 
-/// True when `consumer` has read every record its partitions hold now.
-fn caught_up(consumer: &BaseConsumer) -> bool {
+/// True when `consumer` has read every record its partitions hold now:
+/// `next` is the next offset to read of every partition it was assigned.
+fn caught_up(consumer: &BaseConsumer, next: &BTreeMap<(String, i32), i64>) -> bool {
     use rdkafka::consumer::Consumer;
-    let Ok(positions) = consumer.position() else { return false };
-    positions.elements().iter().all(|e| {
-        let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) else {
+    next.iter().all(|((topic, partition), at)| {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5)) else {
             return false;
         };
-        let at = match e.offset() {
-            rdkafka::Offset::Offset(o) => o,
-            _ => low,
-        };
-        tracing::trace!(topic = e.topic(), partition = e.partition(), at, low, high, "reference position");
-        at >= high
+        tracing::trace!(topic, partition, at, low, high, "reference position");
+        *at >= high
     })
 }
