@@ -178,13 +178,25 @@ where
                     progressed = true;
                 }
                 if let (Some(cd), Some(cr)) = (cap_dev.as_ref(), cap_rule.as_ref()) {
+                    // The records of every update at one time go out in one
+                    // session: a session per update sends a container per
+                    // update (each sized for a full batch), and a large
+                    // dataset's reference tables then take gigabytes while
+                    // they wait for the arrangement.
+                    let mut at: Option<u64> = None;
                     while let Some(u) =
                         pending.next_if(|u| u.ts <= limit && fed.first_key_value().is_none_or(|(k, _)| u.ts <= k.0))
                     {
                         let t = u.ts.max(0) as u64;
+                        if let Some(prev) = at.filter(|prev| *prev != t) {
+                            emit!(cd.delayed(&prev), cr.delayed(&prev), out, hd, hr);
+                        }
+                        at = Some(t);
                         state.apply(u.change, &mut out);
-                        emit!(cd.delayed(&t), cr.delayed(&t), out, hd, hr);
                         progressed = true;
+                    }
+                    if let Some(t) = at {
+                        emit!(cd.delayed(&t), cr.delayed(&t), out, hd, hr);
                     }
                 }
                 if !progressed {
