@@ -8,6 +8,11 @@
 //! the readings stamped with a dataflow time before `e` (every non-late
 //! reading in the window, and the readings that arrived before the watermark
 //! passed `e`), so it is the same whatever the number of workers.
+//!
+//! State is kept per device, not per key: one map entry and one allocation
+//! hold the statistics of all its channels (a hash-map entry and its slack
+//! per (device, channel) cost more than the statistics themselves with a
+//! million devices).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +42,14 @@ pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
     ts.div_euclid(every_ms) * every_ms + every_ms
 }
 
+/// The statistics of one channel of a device, with the end of the snapshot
+/// window its latest value fell in. A device's slots live in one allocation.
+struct Slot {
+    channel: Channel,
+    last_end: i64,
+    stats: ChannelStats,
+}
+
 /// The statistics operator. Its input must be partitioned by device and hold
 /// only non-late readings.
 pub fn stats<'s>(
@@ -47,22 +60,22 @@ pub fn stats<'s>(
     enriched.unary_frontier(Pipeline, name, move |cap, _info| {
         let mut held: Option<Capability<u64>> = Some(cap);
         let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
-        let mut state: HashMap<(DeviceId, Channel), (ChannelStats, i64)> = HashMap::default();
+        let mut state: HashMap<DeviceId, Vec<Slot>> = HashMap::default();
         let mut pending: BTreeSet<(i64, DeviceId, Channel)> = BTreeSet::new();
         let cfg = params.config;
         let every = params.snapshot_every_ms;
 
         let close = move |upto: i64,
                           pending: &mut BTreeSet<(i64, DeviceId, Channel)>,
-                          state: &HashMap<(DeviceId, Channel), (ChannelStats, i64)>,
+                          state: &HashMap<DeviceId, Vec<Slot>>,
                           out: &mut Vec<(i64, StatsRecord)>| {
             while let Some(&(end, d, c)) = pending.first() {
                 if end > upto {
                     break;
                 }
                 pending.pop_first();
-                if let Some((s, _)) = state.get(&(d, c)) {
-                    out.push((end, StatsRecord { device_id: d, channel: c, stats: s.snapshot() }));
+                if let Some(s) = state.get(&d).and_then(|slots| slots.iter().find(|s| s.channel == c)) {
+                    out.push((end, StatsRecord { device_id: d, channel: c, stats: s.stats.snapshot() }));
                 }
             }
         };
@@ -89,15 +102,26 @@ pub fn stats<'s>(
                     emit_at_ends(h, output, &mut out);
                 }
                 for r in batch {
+                    if r.usable().next().is_none() {
+                        continue;
+                    }
+                    let slots = state.entry(r.device).or_default();
                     for (c, v) in r.usable() {
-                        let (s, last_end) =
-                            state.entry((r.device, c)).or_insert_with(|| (ChannelStats::new(&cfg), i64::MIN));
-                        s.update(&cfg, r.ts, v);
+                        let slot = match slots.iter().position(|s| s.channel == c) {
+                            Some(i) => &mut slots[i],
+                            None => {
+                                // Exactly the room the device's channels need.
+                                slots.reserve_exact(if slots.is_empty() { r.values.len() } else { 1 });
+                                slots.push(Slot { channel: c, last_end: i64::MIN, stats: ChannelStats::new(&cfg) });
+                                slots.last_mut().expect("just pushed")
+                            }
+                        };
+                        slot.stats.update(&cfg, r.ts, v);
                         // Register the window's close once per run of values in it.
                         let end = snapshot_end(r.ts, every);
-                        if end != *last_end {
+                        if end != slot.last_end {
                             pending.insert((end, r.device, c));
-                            *last_end = end;
+                            slot.last_end = end;
                         }
                     }
                 }
@@ -120,12 +144,15 @@ pub fn stats<'s>(
                         close(i64::MAX, &mut pending, &state, &mut out);
                         emit_at_ends(&h, output, &mut out);
                         // The final state of every key.
-                        let mut keys: Vec<_> = state.keys().copied().collect();
+                        let mut keys: Vec<_> = state
+                            .iter()
+                            .flat_map(|(d, slots)| slots.iter().enumerate().map(move |(i, s)| (*d, s.channel, i)))
+                            .collect();
                         keys.sort();
-                        output.session(&h).give_iterator(keys.into_iter().map(|(d, c)| StatsRecord {
+                        output.session(&h).give_iterator(keys.into_iter().map(|(d, c, i)| StatsRecord {
                             device_id: d,
                             channel: c,
-                            stats: state[&(d, c)].0.snapshot(),
+                            stats: state[&d][i].stats.snapshot(),
                         }));
                     }
                 }
