@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of `eddy replay` (see docs/performance.md).
 #
-#   benches/e2e.sh [--skip-spark] [--skip-memory] [--skip-paced] [--rate R] [--chunk-lines N]
+#   benches/e2e.sh [--skip-throughput] [--skip-spark] [--skip-memory] [--skip-paced] [--rate R] [--chunk-lines N]
 #
 # EDDY_BIN=path uses that binary instead of building target/release/eddy.
 #
@@ -21,15 +21,16 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-spark=1 memory=1 paced=1 rate=100000 chunk=50000
+spark=1 memory=1 paced=1 throughput=1 rate=100000 chunk=50000
 while [ $# -gt 0 ]; do
     case "$1" in
         --skip-spark) spark=0 ;;
         --skip-memory) memory=0 ;;
+        --skip-throughput) throughput=0 ;;
         --skip-paced) paced=0 ;;
         --rate) rate="$2"; shift ;;
         --chunk-lines) chunk="$2"; shift ;;
-        *) echo "usage: $0 [--skip-spark] [--skip-memory] [--skip-paced] [--rate R] [--chunk-lines N]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--skip-throughput] [--skip-spark] [--skip-memory] [--skip-paced] [--rate R] [--chunk-lines N]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -76,8 +77,10 @@ run() {
     wait "$sampler" || true
 }
 
-run w1 1 "$fleet" EDDY_BENCH_STAGES=1
-run w2 2 "$fleet" EDDY_BENCH_STAGES=1
+if [ "$throughput" = 1 ]; then
+    run w1 1 "$fleet" EDDY_BENCH_STAGES=1
+    run w2 2 "$fleet" EDDY_BENCH_STAGES=1
+fi
 
 if [ "$paced" = 1 ]; then
     speed="$(python3 -c "

@@ -8,8 +8,13 @@
 //! the readings stamped with a dataflow time before `e` (every non-late
 //! reading in the window, and the readings that arrived before the watermark
 //! passed `e`), so it is the same whatever the number of workers.
+//!
+//! State is kept per device, not per key: one map entry and one allocation
+//! hold the statistics of all its channels (a hash-map entry and its slack
+//! per (device, channel) cost more than the statistics themselves with a
+//! million devices).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -37,6 +42,17 @@ pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
     ts.div_euclid(every_ms) * every_ms + every_ms
 }
 
+/// Records sent per activation at the end of input.
+const FLUSH_CHUNK: usize = 65_536;
+
+/// The statistics of one channel of a device, with the end of the snapshot
+/// window its latest value fell in. A device's slots live in one allocation.
+struct Slot {
+    channel: Channel,
+    last_end: i64,
+    stats: ChannelStats,
+}
+
 /// The statistics operator. Its input must be partitioned by device and hold
 /// only non-late readings.
 pub fn stats<'s>(
@@ -44,27 +60,48 @@ pub fn stats<'s>(
     params: StatsParams,
     name: &str,
 ) -> StreamVec<'s, u64, StatsRecord> {
-    enriched.unary_frontier(Pipeline, name, move |cap, _info| {
+    let scope = enriched.scope();
+    enriched.unary_frontier(Pipeline, name, move |cap, info| {
+        let activator = scope.activator_for(info.address);
         let mut held: Option<Capability<u64>> = Some(cap);
         let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
-        let mut state: HashMap<(DeviceId, Channel), (ChannelStats, i64)> = HashMap::default();
-        let mut pending: BTreeSet<(i64, DeviceId, Channel)> = BTreeSet::new();
+        let mut state: HashMap<DeviceId, Vec<Slot>> = HashMap::default();
+        // Keys with a snapshot due, by window end; sorted and deduplicated
+        // when their window closes (a plain list costs a third of a set).
+        let mut pending: BTreeMap<i64, Vec<(DeviceId, Channel)>> = BTreeMap::new();
+        // At the end of input: the final snapshots still to send.
+        let mut finals: Option<Vec<(DeviceId, Channel, usize)>> = None;
         let cfg = params.config;
         let every = params.snapshot_every_ms;
 
+        // Snapshots of the windows ending at or before `upto`, at most
+        // `limit` of them; returns how many.
         let close = move |upto: i64,
-                          pending: &mut BTreeSet<(i64, DeviceId, Channel)>,
-                          state: &HashMap<(DeviceId, Channel), (ChannelStats, i64)>,
+                          limit: usize,
+                          pending: &mut BTreeMap<i64, Vec<(DeviceId, Channel)>>,
+                          state: &HashMap<DeviceId, Vec<Slot>>,
                           out: &mut Vec<(i64, StatsRecord)>| {
-            while let Some(&(end, d, c)) = pending.first() {
-                if end > upto {
+            let mut sent = 0;
+            while let Some(entry) = pending.first_entry() {
+                let end = *entry.key();
+                if end > upto || sent == limit {
                     break;
                 }
-                pending.pop_first();
-                if let Some((s, _)) = state.get(&(d, c)) {
-                    out.push((end, StatsRecord { device_id: d, channel: c, stats: s.snapshot() }));
+                let mut keys = entry.remove();
+                keys.sort_unstable();
+                keys.dedup();
+                let take = keys.len().min(limit - sent);
+                for &(d, c) in &keys[..take] {
+                    if let Some(s) = state.get(&d).and_then(|slots| slots.iter().find(|s| s.channel == c)) {
+                        out.push((end, StatsRecord { device_id: d, channel: c, stats: s.stats.snapshot() }));
+                    }
+                }
+                sent += take;
+                if take < keys.len() {
+                    pending.insert(end, keys.split_off(take));
                 }
             }
+            sent
         };
 
         move |(input, frontier), output| {
@@ -84,20 +121,31 @@ pub fn stats<'s>(
                     break;
                 }
                 let (_cap, batch) = entry.remove();
-                close(t as i64, &mut pending, &state, &mut out);
+                close(t as i64, usize::MAX, &mut pending, &state, &mut out);
                 if let Some(h) = held.as_ref() {
                     emit_at_ends(h, output, &mut out);
                 }
                 for r in batch {
+                    if r.usable().next().is_none() {
+                        continue;
+                    }
+                    let slots = state.entry(r.device).or_default();
                     for (c, v) in r.usable() {
-                        let (s, last_end) =
-                            state.entry((r.device, c)).or_insert_with(|| (ChannelStats::new(&cfg), i64::MIN));
-                        s.update(&cfg, r.ts, v);
+                        let slot = match slots.iter().position(|s| s.channel == c) {
+                            Some(i) => &mut slots[i],
+                            None => {
+                                // Exactly the room the device's channels need.
+                                slots.reserve_exact(if slots.is_empty() { r.values.len() } else { 1 });
+                                slots.push(Slot { channel: c, last_end: i64::MIN, stats: ChannelStats::new(&cfg) });
+                                slots.last_mut().expect("just pushed")
+                            }
+                        };
+                        slot.stats.update(&cfg, r.ts, v);
                         // Register the window's close once per run of values in it.
                         let end = snapshot_end(r.ts, every);
-                        if end != *last_end {
-                            pending.insert((end, r.device, c));
-                            *last_end = end;
+                        if end != slot.last_end {
+                            pending.entry(end).or_default().push((r.device, c));
+                            slot.last_end = end;
                         }
                     }
                 }
@@ -108,7 +156,7 @@ pub fn stats<'s>(
                         // Each snapshot goes out at its window's end, which
                         // is after the held time (the window was open), so
                         // a rerun stamps it the same however the frontier moved.
-                        close(low as i64, &mut pending, &state, &mut out);
+                        close(low as i64, usize::MAX, &mut pending, &state, &mut out);
                         emit_at_ends(h, output, &mut out);
                         if low > *h.time() {
                             h.downgrade(&low);
@@ -116,17 +164,41 @@ pub fn stats<'s>(
                     }
                 }
                 None => {
-                    if let Some(h) = held.take() {
-                        close(i64::MAX, &mut pending, &state, &mut out);
-                        emit_at_ends(&h, output, &mut out);
-                        // The final state of every key.
-                        let mut keys: Vec<_> = state.keys().copied().collect();
-                        keys.sort();
-                        output.session(&h).give_iterator(keys.into_iter().map(|(d, c)| StatsRecord {
-                            device_id: d,
-                            channel: c,
-                            stats: state[&(d, c)].0.snapshot(),
-                        }));
+                    // The end of input: the snapshots still due, then the
+                    // final state of every key, at most `FLUSH_CHUNK` records
+                    // per activation so that they do not all wait in memory
+                    // for the sink at once.
+                    if let Some(h) = held.as_ref() {
+                        let mut budget = FLUSH_CHUNK - close(i64::MAX, FLUSH_CHUNK, &mut pending, &state, &mut out);
+                        emit_at_ends(h, output, &mut out);
+                        if pending.is_empty() && budget > 0 {
+                            let keys = finals.get_or_insert_with(|| {
+                                let mut keys: Vec<_> = state
+                                    .iter()
+                                    .flat_map(|(d, slots)| {
+                                        slots.iter().enumerate().map(move |(i, s)| (*d, s.channel, i))
+                                    })
+                                    .collect();
+                                // Sorted descending: sent from the back, in key order.
+                                keys.sort_unstable_by(|a, b| b.cmp(a));
+                                keys
+                            });
+                            let mut session = output.session(h);
+                            while budget > 0 {
+                                let Some((d, c, i)) = keys.pop() else { break };
+                                session.give(StatsRecord {
+                                    device_id: d,
+                                    channel: c,
+                                    stats: state[&d][i].stats.snapshot(),
+                                });
+                                budget -= 1;
+                            }
+                        }
+                        if finals.as_ref().is_some_and(|k| k.is_empty()) {
+                            held = None;
+                        } else {
+                            activator.activate();
+                        }
                     }
                 }
             }

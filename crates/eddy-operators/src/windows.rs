@@ -50,19 +50,15 @@ where
 {
     stream.unary_frontier(Pipeline, name, move |cap, _info| {
         let mut held: Option<Capability<u64>> = Some(cap);
-        let mut aggs: HashMap<(K, i64), WindowAgg> = HashMap::default();
-        let mut closing: BTreeMap<i64, Vec<(K, i64)>> = BTreeMap::new();
+        // Open windows by start, each with the aggregates of its keys: a
+        // window closes as a whole, so no per-key index of closing times.
+        let mut open: BTreeMap<i64, HashMap<K, WindowAgg>> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
                 for d in data.drain(..) {
                     extract(&d, &mut |k: K, ts: i64, v: f64| {
                         for start in spec.windows_of(ts) {
-                            aggs.entry((k.clone(), start))
-                                .or_insert_with(|| {
-                                    closing.entry(spec.end_of(start)).or_default().push((k.clone(), start));
-                                    WindowAgg::new()
-                                })
-                                .add(v);
+                            open.entry(start).or_default().entry(k.clone()).or_insert_with(WindowAgg::new).add(v);
                         }
                     });
                 }
@@ -73,20 +69,20 @@ where
             // Each window goes out at its end, which is after the held time
             // (the window was still open), so a rerun stamps it the same
             // however far the frontier jumped.
-            while let Some(entry) = closing.first_entry() {
-                if *entry.key() > upto {
+            while let Some(entry) = open.first_entry() {
+                let (start, end) = (*entry.key(), spec.end_of(*entry.key()));
+                if end > upto {
                     break;
                 }
-                let end = *entry.key();
-                let mut out = Vec::new();
-                for key in entry.remove() {
-                    if let Some(agg) = aggs.remove(&key) {
-                        out.push(Windowed { key: key.0, start: key.1, end, agg });
-                    }
-                }
-                if !out.is_empty() {
+                let aggs = entry.remove();
+                if !aggs.is_empty() {
                     let t = (end.max(0) as u64).max(*h.time());
-                    output.session(&h.delayed(&t)).give_iterator(out.drain(..));
+                    output.session(&h.delayed(&t)).give_iterator(aggs.into_iter().map(|(key, agg)| Windowed {
+                        key,
+                        start,
+                        end,
+                        agg,
+                    }));
                 }
             }
             if let Some(low) = low {

@@ -11,13 +11,14 @@
 //! * a least-squares trend (value units per hour) over a rolling event-time
 //!   span, kept as time buckets.
 //!
-//! Memory per key is bounded: two heaps of capacity [`StatsConfig::top_k`],
-//! and at most [`StatsConfig::trend_buckets`] trend buckets, of which only
-//! those holding values inside the span are stored (a sensor reading every
-//! 5 minutes keeps 12 of the default 60). [`ChannelStats::update`] costs
-//! `O(log top_k + live buckets)` and allocates only while the buckets in use
-//! grow towards that bound; [`ChannelStats::snapshot`] costs
-//! `O(top_k + live buckets · log live buckets)`.
+//! Memory per key is bounded: two heaps of [`StatsConfig::top_k`] values
+//! (inline in the struct for `top_k <= 5`), and at most
+//! [`StatsConfig::trend_buckets`] trend buckets, of which only those holding
+//! values inside the span are stored (a sensor reading every 5 minutes keeps
+//! 12 of the default 60), a bucket holding one value in 16 bytes.
+//! [`ChannelStats::update`] costs `O(log top_k + live buckets)` and allocates
+//! only while the buckets in use grow towards that bound;
+//! [`ChannelStats::snapshot`] costs `O(top_k + live buckets)`.
 //!
 //! # Trend
 //!
@@ -49,10 +50,10 @@
 //! statistic for the rest of the key's life, so [`ChannelStats::update`]
 //! ignores them entirely: they change no statistic, not even `count` or `ts`.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Milliseconds in one hour, the time unit of the trend.
 const MS_PER_HOUR: f64 = 3_600_000.0;
@@ -148,9 +149,8 @@ pub struct ChannelStats {
 }
 
 impl ChannelStats {
-    /// Creates empty statistics, allocating the fixed-size top-k heaps and
-    /// trend ring described by `cfg`. This is the only allocation the key
-    /// ever makes.
+    /// Creates empty statistics for `cfg`. Allocates nothing for
+    /// `top_k <= 5` (the default); otherwise the two top-k heaps, once.
     pub fn new(cfg: &StatsConfig) -> Self {
         Self {
             count: 0,
@@ -170,8 +170,8 @@ impl ChannelStats {
     ///
     /// `cfg` must be the configuration this key was created with; only its
     /// `alpha` is read here (sizes and bucket width were fixed by
-    /// [`ChannelStats::new`]). Non-finite values are ignored. Never
-    /// allocates.
+    /// [`ChannelStats::new`]). Non-finite values are ignored. Allocates only
+    /// while the trend's buckets grow towards their bound.
     pub fn update(&mut self, cfg: &StatsConfig, ts: i64, value: f64) {
         if !value.is_finite() {
             return;
@@ -185,7 +185,7 @@ impl ChannelStats {
         self.max = self.max.max(value);
         self.ewma = if self.count == 1 { value } else { cfg.alpha * value + (1.0 - cfg.alpha) * self.ewma };
         self.last_ts = ts;
-        self.top.push(value);
+        self.top.push(value, self.count - 1);
         self.trend.push(ts, value);
     }
 
@@ -213,8 +213,8 @@ impl ChannelStats {
             max: or_nan(self.max),
             stddev,
             ewma: or_nan(self.ewma),
-            top_k_max_mean: self.top.largest_mean(),
-            top_k_min_mean: self.top.smallest_mean(),
+            top_k_max_mean: self.top.largest_mean(self.count),
+            top_k_min_mean: self.top.smallest_mean(self.count),
             trend_per_hour: self.trend.slope_per_hour(),
             ts: self.last_ts,
         }
@@ -251,71 +251,127 @@ pub struct StatsSnapshot {
     pub ts: i64,
 }
 
-/// An `f64` ordered by [`f64::total_cmp`], so it can live in a heap.
-#[derive(Clone, Copy, Debug)]
-struct Total(f64);
+/// Inline room for the two top-k heaps: both of the default `k = 5` fit
+/// without an allocation.
+const TOP_INLINE: usize = 10;
 
-impl PartialEq for Total {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Total {}
-
-impl PartialOrd for Total {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Total {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.total_cmp(&other.0)
-    }
-}
-
-/// The `k` largest and `k` smallest values seen, in two bounded heaps whose
-/// capacity is reserved up front so that pushes never reallocate.
+/// The `k` largest and `k` smallest values seen, as two binary heaps laid
+/// out in one buffer of `2k` slots (inline for `k <= 5`): `[largest |
+/// smallest]`. Each heap holds `min(count, k)` values, since both take every
+/// value until full.
+///
+/// The heaps are kept exactly as `std::collections::BinaryHeap` keeps them
+/// (same sift-up on push, same sift-down after replacing the top), so their
+/// slots, and therefore the order in which the means sum them, are the same
+/// bit for bit as with the two `BinaryHeap`s this replaced (tested).
 #[derive(Clone, Debug)]
 struct TopK {
-    k: usize,
-    /// Min-heap of the `k` largest values: its top is the one to evict.
-    largest: BinaryHeap<Reverse<Total>>,
-    /// Max-heap of the `k` smallest values: its top is the one to evict.
-    smallest: BinaryHeap<Total>,
+    slots: SmallVec<[f64; TOP_INLINE]>,
+}
+
+/// Heap order of the `largest` heap: a min-heap, so its top is the smallest
+/// of the `k` largest (`BinaryHeap<Reverse<_>>` under `total_cmp`).
+fn largest_order(a: f64, b: f64) -> Ordering {
+    b.total_cmp(&a)
+}
+
+/// Heap order of the `smallest` heap: a max-heap under `total_cmp`.
+fn smallest_order(a: f64, b: f64) -> Ordering {
+    a.total_cmp(&b)
+}
+
+/// `BinaryHeap::push`'s sift-up of the element at `pos` (the heap's top is
+/// the greatest element under `order`).
+fn sift_up(data: &mut [f64], mut pos: usize, order: fn(f64, f64) -> Ordering) {
+    let elem = data[pos];
+    while pos > 0 {
+        let parent = (pos - 1) / 2;
+        if order(elem, data[parent]) != Ordering::Greater {
+            break;
+        }
+        data[pos] = data[parent];
+        pos = parent;
+    }
+    data[pos] = elem;
+}
+
+/// `BinaryHeap`'s `sift_down_range(0, data.len())`, run when a `PeekMut`
+/// that replaced the top is dropped.
+fn sift_down(data: &mut [f64], order: fn(f64, f64) -> Ordering) {
+    let end = data.len();
+    let elem = data[0];
+    let mut pos = 0;
+    let mut child = 1;
+    while child <= end.saturating_sub(2) {
+        if order(data[child], data[child + 1]) != Ordering::Greater {
+            child += 1;
+        }
+        if order(elem, data[child]) != Ordering::Less {
+            data[pos] = elem;
+            return;
+        }
+        data[pos] = data[child];
+        pos = child;
+        child = 2 * pos + 1;
+    }
+    if end.checked_sub(1) == Some(child) && order(elem, data[child]) == Ordering::Less {
+        data[pos] = data[child];
+        pos = child;
+    }
+    data[pos] = elem;
 }
 
 impl TopK {
     fn new(k: usize) -> Self {
-        Self { k, largest: BinaryHeap::with_capacity(k), smallest: BinaryHeap::with_capacity(k) }
+        Self { slots: SmallVec::from_elem(0.0, 2 * k) }
     }
 
-    fn push(&mut self, v: f64) {
-        if self.largest.len() < self.k {
-            self.largest.push(Reverse(Total(v)));
-        } else if let Some(mut top) = self.largest.peek_mut() {
-            if v > top.0 .0 {
-                *top = Reverse(Total(v));
-            }
+    fn k(&self) -> usize {
+        self.slots.len() / 2
+    }
+
+    /// Adds `v` to both heaps, which hold `seen` values each (capped at `k`).
+    fn push(&mut self, v: f64, seen: u64) {
+        let k = self.k();
+        if k == 0 {
+            return;
         }
-        if self.smallest.len() < self.k {
-            self.smallest.push(Total(v));
-        } else if let Some(mut top) = self.smallest.peek_mut() {
-            if v < top.0 {
-                *top = Total(v);
-            }
+        let (largest, smallest) = self.slots.split_at_mut(k);
+        let len = usize::try_from(seen).map_or(k, |n| n.min(k));
+        if len < k {
+            largest[len] = v;
+            sift_up(&mut largest[..=len], len, largest_order);
+            smallest[len] = v;
+            sift_up(&mut smallest[..=len], len, smallest_order);
+            return;
+        }
+        if v > largest[0] {
+            largest[0] = v;
+            sift_down(largest, largest_order);
+        }
+        if v < smallest[0] {
+            smallest[0] = v;
+            sift_down(smallest, smallest_order);
         }
     }
 
-    fn largest_mean(&self) -> f64 {
-        let sum: f64 = self.largest.iter().map(|r| r.0 .0).sum();
-        sum / self.largest.len() as f64
+    /// The used slots of both heaps, for `count` values seen.
+    fn heaps(&self, count: u64) -> (&[f64], &[f64]) {
+        let k = self.k();
+        let len = usize::try_from(count).map_or(k, |n| n.min(k));
+        (&self.slots[..len], &self.slots[k..k + len])
     }
 
-    fn smallest_mean(&self) -> f64 {
-        let sum: f64 = self.smallest.iter().map(|t| t.0).sum();
-        sum / self.smallest.len() as f64
+    fn largest_mean(&self, count: u64) -> f64 {
+        let largest = self.heaps(count).0;
+        let sum: f64 = largest.iter().sum();
+        sum / largest.len() as f64
+    }
+
+    fn smallest_mean(&self, count: u64) -> f64 {
+        let smallest = self.heaps(count).1;
+        let sum: f64 = smallest.iter().sum();
+        sum / smallest.len() as f64
     }
 }
 
@@ -392,15 +448,27 @@ impl Moments {
     }
 }
 
+/// A bucket that holds a single value: its `ts` (which is also the bucket's
+/// origin) and the value. Most buckets of a sensor that reads every few
+/// minutes hold one value, so they are stored in 16 bytes rather than as a
+/// full [`Bucket`].
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    ts: i64,
+    v: f64,
+}
+
 /// Rolling least-squares trend over event-time buckets.
 ///
 /// Only the buckets inside the span that hold values are stored (at most
 /// `trend_buckets`, usually far fewer: a sensor reading every 5 minutes fills
 /// 12 one-minute buckets of an hour), so a key's state is proportional to its
-/// values in the span rather than to the span's resolution. The slope merges
-/// the buckets in the order of their ring slot (`index mod trend_buckets`),
-/// the order the first version (a dense ring of every slot) merged them in,
-/// so the floating-point result is the same, bit for bit.
+/// values in the span rather than to the span's resolution. A bucket with one
+/// value is a [`Point`]; it becomes a [`Bucket`] when a second value arrives.
+/// The slope merges the buckets in the order of their ring slot
+/// (`index mod trend_buckets`), the order the first version (a dense ring of
+/// every slot) merged them in, so the floating-point result is the same, bit
+/// for bit.
 #[derive(Clone, Debug)]
 struct Trend {
     /// Bucket width in ms, at least 1.
@@ -409,9 +477,20 @@ struct Trend {
     head: Option<i64>,
     /// Number of buckets in the span (`trend_buckets`).
     span: usize,
-    /// The non-empty buckets inside the span (and perhaps a few that have
+    /// Buckets with one value inside the span (and perhaps a few that have
     /// just left it), in index order.
-    buckets: std::collections::VecDeque<Bucket>,
+    points: Vec<Point>,
+    /// Buckets with two or more values, likewise; no index is in both.
+    buckets: Vec<Bucket>,
+}
+
+/// Makes room for one more element, growing `v` by at most what a span of
+/// `span` buckets can still hold, so that storage stays bounded.
+fn reserve_bounded<T>(v: &mut Vec<T>, span: usize) {
+    if v.len() == v.capacity() {
+        let room = span.saturating_sub(v.len()).max(1);
+        v.reserve_exact(v.len().max(4).min(room));
+    }
 }
 
 impl Trend {
@@ -420,7 +499,8 @@ impl Trend {
             width_ms: cfg.bucket_width_ms(),
             head: None,
             span: cfg.trend_buckets,
-            buckets: std::collections::VecDeque::new(),
+            points: Vec::new(),
+            buckets: Vec::new(),
         }
     }
 
@@ -432,6 +512,20 @@ impl Trend {
     /// Oldest bucket index inside the span ending at `head`.
     fn oldest(&self, head: i64) -> i64 {
         head.saturating_sub(self.span() - 1)
+    }
+
+    fn index_of(&self, p: &Point) -> i64 {
+        p.ts.div_euclid(self.width_ms)
+    }
+
+    /// Drops the buckets older than `oldest`: they can never count again
+    /// (the head never moves back).
+    fn evict(&mut self, oldest: i64) {
+        let width = self.width_ms;
+        let gone = self.points.partition_point(|p| p.ts.div_euclid(width) < oldest);
+        self.points.drain(..gone);
+        let gone = self.buckets.partition_point(|b| b.index < oldest);
+        self.buckets.drain(..gone);
     }
 
     fn push(&mut self, ts: i64, v: f64) {
@@ -450,29 +544,60 @@ impl Trend {
         if b < oldest {
             return;
         }
-        // Buckets are kept in index order; the newest is the usual target.
-        match self.buckets.back_mut() {
-            Some(last) if last.index == b => return last.push(ts, v),
-            Some(last) if last.index > b => {
-                match self.buckets.binary_search_by_key(&b, |x| x.index) {
-                    Ok(i) => self.buckets[i].push(ts, v),
-                    Err(i) => self.buckets.insert(i, Bucket::first(b, ts, v)),
-                }
-                return;
+        // The newest bucket is the usual target.
+        let found = match self.buckets.last() {
+            Some(last) if last.index == b => Ok(self.buckets.len() - 1),
+            Some(last) if last.index < b => Err(self.buckets.len()),
+            _ => self.buckets.binary_search_by_key(&b, |x| x.index),
+        };
+        if let Ok(i) = found {
+            return self.buckets[i].push(ts, v);
+        }
+        let width = self.width_ms;
+        let at = match self.points.last() {
+            Some(last) if last.ts.div_euclid(width) < b => Err(self.points.len()),
+            _ => self.points.binary_search_by_key(&b, |p| p.ts.div_euclid(width)),
+        };
+        match at {
+            Ok(i) => {
+                // A second value: the point becomes a full bucket, built as
+                // the first value and then this one.
+                let p = self.points.remove(i);
+                let mut full = Bucket::first(b, p.ts, p.v);
+                full.push(ts, v);
+                self.evict(oldest);
+                let i = self.buckets.partition_point(|x| x.index < b);
+                reserve_bounded(&mut self.buckets, self.span);
+                self.buckets.insert(i, full);
             }
-            _ => {}
+            Err(_) => {
+                self.evict(oldest);
+                let i = self.points.partition_point(|p| p.ts.div_euclid(width) < b);
+                reserve_bounded(&mut self.points, self.span);
+                self.points.insert(i, Point { ts, v });
+            }
         }
-        // A new newest bucket. Buckets that fell out of the span can never
-        // count again (the head never moves back): drop them first.
-        while self.buckets.front().is_some_and(|x| x.index < oldest) {
-            self.buckets.pop_front();
+    }
+
+    /// Calls `f` with the stored buckets whose index is in `lo..=hi`, in
+    /// index order (points as one-value buckets).
+    fn for_each_in(&self, lo: i64, hi: i64, f: &mut impl FnMut(&Bucket)) {
+        let mut points = self.points.iter().filter(|p| (lo..=hi).contains(&self.index_of(p))).peekable();
+        let mut buckets = self.buckets.iter().filter(|b| (lo..=hi).contains(&b.index)).peekable();
+        loop {
+            let take_point = match (points.peek(), buckets.peek()) {
+                (Some(p), Some(b)) => self.index_of(p) < b.index,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return,
+            };
+            if take_point {
+                let p = points.next().copied().expect("peeked");
+                f(&Bucket::first(self.index_of(&p), p.ts, p.v));
+            } else {
+                f(buckets.next().expect("peeked"));
+            }
         }
-        if self.buckets.len() == self.buckets.capacity() {
-            // Grow by at most what the span can still hold: storage stays bounded.
-            let room = self.span.saturating_sub(self.buckets.len()).max(1);
-            self.buckets.reserve_exact(self.buckets.len().max(4).min(room));
-        }
-        self.buckets.push_back(Bucket::first(b, ts, v));
     }
 
     /// Slope in value units per hour, or `None` (see [`StatsSnapshot`]).
@@ -480,37 +605,30 @@ impl Trend {
         let head = self.head?;
         let oldest = self.oldest(head);
         let span = self.span();
-        // In index order the live buckets span less than `span` indices, so
-        // their slots ascend, wrap once at most, and ascend again: ring-slot
-        // order is the part after the wrap, then the part before it.
-        let start = self.buckets.partition_point(|b| b.index < oldest);
-        let slot = |i: usize| self.buckets[i].index.rem_euclid(span);
-        let wrap =
-            (start..self.buckets.len().saturating_sub(1)).find(|&i| slot(i + 1) < slot(i)).map_or(start, |i| i + 1);
-        let mut live = self
-            .buckets
-            .range(wrap..)
-            .chain(self.buckets.range(start..wrap))
-            .filter(|b| b.n > 0 && b.index >= oldest && b.index <= head);
-        let first = live.next()?;
-        // Common origin: the first live bucket's own origin, a retained ts.
-        let origin = first.origin_ms;
-        let mut acc = Moments {
-            n: first.n as f64,
-            mean_t: first.mean_t,
-            mean_v: first.mean_v,
-            m2_t: first.m2_t,
-            c_tv: first.c_tv,
-        };
-        for b in live {
-            acc.merge(&Moments {
+        // Ring-slot order: from the live index whose slot is 0 (the largest
+        // multiple of the span at or below the head, if it is inside the
+        // span) up to the head, then from the oldest live index up to it.
+        let wrap = head.saturating_sub(head.rem_euclid(span)).max(oldest);
+        let mut acc: Option<(i64, Moments)> = None;
+        let mut merge = |b: &Bucket| match &mut acc {
+            // Common origin: the first live bucket's own origin, a retained ts.
+            None => {
+                let m = Moments { n: b.n as f64, mean_t: b.mean_t, mean_v: b.mean_v, m2_t: b.m2_t, c_tv: b.c_tv };
+                acc = Some((b.origin_ms, m));
+            }
+            Some((origin, m)) => m.merge(&Moments {
                 n: b.n as f64,
-                mean_t: b.mean_t + hours_between(origin, b.origin_ms),
+                mean_t: b.mean_t + hours_between(*origin, b.origin_ms),
                 mean_v: b.mean_v,
                 m2_t: b.m2_t,
                 c_tv: b.c_tv,
-            });
+            }),
+        };
+        self.for_each_in(wrap, head, &mut merge);
+        if wrap > oldest {
+            self.for_each_in(oldest, wrap - 1, &mut merge);
         }
+        let (_, acc) = acc?;
         (acc.n >= 2.0 && acc.m2_t > 0.0).then(|| acc.c_tv / acc.m2_t)
     }
 }
@@ -799,19 +917,93 @@ mod tests {
     fn updates_never_grow_storage() {
         let c = cfg(0.1, 4, 60_000, 6);
         let mut s = ChannelStats::new(&c);
-        let caps = (s.top.largest.capacity(), s.top.smallest.capacity());
+        assert!(!s.top.slots.spilled(), "k = 4 keeps the heaps inline");
+        let trend_len = |s: &ChannelStats| s.trend.points.len() + s.trend.buckets.len();
         for i in 0..10_000i64 {
             s.update(&c, T0 + (i * 7_919) % 500_000, (i % 97) as f64);
+            assert!(s.trend.points.capacity() <= 8, "trend storage is bounded by trend_buckets");
             assert!(s.trend.buckets.capacity() <= 8, "trend storage is bounded by trend_buckets");
+            assert!(trend_len(&s) <= 6);
         }
-        assert_eq!(caps, (s.top.largest.capacity(), s.top.smallest.capacity()));
-        assert_eq!(s.top.largest.len(), 4);
-        assert!(s.trend.buckets.len() <= 6);
+        assert!(!s.top.slots.spilled());
+        assert_eq!(s.top.slots.len(), 8);
+        assert_eq!(s.top.heaps(s.count()).0.len(), 4);
+        assert!(trend_len(&s) <= 6);
         // Moving on in time keeps storage at the buckets in the span.
         for i in 0..1_000i64 {
             s.update(&c, T0 + 10_000_000 + i * 60_000, 1.0);
         }
-        assert!(s.trend.buckets.len() <= 6);
+        assert!(trend_len(&s) <= 6);
+    }
+
+    #[test]
+    fn single_value_buckets_are_points() {
+        let c = StatsConfig::default();
+        // One value a minute apart: one value per bucket.
+        let mut s = run(&c, &[(T0, 1.0), (T0 + 60_000, 2.0), (T0 + 120_000, 3.0)]);
+        assert_eq!((s.trend.points.len(), s.trend.buckets.len()), (3, 0));
+        // A second value in the middle bucket makes it a full bucket.
+        s.update(&c, T0 + 61_000, 5.0);
+        assert_eq!((s.trend.points.len(), s.trend.buckets.len()), (2, 1));
+        assert_eq!(s.trend.buckets[0].n, 2);
+    }
+
+    /// The two heaps as `std::collections::BinaryHeap` keeps them, fed the
+    /// same way the first version of `TopK` fed them.
+    fn std_heaps(k: usize, values: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        #[derive(Clone, Copy, PartialEq)]
+        struct Total(f64);
+        impl Eq for Total {}
+        impl PartialOrd for Total {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for Total {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.0.total_cmp(&other.0)
+            }
+        }
+        let mut largest: BinaryHeap<Reverse<Total>> = BinaryHeap::with_capacity(k);
+        let mut smallest: BinaryHeap<Total> = BinaryHeap::with_capacity(k);
+        for &v in values {
+            if largest.len() < k {
+                largest.push(Reverse(Total(v)));
+            } else if let Some(mut top) = largest.peek_mut() {
+                if v > top.0 .0 {
+                    *top = Reverse(Total(v));
+                }
+            }
+            if smallest.len() < k {
+                smallest.push(Total(v));
+            } else if let Some(mut top) = smallest.peek_mut() {
+                if v < top.0 {
+                    *top = Total(v);
+                }
+            }
+        }
+        (
+            largest.into_vec().into_iter().map(|r| r.0 .0).collect(),
+            smallest.into_vec().into_iter().map(|t| t.0).collect(),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn top_k_slots_match_std_binary_heap(
+            k in 1usize..12,
+            values in proptest::collection::vec(prop_oneof![-3.0f64..3.0, Just(0.0), Just(-0.0), Just(1.0)], 0..200),
+        ) {
+            let c = cfg(0.1, k, HOUR, 60);
+            let s = run(&c, &values.iter().map(|&v| (T0, v)).collect::<Vec<_>>());
+            let (largest, smallest) = s.top.heaps(s.count());
+            let (std_largest, std_smallest) = std_heaps(k, &values);
+            let bits = |x: &[f64]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(largest), bits(&std_largest));
+            prop_assert_eq!(bits(smallest), bits(&std_smallest));
+        }
     }
 
     // ---- Reference model and property tests --------------------------------
