@@ -625,7 +625,13 @@ pub fn suppress<'s, D: 'static>(
 /// holds its time at the frontier of `watch` (the job's readings) plus
 /// `ahead_ms` (the lateness and an epoch, how far a reading's `ts` can be
 /// ahead of its dataflow time), so every reading is looked up only once
-/// every change up to its `ts` that has arrived is in.
+/// every change up to its `ts` that has arrived is in. `next`: the offset
+/// each reference partition was assigned at (missing: its beginning).
+///
+/// With a `gate` (an enrich job in the calibration adapter's loop, see
+/// `kafka::ml`), the source's time is also held at the least adapter marker
+/// read from `P.calibration`, and it ends only once the adapter has ended:
+/// every update the adapter writes then applies exactly from its `ts`.
 pub fn live_reference<'s>(
     scope: Scope<'s, u64>,
     name: &str,
@@ -633,6 +639,8 @@ pub fn live_reference<'s>(
     watch: timely::dataflow::ProbeHandle<u64>,
     ahead_ms: u64,
     progress: Rc<SourceProgress>,
+    mut next: BTreeMap<(String, i32), i64>,
+    mut gate: Option<super::ml::AdapterGate>,
 ) -> StreamVec<'s, u64, eddy_core::reference::RefUpdate> {
     use eddy_core::reference::RefUpdate;
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
@@ -668,6 +676,10 @@ pub fn live_reference<'s>(
                     }
                 };
                 got += 1;
+                next.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+                if gate.as_mut().is_some_and(|g| g.observe(&m)) {
+                    continue;
+                }
                 let Some(bytes) = m.payload() else { continue };
                 let parsed = serde_json::from_slice::<serde_json::Value>(bytes)
                     .map_err(|e| e.to_string())
@@ -686,22 +698,23 @@ pub fn live_reference<'s>(
                 }
             }
             drop(h);
+            let held = gate.as_ref().map_or(u64::MAX, |g| g.value());
             match watch.with_frontier(|f| f.iter().copied().min()) {
                 // The readings are done (or this probe has not heard of them
                 // yet; then the changes read at start are all there is).
-                None => {
+                None if held == u64::MAX => {
                     let _ = progress.done();
                     cap = None
                 }
-                Some(f) => {
+                frontier => {
                     // Move on only once every change already in the topics has
                     // been read: a change published before a reading is then
                     // in before that reading is looked up.
-                    let t = f.saturating_add(ahead_ms);
+                    let t = frontier.map_or(u64::MAX, |f| f.saturating_add(ahead_ms)).min(held);
                     let mut wait = if got > 0 { 0 } else { 20 };
                     if t > *c.time() && drained && last_check.elapsed() >= Duration::from_millis(50) {
                         last_check = Instant::now();
-                        if caught_up(consumer) {
+                        if caught_up(consumer, &next) {
                             c.downgrade(&t);
                         } else {
                             wait = 5;
@@ -716,16 +729,21 @@ pub fn live_reference<'s>(
 }
 
 /// True when `consumer` has read every record its partitions hold now.
-fn caught_up(consumer: &BaseConsumer) -> bool {
+/// `known`: the next offset to read per partition, as far as the caller
+/// knows (the offset it assigned, or past the last record it read): a
+/// partition the consumer has read nothing from since it was assigned at an
+/// offset has no position, and would otherwise count from the topic's start.
+fn caught_up(consumer: &BaseConsumer, known: &BTreeMap<(String, i32), i64>) -> bool {
     use rdkafka::consumer::Consumer;
     let Ok(positions) = consumer.position() else { return false };
     positions.elements().iter().all(|e| {
         let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) else {
             return false;
         };
+        let known = known.get(&(e.topic().to_string(), e.partition())).copied();
         let at = match e.offset() {
-            rdkafka::Offset::Offset(o) => o,
-            _ => low,
+            rdkafka::Offset::Offset(o) => o.max(known.unwrap_or(o)),
+            _ => known.unwrap_or(low),
         };
         tracing::trace!(topic = e.topic(), partition = e.partition(), at, low, high, "reference position");
         at >= high
