@@ -324,28 +324,70 @@ fn forecasts(prefix: &str) -> Vec<(u64, String, u64)> {
         .collect()
 }
 
-/// Publishes the next chunk of `lines` readings, skipping the first `*at`.
-fn next_chunk(ds: &Path, p: &str, at: &mut usize, lines: usize, total: usize) -> bool {
-    if *at >= total {
-        return false;
-    }
-    let (skip, max) = (at.to_string(), lines.to_string());
-    publish(ds, p, &["--no-reference", "--no-end", "--skip-lines", &skip, "--max-lines", &max]);
-    *at += lines;
-    true
+/// The enrich job's output on a staging prefix, fed to the scoring job's
+/// `P.enriched` a chunk at a time: records and markers as enrich wrote them
+/// (same partition, key, value and `eddy.t`), so the scoring job sees a live
+/// stream that advances when the test says so.
+struct Feed {
+    producer: eddy::kafka::produce::Producer,
+    topic: String,
+    parts: Vec<Vec<rdkafka::message::OwnedMessage>>,
+    chunks: usize,
+    next: usize,
 }
 
-/// Publishes chunks, waiting after each, until `done` holds; fails if the
-/// dataset runs out first. (A job downstream of enrich may hold its output
-/// until more data comes, see docs/kafka.md: so it feeds rather than waits.)
-fn feed_until(
-    (ds, p): (&Path, &str),
-    at: &mut usize,
-    (chunk, total): (usize, usize),
-    score: &mut Child,
-    what: &str,
-    done: impl Fn() -> bool,
-) {
+impl Feed {
+    fn new(staging: &str, live: &str, chunks: usize) -> Feed {
+        let topic = format!("{staging}.enriched");
+        let mut parts: Vec<Vec<rdkafka::message::OwnedMessage>> = Vec::new();
+        for m in eddy::kafka::consume::read_to_end(&kafka(), &topic, Duration::from_secs(60)).unwrap() {
+            let p = m.partition() as usize;
+            parts.resize_with(parts.len().max(p + 1), Vec::new);
+            parts[p].push(m);
+        }
+        for p in &mut parts {
+            p.sort_by_key(|m| m.offset());
+        }
+        let producer = eddy::kafka::produce::Producer::new(&kafka()).unwrap();
+        Feed { producer, topic: format!("{live}.enriched"), parts, chunks, next: 0 }
+    }
+
+    /// Sends the next chunk; false once everything (end markers included) was sent.
+    fn chunk(&mut self) -> bool {
+        if self.next >= self.chunks {
+            return false;
+        }
+        let (k, n) = (self.next, self.chunks);
+        for (p, msgs) in self.parts.iter().enumerate() {
+            for m in &msgs[k * msgs.len() / n..(k + 1) * msgs.len() / n] {
+                let headers = m.headers().cloned().unwrap_or_default();
+                self.producer.send(&self.topic, Some(p as i32), m.key(), m.payload(), headers);
+            }
+        }
+        // A marker per partition: every record below the least time still
+        // to send is in (enrich wrote markers only at its end here).
+        for (p, msgs) in self.parts.iter().enumerate() {
+            let rest = &msgs[(k + 1) * msgs.len() / n..];
+            let least = rest.iter().filter_map(|m| stamp(m, "eddy.t")).min();
+            if let Some(t) = least {
+                self.producer.send(&self.topic, Some(p as i32), None, None, eddy::kafka::codec::marker_headers(t));
+            }
+        }
+        assert!(self.producer.flush(Duration::from_secs(30)));
+        self.next += 1;
+        true
+    }
+}
+
+/// A record's header `key` as a number.
+fn stamp(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<u64> {
+    let h = m.headers()?;
+    h.iter().find(|h| h.key == key).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+}
+
+/// Feeds chunks, waiting after each, until `done` holds; fails if the
+/// stream runs out first.
+fn feed_until(feed: &mut Feed, score: &mut Child, what: &str, done: impl Fn() -> bool) {
     loop {
         running(score, "the scoring job");
         for _ in 0..40 {
@@ -354,7 +396,7 @@ fn feed_until(
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        assert!(next_chunk(ds, p, at, chunk, total), "the dataset ended before {what}");
+        assert!(feed.chunk(), "the stream ended before {what}");
     }
 }
 
@@ -374,26 +416,28 @@ fn the_scoring_job_swaps_models_from_the_topic_and_the_file_while_it_runs() {
     let model = root.path().join("model.json");
     train(&backup, &model, "v1", &[]);
 
-    // A live fleet, published in chunks; ingest, enrich and score run meanwhile.
+    // A live fleet through ingest and enrich on a staging prefix; its enriched
+    // stream is then fed to the scoring job in chunks, while the job runs.
     let ds = root.path().join("live");
     eddy_ok(&["gen", ds.to_str().unwrap(), "--devices", "4", "--hours", "8", "--seed", "9"]);
-    let total = std::fs::read_to_string(ds.join("readings.jsonl")).unwrap().lines().count();
-    let chunk = total / 16;
+    let staging = prefix("score-staging");
+    publish(&ds, &staging, &[]);
+    let chain = [("ingest", start("ingest", &staging, &[])), ("enrich", start("enrich", &staging, &[]))];
+    for (name, child) in chain {
+        finish(child, name);
+    }
     let p = prefix("score");
-    publish(&ds, &p, &["--no-end", "--max-lines", "0"]);
-    let mut at = 0;
-    let mut jobs: Vec<(&str, Child)> = vec![("ingest", start("ingest", &p, &[])), ("enrich", start("enrich", &p, &[]))];
     let mut score = start("score", &p, &["--model", model.to_str().unwrap()]);
+    let mut feed = Feed::new(&staging, &p, 24);
 
-    let (src, size) = ((ds.as_path(), p.as_str()), (chunk, total));
     // 1. The file's model scores.
-    feed_until(src, &mut at, size, &mut score, "v1 scored", || scored(&p, "v1") > 0);
+    feed_until(&mut feed, &mut score, "v1 scored", || scored(&p, "v1") > 0);
     // 2. A model published to P.models by `eddy train --brokers` replaces it.
     let v2 = root.path().join("v2.json");
     let b = brokers();
     let out = train(&backup, &v2, "v2", &["--horizon", "20", "--brokers", &b, "--prefix", &p]);
     assert!(out.contains(&format!("published to {p}.models")), "{out}");
-    feed_until(src, &mut at, size, &mut score, "v2 scored", || scored(&p, "v2") > 0);
+    feed_until(&mut feed, &mut score, "v2 scored", || scored(&p, "v2") > 0);
     // 3. Bad model records: dead letters, and the job keeps v2.
     let mut producer = eddy::kafka::produce::Producer::new(&kafka()).unwrap();
     let models = format!("{p}.models");
@@ -405,25 +449,21 @@ fn the_scoring_job_swaps_models_from_the_topic_and_the_file_while_it_runs() {
         producer.send(&models, Some(0), Some(b"bad"), Some(bad), Default::default());
     }
     assert!(producer.flush(Duration::from_secs(30)));
-    feed_until(src, &mut at, size, &mut score, "the bad records were dead letters", || {
+    feed_until(&mut feed, &mut score, "the bad records were dead letters", || {
         topic_so_far(&p, "deadletter").len() >= 3
     });
     let v2_before = scored(&p, "v2");
-    feed_until(src, &mut at, size, &mut score, "v2 scored after the bad records", || scored(&p, "v2") > v2_before);
+    feed_until(&mut feed, &mut score, "v2 scored after the bad records", || scored(&p, "v2") > v2_before);
     // 4. A model written to the file replaces v2 (atomically, as `eddy train` writes).
     let mut v3: Value = serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
     v3["version"] = "v3".into();
     let tmp = root.path().join("model.json.tmp");
     std::fs::write(&tmp, v3.to_string()).unwrap();
     std::fs::rename(&tmp, &model).unwrap();
-    feed_until(src, &mut at, size, &mut score, "v3 scored", || scored(&p, "v3") > 0);
+    feed_until(&mut feed, &mut score, "v3 scored", || scored(&p, "v3") > 0);
     // The rest, and the end of the stream.
-    let skip = at.to_string();
-    publish(&ds, &p, &["--no-reference", "--skip-lines", &skip]);
-    jobs.push(("score", score));
-    for (name, child) in jobs {
-        finish(child, name);
-    }
+    while feed.chunk() {}
+    finish(score, "the scoring job");
 
     // Each epoch was scored by one model; v1, then v2, then v3.
     let all = forecasts(&p);
