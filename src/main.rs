@@ -60,7 +60,7 @@ enum Command {
     /// Run one job of the pipeline against Kafka, as its own process or cluster.
     ///
     /// The job's spec file names its kind (ingest, enrich, stats, windows,
-    /// alerts, backup); it reads and writes the topics of docs/kafka.md
+    /// alerts, backup, adapter, score); it reads and writes the topics of docs/kafka.md
     /// under --prefix. It runs until every partition of its input has ended
     /// (an end marker, written by `eddy publish`), or forever on a live
     /// stream. Stop it with Ctrl-C or SIGTERM and start it again: it resumes
@@ -109,6 +109,16 @@ struct RunArgs {
     /// Output directory of the backup job.
     #[arg(long, short = 'o')]
     out: Option<PathBuf>,
+    /// The pipeline's other job specs (a directory of *.toml, or files):
+    /// the ingest spec's lateness and epoch, and whether the calibration
+    /// adapter runs (an enrich job then waits for its updates). SPEC
+    /// replaces the spec of its own kind there.
+    #[arg(long)]
+    jobs: Option<PathBuf>,
+    /// score: the event-forecast model file, watched for changes (models also
+    /// come from PREFIX.models).
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Partitions of the topics this job creates.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
@@ -436,11 +446,27 @@ fn cmd_check(a: CheckArgs) -> Result<()> {
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
+    use eddy::core::spec::JobKind;
     use eddy::runtime::kafka::{run_job, RunOptions};
-    let files = read_specs(std::slice::from_ref(&a.spec))?;
-    let job = eddy::core::spec::JobSpec::from_toml(&files[0].1, &files[0].0)?;
-    let spec = PipelineSpec::from_files(&files, true)?;
-    let mut opts = RunOptions::new(job.kind(), spec, &a.kafka.brokers);
+    let own = read_specs(std::slice::from_ref(&a.spec))?;
+    let kind = JobKind::of_spec(&own[0].1, &own[0].0)?;
+    let mut files = Vec::new();
+    if let Some(dir) = &a.jobs {
+        for (name, text) in read_specs(std::slice::from_ref(dir))? {
+            if JobKind::of_spec(&text, &name)? != kind {
+                files.push((name, text));
+            }
+        }
+    }
+    files.extend(own);
+    let mut spec = PipelineSpec::from_files(&files, true)?;
+    if let Some(m) = &a.model {
+        if kind != JobKind::Score {
+            bail!("--model is an option of the score job; {} is a {} job", a.spec.display(), kind.name());
+        }
+        spec.score.model = Some(m.display().to_string());
+    }
+    let mut opts = RunOptions::new(kind, spec, &a.kafka.brokers);
     opts.kafka = a.kafka.config();
     opts.topics = eddy::kafka::Topics::new(a.kafka.prefix.clone());
     opts.workers = a.workers.workers();

@@ -57,6 +57,13 @@ pub struct TrainArgs {
     /// calibration: rows with a smaller reference value are left out of the fit.
     #[arg(long, default_value_t = 8.0)]
     min_reference: f64,
+    /// Also publish the model to the scoring job's model topic, PREFIX.models,
+    /// on these Kafka brokers (host:port[,…]).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The pipeline's topic prefix (with --brokers).
+    #[arg(long, default_value = "eddy")]
+    prefix: String,
     /// No progress bar.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -159,5 +166,12 @@ pub fn cmd_train(a: TrainArgs, spec: impl FnOnce(Option<&Path>) -> Result<Pipeli
         }
     }
     println!("  model: {}\n  evaluation: {}", a.out.display(), eval_path.display());
+    if let Some(brokers) = &a.brokers {
+        let cfg = eddy::kafka::KafkaConfig::new(brokers);
+        let topics = eddy::kafka::Topics::new(a.prefix.clone());
+        eddy::runtime::kafka::ml::publish_model(&cfg, &topics, &a.out)
+            .with_context(|| format!("publishing the model to {}", topics.models()))?;
+        println!("  published to {} on {brokers}", topics.models());
+    }
     Ok(())
 }

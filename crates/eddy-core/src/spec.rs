@@ -56,10 +56,16 @@ pub enum JobKind {
     Alerts,
     /// Near-real-time Parquet backup and raw archive.
     Backup,
+    /// The calibration adapter (ML): its spec is [`AdapterSpec`], not a
+    /// [`JobSpec`]; it runs inside `eddy replay` or as `eddy run` over Kafka.
+    Adapter,
+    /// The scoring job (ML): its spec is [`ScoreSpec`].
+    Score,
 }
 
 impl JobKind {
-    /// Every kind, in pipeline order.
+    /// Every kind of the core pipeline, in pipeline order (each has a
+    /// [`JobSpec`]); the ML kinds are [`JobKind::ML`].
     pub const ALL: [JobKind; 6] =
         [JobKind::Ingest, JobKind::Enrich, JobKind::Stats, JobKind::Windows, JobKind::Alerts, JobKind::Backup];
 
@@ -72,12 +78,29 @@ impl JobKind {
             JobKind::Windows => "windows",
             JobKind::Alerts => "alerts",
             JobKind::Backup => "backup",
+            JobKind::Adapter => "adapter",
+            JobKind::Score => "score",
         }
     }
 
-    /// Parses a kind name.
+    /// The ML kinds (their specs live in [`PipelineSpec::adapter`] and
+    /// [`PipelineSpec::score`]).
+    pub const ML: [JobKind; 2] = [JobKind::Adapter, JobKind::Score];
+
+    /// Parses a kind name of the core pipeline ([`JobKind::ALL`]).
     pub fn from_name(name: &str) -> Option<JobKind> {
         JobKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind of a spec file's text, any kind (the ML ones included);
+    /// a core spec is parsed and checked on the way.
+    pub fn of_spec(text: &str, file: &str) -> Result<JobKind, SpecError> {
+        if let Ok(KindOnly { kind: Some(toml::Value::String(k)) }) = toml::from_str::<KindOnly>(text) {
+            if let Some(ml) = JobKind::ML.into_iter().find(|m| m.name() == k) {
+                return Ok(ml);
+            }
+        }
+        Ok(JobSpec::from_toml(text, file)?.kind())
     }
 }
 
@@ -340,8 +363,9 @@ pub struct BackupSpec {
     pub compression_level: i32,
 }
 
-/// The kinds of the ML jobs (issue 7). They are not [`JobKind`]s: they run
-/// inside `eddy replay` only, so the per-kind runners need not know them.
+/// The kinds of the ML jobs (issue 7), as written in specs: [`JobKind::ML`].
+/// Their specs are not [`JobSpec`]s (they are optional parts of a
+/// [`PipelineSpec`]); they run inside `eddy replay` and as `eddy run`.
 pub const ML_KINDS: [&str; 2] = ["adapter", "score"];
 
 fn d_adapter_channel() -> String {
@@ -485,6 +509,9 @@ impl JobSpec {
             JobKind::Windows => JobSpec::Windows(toml::from_str(text).map_err(|e| toml_error(file, e))?),
             JobKind::Alerts => JobSpec::Alerts(toml::from_str(text).map_err(|e| toml_error(file, e))?),
             JobKind::Backup => JobSpec::Backup(toml::from_str(text).map_err(|e| toml_error(file, e))?),
+            JobKind::Adapter | JobKind::Score => {
+                return Err(SpecError::key(file, "kind", "an ML job's spec is read by PipelineSpec::from_files"))
+            }
         };
         spec.check(file)?;
         Ok(spec)

@@ -13,6 +13,8 @@
 //! | `P.events` | alerts | alert events (as `events.jsonl`) | `device_id` |
 //! | `P.devices`, `P.calibration`, `P.rules` | `eddy publish`, operators | reference rows, compacted; null value deletes | primary key |
 //! | `P.checkpoints` | every job | each job's committed frontier, compacted | job group |
+//! | `P.forecasts` | score | early warnings (as `forecasts.jsonl`) | `device_id` |
+//! | `P.models` | `eddy train --brokers`, any producer | a model file's JSON text | the model's version |
 
 use std::time::Duration;
 
@@ -94,6 +96,14 @@ impl Topics {
     /// Jobs' committed frontiers.
     pub fn checkpoints(&self) -> String {
         self.name("checkpoints")
+    }
+    /// Early warnings of the scoring job.
+    pub fn forecasts(&self) -> String {
+        self.name("forecasts")
+    }
+    /// Models for the scoring job (a model file's JSON text per record).
+    pub fn models(&self) -> String {
+        self.name("models")
     }
     /// The three reference topics.
     pub fn reference(&self) -> [String; 3] {

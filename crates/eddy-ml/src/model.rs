@@ -204,8 +204,9 @@ impl ModelFile {
 
 /// A new forecast model for the scoring job: from a watched file (`eddy
 /// replay --model`) or, over Kafka, the value of a model-topic record (the
-/// model file's JSON text).
-#[derive(Clone, Debug, PartialEq)]
+/// model file's JSON text). Serialisable, so that timely can broadcast it
+/// from the worker that reads the model topic to every worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelUpdate {
     /// The model's version.
     pub version: String,

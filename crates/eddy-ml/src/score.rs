@@ -130,32 +130,67 @@ struct Live {
 /// The scoring operator. Its input must be partitioned by device.
 pub fn score<'s>(
     enriched: StreamVec<'s, u64, Enriched>,
-    mut watch: ModelWatch,
+    watch: ModelWatch,
     name: &str,
 ) -> StreamVec<'s, u64, ForecastRecord> {
-    enriched.unary_frontier(Pipeline, name, move |_cap, _info| {
+    let models = timely::dataflow::operators::generic::operator::empty(enriched.scope());
+    score_with(enriched, models, Some(watch), name)
+}
+
+/// The scoring operator with models from a stream too (the Kafka model
+/// topic, broadcast to every worker) and, optionally, a watched file. Its
+/// enriched input must be partitioned by device; `models` must reach every
+/// worker.
+///
+/// Before an epoch `t` is applied (once both inputs' frontiers have passed
+/// it), every model of the stream at a time `≤ t` is installed, in time and
+/// then arrival order, and then the file is checked: each epoch is scored by
+/// one model, and a model record at time `t` applies from epoch `t` on, on
+/// every worker alike.
+pub fn score_with<'s>(
+    enriched: StreamVec<'s, u64, Enriched>,
+    models: StreamVec<'s, u64, ModelUpdate>,
+    mut watch: Option<ModelWatch>,
+    name: &str,
+) -> StreamVec<'s, u64, ForecastRecord> {
+    enriched.binary_frontier(models, Pipeline, Pipeline, name, move |_cap, _info| {
         let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
+        let mut incoming: BTreeMap<u64, Vec<ModelUpdate>> = BTreeMap::new();
         let mut live: Option<Live> = None;
         let mut devices: Map<DeviceId, (History, Option<Active>)> = Map::new();
-        move |(input, frontier), output| {
+        move |(input, frontier), (models, models_frontier), output| {
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else { return };
                 buffered.entry(*cap.time()).or_insert_with(|| (cap, Vec::new())).1.append(data);
             });
+            models.for_each(|cap, data| {
+                let t = cap.least().copied().unwrap_or(0);
+                incoming.entry(t).or_default().append(data);
+            });
             let f = frontier.frontier();
+            let fm = models_frontier.frontier();
             while let Some(entry) = buffered.first_entry() {
                 let t = *entry.key();
-                if f.less_equal(&t) {
+                if f.less_equal(&t) || fm.less_equal(&t) {
                     break;
                 }
                 let (cap, batch) = entry.remove();
                 // The epoch boundary: a new model applies from this epoch on.
-                if let Some(m) = watch.changed() {
+                let mut install = |m: ModelUpdate| {
                     let channel = Channel::intern(&m.model.rule.channel);
                     if live.as_ref().is_none_or(|l| l.channel != channel) {
                         devices.clear();
                     }
                     live = Some(Live { version: Arc::from(m.version.as_str()), model: m.model, channel });
+                };
+                while let Some(e) = incoming.first_entry().filter(|e| *e.key() <= t) {
+                    for m in e.remove() {
+                        tracing::info!(version = %m.version, epoch = t, "scoring: model from the model stream");
+                        install(m);
+                    }
+                }
+                if let Some(m) = watch.as_mut().and_then(ModelWatch::changed) {
+                    install(m);
                 }
                 let Some(l) = live.as_ref() else { continue };
                 let rule = &l.model.rule;

@@ -37,28 +37,6 @@ impl<D> Waiting<D> {
         self.stash.push_back((cap, batch.into()));
     }
 
-    /// Takes the longest prefix of the queue for which `ready(record, time)`
-    /// holds, as batches with their capabilities, keeping arrival order.
-    pub fn take_ready(&mut self, ready: impl Fn(&D, u64) -> bool) -> Vec<(Capability<u64>, Vec<D>)> {
-        let mut out = Vec::new();
-        while let Some((cap, batch)) = self.stash.front_mut() {
-            let t = *cap.time();
-            let n = batch.iter().take_while(|d| ready(d, t)).count();
-            if n == batch.len() {
-                let (cap, batch) = self.stash.pop_front().expect("front exists");
-                out.push((cap, batch.into()));
-            } else {
-                if n > 0 {
-                    out.push((cap.clone(), batch.drain(..n).collect()));
-                }
-                break;
-            }
-        }
-        self.scanned = 0;
-        self.blocked.clear();
-        out
-    }
-
     /// Takes every record for which `ready(record, time)` holds and no
     /// earlier record with the same `key` is still waiting: arrival order is
     /// kept per key, and a record that is not ready holds back only the

@@ -22,6 +22,7 @@
 //! their input again from the beginning; enrich and backup resume from the
 //! committed offsets.
 
+pub mod ml;
 pub mod operators;
 
 use std::cell::RefCell;
@@ -118,6 +119,8 @@ impl RunOptions {
             JobKind::Windows => &s.windows.name,
             JobKind::Alerts => &s.alerts.name,
             JobKind::Backup => &s.backup.name,
+            JobKind::Adapter => &s.adapter.name,
+            JobKind::Score => &s.score.name,
         };
         name.clone().unwrap_or_else(|| self.kind.name().to_string())
     }
@@ -149,6 +152,8 @@ impl RunOptions {
             JobKind::Windows => vec![t.windows(&self.window_label()), t.deadletter()],
             JobKind::Alerts => vec![t.events(), t.deadletter()],
             JobKind::Backup => vec![t.deadletter()],
+            JobKind::Adapter => vec![t.calibration(), t.deadletter()],
+            JobKind::Score => vec![t.forecasts(), t.deadletter()],
         }
     }
 
@@ -199,6 +204,7 @@ pub struct RunProgress {
 
 struct Shared {
     opts: RunOptions,
+    ml: ml::MlShared,
     resume_from: u64,
     updates: Vec<RefUpdate>,
     ref_offsets: BTreeMap<(String, i32), i64>,
@@ -267,8 +273,12 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         TopicSpec::new(opts.input_topic(), if opts.kind == JobKind::Ingest { 1 } else { opts.partitions }),
         TopicSpec::compacted(opts.topics.checkpoints(), 1),
     ];
-    specs.extend(opts.output_topics().into_iter().map(|t| TopicSpec::new(t, opts.partitions)));
-    specs.extend(opts.topics.reference().into_iter().map(|t| TopicSpec::compacted(t, 1)));
+    let reference = opts.topics.reference();
+    specs.extend(
+        opts.output_topics().into_iter().filter(|t| !reference.contains(t)).map(|t| TopicSpec::new(t, opts.partitions)),
+    );
+    specs.extend(reference.into_iter().map(|t| TopicSpec::compacted(t, 1)));
+    specs.extend(ml::extra_topics(opts));
     if opts.kind == JobKind::Backup && opts.spec.backup.raw_archive {
         specs.push(TopicSpec::new(opts.topics.raw(), 1));
     }
@@ -292,6 +302,9 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         tracing::info!(job = %group, frontier = resume_from, "resuming: outputs below the committed frontier are not written again");
         println!("{group}: resumed from frontier {resume_from} (outputs below it were committed by an earlier run)");
     }
+    // Before the reference topics are read (the adapter's markers read here
+    // must come after updates read there).
+    let ml = ml::prepare(opts)?;
     let (updates, ref_offsets) = if matches!(opts.kind, JobKind::Enrich | JobKind::Alerts) {
         let mut u = spec_rules(&opts.spec);
         let (read, next) = read_reference(&opts.kafka, &opts.topics)?;
@@ -320,6 +333,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         opts: opts.clone(),
+        ml,
         resume_from,
         updates,
         ref_offsets,
@@ -394,6 +408,8 @@ struct Ctx<'s> {
     probe: ProbeHandle<u64>,
     inputs: Vec<Input>,
     progress: Rc<SourceProgress>,
+    /// Markers of output topics that are not the job's frontier (ML jobs).
+    topic_marks: Vec<ml::TopicMark>,
 }
 
 impl<'s> Ctx<'s> {
@@ -507,7 +523,8 @@ impl<'s> Ctx<'s> {
         let (probe, _) = watch.clone().into_stream().probe();
         let spec = &self.opts().spec.ingest;
         let ahead = (spec.lateness.ms() + spec.epoch.ms()).max(0) as u64;
-        let live = live_reference(self.scope, "reference.live", consumer, probe, ahead, Rc::clone(&self.progress));
+        let live =
+            live_reference(self.scope, "reference.live", consumer, probe, ahead, Rc::clone(&self.progress), None);
         Ok(reference_with_feedback(self.scope, "reference", updates, Rc::clone(&self.progress), Some(live)))
     }
 
@@ -566,6 +583,7 @@ fn build(ctx: &mut Ctx<'_>) -> Result<()> {
             ctx.sink(readings, t.readings(), as_serde(|r: &Reading| Some(r.device.name())));
             ctx.sink(Flow::new(s.dead, "ingest"), t.deadletter(), dead_encoder());
         }
+        JobKind::Enrich if ml::enrich_in_loop(&opts) => ml::build_enrich_in_loop(ctx)?,
         JobKind::Enrich => {
             let (readings, dead) = ctx.typed::<Reading>(&t.readings())?;
             let reference = ctx.reference(&readings)?;
@@ -594,6 +612,8 @@ fn build(ctx: &mut Ctx<'_>) -> Result<()> {
             ctx.sink(dead, t.deadletter(), dead_encoder());
         }
         JobKind::Backup => build_backup(ctx)?,
+        JobKind::Adapter => ml::build_adapter(ctx)?,
+        JobKind::Score => ml::build_score(ctx)?,
     }
     Ok(())
 }
@@ -630,7 +650,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     let producer = Rc::new(RefCell::new(Producer::new(&opts.kafka).map_err(kafka_err)?));
     let probe = ProbeHandle::new();
     let progress = Rc::new(SourceProgress::default());
-    let mut built: Result<Vec<Input>> = Ok(Vec::new());
+    let mut built: Result<(Vec<Input>, Vec<ml::TopicMark>)> = Ok(Default::default());
     worker.dataflow::<u64, _, _>(|scope| {
         let mut ctx = Ctx {
             scope,
@@ -639,15 +659,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
             probe: probe.clone(),
             inputs: Vec::new(),
             progress: Rc::clone(&progress),
+            topic_marks: Vec::new(),
         };
-        built = build(&mut ctx).map(|_| ctx.inputs);
+        built = build(&mut ctx).map(|_| (ctx.inputs, ctx.topic_marks));
     });
-    let inputs = match built {
+    let (inputs, topic_marks) = match built {
         Ok(i) => i,
         Err(e) => {
             // Keep stepping so the other workers can finish; report the error.
             shared.metrics.fail(e.to_string());
-            Vec::new()
+            Default::default()
         }
     };
 
@@ -656,6 +677,12 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     let leader = worker.index() == 0;
     let outputs = opts.output_topics();
     let mut marks = if leader { Some(Marks::new(opts, shared)?) } else { None };
+    // The adapter's first markers (its frontier + the loop delay) go out at
+    // once: the enrich job in its loop waits for them.
+    let mut topic_values: Vec<u64> = topic_marks.iter().map(|m| if m.at_start { (m.value)(0) } else { 0 }).collect();
+    if let Some(m) = marks.as_mut().filter(|_| topic_values.iter().any(|v| *v > 0)) {
+        m.mark_topics(&topic_marks, &topic_values)?;
+    }
     let mut last_frontier = 0u64;
     let mut last_mark = Instant::now();
     let mut done = false;
@@ -680,8 +707,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         // An empty frontier means "complete" only once the dataflow is done:
         // before its first steps a probe has not heard of any capability yet.
         let trusted = frontier < u64::MAX || done;
-        if frontier > last_frontier && due && trusted {
-            last_frontier = frontier;
+        let values: Vec<u64> =
+            if trusted { topic_marks.iter().map(|m| (m.value)(frontier)).collect() } else { Vec::new() };
+        let moved = values.iter().zip(&topic_values).any(|(v, last)| v > last);
+        if (frontier > last_frontier || moved) && due && trusted {
+            last_frontier = last_frontier.max(frontier);
+            if moved {
+                for (last, v) in topic_values.iter_mut().zip(&values) {
+                    *last = (*last).max(*v);
+                }
+            }
             last_mark = Instant::now();
             for input in &inputs {
                 let offsets = input.unsettled.borrow_mut().settle(frontier);
@@ -691,7 +726,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
                 }
             }
             if let Some(m) = marks.as_mut() {
-                m.mark(frontier, &outputs)?;
+                let own: Vec<&str> = topic_marks.iter().map(|t| t.topic.as_str()).collect();
+                let plain: Vec<String> = outputs.iter().filter(|t| !own.contains(&t.as_str())).cloned().collect();
+                m.mark(last_frontier, &plain)?;
+                m.mark_topics(&topic_marks, &topic_values)?;
             }
         }
     }
@@ -737,6 +775,20 @@ impl Marks {
         let cp = JobCheckpoint { version: 1, job: self.group.clone(), frontier, complete: frontier == u64::MAX };
         let value = serde_json::to_vec(&cp).expect("checkpoint serialises");
         self.producer.send(&self.checkpoints, None, Some(self.group.as_bytes()), Some(&value), Default::default());
+        self.producer.poll();
+        match self.producer.error() {
+            Some(e) => Err(Error::Run(format!("kafka: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Markers of the topics whose markers are not the job's frontier.
+    fn mark_topics(&mut self, topics: &[ml::TopicMark], values: &[u64]) -> Result<()> {
+        for (t, v) in topics.iter().zip(values) {
+            for p in 0..self.partitions[&t.topic] {
+                self.producer.send(&t.topic, Some(p), t.key.map(str::as_bytes), None, marker_headers(*v));
+            }
+        }
         self.producer.poll();
         match self.producer.error() {
             Some(e) => Err(Error::Run(format!("kafka: {e}"))),

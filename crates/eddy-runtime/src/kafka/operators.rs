@@ -655,7 +655,13 @@ pub fn suppress<'s, D: 'static>(
 /// holds its time at the frontier of `watch` (the job's readings) plus
 /// `ahead_ms` (the lateness and an epoch, how far a reading's `ts` can be
 /// ahead of its dataflow time), so every reading is looked up only once
-/// every change up to its `ts` that has arrived is in.
+/// every change up to its `ts` that has arrived is in. `consumer` comes
+/// with the offset each of its partitions was assigned at.
+///
+/// With a `gate` (an enrich job in the calibration adapter's loop, see
+/// `kafka::ml`), the source's time is also held at the least adapter marker
+/// read from `P.calibration`, and it ends only once the adapter has ended:
+/// every update the adapter writes then applies exactly from its `ts`.
 pub fn live_reference<'s>(
     scope: Scope<'s, u64>,
     name: &str,
@@ -663,6 +669,7 @@ pub fn live_reference<'s>(
     watch: timely::dataflow::ProbeHandle<u64>,
     ahead_ms: u64,
     progress: Rc<SourceProgress>,
+    mut gate: Option<super::ml::AdapterGate>,
 ) -> StreamVec<'s, u64, eddy_core::reference::RefUpdate> {
     use eddy_core::reference::RefUpdate;
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
@@ -709,6 +716,9 @@ pub fn live_reference<'s>(
                     continue;
                 }
                 next.insert(key, m.offset() + 1);
+                if gate.as_mut().is_some_and(|g| g.observe(&m)) {
+                    continue;
+                }
                 let Some(bytes) = m.payload() else { continue };
                 let parsed = serde_json::from_slice::<serde_json::Value>(bytes)
                     .map_err(|e| e.to_string())
@@ -727,18 +737,19 @@ pub fn live_reference<'s>(
                 }
             }
             drop(h);
+            let held = gate.as_ref().map_or(u64::MAX, |g| g.value());
             match watch.with_frontier(|f| f.iter().copied().min()) {
                 // The readings are done (or this probe has not heard of them
                 // yet; then the changes read at start are all there is).
-                None => {
+                None if held == u64::MAX => {
                     let _ = progress.done();
                     cap = None
                 }
-                Some(f) => {
+                frontier => {
                     // Move on only once every change already in the topics has
                     // been read: a change published before a reading is then
                     // in before that reading is looked up.
-                    let t = f.saturating_add(ahead_ms);
+                    let t = frontier.map_or(u64::MAX, |f| f.saturating_add(ahead_ms)).min(held);
                     let mut wait = if got > 0 { 0 } else { 20 };
                     if t > *c.time() && drained && last_check.elapsed() >= Duration::from_millis(50) {
                         last_check = Instant::now();
