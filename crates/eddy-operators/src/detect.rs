@@ -127,7 +127,6 @@ pub fn detect<'s>(
     let mut trace = rules.trace;
     enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
         let mut stash: Waiting<Enriched> = Waiting::default();
-        let mut last_rf: Vec<u64> = Vec::new();
         let mut detector = Detector::default();
         move |(input, frontier), (rule_batches, rules_frontier), output| {
             input.for_each(|cap, data| {
@@ -138,15 +137,8 @@ pub fn detect<'s>(
             rule_batches.for_each(|_, _| {});
             // The ready readings, in arrival order per device.
             let rf = rules_frontier.frontier();
-            let moved = rf.iter().ne(last_rf.iter());
-            if moved {
-                last_rf = rf.to_vec();
-            }
-            let ready = stash.take_ready_by(
-                moved,
-                |r| u64::from(r.device.index()),
-                |r, _t| !rf.less_equal(&(r.ts.max(0) as u64)),
-            );
+            let ready =
+                stash.take_ready_by(rf, |r| u64::from(r.device.index()), |r, _t| !rf.less_equal(&(r.ts.max(0) as u64)));
             if !ready.is_empty() {
                 let mut keys: Vec<RuleScope> =
                     ready.iter().flat_map(|(_, b)| b.iter().map(|r| RuleScope::Device(r.device))).collect();

@@ -99,7 +99,6 @@ pub fn enrich<'s>(
         name,
         move |_cap, _info| {
             let mut stash: Waiting<Reading> = Waiting::default();
-            let mut last_rf: Vec<u64> = Vec::new();
             move |(input, frontier), (refs, ref_frontier), output| {
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
@@ -110,12 +109,8 @@ pub fn enrich<'s>(
 
                 // The ready readings, in arrival order per device.
                 let rf = ref_frontier.frontier();
-                let moved = rf.iter().ne(last_rf.iter());
-                if moved {
-                    last_rf = rf.to_vec();
-                }
                 let ready = stash.take_ready_by(
-                    moved,
+                    rf,
                     |r| u64::from(r.device.index()),
                     |r, t| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)),
                 );

@@ -23,11 +23,13 @@ pub struct Waiting<D> {
     /// the first `scanned` batches, all of which were found not ready.
     blocked: FxHashSet<u64>,
     scanned: usize,
+    /// The frontier `blocked` was found at.
+    frontier: Vec<u64>,
 }
 
 impl<D> Default for Waiting<D> {
     fn default() -> Self {
-        Waiting { stash: VecDeque::new(), blocked: FxHashSet::default(), scanned: 0 }
+        Waiting { stash: VecDeque::new(), blocked: FxHashSet::default(), scanned: 0, frontier: Vec::new() }
     }
 }
 
@@ -43,16 +45,17 @@ impl<D> Waiting<D> {
     /// records of its own key (a device far ahead in event time does not
     /// hold back the others). Batches come out with their capabilities.
     ///
-    /// `rescan` says whether `ready` may have changed since the last call
-    /// (the reference frontier moved); when it has not, only the batches
-    /// pushed since are looked at.
+    /// `ready` may depend only on `frontier` (the reference frontier): while
+    /// it stays where it was at the last call, only the batches pushed since
+    /// are looked at.
     pub fn take_ready_by(
         &mut self,
-        rescan: bool,
+        frontier: AntichainRef<u64>,
         key: impl Fn(&D) -> u64,
         ready: impl Fn(&D, u64) -> bool,
     ) -> Vec<(Capability<u64>, Vec<D>)> {
-        if rescan {
+        if frontier.iter().ne(self.frontier.iter()) {
+            self.frontier = frontier.to_vec();
             self.blocked.clear();
             self.scanned = 0;
         }

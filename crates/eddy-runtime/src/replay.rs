@@ -124,16 +124,22 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     job.commit(events.sink(job.jsonl("events")));
 }
 
-/// Runs the embedded pipeline over a dataset.
-pub fn replay(opts: &ReplayOptions, on_progress: impl FnMut(Progress)) -> Result<Summary> {
-    if let Some(path) = &opts.spec.score.model {
-        // The first model must load; later versions are checked as they come.
+/// The scoring job's first model must load (later versions are checked as
+/// they come): an error names the file and why.
+pub(crate) fn check_model(spec: &PipelineSpec) -> Result<()> {
+    if let Some(path) = &spec.score.model {
         let path = std::path::Path::new(path);
         ModelFile::load(path)
             .map_err(|e| e.to_string())
             .and_then(ModelUpdate::from_file)
             .map_err(|e| Error::Run(format!("scoring model {}: {e}", path.display())))?;
     }
+    Ok(())
+}
+
+/// Runs the embedded pipeline over a dataset.
+pub fn replay(opts: &ReplayOptions, on_progress: impl FnMut(Progress)) -> Result<Summary> {
+    check_model(&opts.spec)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
     // Create every output up front, so that an empty one exists as a file.
     let summary = run(

@@ -127,13 +127,7 @@ pub fn prepare(opts: &RunOptions) -> Result<MlShared> {
         ml.dataset_calibration.sort_by_key(|u| u.ts);
     }
     if opts.kind == JobKind::Score {
-        if let Some(path) = &opts.spec.score.model {
-            let path = std::path::Path::new(path);
-            ModelFile::load(path)
-                .map_err(|e| e.to_string())
-                .and_then(ModelUpdate::from_file)
-                .map_err(|e| Error::Run(format!("scoring model {}: {e}", path.display())))?;
-        }
+        crate::replay::check_model(&opts.spec)?;
     }
     Ok(ml)
 }
