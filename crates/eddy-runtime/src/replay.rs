@@ -91,14 +91,7 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     let stats = on_time.clone().step(&step(&spec.stats.name, "stats")).stats(stats_params(&spec));
     if let (Some(handle), Some(input)) = (adapter_loop, adapter_input) {
         let a = &spec.adapter;
-        let cfg = AdapterConfig {
-            channel: Channel::intern(&a.channel),
-            k: a.k,
-            span_ms: a.span.ms(),
-            outdoor: a.outdoor_ppm,
-            min_correction: a.min_correction,
-            delay_ms: loop_delay,
-        };
+        let cfg = adapter_config(&spec, loop_delay);
         let book = CalibrationBook::new(job.reference_changes(), cfg.channel);
         let params = stats_params(&spec);
         let updates = adapter(
@@ -122,6 +115,19 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     }
     let events = on_time.step(&step(&spec.alerts.name, "alerts")).detect(&reference);
     job.commit(events.sink(job.jsonl("events")));
+}
+
+/// The calibration adapter's settings, with its loop's delay.
+pub(crate) fn adapter_config(spec: &PipelineSpec, delay_ms: i64) -> AdapterConfig {
+    let a = &spec.adapter;
+    AdapterConfig {
+        channel: Channel::intern(&a.channel),
+        k: a.k,
+        span_ms: a.span.ms(),
+        outdoor: a.outdoor_ppm,
+        min_correction: a.min_correction,
+        delay_ms,
+    }
 }
 
 /// The scoring job's first model must load (later versions are checked as

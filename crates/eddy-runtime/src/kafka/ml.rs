@@ -42,14 +42,13 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use eddy_core::ids::Channel;
 use eddy_core::reading::{DeadLetter, Enriched, Position, Reading};
 use eddy_core::reference::{RefUpdate, Table};
 use eddy_core::spec::{JobKind, PipelineSpec};
 use eddy_kafka::codec::{envelope, Envelope, TIME};
 use eddy_kafka::consume::{self, read_to_end};
 use eddy_kafka::topics::TopicSpec;
-use eddy_ml::adapt::{adapter, restamp, Adapter, AdapterConfig, CalibrationBook, CalibrationUpdate};
+use eddy_ml::adapt::{adapter, restamp, Adapter, CalibrationBook, CalibrationUpdate};
 use eddy_ml::model::{ModelFile, ModelUpdate};
 use eddy_ml::score::{score_with, ForecastRecord, ModelWatch};
 use eddy_operators::reference::{reference_with_feedback, Reference};
@@ -348,14 +347,7 @@ pub(super) fn build_adapter(ctx: &mut Ctx<'_>) -> Result<()> {
     let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
     let a = &spec.adapter;
     let delay = loop_delay(spec);
-    let cfg = AdapterConfig {
-        channel: Channel::intern(&a.channel),
-        k: a.k,
-        span_ms: a.span.ms(),
-        outdoor: a.outdoor_ppm,
-        min_correction: a.min_correction,
-        delay_ms: delay as i64,
-    };
+    let cfg = crate::replay::adapter_config(spec, delay as i64);
     let book = CalibrationBook::new(&ctx.shared.ml.dataset_calibration, cfg.channel);
     let params = stats_params(spec);
     let name = a.name.clone().unwrap_or_else(|| "adapter".into());
