@@ -96,46 +96,8 @@ fn try_topic(prefix: &str, name: &str) -> Result<Vec<(Option<u64>, String)>, edd
         .collect())
 }
 
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
-
 fn values(records: Vec<(Option<u64>, String)>) -> Vec<String> {
     sorted(records.into_iter().map(|(_, v)| v).collect())
-}
-
-/// Asserts two sorted multisets are equal, showing what differs.
-#[track_caller]
-fn assert_same(kafka: Vec<String>, replay: Vec<String>, what: &str) {
-    if kafka == replay {
-        return;
-    }
-    let only = |a: &[String], b: &[String]| -> Vec<String> {
-        let mut b = b.to_vec();
-        a.iter()
-            .filter(|x| match b.iter().position(|y| y == *x) {
-                Some(i) => {
-                    b.swap_remove(i);
-                    false
-                }
-                None => true,
-            })
-            .take(3)
-            .cloned()
-            .collect()
-    };
-    panic!(
-        "{what}: {} records over Kafka, {} from replay\nonly over Kafka (first 3): {:#?}\nonly from replay (first 3): {:#?}",
-        kafka.len(),
-        replay.len(),
-        only(&kafka, &replay),
-        only(&replay, &kafka)
-    );
-}
-
-fn file_lines(out: &Path, name: &str) -> Vec<String> {
-    sorted(std::fs::read_to_string(out.join(format!("{name}.jsonl"))).unwrap().lines().map(String::from).collect())
 }
 
 /// Backup rows without their input positions (a file's line numbers are

@@ -165,13 +165,6 @@ fn topic(brokers: &str, topic: &str) -> Vec<String> {
     v
 }
 
-fn file_lines(out: &Path, name: &str) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_to_string(out.join(format!("{name}.jsonl"))).unwrap().lines().map(str::to_string).collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn a_broker_that_drops_mid_run_is_retried_and_the_jobs_resume_when_it_returns() {
     let data = Data::new();

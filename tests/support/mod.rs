@@ -130,3 +130,43 @@ pub fn reading(device: &str, ts: i64, fields: &[(&str, Value)]) -> String {
 
 pub const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 pub const MIN: i64 = 60_000;
+
+/// `v`, sorted.
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The lines of `OUT/NAME.jsonl`, sorted.
+pub fn file_lines(out: &Path, name: &str) -> Vec<String> {
+    sorted(std::fs::read_to_string(out.join(format!("{name}.jsonl"))).unwrap().lines().map(String::from).collect())
+}
+
+/// Asserts two sorted multisets are equal, showing what differs.
+#[track_caller]
+pub fn assert_same(kafka: Vec<String>, replay: Vec<String>, what: &str) {
+    if kafka == replay {
+        return;
+    }
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        let mut b = b.to_vec();
+        a.iter()
+            .filter(|x| match b.iter().position(|y| y == *x) {
+                Some(i) => {
+                    b.swap_remove(i);
+                    false
+                }
+                None => true,
+            })
+            .take(3)
+            .cloned()
+            .collect()
+    };
+    panic!(
+        "{what}: {} records over Kafka, {} from replay\nonly over Kafka (first 3): {:#?}\nonly from replay (first 3): {:#?}",
+        kafka.len(),
+        replay.len(),
+        only(&kafka, &replay),
+        only(&replay, &kafka)
+    );
+}
