@@ -16,6 +16,12 @@ use eddy::runtime::workers::Workers;
 
 mod train;
 
+// Records and batches are allocated and freed at a high rate on every worker
+// thread; mimalloc's thread-local free lists cost about half of glibc's
+// malloc here (see docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// eddy: dataflow jobs for IoT air-quality sensor pipelines.
 ///
 /// eddy validates, calibrates and enriches sensor readings, keeps incremental

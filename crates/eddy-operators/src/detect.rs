@@ -64,55 +64,72 @@ impl Detector {
     /// Applies one non-late reading under `rules` (the rules in force for its
     /// device), pushing the events it causes.
     pub fn apply(&mut self, r: &Enriched, rules: &[Rule], out: &mut Vec<EventRecord>) {
-        let open = self.open.entry(r.device).or_default();
-        // Events whose rule is gone end now, with the thresholds last applied
-        // to them. A reading from before an event's start (out of order) sees
-        // the rules as of its own ts, which may predate the rule: it ends nothing.
-        let mut i = 0;
-        while i < open.len() {
-            if r.ts < open[i].active.start_ts || rules.iter().any(|rule| rule.rule_id == open[i].rule.rule_id) {
-                i += 1;
-                continue;
+        // Most devices have no active event: look their state up once and
+        // store it only when an event starts.
+        match self.open.get_mut(&r.device) {
+            Some(open) => {
+                apply_open(open, r, rules, out);
+                if open.is_empty() {
+                    self.open.remove(&r.device);
+                }
             }
-            let o = open.swap_remove(i);
-            let mut e = record(&o.rule, r.device, EventState::End, r.ts, r.value(o.rule.channel), o.active.start_ts);
-            e.peak = Some(o.active.peak);
-            e.duration_ms = Some(r.ts - o.active.start_ts);
-            e.reason = Some(EndReason::RuleRemoved);
-            out.push(e);
-        }
-        for rule in rules {
-            let Some(v) = r.value(rule.channel) else { continue };
-            let pos = open.iter().position(|o| o.rule.rule_id == rule.rule_id);
-            let mut state = pos.map(|p| open[p].active);
-            match observe(&mut state, r.ts, v, rule.rise_above.0, rule.fall_below.0) {
-                Transition::Start => {
-                    let active = state.expect("started");
-                    open.push(Open { rule: rule.clone(), active });
-                    out.push(record(rule, r.device, EventState::Start, r.ts, Some(v), r.ts));
-                }
-                Transition::End(ended) => {
-                    if let Some(p) = pos {
-                        open.swap_remove(p);
-                    }
-                    let mut e = record(rule, r.device, EventState::End, r.ts, Some(v), ended.start_ts);
-                    e.peak = Some(ended.peak);
-                    e.duration_ms = Some(r.ts - ended.start_ts);
-                    e.reason = Some(EndReason::FellBelow);
-                    out.push(e);
-                }
-                Transition::None => {
-                    if let (Some(p), Some(s)) = (pos, state) {
-                        open[p].active = s;
-                        if open[p].rule != *rule {
-                            open[p].rule = rule.clone();
-                        }
-                    }
+            None => {
+                let mut open = Vec::new();
+                apply_open(&mut open, r, rules, out);
+                if !open.is_empty() {
+                    self.open.insert(r.device, open);
                 }
             }
         }
-        if open.is_empty() {
-            self.open.remove(&r.device);
+    }
+}
+
+/// [`Detector::apply`] on the active events of the reading's device.
+fn apply_open(open: &mut Vec<Open>, r: &Enriched, rules: &[Rule], out: &mut Vec<EventRecord>) {
+    // Events whose rule is gone end now, with the thresholds last applied
+    // to them. A reading from before an event's start (out of order) sees
+    // the rules as of its own ts, which may predate the rule: it ends nothing.
+    let mut i = 0;
+    while i < open.len() {
+        if r.ts < open[i].active.start_ts || rules.iter().any(|rule| rule.rule_id == open[i].rule.rule_id) {
+            i += 1;
+            continue;
+        }
+        let o = open.swap_remove(i);
+        let mut e = record(&o.rule, r.device, EventState::End, r.ts, r.value(o.rule.channel), o.active.start_ts);
+        e.peak = Some(o.active.peak);
+        e.duration_ms = Some(r.ts - o.active.start_ts);
+        e.reason = Some(EndReason::RuleRemoved);
+        out.push(e);
+    }
+    for rule in rules {
+        let Some(v) = r.value(rule.channel) else { continue };
+        let pos = open.iter().position(|o| o.rule.rule_id == rule.rule_id);
+        let mut state = pos.map(|p| open[p].active);
+        match observe(&mut state, r.ts, v, rule.rise_above.0, rule.fall_below.0) {
+            Transition::Start => {
+                let active = state.expect("started");
+                open.push(Open { rule: rule.clone(), active });
+                out.push(record(rule, r.device, EventState::Start, r.ts, Some(v), r.ts));
+            }
+            Transition::End(ended) => {
+                if let Some(p) = pos {
+                    open.swap_remove(p);
+                }
+                let mut e = record(rule, r.device, EventState::End, r.ts, Some(v), ended.start_ts);
+                e.peak = Some(ended.peak);
+                e.duration_ms = Some(r.ts - ended.start_ts);
+                e.reason = Some(EndReason::FellBelow);
+                out.push(e);
+            }
+            Transition::None => {
+                if let (Some(p), Some(s)) = (pos, state) {
+                    open[p].active = s;
+                    if open[p].rule != *rule {
+                        open[p].rule = rule.clone();
+                    }
+                }
+            }
         }
     }
 }
@@ -150,12 +167,18 @@ pub fn detect<'s>(
                 let wild = &hist[index[&RuleScope::All]];
                 let wild_latest = max_time(wild);
                 let wild_now = as_of(wild, u64::MAX);
+                // The rules of a device without rules of its own: computed once.
+                let wild_rules = effective_rules(&[], &wild_now);
                 let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::default();
                 let mut out = Vec::new();
                 for (cap, batch) in ready {
                     for r in batch {
                         let dev_hist = &hist[index[&RuleScope::Device(r.device)]];
                         let time = r.ts.max(0) as u64;
+                        if dev_hist.is_empty() && time >= wild_latest {
+                            detector.apply(&r, &wild_rules, &mut out);
+                            continue;
+                        }
                         let (latest, now_rules) = cache.entry(r.device).or_insert_with(|| {
                             (
                                 max_time(dev_hist).max(wild_latest),

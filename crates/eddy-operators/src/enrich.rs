@@ -18,6 +18,8 @@ use eddy_core::ids::DeviceId;
 use eddy_core::reading::{ChannelList, Context, Enriched, Reading, Values};
 use eddy_core::reference::{calibration_as_of, Calibration, DeviceRef};
 
+use differential_dataflow::trace::cursor::{Cursor, Navigable};
+
 use crate::lookup::{as_of, compact_to, histories, max_time, History, Waiting};
 use crate::reference::DeviceTrace;
 
@@ -84,6 +86,22 @@ pub fn enrich_reading(r: Reading, view: &DeviceView) -> Enriched {
     }
 }
 
+/// Each device's view as of the end of its reference history, with the
+/// history's last time, kept between activations so that a device's history
+/// is read from the trace only when it changes. An entry is dropped when a
+/// reference batch holds an update of its device, which reaches the operator
+/// in the same activation as the trace does, before any lookup. Compaction
+/// does not change the view as of any time a reading can ask for. The cache
+/// holds at most `MAX` devices per worker; past that it starts over.
+#[derive(Default)]
+struct ViewCache {
+    map: HashMap<DeviceId, (u64, DeviceView)>,
+}
+
+impl ViewCache {
+    const MAX: usize = 1 << 16;
+}
+
 /// The enrich operator: see the module docs.
 pub fn enrich<'s>(
     readings: StreamVec<'s, u64, Reading>,
@@ -99,13 +117,25 @@ pub fn enrich<'s>(
         name,
         move |_cap, _info| {
             let mut stash: Waiting<Reading> = Waiting::default();
+            // The view of each device as of the end of its history, kept
+            // between activations: see `ViewCache`.
+            let mut views = ViewCache::default();
             move |(input, frontier), (refs, ref_frontier), output| {
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
                         stash.push(cap, std::mem::take(data));
                     }
                 });
-                refs.for_each(|_, _| {});
+                // A device with a new reference update is looked up again.
+                refs.for_each(|_, batches| {
+                    for batch in batches.iter().filter_map(|span| span.inner.as_ref()) {
+                        let mut cursor = batch.cursor();
+                        while let Some(key) = cursor.get_key(batch) {
+                            views.map.remove(key);
+                            cursor.step_key(batch);
+                        }
+                    }
+                });
 
                 // The ready readings, in arrival order per device.
                 let rf = ref_frontier.frontier();
@@ -116,27 +146,34 @@ pub fn enrich<'s>(
                 );
 
                 if !ready.is_empty() {
-                    let mut keys: Vec<DeviceId> = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device)).collect();
+                    let mut keys: Vec<DeviceId> = ready
+                        .iter()
+                        .flat_map(|(_, b)| b.iter().map(|r| r.device))
+                        .filter(|d| !views.map.contains_key(d))
+                        .collect();
                     keys.sort();
                     keys.dedup();
-                    let hist = histories(&mut trace, &keys);
-                    // Per device: the view as of every time in its history, computed once.
-                    let mut current: HashMap<DeviceId, (u64, DeviceView)> =
-                        HashMap::with_capacity_and_hasher(keys.len(), Default::default());
-                    for (k, h) in keys.iter().zip(hist.iter()) {
-                        current.insert(*k, (max_time(h), DeviceView::of(h, u64::MAX)));
+                    if views.map.len() + keys.len() > ViewCache::MAX {
+                        views.map.clear();
+                        keys = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device)).collect();
+                        keys.sort();
+                        keys.dedup();
                     }
-                    let index: HashMap<DeviceId, usize> = keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+                    for (k, h) in keys.iter().zip(histories(&mut trace, &keys)) {
+                        views.map.insert(*k, (max_time(&h), DeviceView::of(&h, u64::MAX)));
+                    }
                     for (cap, batch) in ready {
                         let t = *cap.time();
                         let mut session = output.session(&cap);
                         for r in batch {
                             let time = lookup_time(r.ts, t, retention_ms);
-                            let (latest, view) = &current[&r.device];
+                            let (latest, view) = &views.map[&r.device];
                             if time >= *latest {
                                 session.give(enrich_reading(r, view));
                             } else {
-                                let view = DeviceView::of(&hist[index[&r.device]], time);
+                                // Older than the device's last update: its history, as of `time`.
+                                let hist = histories(&mut trace, &[r.device]);
+                                let view = hist.first().map(|h| DeviceView::of(h, time)).unwrap_or_default();
                                 session.give(enrich_reading(r, &view));
                             }
                         }
