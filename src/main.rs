@@ -17,10 +17,10 @@ use eddy::runtime::workers::Workers;
 mod train;
 
 // Records and batches are allocated and freed at a high rate on every worker
-// thread; mimalloc's thread-local free lists cost about half of glibc's
-// malloc here (see docs/performance.md).
+// thread; jemalloc's thread caches cost much less than glibc's malloc here,
+// and it returns memory to the system gradually (see docs/decisions.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// eddy: dataflow jobs for IoT air-quality sensor pipelines.
 ///
