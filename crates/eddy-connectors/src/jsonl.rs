@@ -121,10 +121,23 @@ fn json<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
     serde_json::to_writer(out, v).expect("serialising to memory");
 }
 
+/// A JSON string, as serde_json writes it: names and context values rarely
+/// need escaping, so the common case is a copy between quotes.
+fn json_str(s: &str, out: &mut Vec<u8>) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        json(s, out);
+    }
+}
+
 fn values(vals: &Values, out: &mut Vec<u8>) {
     for (c, v) in vals {
         out.push(b',');
-        c.with_name(|n| json(n, out));
+        c.with_name(|n| json_str(n, out));
         out.push(b':');
         json(v, out);
     }
@@ -134,7 +147,7 @@ impl Encode for Enriched {
     /// `{"device_id","ts", <channel>: calibrated value or null…, "raw":{…}, "device":{…}|null, "junk":[…]}`
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"device_id\":");
-        self.device.with_name(|n| json(n, out));
+        self.device.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"ts\":");
         json(&self.ts, out);
         values(&self.values, out);
@@ -145,7 +158,7 @@ impl Encode for Enriched {
                 out.push(b',');
             }
             first = false;
-            c.with_name(|n| json(n, out));
+            c.with_name(|n| json_str(n, out));
             out.push(b':');
             json(v, out);
         }
@@ -158,9 +171,9 @@ impl Encode for Enriched {
                     if i > 0 {
                         out.push(b',');
                     }
-                    json(k, out);
+                    json_str(k, out);
                     out.push(b':');
-                    json(v, out);
+                    json_str(v, out);
                 }
                 out.push(b'}');
             }
@@ -175,7 +188,7 @@ impl Encode for Reading {
     /// A late reading: `{"device_id","ts", <channel>: raw value…, "line_no", "junk":[…]}`.
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"device_id\":");
-        self.device.with_name(|n| json(n, out));
+        self.device.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"ts\":");
         json(&self.ts, out);
         values(&self.values, out);
@@ -218,9 +231,9 @@ impl Encode for StatsRecord {
     fn encode(&self, out: &mut Vec<u8>) {
         let s = &self.stats;
         out.extend_from_slice(b"{\"device_id\":");
-        self.device_id.with_name(|n| json(n, out));
+        self.device_id.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"channel\":");
-        self.channel.with_name(|n| json(n, out));
+        self.channel.with_name(|n| json_str(n, out));
         field(b"count", &s.count, out);
         field(b"mean", &s.mean, out);
         field(b"min", &s.min, out);
@@ -238,9 +251,9 @@ impl Encode for StatsRecord {
 impl Encode for WindowRecord {
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"device_id\":");
-        self.device_id.with_name(|n| json(n, out));
+        self.device_id.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"channel\":");
-        self.channel.with_name(|n| json(n, out));
+        self.channel.with_name(|n| json_str(n, out));
         field(b"window_start", &self.window_start, out);
         field(b"window_end", &self.window_end, out);
         field(b"count", &self.count, out);
@@ -257,9 +270,9 @@ impl Encode for EventRecord {
         json(&self.event_id, out);
         field(b"rule_id", &*self.rule_id, out);
         out.extend_from_slice(b",\"device_id\":");
-        self.device_id.with_name(|n| json(n, out));
+        self.device_id.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"channel\":");
-        self.channel.with_name(|n| json(n, out));
+        self.channel.with_name(|n| json_str(n, out));
         field(b"state", &self.state, out);
         field(b"ts", &self.ts, out);
         field(b"value", &self.value, out);
@@ -289,6 +302,20 @@ mod tests {
         let mut out = Vec::new();
         r.encode(&mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_str_writes_what_serde_writes() {
+        let mut cases: Vec<String> = ["", "dev-000001", "site \"7\"", "a\\b", "tab\there", "\u{7f}", "é€😀", "line\n"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        cases.extend((0u8..0x80).map(|b| format!("x{}y", b as char)));
+        for s in cases {
+            let mut fast = Vec::new();
+            json_str(&s, &mut fast);
+            assert_eq!(String::from_utf8(fast).unwrap(), serde_json::to_string(&s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]

@@ -17,8 +17,14 @@ pub fn filter_ordered<'s, D: Clone + 'static>(
 ) -> StreamVec<'s, u64, D> {
     stream.unary(Pipeline, name, move |_cap, _info| {
         move |input, output| {
+            // The kept records leave in the batch they came in (`retain`
+            // moves only those after a dropped one): every batch goes out
+            // as a whole container, so batches never interleave.
             input.for_each(|cap, data| {
-                output.session(&cap).give_iterator(data.drain(..).filter(|d| pred(d)));
+                data.retain(|d| pred(d));
+                if !data.is_empty() {
+                    output.session(&cap).give_container(data);
+                }
             });
         }
     })
@@ -50,7 +56,9 @@ pub fn exchange_ordered<'s, D: timely::ExchangeData + Clone>(
     stream.unary(Exchange::new(move |d: &D| key(d)), name, move |_cap, _info| {
         move |input, output| {
             input.for_each(|cap, data| {
-                output.session(&cap).give_iterator(data.drain(..));
+                if !data.is_empty() {
+                    output.session(&cap).give_container(data);
+                }
             });
         }
     })
