@@ -46,6 +46,11 @@ pub struct IngestConfig {
     pub speed: Option<f64>,
     /// Lines read per activation.
     pub batch_lines: usize,
+    /// When paced, the source reads every line that is due and then sleeps
+    /// until the next one is, but at least this long: waking for every line
+    /// (10 µs apart at 100,000 lines/s) would send each few lines through
+    /// the dataflow on their own. A line is read at most this late.
+    pub pace_tick: Duration,
     /// Also emit every line as received (for the raw archive).
     pub raw: bool,
 }
@@ -205,7 +210,7 @@ pub fn ingest_source<'s>(
                     let now = Instant::now();
                     if due > now {
                         held = Some((pos, std::mem::take(&mut line)));
-                        wait = Some(due - now);
+                        wait = Some((due - now).max(cfg.pace_tick));
                         break;
                     }
                 }

@@ -424,6 +424,11 @@ impl BackupWriter {
         self.core.writer_id()
     }
 
+    /// The writer's settings.
+    pub fn config(&self) -> &BackupConfig {
+        self.core.config()
+    }
+
     /// The random run id in this writer's file names.
     pub fn run_id(&self) -> &str {
         self.core.run()

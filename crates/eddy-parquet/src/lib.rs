@@ -119,12 +119,18 @@
 //! commit durable, as [`BatchSink::commit`](eddy_core::sink::BatchSink::commit)
 //! asks for in general.
 //!
+//! In a dataflow the writers run on threads of their own ([`Background`]):
+//! the worker hands rows over and asks for commits, the thread encodes,
+//! compresses, fsyncs and publishes, and the worker learns what is durable
+//! from the thread's claims, which never run ahead of the manifest.
+//!
 //! `BatchSink` methods return nothing, so a writer records its first error,
 //! logs it with `tracing`, exposes it through `error()`, and from then on
 //! fails closed: it writes and publishes nothing more.
 
 #![deny(missing_docs)]
 
+mod background;
 mod backup;
 mod error;
 mod fsutil;
@@ -133,6 +139,7 @@ mod part;
 mod raw;
 mod read;
 
+pub use background::{Background, Writer};
 pub use backup::{durable_after, BackupConfig, BackupWriter};
 pub use error::{Error, Result};
 pub use fsutil::date_of_ms;

@@ -182,6 +182,10 @@ impl<E: Encoder> Core<E> {
         &self.run
     }
 
+    pub(crate) fn config(&self) -> &BackupConfig {
+        &self.cfg
+    }
+
     /// The first error, if any.
     pub(crate) fn error(&self) -> Option<&str> {
         self.failed.as_deref()

@@ -142,6 +142,11 @@ impl RawArchiveWriter {
         self.core.writer_id()
     }
 
+    /// The writer's settings.
+    pub fn config(&self) -> &BackupConfig {
+        self.core.config()
+    }
+
     /// Rows written and not yet published.
     pub fn uncommitted_rows(&self) -> u64 {
         self.core.uncommitted_rows()

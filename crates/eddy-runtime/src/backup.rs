@@ -19,7 +19,7 @@ use eddy_core::reading::{Enriched, RawLine};
 use eddy_core::sink::BatchSink;
 use eddy_core::spec::BackupSpec;
 use eddy_operators::metrics::Metrics;
-use eddy_parquet::{BackupConfig, BackupWriter, Manifest, RawArchiveWriter, RawRecord};
+use eddy_parquet::{Background, BackupConfig, BackupWriter, Manifest, RawArchiveWriter, RawRecord, Writer};
 
 use crate::error::{Error, Result};
 
@@ -121,10 +121,12 @@ impl Resume {
     }
 }
 
-/// A Parquet writer as a sink: skips what earlier runs committed, and turns
-/// a write error into a failed run.
-pub struct ParquetSink<W> {
-    writer: Option<W>,
+/// A Parquet writer as a sink: skips what earlier runs committed, runs the
+/// writer on a thread of its own ([`Background`]: encoding, compression and
+/// the fsyncs of a commit never block the worker), and turns a write error
+/// into a failed run.
+pub struct ParquetSink<W: Writer> {
+    writer: Option<Background<W>>,
     metrics: Arc<Metrics>,
     committed: Arc<Committed>,
     raw: Vec<RawRecord>,
@@ -132,8 +134,12 @@ pub struct ParquetSink<W> {
     latency_slot: Option<usize>,
 }
 
-impl<W: 'static> ParquetSink<W> {
+impl<W: Writer> ParquetSink<W> {
     pub(crate) fn new(writer: eddy_parquet::Result<W>, metrics: Arc<Metrics>, committed: Arc<Committed>) -> Self {
+        let writer = writer.and_then(|w| {
+            let name = format!("eddy-{}", w.writer_id());
+            Background::spawn(w, &name)
+        });
         let writer = match writer {
             Ok(w) => Some(w),
             Err(e) => {
@@ -148,55 +154,35 @@ impl<W: 'static> ParquetSink<W> {
         };
         ParquetSink { writer, metrics, committed, raw: Vec::new(), latency_slot }
     }
-}
 
-impl<W> ParquetSink<W> {
-    fn check(&mut self, r: eddy_parquet::Result<impl Sized>) {
-        if let Err(e) = r {
-            self.metrics.fail(e.to_string());
-            self.writer = None;
+    fn check<T>(&mut self, r: eddy_parquet::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.metrics.fail(e.to_string());
+                self.writer = None;
+                None
+            }
         }
     }
-}
 
-/// The two Parquet writers, as far as committing goes.
-pub trait Publish {
-    /// Publishes what is due; see `BackupWriter::try_commit`.
-    fn try_commit(&mut self, upto: Option<u64>) -> eddy_parquet::Result<Option<std::path::PathBuf>>;
-    /// Rows written but not yet published.
-    fn uncommitted_rows(&self) -> u64;
-}
-
-impl Publish for BackupWriter {
-    fn try_commit(&mut self, upto: Option<u64>) -> eddy_parquet::Result<Option<std::path::PathBuf>> {
-        BackupWriter::try_commit(self, upto)
-    }
-    fn uncommitted_rows(&self) -> u64 {
-        BackupWriter::uncommitted_rows(self)
-    }
-}
-
-impl Publish for RawArchiveWriter {
-    fn try_commit(&mut self, upto: Option<u64>) -> eddy_parquet::Result<Option<std::path::PathBuf>> {
-        RawArchiveWriter::try_commit(self, upto)
-    }
-    fn uncommitted_rows(&self) -> u64 {
-        RawArchiveWriter::uncommitted_rows(self)
-    }
-}
-
-impl<W: Publish> ParquetSink<W> {
-    /// Commits, returning the frontier through which the writes are durable:
-    /// `upto` once nothing is left unpublished, `Some(0)` (no new claim) while
-    /// rows wait for the next publication.
+    /// Asks for a commit, returning the frontier through which the writes
+    /// are durable: `upto` once nothing is left unpublished, `Some(0)` (no
+    /// new claim) while rows wait for the next publication.
     fn publish(&mut self, upto: Option<u64>) -> Option<u64> {
         // A failed writer has already failed the run: it must not also hold
         // the dataflow open.
         let Some(w) = self.writer.as_mut() else { return upto };
-        let r = w.try_commit(upto);
-        let durable = eddy_parquet::durable_after(r.is_ok(), w.uncommitted_rows(), upto);
-        self.check(r);
-        durable
+        let r = w.commit(upto);
+        self.check(r).unwrap_or(upto)
+    }
+
+    fn write_rows(&mut self, rows: &mut Vec<W::Row>) {
+        if let Some(w) = self.writer.as_mut() {
+            let r = w.write(rows);
+            self.check(r);
+        }
+        rows.clear();
     }
 }
 
@@ -204,11 +190,7 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
     fn write(&mut self, batch: &mut Vec<Enriched>) {
         let committed = Arc::clone(&self.committed);
         batch.retain(|e| !committed.has_reading(e));
-        if let Some(w) = self.writer.as_mut() {
-            let r = w.try_write(batch);
-            self.check(r);
-        }
-        batch.clear();
+        self.write_rows(batch);
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
@@ -221,17 +203,15 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
 impl BatchSink<RawLine> for ParquetSink<RawArchiveWriter> {
     fn write(&mut self, batch: &mut Vec<RawLine>) {
         let committed = Arc::clone(&self.committed);
-        self.raw.extend(batch.drain(..).filter(|r| !committed.has_line(r)).map(|r| RawRecord {
+        let mut raw = std::mem::take(&mut self.raw);
+        raw.extend(batch.drain(..).filter(|r| !committed.has_line(r)).map(|r| RawRecord {
             partition: r.pos.partition,
             offset: r.pos.offset,
             arrival_ms: r.arrival_ms,
             bytes: r.bytes,
         }));
-        if let Some(w) = self.writer.as_mut() {
-            let r = w.try_write(&mut self.raw);
-            self.check(r);
-        }
-        self.raw.clear();
+        self.write_rows(&mut raw);
+        self.raw = raw;
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {

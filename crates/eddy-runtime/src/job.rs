@@ -34,6 +34,9 @@ use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::workers::Workers;
 
+/// When paced (`--speed`), the ingest source wakes at most this often.
+const PACE_TICK: Duration = Duration::from_micros(500);
+
 /// What to run a job on.
 #[derive(Clone, Debug)]
 pub struct JobOptions {
@@ -181,6 +184,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
             ranges: spec.ranges(),
             speed: self.shared.speed,
             batch_lines: 1024,
+            pace_tick: PACE_TICK,
             raw: self.shared.spec.backup.enabled && self.shared.spec.backup.raw_archive,
         };
         let name = spec.name.clone().unwrap_or_else(|| "ingest".into());

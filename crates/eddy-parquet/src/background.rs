@@ -1,0 +1,446 @@
+//! A writer on a thread of its own: [`Background`].
+//!
+//! Encoding a row group, compressing it, finishing a file and the fsyncs of
+//! a publication take milliseconds (tens of them when the disk is slow).
+//! Done on a dataflow worker, they hold up every other operator of that
+//! worker and, through the progress protocol, every other worker waiting
+//! for its frontier. [`Background`] moves all of it to a thread of its own:
+//! the worker hands rows over a bounded channel and asks for commits; the
+//! thread runs the writer's own `try_write` and `try_commit`, unchanged, in
+//! the order asked.
+//!
+//! **What is durable.** The thread reports, after each commit, the frontier
+//! through which the rows it was given are published, exactly as the writer
+//! would have reported it synchronously ([`durable_after`]): `upto` once
+//! nothing is left unpublished. Rows reach the thread in the order written
+//! and a commit request follows every row written before it, so a claim of
+//! `upto` covers every row at a time before `upto`. [`Background::commit`]
+//! returns the latest claim the thread has made, which may lag the
+//! frontier it is asked for (the sink operator asks again); so a claim is
+//! never ahead of what is in the manifest. The committed rows of each writer
+//! stay a prefix of the rows it was given, since the writer itself is
+//! unchanged. The final commit (`upto == None`) waits for the thread.
+//!
+//! **Backpressure.** The channel holds a few batches; when the thread falls
+//! behind, the worker waits on the channel, as it waited on the writer
+//! before.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::backup::durable_after;
+use crate::error::{Error, Result};
+use crate::{BackupWriter, RawArchiveWriter, RawRecord};
+
+/// A writer [`Background`] can drive: the backup and the raw archive.
+pub trait Writer: Send + 'static {
+    /// The row type.
+    type Row: Send + 'static;
+    /// Writes a batch (draining it); see [`BackupWriter::try_write`].
+    fn try_write(&mut self, batch: &mut Vec<Self::Row>) -> Result<()>;
+    /// Publishes what is due; see [`BackupWriter::try_commit`].
+    fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>>;
+    /// Rows written and not yet published.
+    fn uncommitted_rows(&self) -> u64;
+    /// The writer id.
+    fn writer_id(&self) -> &str;
+    /// The writer's [`BackupConfig::max_file_age`](crate::BackupConfig::max_file_age).
+    fn max_file_age(&self) -> Duration;
+}
+
+impl Writer for BackupWriter {
+    type Row = eddy_core::reading::Enriched;
+    fn try_write(&mut self, batch: &mut Vec<Self::Row>) -> Result<()> {
+        BackupWriter::try_write(self, batch)
+    }
+    fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        BackupWriter::try_commit(self, upto)
+    }
+    fn uncommitted_rows(&self) -> u64 {
+        BackupWriter::uncommitted_rows(self)
+    }
+    fn writer_id(&self) -> &str {
+        BackupWriter::writer_id(self)
+    }
+    fn max_file_age(&self) -> Duration {
+        self.config().max_file_age
+    }
+}
+
+impl Writer for RawArchiveWriter {
+    type Row = RawRecord;
+    fn try_write(&mut self, batch: &mut Vec<RawRecord>) -> Result<()> {
+        RawArchiveWriter::try_write(self, batch)
+    }
+    fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        RawArchiveWriter::try_commit(self, upto)
+    }
+    fn uncommitted_rows(&self) -> u64 {
+        RawArchiveWriter::uncommitted_rows(self)
+    }
+    fn writer_id(&self) -> &str {
+        RawArchiveWriter::writer_id(self)
+    }
+    fn max_file_age(&self) -> Duration {
+        self.config().max_file_age
+    }
+}
+
+/// Rows gathered on the worker before they are handed over.
+const HAND_OVER_ROWS: usize = 4096;
+/// Commit requests go at most this often while the frontier moves (or
+/// at an eighth of `max_file_age`, if less).
+const REQUEST_EVERY: Duration = Duration::from_millis(50);
+/// Messages the channel holds before the worker waits.
+const CHANNEL_MESSAGES: usize = 8;
+
+enum Msg<R> {
+    Rows(Vec<R>),
+    Commit { upto: Option<u64>, seq: u64 },
+}
+
+/// What the thread has done, for the worker.
+#[derive(Debug, Default)]
+struct Status {
+    /// The latest frontier through which every row is published (`None`:
+    /// all of them), if any claim was made.
+    durable: Option<Option<u64>>,
+    /// Rows the thread had received when its last commit left nothing
+    /// unpublished.
+    clean_rows: u64,
+    /// The last commit request done.
+    done_seq: u64,
+    /// The writer's first error.
+    error: Option<String>,
+    /// The thread has stopped (normally or not).
+    exited: bool,
+}
+
+struct Shared {
+    status: Mutex<Status>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Status> {
+        // A panic on the writer thread poisons nothing the worker relies on.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `a` is a later frontier than `b` (`None` is the latest).
+fn later(a: Option<u64>, b: Option<u64>) -> bool {
+    match (a, b) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a > b,
+    }
+}
+
+/// Marks the thread exited when it stops, even by a panic.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.lock().exited = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// A [`Writer`] run on a thread of its own (see the module documentation).
+/// Dropping it lets the thread finish what it was given (without a final
+/// commit: uncommitted rows are not published) and waits for it.
+pub struct Background<W: Writer> {
+    tx: Option<SyncSender<Msg<W::Row>>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    buf: Vec<W::Row>,
+    /// Rows handed to the thread so far.
+    handed: u64,
+    seq: u64,
+    /// Commit requests are sent at most this often while the frontier
+    /// moves (and always at the end of input).
+    every: Duration,
+    last_request: Option<Instant>,
+    /// The last frontier a commit was requested through.
+    requested: Option<Option<u64>>,
+}
+
+impl<W: Writer> Background<W> {
+    /// Starts a thread named `name` running `writer`. While the frontier
+    /// moves, commits are requested at most every 50 ms, or every eighth of
+    /// the writer's `max_file_age` if that is less (a commit publishes
+    /// nothing sooner unless a file was rolled); at the end of input, always.
+    pub fn spawn(writer: W, name: &str) -> Result<Background<W>> {
+        let every = (writer.max_file_age() / 8).min(REQUEST_EVERY);
+        let (tx, rx) = sync_channel(CHANNEL_MESSAGES);
+        let shared = Arc::new(Shared { status: Mutex::new(Status::default()), changed: Condvar::new() });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || run(writer, rx, thread_shared))
+            .map_err(|e| Error::io(&PathBuf::from(name), e))?;
+        Ok(Background {
+            tx: Some(tx),
+            shared,
+            thread: Some(thread),
+            buf: Vec::new(),
+            handed: 0,
+            seq: 0,
+            every,
+            last_request: None,
+            requested: None,
+        })
+    }
+
+    /// Takes the rows of `batch` (draining it). They are handed to the
+    /// thread in batches of a few thousand, or at the next commit request.
+    /// Returns the writer's error, if it has failed.
+    pub fn write(&mut self, batch: &mut Vec<W::Row>) -> Result<()> {
+        self.check()?;
+        if self.buf.is_empty() && batch.len() >= HAND_OVER_ROWS {
+            std::mem::swap(&mut self.buf, batch);
+        } else {
+            self.buf.append(batch);
+        }
+        if self.buf.len() >= HAND_OVER_ROWS {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a commit through `upto` (see the module documentation) and
+    /// returns the frontier through which everything written is durable so
+    /// far: `Some(0)` claims nothing. For `upto == None` (the end of input)
+    /// it waits for the thread's commit. Returns the writer's error, if it
+    /// has failed.
+    pub fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>> {
+        self.check()?;
+        // Nothing handed over is unpublished: `upto` is durable as it stands.
+        if self.buf.is_empty() && self.shared.lock().clean_rows == self.handed {
+            return Ok(upto);
+        }
+        let unasked = self.requested.is_none_or(|r| later(upto, r));
+        let due = upto.is_none()
+            || self.last_request.is_none_or(|t| t.elapsed() >= self.every);
+        if unasked && due {
+            self.hand_over()?;
+            self.seq += 1;
+            self.send(Msg::Commit { upto, seq: self.seq })?;
+            self.requested = Some(upto);
+            self.last_request = Some(Instant::now());
+        }
+        if upto.is_none() {
+            let mut s = self.shared.lock();
+            while s.done_seq < self.seq && !s.exited {
+                s = self.shared.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        self.check()?;
+        Ok(self.shared.lock().durable.unwrap_or(Some(0)))
+    }
+
+    fn check(&self) -> Result<()> {
+        let s = self.shared.lock();
+        match (&s.error, s.exited) {
+            (Some(e), _) => Err(Error::Failed(e.clone())),
+            (None, true) => Err(Error::Failed("the writer thread stopped".into())),
+            (None, false) => Ok(()),
+        }
+    }
+
+    fn hand_over(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.buf);
+        self.handed += rows.len() as u64;
+        self.send(Msg::Rows(rows))
+    }
+
+    fn send(&mut self, msg: Msg<W::Row>) -> Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok());
+        if sent {
+            Ok(())
+        } else {
+            Err(Error::Failed("the writer thread stopped".into()))
+        }
+    }
+}
+
+impl<W: Writer> Drop for Background<W> {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            // A panic there was already reported by the panic hook.
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread: the writer's `try_write` and `try_commit`, in the order asked.
+fn run<W: Writer>(mut writer: W, rx: Receiver<Msg<W::Row>>, shared: Arc<Shared>) {
+    let _guard = ExitGuard(Arc::clone(&shared));
+    let mut received = 0u64;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Rows(mut rows) => {
+                received += rows.len() as u64;
+                if let Err(e) = writer.try_write(&mut rows) {
+                    fail(&shared, e);
+                }
+            }
+            Msg::Commit { upto, seq } => {
+                let r = writer.try_commit(upto);
+                let ok = r.is_ok();
+                let claim = durable_after(ok, writer.uncommitted_rows(), upto);
+                let mut s = shared.lock();
+                if let Err(e) = r {
+                    if s.error.is_none() {
+                        s.error = Some(e.to_string());
+                    }
+                }
+                if ok && writer.uncommitted_rows() == 0 {
+                    s.clean_rows = received;
+                }
+                if claim != Some(0) && s.durable.is_none_or(|d| later(claim, d)) {
+                    s.durable = Some(claim);
+                }
+                s.done_seq = seq;
+                drop(s);
+                shared.changed.notify_all();
+            }
+        }
+    }
+}
+
+fn fail(shared: &Shared, e: Error) {
+    let mut s = shared.lock();
+    if s.error.is_none() {
+        s.error = Some(e.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{read_backup, BackupConfig, Manifest};
+    use eddy_core::ids::{Channel, DeviceId};
+    use eddy_core::reading::{ChannelList, Enriched, Position, Values};
+
+    fn reading(offset: u64) -> Enriched {
+        let raw: Values = [(Channel::PM25, Some(offset as f64))].into_iter().collect();
+        Enriched {
+            device: DeviceId::intern("bg-dev"),
+            ts: 1_767_225_600_000 + offset as i64,
+            pos: Position { partition: 0, offset },
+            late: false,
+            values: raw.clone(),
+            raw,
+            calibrated: ChannelList::new(),
+            context: None,
+            junk: ChannelList::new(),
+        }
+    }
+
+    fn writer(dir: &std::path::Path, age: Duration) -> Background<BackupWriter> {
+        let cfg = BackupConfig { max_file_age: age, ..BackupConfig::default() };
+        Background::spawn(BackupWriter::new(dir, "w0", cfg).unwrap(), "eddy-test").unwrap()
+    }
+
+    /// Asks for a commit through `upto` until the thread claims it.
+    fn commit_until_claimed(w: &mut Background<BackupWriter>, upto: u64) {
+        for _ in 0..1000 {
+            if w.commit(Some(upto)).unwrap() == Some(upto) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the claim of {upto} never came");
+    }
+
+    #[test]
+    fn claims_only_what_the_manifest_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Duration::ZERO);
+        let mut batch: Vec<Enriched> = (1..=100).map(reading).collect();
+        w.write(&mut batch).unwrap();
+        assert!(batch.is_empty());
+        // Every claim the writer makes is backed by the manifest.
+        for _ in 0..1000 {
+            let claim = w.commit(Some(10)).unwrap();
+            let rows = Manifest::load(dir.path()).map(|m| m.rows()).unwrap_or(0);
+            if claim == Some(10) {
+                assert_eq!(rows, 100);
+                break;
+            }
+            assert_eq!(claim, Some(0));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(Manifest::load(dir.path()).unwrap().rows(), 100);
+        // Nothing written since: a later frontier is durable at once.
+        assert_eq!(w.commit(Some(11)).unwrap(), Some(11));
+        let mut more: Vec<Enriched> = (101..=150).map(reading).collect();
+        w.write(&mut more).unwrap();
+        commit_until_claimed(&mut w, 12);
+        // The end of input waits for the thread.
+        let mut last: Vec<Enriched> = (151..=160).map(reading).collect();
+        w.write(&mut last).unwrap();
+        assert_eq!(w.commit(None).unwrap(), None);
+        drop(w);
+        let rows = read_backup(dir.path()).unwrap();
+        let offsets: Vec<u64> = rows.iter().map(|r| r.pos.offset).collect();
+        assert_eq!(offsets, (1..=160).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn rows_wait_for_max_file_age_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Duration::from_secs(3600));
+        let mut batch: Vec<Enriched> = (1..=10).map(reading).collect();
+        w.write(&mut batch).unwrap();
+        for t in 1..20 {
+            assert_eq!(w.commit(Some(t)).unwrap(), Some(0));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(Manifest::load(dir.path()).map(|m| m.rows()).unwrap_or(0) == 0);
+        assert_eq!(w.commit(None).unwrap(), None);
+        assert_eq!(Manifest::load(dir.path()).unwrap().rows(), 10);
+    }
+
+    #[test]
+    fn dropped_without_a_final_commit_publishes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Duration::ZERO);
+        let mut batch: Vec<Enriched> = (1..=10).map(reading).collect();
+        w.write(&mut batch).unwrap();
+        commit_until_claimed(&mut w, 5);
+        let mut more: Vec<Enriched> = (11..=20).map(reading).collect();
+        w.write(&mut more).unwrap();
+        drop(w);
+        assert_eq!(Manifest::load(dir.path()).unwrap().rows(), 10);
+    }
+
+    #[test]
+    fn a_failed_writer_reports_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Duration::ZERO);
+        // The writer cannot create its date directory: a file is in the way.
+        std::fs::write(dir.path().join("date=2026-01-01"), b"").unwrap();
+        let mut batch: Vec<Enriched> = (1..=10).map(reading).collect();
+        w.write(&mut batch).unwrap();
+        let mut failed = false;
+        for _ in 0..1000 {
+            if w.commit(Some(5)).is_err() {
+                failed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(failed, "the error never surfaced");
+        assert!(matches!(w.commit(None), Err(Error::Failed(_))));
+    }
+}
