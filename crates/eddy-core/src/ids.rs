@@ -354,7 +354,10 @@ mod tests {
         // Colliding hashes still find their own names.
         let mut t = Table::default();
         assert_eq!((t.insert("a", 7), t.insert("b", 7), t.insert("", 7)), (0, 1, 2));
-        assert_eq!((t.lookup("a", 7), t.lookup("b", 7), t.lookup("", 7), t.lookup("c", 7)), (Some(0), Some(1), Some(2), None));
+        assert_eq!(
+            (t.lookup("a", 7), t.lookup("b", 7), t.lookup("", 7), t.lookup("c", 7)),
+            (Some(0), Some(1), Some(2), None)
+        );
     }
 
     #[test]

@@ -58,6 +58,11 @@ struct Slot {
 /// The slots of one device.
 type Slots = Box<[Slot]>;
 
+/// Snapshots due at a window's end: a device and the slots `32 × word + b`
+/// for each bit `b` set in the mask (a reading's channels in one entry).
+/// A slot's index never changes while a snapshot of it is due.
+type Due = (DeviceId, u32, u32);
+
 /// Adds a slot to `slots` for each usable channel of `r` that has none, in
 /// one reallocation.
 fn add_slots(slots: &mut Slots, r: &Enriched) {
@@ -88,9 +93,10 @@ pub fn stats<'s>(
         let mut held: Option<Capability<u64>> = Some(cap);
         let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
         let mut state: HashMap<DeviceId, Slots> = HashMap::default();
-        // Keys with a snapshot due, by window end; sorted and deduplicated
-        // when their window closes (a plain list costs a third of a set).
-        let mut pending: BTreeMap<i64, Vec<(DeviceId, Channel)>> = BTreeMap::new();
+        // Keys with a snapshot due, by window end; sorted and merged when
+        // their window closes (a plain list costs a third of a set, and an
+        // entry per reading rather than per key a fifth of that).
+        let mut pending: BTreeMap<i64, Vec<Due>> = BTreeMap::new();
         // At the end of input: the devices whose final snapshots are still
         // to send, sorted descending (sent from the back).
         let mut finals: Option<Vec<DeviceId>> = None;
@@ -98,31 +104,56 @@ pub fn stats<'s>(
         let close_cfg = cfg.clone();
         let every = params.snapshot_every_ms;
 
-        // Snapshots of the windows ending at or before `upto`, at most
-        // `limit` of them; returns how many.
+        // Snapshots of the windows ending at or before `upto`, each device's
+        // in channel order, until at least `limit` of them (whole devices);
+        // returns how many.
         let close = move |upto: i64,
                           limit: usize,
-                          pending: &mut BTreeMap<i64, Vec<(DeviceId, Channel)>>,
+                          pending: &mut BTreeMap<i64, Vec<Due>>,
                           state: &HashMap<DeviceId, Slots>,
                           out: &mut Vec<(i64, StatsRecord)>| {
             let mut sent = 0;
+            let mut due_slots: Vec<(Channel, usize)> = Vec::new();
             while let Some(entry) = pending.first_entry() {
                 let end = *entry.key();
-                if end > upto || sent == limit {
+                if end > upto || sent >= limit {
                     break;
                 }
-                let mut keys = entry.remove();
-                keys.sort_unstable();
-                keys.dedup();
-                let take = keys.len().min(limit - sent);
-                for &(d, c) in &keys[..take] {
-                    if let Some(s) = state.get(&d).and_then(|slots| slots.iter().find(|s| s.channel == c)) {
-                        out.push((end, StatsRecord { device_id: d, channel: c, stats: s.stats.snapshot(&close_cfg) }));
+                let mut due = entry.remove();
+                due.sort_unstable();
+                // One entry per (device, word), its masks merged.
+                due.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0 && later.1 == kept.1;
+                    if same {
+                        kept.2 |= later.2;
                     }
+                    same
+                });
+                let mut i = 0;
+                while i < due.len() && sent < limit {
+                    let d = due[i].0;
+                    let slots = state.get(&d).map_or(&[][..], |s| &s[..]);
+                    due_slots.clear();
+                    while i < due.len() && due[i].0 == d {
+                        let (_, word, mut mask) = due[i];
+                        while mask != 0 {
+                            let idx = word as usize * 32 + mask.trailing_zeros() as usize;
+                            mask &= mask - 1;
+                            if let Some(s) = slots.get(idx) {
+                                due_slots.push((s.channel, idx));
+                            }
+                        }
+                        i += 1;
+                    }
+                    due_slots.sort_unstable();
+                    for &(c, idx) in &due_slots {
+                        let stats = slots[idx].stats.snapshot(&close_cfg);
+                        out.push((end, StatsRecord { device_id: d, channel: c, stats }));
+                    }
+                    sent += due_slots.len();
                 }
-                sent += take;
-                if take < keys.len() {
-                    pending.insert(end, keys.split_off(take));
+                if i < due.len() {
+                    pending.insert(end, due.split_off(i));
                 }
             }
             sent
@@ -155,15 +186,27 @@ pub fn stats<'s>(
                     }
                     let slots = state.entry(r.device).or_default();
                     add_slots(slots, &r);
+                    let end = snapshot_end(r.ts, every);
+                    // Slots 0..32 whose window close this reading registers.
+                    let mut mask = 0u32;
                     for (c, v) in r.usable() {
-                        let Some(slot) = slots.iter_mut().find(|s| s.channel == c) else { continue };
+                        let Some(i) = slots.iter().position(|s| s.channel == c) else { continue };
+                        let slot = &mut slots[i];
                         slot.stats.update(&cfg, r.ts, v);
                         // Register the window's close once per run of values in it.
-                        let end = snapshot_end(r.ts, every);
                         if end != slot.last_end {
-                            pending.entry(end).or_default().push((r.device, c));
                             slot.last_end = end;
+                            let (word, bit) = (i / 32, i % 32);
+                            if word == 0 {
+                                mask |= 1 << bit;
+                            } else {
+                                let word = u32::try_from(word).unwrap_or(u32::MAX);
+                                pending.entry(end).or_default().push((r.device, word, 1 << bit));
+                            }
                         }
+                    }
+                    if mask != 0 {
+                        pending.entry(end).or_default().push((r.device, 0, mask));
                     }
                 }
             }
@@ -186,7 +229,8 @@ pub fn stats<'s>(
                     // per activation so that they do not all wait in memory
                     // for the sink at once.
                     if let Some(h) = held.as_ref() {
-                        let mut budget = FLUSH_CHUNK - close(i64::MAX, FLUSH_CHUNK, &mut pending, &state, &mut out);
+                        let mut budget =
+                            FLUSH_CHUNK.saturating_sub(close(i64::MAX, FLUSH_CHUNK, &mut pending, &state, &mut out));
                         emit_at_ends(h, output, &mut out);
                         if pending.is_empty() && budget > 0 {
                             let devices = finals.get_or_insert_with(|| {

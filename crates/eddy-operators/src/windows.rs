@@ -20,7 +20,6 @@ use eddy_core::reading::Enriched;
 use eddy_core::records::WindowRecord;
 use eddy_state::window::{WindowAgg, WindowSpec};
 
-
 /// One closed window of one key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Windowed<K> {
