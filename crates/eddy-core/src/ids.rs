@@ -11,7 +11,6 @@
 //! carries [`DeviceId::route`], a stable hash of the string (FNV-1a), which
 //! is the same in every process and every run.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -19,26 +18,79 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A string table: each distinct string gets a dense index.
+///
+/// The names are stored back to back in one string and found through an
+/// open-addressing table of their indices, so a name costs its bytes and
+/// about 12 bytes more (a million device ids: about 22 MB, where a map of
+/// `Arc<str>` took about 100 MB).
 #[derive(Default)]
 struct Table {
-    index: HashMap<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+    /// Every name, back to back, in index order.
+    bytes: String,
+    /// The end of each name in `bytes`.
+    ends: Vec<u32>,
+    /// Linear probing by [`stable_hash`]: `index + 1` of the name that
+    /// hashed to the slot, 0 for an empty slot. At most half full, and its
+    /// length a power of two (or zero).
+    slots: Vec<u32>,
 }
 
 impl Table {
-    fn lookup(&self, s: &str) -> Option<u32> {
-        self.index.get(s).copied()
+    fn name(&self, idx: usize) -> &str {
+        let end = self.ends[idx] as usize;
+        let start = if idx == 0 { 0 } else { self.ends[idx - 1] as usize };
+        &self.bytes[start..end]
     }
 
-    fn insert(&mut self, s: &str) -> u32 {
-        if let Some(i) = self.index.get(s) {
-            return *i;
+    /// The slot holding `s`, or the empty slot where it would go (`Err`).
+    /// The table must have a slot.
+    fn find(&self, s: &str, hash: u64) -> Result<u32, usize> {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            match self.slots[i] {
+                0 => return Err(i),
+                n if self.name(n as usize - 1) == s => return Ok(n - 1),
+                _ => i = (i + 1) & mask,
+            }
         }
-        let idx = u32::try_from(self.names.len()).expect("more than 2^32 interned strings");
-        let name: Arc<str> = Arc::from(s);
-        self.names.push(Arc::clone(&name));
-        self.index.insert(name, idx);
+    }
+
+    fn lookup(&self, s: &str, hash: u64) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.find(s, hash).ok()
+    }
+
+    fn insert(&mut self, s: &str, hash: u64) -> u32 {
+        if let Some(i) = self.lookup(s, hash) {
+            return i;
+        }
+        if 2 * (self.ends.len() + 1) > self.slots.len() {
+            self.grow();
+        }
+        let idx = u32::try_from(self.ends.len()).expect("more than 2^32 interned strings");
+        self.bytes.push_str(s);
+        self.ends.push(u32::try_from(self.bytes.len()).expect("interned strings exceed 4 GiB"));
+        if let Err(slot) = self.find(s, hash) {
+            self.slots[slot] = idx + 1;
+        }
         idx
+    }
+
+    /// Doubles the slots (at least 64) and puts every name back.
+    fn grow(&mut self) {
+        let len = (2 * self.slots.len()).max(64);
+        self.slots = vec![0; len];
+        let mask = len - 1;
+        for idx in 0..self.ends.len() {
+            let mut i = stable_hash(self.name(idx).as_bytes()) as usize & mask;
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = idx as u32 + 1;
+        }
     }
 }
 
@@ -48,22 +100,21 @@ impl Table {
 #[derive(Default)]
 struct NameCache {
     bytes: String,
-    ends: Vec<usize>,
+    ends: Vec<u32>,
 }
 
 impl NameCache {
     fn get(&self, idx: usize) -> Option<&str> {
-        let end = *self.ends.get(idx)?;
-        let start = if idx == 0 { 0 } else { self.ends[idx - 1] };
+        let end = *self.ends.get(idx)? as usize;
+        let start = if idx == 0 { 0 } else { self.ends[idx - 1] as usize };
         Some(&self.bytes[start..end])
     }
 
     fn refresh(&mut self, table: &RwLock<Table>) {
         let t = table.read();
-        for n in &t.names[self.ends.len()..] {
-            self.bytes.push_str(n);
-            self.ends.push(self.bytes.len());
-        }
+        // The table only grows: this copy is a prefix of it.
+        self.bytes.push_str(&t.bytes[self.bytes.len()..]);
+        self.ends.extend_from_slice(&t.ends[self.ends.len()..]);
     }
 }
 
@@ -82,7 +133,7 @@ fn with_cached<R>(
             f(c.get(idx).expect("interned names are never removed"))
         }
         // Re-entered from within `f`: use the shared table.
-        Err(_) => f(&table.read().names[idx]),
+        Err(_) => f(table.read().name(idx)),
     })
 }
 
@@ -91,11 +142,11 @@ thread_local! {
     static CHANNEL_NAMES: std::cell::RefCell<NameCache> = Default::default();
 }
 
-fn intern_in(table: &RwLock<Table>, s: &str) -> u32 {
-    if let Some(i) = table.read().lookup(s) {
+fn intern_in(table: &RwLock<Table>, s: &str, hash: u64) -> u32 {
+    if let Some(i) = table.read().lookup(s, hash) {
         return i;
     }
-    table.write().insert(s)
+    table.write().insert(s, hash)
 }
 
 /// FNV-1a, 64 bit: a stable hash for routing. Not for hash tables facing
@@ -125,13 +176,15 @@ pub struct DeviceId {
 impl DeviceId {
     /// Interns `name` and returns its handle.
     pub fn intern(name: &str) -> DeviceId {
-        let idx = intern_in(devices(), name);
-        DeviceId { idx, route: stable_hash(name.as_bytes()) as u32 }
+        let hash = stable_hash(name.as_bytes());
+        let idx = intern_in(devices(), name, hash);
+        DeviceId { idx, route: hash as u32 }
     }
 
-    /// The device id as a string.
+    /// The device id as a string (a new allocation: [`DeviceId::with_name`]
+    /// lends it without one).
     pub fn name(&self) -> Arc<str> {
-        Arc::clone(&devices().read().names[self.idx as usize])
+        self.with_name(|n: &str| Arc::from(n))
     }
 
     /// Calls `f` with the device id string, without cloning it.
@@ -184,7 +237,7 @@ fn channels() -> &'static RwLock<Table> {
     CHANNELS.get_or_init(|| {
         let mut t = Table::default();
         for c in STANDARD_CHANNELS {
-            t.insert(c);
+            t.insert(c, stable_hash(c.as_bytes()));
         }
         RwLock::new(t)
     })
@@ -214,13 +267,14 @@ impl Channel {
         if let Some(i) = STANDARD_CHANNELS.iter().position(|c| *c == name) {
             return Channel(i as u16);
         }
-        let idx = intern_in(channels(), name);
+        let idx = intern_in(channels(), name, stable_hash(name.as_bytes()));
         Channel(u16::try_from(idx).expect("more than 65536 distinct channel names"))
     }
 
-    /// The channel name.
+    /// The channel name (a new allocation: [`Channel::with_name`] lends it
+    /// without one).
     pub fn name(&self) -> Arc<str> {
-        Arc::clone(&channels().read().names[self.0 as usize])
+        self.with_name(|n: &str| Arc::from(n))
     }
 
     /// Calls `f` with the channel name, without cloning it.
@@ -281,6 +335,29 @@ mod tests {
         assert_eq!(Channel::intern("hum"), Channel::HUM);
         assert_eq!(&*Channel::CO2.name(), "co2");
         assert_ne!(Channel::intern("ref_pm25"), Channel::PM25);
+    }
+
+    #[test]
+    fn table_finds_every_name_across_growth() {
+        let mut t = Table::default();
+        let names: Vec<String> = (0..5_000).map(|i| format!("dev-{i:06}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(t.insert(n, stable_hash(n.as_bytes())), i as u32);
+        }
+        assert!(t.slots.len() >= 2 * names.len() && t.slots.len().is_power_of_two());
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(t.lookup(n, stable_hash(n.as_bytes())), Some(i as u32));
+            assert_eq!(t.insert(n, stable_hash(n.as_bytes())), i as u32);
+            assert_eq!(t.name(i), n);
+        }
+        assert_eq!(t.lookup("dev-x", stable_hash(b"dev-x")), None);
+        // Colliding hashes still find their own names.
+        let mut t = Table::default();
+        assert_eq!((t.insert("a", 7), t.insert("b", 7), t.insert("", 7)), (0, 1, 2));
+        assert_eq!(
+            (t.lookup("a", 7), t.lookup("b", 7), t.lookup("", 7), t.lookup("c", 7)),
+            (Some(0), Some(1), Some(2), None)
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Readings never enter an arrangement: the enrich and detect operators look
 //! them up against these traces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
@@ -41,6 +41,11 @@ type DevUpd = ((DeviceId, DeviceRef), u64, isize);
 /// A fed-back change, with capabilities for the devices and the rules outputs.
 type Fed = (Capability<u64>, Capability<u64>, RefChange);
 type RuleUpd = ((RuleScope, Rule), u64, isize);
+
+/// Dataset updates applied per activation: the base tables of a million
+/// devices go out a chunk at a time, each taken in by the arrangements
+/// before the next is made, instead of all waiting in the output at once.
+const APPLY_CHUNK: usize = 65_536;
 
 /// The reference arrangements of one dataflow.
 pub struct Reference<'s> {
@@ -123,12 +128,14 @@ where
     let (out_rule, rules) = builder.new_output::<Vec<RuleUpd>>();
     let mut out_dev = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DevUpd>>>::from(out_dev);
     let mut out_rule = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RuleUpd>>>::from(out_rule);
-    progress.listen(scope.activator_for(info.address));
+    progress.listen(scope.activator_for(info.address.clone()));
+    let activator = scope.activator_for(info.address);
 
     builder.build(move |mut caps| {
         let mut cap_rule = caps.pop();
         let mut cap_dev = caps.pop();
-        let mut pending = updates.into_iter().peekable();
+        // Dataset updates not yet applied; the buffer shrinks as they go.
+        let mut pending: VecDeque<RefUpdate> = updates.into();
         let mut state = RefState::default();
         let mut out = Vec::new();
         // Fed-back updates by (ts, arrival), each with a capability for both outputs.
@@ -165,11 +172,12 @@ where
             let mut hr = out_rule.activate();
             // Dataset and fed-back updates in ts order: a fed-back update goes
             // once every dataset update at or before its ts has.
+            let mut applied = 0usize;
             loop {
                 let mut progressed = false;
                 while let Some(entry) = fed.first_entry() {
                     let ts = entry.key().0;
-                    if pending.peek().is_some_and(|u| u.ts <= ts) {
+                    if pending.front().is_some_and(|u| u.ts <= ts) {
                         break;
                     }
                     let (dcap, rcap, change) = entry.remove();
@@ -179,14 +187,17 @@ where
                 }
                 if let (Some(cd), Some(cr)) = (cap_dev.as_ref(), cap_rule.as_ref()) {
                     // The records of every update at one time go out in one
-                    // session: a session per update sends a container per
-                    // update (each sized for a full batch), and a large
-                    // dataset's reference tables then take gigabytes while
-                    // they wait for the arrangement.
+                    // session (per activation): a session per update sends a
+                    // container per update (each sized for a full batch), and
+                    // a large dataset's reference tables then take gigabytes
+                    // while they wait for the arrangement. At most
+                    // `APPLY_CHUNK` updates per activation.
                     let mut at: Option<u64> = None;
-                    while let Some(u) =
-                        pending.next_if(|u| u.ts <= limit && fed.first_key_value().is_none_or(|(k, _)| u.ts <= k.0))
+                    while pending
+                        .front()
+                        .is_some_and(|u| u.ts <= limit && fed.first_key_value().is_none_or(|(k, _)| u.ts <= k.0))
                     {
+                        let Some(u) = pending.pop_front() else { break };
                         let t = u.ts.max(0) as u64;
                         if let Some(prev) = at.filter(|prev| *prev != t) {
                             emit!(cd.delayed(&prev), cr.delayed(&prev), out, hd, hr);
@@ -194,9 +205,18 @@ where
                         at = Some(t);
                         state.apply(u.change, &mut out);
                         progressed = true;
+                        applied += 1;
+                        if applied % APPLY_CHUNK == 0 {
+                            break;
+                        }
                     }
                     if let Some(t) = at {
                         emit!(cd.delayed(&t), cr.delayed(&t), out, hd, hr);
+                    }
+                    if applied % APPLY_CHUNK == 0 && applied > 0 {
+                        // More may be ready: the rest in the next activation.
+                        activator.activate();
+                        break;
                     }
                 }
                 if !progressed {
@@ -206,7 +226,10 @@ where
             let (Some(cd), Some(cr)) = (cap_dev.as_mut(), cap_rule.as_mut()) else {
                 return;
             };
-            match pending.peek() {
+            if pending.capacity() > 2 * pending.len() + 1024 {
+                pending.shrink_to_fit();
+            }
+            match pending.front() {
                 Some(next) => {
                     let t = next.ts.max(0) as u64;
                     cd.downgrade(&t);

@@ -12,7 +12,8 @@
 //! State is kept per device, not per key: one map entry and one allocation
 //! hold the statistics of all its channels (a hash-map entry and its slack
 //! per (device, channel) cost more than the statistics themselves with a
-//! million devices).
+//! million devices), and each channel's statistics are a [`CompactStats`]:
+//! a key with few values keeps just those values, inline.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,7 @@ use timely::dataflow::StreamVec;
 use eddy_core::ids::{Channel, DeviceId};
 use eddy_core::reading::Enriched;
 use eddy_core::records::StatsRecord;
-use eddy_state::stats::{ChannelStats, StatsConfig};
+use eddy_state::stats::{CompactStats, StatsConfig};
 
 /// Settings of the statistics operator.
 #[derive(Clone, Debug)]
@@ -46,11 +47,37 @@ pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
 const FLUSH_CHUNK: usize = 65_536;
 
 /// The statistics of one channel of a device, with the end of the snapshot
-/// window its latest value fell in. A device's slots live in one allocation.
+/// window its latest value fell in. A device's slots live in one allocation,
+/// of exactly the device's channels.
 struct Slot {
     channel: Channel,
     last_end: i64,
-    stats: ChannelStats,
+    stats: CompactStats,
+}
+
+/// The slots of one device.
+type Slots = Box<[Slot]>;
+
+/// Snapshots due at a window's end: a device and the slots `32 × word + b`
+/// for each bit `b` set in the mask (a reading's channels in one entry).
+/// A slot's index never changes while a snapshot of it is due.
+type Due = (DeviceId, u32, u32);
+
+/// Adds a slot to `slots` for each usable channel of `r` that has none, in
+/// one reallocation.
+fn add_slots(slots: &mut Slots, r: &Enriched) {
+    let missing = r.usable().filter(|(c, _)| !slots.iter().any(|s| s.channel == *c)).count();
+    if missing == 0 {
+        return;
+    }
+    let mut v = std::mem::take(slots).into_vec();
+    v.reserve_exact(missing);
+    for (c, _) in r.usable() {
+        if !v.iter().any(|s| s.channel == c) {
+            v.push(Slot { channel: c, last_end: i64::MIN, stats: CompactStats::new() });
+        }
+    }
+    *slots = v.into_boxed_slice();
 }
 
 /// The statistics operator. Its input must be partitioned by device and hold
@@ -65,40 +92,68 @@ pub fn stats<'s>(
         let activator = scope.activator_for(info.address);
         let mut held: Option<Capability<u64>> = Some(cap);
         let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
-        let mut state: HashMap<DeviceId, Vec<Slot>> = HashMap::default();
-        // Keys with a snapshot due, by window end; sorted and deduplicated
-        // when their window closes (a plain list costs a third of a set).
-        let mut pending: BTreeMap<i64, Vec<(DeviceId, Channel)>> = BTreeMap::new();
-        // At the end of input: the final snapshots still to send.
-        let mut finals: Option<Vec<(DeviceId, Channel, usize)>> = None;
+        let mut state: HashMap<DeviceId, Slots> = HashMap::default();
+        // Keys with a snapshot due, by window end; sorted and merged when
+        // their window closes (a plain list costs a third of a set, and an
+        // entry per reading rather than per key a fifth of that).
+        let mut pending: BTreeMap<i64, Vec<Due>> = BTreeMap::new();
+        // At the end of input: the devices whose final snapshots are still
+        // to send, sorted descending (sent from the back).
+        let mut finals: Option<Vec<DeviceId>> = None;
         let cfg = params.config;
+        let close_cfg = cfg.clone();
         let every = params.snapshot_every_ms;
 
-        // Snapshots of the windows ending at or before `upto`, at most
-        // `limit` of them; returns how many.
+        // Snapshots of the windows ending at or before `upto`, each device's
+        // in channel order, until at least `limit` of them (whole devices);
+        // returns how many.
         let close = move |upto: i64,
                           limit: usize,
-                          pending: &mut BTreeMap<i64, Vec<(DeviceId, Channel)>>,
-                          state: &HashMap<DeviceId, Vec<Slot>>,
+                          pending: &mut BTreeMap<i64, Vec<Due>>,
+                          state: &HashMap<DeviceId, Slots>,
                           out: &mut Vec<(i64, StatsRecord)>| {
             let mut sent = 0;
+            let mut due_slots: Vec<(Channel, usize)> = Vec::new();
             while let Some(entry) = pending.first_entry() {
                 let end = *entry.key();
-                if end > upto || sent == limit {
+                if end > upto || sent >= limit {
                     break;
                 }
-                let mut keys = entry.remove();
-                keys.sort_unstable();
-                keys.dedup();
-                let take = keys.len().min(limit - sent);
-                for &(d, c) in &keys[..take] {
-                    if let Some(s) = state.get(&d).and_then(|slots| slots.iter().find(|s| s.channel == c)) {
-                        out.push((end, StatsRecord { device_id: d, channel: c, stats: s.stats.snapshot() }));
+                let mut due = entry.remove();
+                due.sort_unstable();
+                // One entry per (device, word), its masks merged.
+                due.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0 && later.1 == kept.1;
+                    if same {
+                        kept.2 |= later.2;
                     }
+                    same
+                });
+                let mut i = 0;
+                while i < due.len() && sent < limit {
+                    let d = due[i].0;
+                    let slots = state.get(&d).map_or(&[][..], |s| &s[..]);
+                    due_slots.clear();
+                    while i < due.len() && due[i].0 == d {
+                        let (_, word, mut mask) = due[i];
+                        while mask != 0 {
+                            let idx = word as usize * 32 + mask.trailing_zeros() as usize;
+                            mask &= mask - 1;
+                            if let Some(s) = slots.get(idx) {
+                                due_slots.push((s.channel, idx));
+                            }
+                        }
+                        i += 1;
+                    }
+                    due_slots.sort_unstable();
+                    for &(c, idx) in &due_slots {
+                        let stats = slots[idx].stats.snapshot(&close_cfg);
+                        out.push((end, StatsRecord { device_id: d, channel: c, stats }));
+                    }
+                    sent += due_slots.len();
                 }
-                sent += take;
-                if take < keys.len() {
-                    pending.insert(end, keys.split_off(take));
+                if i < due.len() {
+                    pending.insert(end, due.split_off(i));
                 }
             }
             sent
@@ -130,23 +185,28 @@ pub fn stats<'s>(
                         continue;
                     }
                     let slots = state.entry(r.device).or_default();
+                    add_slots(slots, &r);
+                    let end = snapshot_end(r.ts, every);
+                    // Slots 0..32 whose window close this reading registers.
+                    let mut mask = 0u32;
                     for (c, v) in r.usable() {
-                        let slot = match slots.iter().position(|s| s.channel == c) {
-                            Some(i) => &mut slots[i],
-                            None => {
-                                // Exactly the room the device's channels need.
-                                slots.reserve_exact(if slots.is_empty() { r.values.len() } else { 1 });
-                                slots.push(Slot { channel: c, last_end: i64::MIN, stats: ChannelStats::new(&cfg) });
-                                slots.last_mut().expect("just pushed")
-                            }
-                        };
+                        let Some(i) = slots.iter().position(|s| s.channel == c) else { continue };
+                        let slot = &mut slots[i];
                         slot.stats.update(&cfg, r.ts, v);
                         // Register the window's close once per run of values in it.
-                        let end = snapshot_end(r.ts, every);
                         if end != slot.last_end {
-                            pending.entry(end).or_default().push((r.device, c));
                             slot.last_end = end;
+                            let (word, bit) = (i / 32, i % 32);
+                            if word == 0 {
+                                mask |= 1 << bit;
+                            } else {
+                                let word = u32::try_from(word).unwrap_or(u32::MAX);
+                                pending.entry(end).or_default().push((r.device, word, 1 << bit));
+                            }
                         }
+                    }
+                    if mask != 0 {
+                        pending.entry(end).or_default().push((r.device, 0, mask));
                     }
                 }
             }
@@ -169,29 +229,30 @@ pub fn stats<'s>(
                     // per activation so that they do not all wait in memory
                     // for the sink at once.
                     if let Some(h) = held.as_ref() {
-                        let mut budget = FLUSH_CHUNK - close(i64::MAX, FLUSH_CHUNK, &mut pending, &state, &mut out);
+                        let mut budget =
+                            FLUSH_CHUNK.saturating_sub(close(i64::MAX, FLUSH_CHUNK, &mut pending, &state, &mut out));
                         emit_at_ends(h, output, &mut out);
                         if pending.is_empty() && budget > 0 {
-                            let keys = finals.get_or_insert_with(|| {
-                                let mut keys: Vec<_> = state
-                                    .iter()
-                                    .flat_map(|(d, slots)| {
-                                        slots.iter().enumerate().map(move |(i, s)| (*d, s.channel, i))
-                                    })
-                                    .collect();
+                            let devices = finals.get_or_insert_with(|| {
+                                let mut devices: Vec<DeviceId> = state.keys().copied().collect();
                                 // Sorted descending: sent from the back, in key order.
-                                keys.sort_unstable_by(|a, b| b.cmp(a));
-                                keys
+                                devices.sort_unstable_by(|a, b| b.cmp(a));
+                                devices
                             });
                             let mut session = output.session(h);
                             while budget > 0 {
-                                let Some((d, c, i)) = keys.pop() else { break };
-                                session.give(StatsRecord {
-                                    device_id: d,
-                                    channel: c,
-                                    stats: state[&d][i].stats.snapshot(),
-                                });
-                                budget -= 1;
+                                let Some(d) = devices.pop() else { break };
+                                // Sent, so no longer needed: freed as it goes.
+                                let Some(mut slots) = state.remove(&d) else { continue };
+                                slots.sort_unstable_by_key(|s| s.channel);
+                                for s in slots.iter() {
+                                    session.give(StatsRecord {
+                                        device_id: d,
+                                        channel: s.channel,
+                                        stats: s.stats.snapshot(&cfg),
+                                    });
+                                }
+                                budget = budget.saturating_sub(slots.len());
                             }
                         }
                         if finals.as_ref().is_some_and(|k| k.is_empty()) {

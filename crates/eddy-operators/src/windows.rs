@@ -20,8 +20,6 @@ use eddy_core::reading::Enriched;
 use eddy_core::records::WindowRecord;
 use eddy_state::window::{WindowAgg, WindowSpec};
 
-use crate::ordered::map_ordered;
-
 /// One closed window of one key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Windowed<K> {
@@ -97,27 +95,140 @@ where
     })
 }
 
+/// Records sent per activation when windows close: a window of every
+/// device closing at once leaves in chunks, each written by the sink before
+/// the next is made, rather than all at once.
+const CLOSE_CHUNK: usize = 65_536;
+
+/// The aggregates of one device in one window, one per channel, in one
+/// allocation of exactly the device's channels.
+type DeviceAggs = Box<[(Channel, WindowAgg)]>;
+
+/// A window being sent, a chunk per activation.
+struct Closing {
+    start: i64,
+    end: i64,
+    /// The time its records go out at.
+    time: u64,
+    aggs: HashMap<DeviceId, DeviceAggs>,
+    /// Devices still to send.
+    devices: Vec<DeviceId>,
+}
+
+/// Adds an aggregate to `aggs` for each usable channel of `e` that has
+/// none, in one reallocation.
+fn add_channels(aggs: &mut DeviceAggs, e: &Enriched) {
+    let missing = e.usable().filter(|(c, _)| !aggs.iter().any(|a| a.0 == *c)).count();
+    if missing == 0 {
+        return;
+    }
+    let mut v = std::mem::take(aggs).into_vec();
+    v.reserve_exact(missing);
+    for (c, _) in e.usable() {
+        if !v.iter().any(|a| a.0 == c) {
+            v.push((c, WindowAgg::new()));
+        }
+    }
+    *aggs = v.into_boxed_slice();
+}
+
 /// The windows job: count, mean, min and max per (device, channel, window)
 /// over the usable values. Its input must be partitioned by device and hold
 /// only non-late readings.
+///
+/// It computes what [`window_aggregate`] computes with the key (device,
+/// channel), with less memory per key: the open windows hold one map entry
+/// per device (its channels' aggregates in one allocation) rather than one
+/// per (device, channel), and a closing window is sent at most
+/// [`CLOSE_CHUNK`] records per activation, its memory freed as it goes.
 pub fn windows<'s>(
     enriched: StreamVec<'s, u64, Enriched>,
     spec: WindowSpec,
     name: &str,
 ) -> StreamVec<'s, u64, WindowRecord> {
-    let agg = window_aggregate(enriched, spec, name, |e: &Enriched, emit| {
-        for (c, v) in e.usable() {
-            emit((e.device, c), e.ts, v);
+    let scope = enriched.scope();
+    enriched.unary_frontier(Pipeline, name, move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut held: Option<Capability<u64>> = Some(cap);
+        // Open windows by start, each with the aggregates of its devices.
+        let mut open: BTreeMap<i64, HashMap<DeviceId, DeviceAggs>> = BTreeMap::new();
+        let mut closing: Option<Closing> = None;
+        move |(input, frontier), output| {
+            input.for_each(|_cap, data| {
+                for e in data.drain(..) {
+                    if e.usable().next().is_none() {
+                        continue;
+                    }
+                    for start in spec.windows_of(e.ts) {
+                        let aggs = open.entry(start).or_default().entry(e.device).or_default();
+                        add_channels(aggs, &e);
+                        for (c, v) in e.usable() {
+                            if let Some(a) = aggs.iter_mut().find(|a| a.0 == c) {
+                                a.1.add(v);
+                            }
+                        }
+                    }
+                }
+            });
+            let low = frontier.frontier().iter().copied().min();
+            let Some(h) = held.as_mut() else { return };
+            let upto = low.map_or(i64::MAX, |l| l as i64);
+            let mut budget = CLOSE_CHUNK;
+            loop {
+                if closing.is_none() {
+                    let Some(entry) = open.first_entry() else { break };
+                    let (start, end) = (*entry.key(), spec.end_of(*entry.key()));
+                    if end > upto {
+                        break;
+                    }
+                    let aggs = entry.remove();
+                    let devices = aggs.keys().copied().collect();
+                    // Each window goes out at its end, which is after the
+                    // held time (the window was still open), so a rerun
+                    // stamps it the same however far the frontier jumped.
+                    let time = (end.max(0) as u64).max(*h.time());
+                    closing = Some(Closing { start, end, time, aggs, devices });
+                }
+                let Some(c) = closing.as_mut() else { break };
+                if budget == 0 {
+                    break;
+                }
+                let cap = h.delayed(&c.time);
+                let mut session = output.session(&cap);
+                while budget > 0 {
+                    let Some(d) = c.devices.pop() else { break };
+                    let Some(aggs) = c.aggs.remove(&d) else { continue };
+                    session.give_iterator(aggs.iter().map(|(channel, agg)| WindowRecord {
+                        device_id: d,
+                        channel: *channel,
+                        window_start: c.start,
+                        window_end: c.end,
+                        count: agg.count,
+                        mean: agg.mean(),
+                        min: agg.min,
+                        max: agg.max,
+                    }));
+                    budget = budget.saturating_sub(aggs.len());
+                }
+                if c.devices.is_empty() {
+                    closing = None;
+                }
+            }
+            // Hold the time of a window still being sent.
+            let hold = match (low, closing.as_ref()) {
+                (Some(l), Some(c)) => Some(l.min(c.time)),
+                (Some(l), None) => Some(l),
+                (None, Some(c)) => Some(c.time),
+                (None, None) => None,
+            };
+            if closing.is_some() {
+                activator.activate();
+            }
+            match hold {
+                Some(t) if t > *h.time() => h.downgrade(&t),
+                Some(_) => {}
+                None => held = None,
+            }
         }
-    });
-    map_ordered(agg, &format!("{name}.records"), |w: Windowed<(DeviceId, Channel)>| WindowRecord {
-        device_id: w.key.0,
-        channel: w.key.1,
-        window_start: w.start,
-        window_end: w.end,
-        count: w.agg.count,
-        mean: w.agg.mean(),
-        min: w.agg.min,
-        max: w.agg.max,
     })
 }

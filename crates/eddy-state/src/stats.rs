@@ -221,6 +221,123 @@ impl ChannelStats {
     }
 }
 
+/// Values a [`CompactStats`] keeps as a plain list before it builds a
+/// [`ChannelStats`].
+pub const YOUNG_VALUES: usize = 4;
+
+/// [`ChannelStats`] in less memory for a key that has seen few values.
+///
+/// Until it has applied [`YOUNG_VALUES`] finite values, a key keeps just
+/// those values and their timestamps, inline (56 bytes in all, no
+/// allocation: the first `ts`, then each other one as its difference from
+/// the first in `i32` milliseconds, about ±24 days); the value after them,
+/// or one whose `ts` is too far from the first, builds the [`ChannelStats`]
+/// by applying them in their order, then the new one, and keeps it boxed
+/// from then on. A snapshot of a young key
+/// applies its values to a fresh [`ChannelStats`] the same way, so every
+/// statistic is the one [`ChannelStats`] computes, bit for bit (tested): the
+/// same operations on the same values in the same order. With a million
+/// devices, most keys of a short run, and every key when it first appears,
+/// are young; a key with more values costs what [`ChannelStats`] costs.
+#[derive(Clone, Debug)]
+pub struct CompactStats {
+    repr: Repr,
+}
+
+#[derive(Clone, Debug)]
+enum Repr {
+    /// The first `len` finite values, in arrival order: value `i` at
+    /// `ts0 + dts[i - 1]` (at `ts0` for `i == 0`).
+    Young { len: u8, dts: [i32; YOUNG_VALUES - 1], ts0: i64, values: [f64; YOUNG_VALUES] },
+    /// Every value applied to a [`ChannelStats`].
+    Full(Box<ChannelStats>),
+}
+
+/// The timestamps and values of a young key, in order.
+fn young_values<'a>(
+    len: u8,
+    dts: &'a [i32; YOUNG_VALUES - 1],
+    ts0: i64,
+    values: &'a [f64; YOUNG_VALUES],
+) -> impl Iterator<Item = (i64, f64)> + 'a {
+    let ts = std::iter::once(ts0).chain(dts.iter().map(move |d| ts0 + i64::from(*d)));
+    ts.zip(values.iter().copied()).take(usize::from(len))
+}
+
+impl Default for CompactStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CompactStats {
+    /// Empty statistics. Allocates nothing; the configuration is given to
+    /// every [`CompactStats::update`] and [`CompactStats::snapshot`] instead.
+    pub const fn new() -> Self {
+        Self { repr: Repr::Young { len: 0, dts: [0; YOUNG_VALUES - 1], ts0: 0, values: [0.0; YOUNG_VALUES] } }
+    }
+
+    /// [`ChannelStats::update`]. `cfg` must be the same at every call.
+    /// Allocates when the key stops being young, and then as
+    /// [`ChannelStats::update`] does.
+    pub fn update(&mut self, cfg: &StatsConfig, ts: i64, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        match &mut self.repr {
+            Repr::Full(s) => s.update(cfg, ts, value),
+            Repr::Young { len, dts, ts0, values } => {
+                let n = usize::from(*len);
+                if n == 0 {
+                    *ts0 = ts;
+                    values[0] = value;
+                    *len = 1;
+                    return;
+                }
+                // `ts - ts0` in range, without overflow.
+                let dt = i32::try_from(i128::from(ts) - i128::from(*ts0)).ok();
+                match dt {
+                    Some(dt) if n < YOUNG_VALUES => {
+                        dts[n - 1] = dt;
+                        values[n] = value;
+                        *len += 1;
+                    }
+                    _ => {
+                        let mut s = Box::new(replay(cfg, young_values(*len, dts, *ts0, values)));
+                        s.update(cfg, ts, value);
+                        self.repr = Repr::Full(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of values applied so far (non-finite values are not counted).
+    pub fn count(&self) -> u64 {
+        match &self.repr {
+            Repr::Young { len, .. } => u64::from(*len),
+            Repr::Full(s) => s.count(),
+        }
+    }
+
+    /// [`ChannelStats::snapshot`]; `cfg` as for [`CompactStats::update`].
+    pub fn snapshot(&self, cfg: &StatsConfig) -> StatsSnapshot {
+        match &self.repr {
+            Repr::Young { len, dts, ts0, values } => replay(cfg, young_values(*len, dts, *ts0, values)).snapshot(),
+            Repr::Full(s) => s.snapshot(),
+        }
+    }
+}
+
+/// A [`ChannelStats`] for `cfg` with `values` applied in order.
+fn replay(cfg: &StatsConfig, values: impl Iterator<Item = (i64, f64)>) -> ChannelStats {
+    let mut s = ChannelStats::new(cfg);
+    for (ts, v) in values {
+        s.update(cfg, ts, v);
+    }
+    s
+}
+
 /// A point-in-time report of a [`ChannelStats`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
@@ -1003,6 +1120,79 @@ mod tests {
             let bits = |x: &[f64]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(largest), bits(&std_largest));
             prop_assert_eq!(bits(smallest), bits(&std_smallest));
+        }
+    }
+
+    /// Every field of a snapshot, floats as bits.
+    fn snapshot_bits(s: &StatsSnapshot) -> (u64, [u64; 7], Option<u64>, Option<u64>, i64) {
+        (
+            s.count,
+            [s.mean, s.min, s.max, s.ewma, s.top_k_max_mean, s.top_k_min_mean, 0.0].map(f64::to_bits),
+            s.stddev.map(f64::to_bits),
+            s.trend_per_hour.map(f64::to_bits),
+            s.ts,
+        )
+    }
+
+    #[test]
+    fn compact_stats_is_small_while_young() {
+        assert!(std::mem::size_of::<CompactStats>() <= 56, "{}", std::mem::size_of::<CompactStats>());
+        let c = StatsConfig::default();
+        let mut s = CompactStats::new();
+        for i in 0..YOUNG_VALUES as i64 {
+            s.update(&c, T0 + i, 1.0);
+        }
+        assert!(matches!(s.repr, Repr::Young { .. }));
+        s.update(&c, T0 + 10, f64::NAN);
+        assert!(matches!(s.repr, Repr::Young { .. }), "non-finite values are not kept");
+        s.update(&c, T0 + 10, 2.0);
+        assert!(matches!(s.repr, Repr::Full(_)));
+        assert_eq!(s.count(), YOUNG_VALUES as u64 + 1);
+
+        // A timestamp too far from the first one for an i32 difference.
+        for far in [T0 + i64::from(i32::MAX) + 1, T0 + i64::from(i32::MIN) - 1, i64::MIN, i64::MAX] {
+            let mut s = CompactStats::new();
+            s.update(&c, T0, 1.0);
+            s.update(&c, T0 + i64::from(i32::MAX), 2.0);
+            s.update(&c, T0 + i64::from(i32::MIN), 3.0);
+            assert!(matches!(s.repr, Repr::Young { len: 3, .. }));
+            s.update(&c, far, 4.0);
+            assert!(matches!(s.repr, Repr::Full(_)));
+            let mut full = ChannelStats::new(&c);
+            for (ts, v) in [(T0, 1.0), (T0 + i64::from(i32::MAX), 2.0), (T0 + i64::from(i32::MIN), 3.0), (far, 4.0)] {
+                full.update(&c, ts, v);
+            }
+            assert_eq!(snapshot_bits(&s.snapshot(&c)), snapshot_bits(&full.snapshot()));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn compact_stats_match_channel_stats_bit_for_bit(
+            cfg in arb_cfg(),
+            events in arb_events(),
+            bad in proptest::collection::vec((0usize..400, prop_oneof![Just(f64::NAN), Just(f64::INFINITY)]), 0..4),
+            far in proptest::collection::vec((0usize..8, any::<i64>(), 0.0f64..5000.0), 0..3),
+        ) {
+            let mut events = events;
+            for (i, v) in bad {
+                let i = i.min(events.len());
+                let ts = events.get(i).map_or(T0, |e| e.0);
+                events.insert(i, (ts, v));
+            }
+            // Timestamps anywhere, among the first values (a young key's).
+            for (i, ts, v) in far {
+                events.insert(i.min(events.len()), (ts, v));
+            }
+            let mut full = ChannelStats::new(&cfg);
+            let mut compact = CompactStats::new();
+            prop_assert_eq!(snapshot_bits(&compact.snapshot(&cfg)), snapshot_bits(&full.snapshot()));
+            for &(ts, v) in &events {
+                full.update(&cfg, ts, v);
+                compact.update(&cfg, ts, v);
+                prop_assert_eq!(compact.count(), full.count());
+                prop_assert_eq!(snapshot_bits(&compact.snapshot(&cfg)), snapshot_bits(&full.snapshot()));
+            }
         }
     }
 
