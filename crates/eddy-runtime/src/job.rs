@@ -126,7 +126,12 @@ pub struct Summary {
 struct Shared {
     dataset: Dataset,
     resume: Resume,
+    /// Every reference change, for [`JobContext::reference_changes`]: kept
+    /// only when a job of the pipeline asks for them (the calibration adapter).
     updates: Vec<RefUpdate>,
+    /// The same changes, handed to worker 0's reference source (moved, not
+    /// cloned: for a large fleet they are hundreds of megabytes).
+    handoff: Mutex<Option<Vec<RefUpdate>>>,
     spec: PipelineSpec,
     speed: Option<f64>,
     out: PathBuf,
@@ -258,7 +263,8 @@ impl<'s, 'a> JobContext<'s, 'a> {
     }
 
     /// Every reference change of the dataset and the specs, in `ts` order
-    /// (the same on every worker).
+    /// (the same on every worker). Empty unless the pipeline's calibration
+    /// adapter is enabled, the one job that reads them here.
     pub fn reference_changes(&self) -> &[RefUpdate] {
         &self.shared.updates
     }
@@ -322,19 +328,21 @@ where
             return Err(Error::Workers(format!("--speed must be a positive number, found {s}")));
         }
     }
-    let dataset = Dataset::open_with_reference(&opts.dataset, opts.reference.as_deref())?;
+    let mut dataset = Dataset::open_with_reference(&opts.dataset, opts.reference.as_deref())?;
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
     let resume =
         if opts.spec.backup.enabled { Resume::prepare(&opts.out, &dataset.readings)? } else { Resume::default() };
     let mut updates = spec_rules(&opts.spec);
-    updates.extend(dataset.base.iter().cloned());
-    updates.extend(dataset.updates.iter().cloned());
+    updates.append(&mut dataset.base);
+    updates.append(&mut dataset.updates);
+    let kept = if opts.spec.adapter.enabled { updates.clone() } else { Vec::new() };
     let total_bytes = dataset.readings_bytes;
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         dataset,
         resume,
-        updates,
+        updates: kept,
+        handoff: Mutex::new(Some(updates)),
         spec: opts.spec.clone(),
         speed: opts.speed,
         out: opts.out.clone(),
@@ -431,7 +439,7 @@ where
     } else {
         None
     };
-    let updates = if index == 0 { s.updates.clone() } else { Vec::new() };
+    let updates = if index == 0 { s.handoff.lock().take().unwrap_or_default() } else { Vec::new() };
     let probe = ProbeHandle::new();
     eddy_operators::metrics::install_stage_timer(worker);
     worker.dataflow::<u64, _, _>(|scope| {
