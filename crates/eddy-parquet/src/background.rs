@@ -328,22 +328,10 @@ fn fail(shared: &Shared, e: Error) {
 mod tests {
     use super::*;
     use crate::{read_backup, BackupConfig, Manifest};
-    use eddy_core::ids::{Channel, DeviceId};
-    use eddy_core::reading::{ChannelList, Enriched, Position, Values};
+    use eddy_core::reading::Enriched;
 
     fn reading(offset: u64) -> Enriched {
-        let raw: Values = [(Channel::PM25, Some(offset as f64))].into_iter().collect();
-        Enriched {
-            device: DeviceId::intern("bg-dev"),
-            ts: 1_767_225_600_000 + offset as i64,
-            pos: Position { partition: 0, offset },
-            late: false,
-            values: raw.clone(),
-            raw,
-            calibrated: ChannelList::new(),
-            context: None,
-            junk: ChannelList::new(),
-        }
+        crate::tests::reading("bg-dev", 1_767_225_600_000 + offset as i64, offset, &[("pm25", Some(offset as f64))])
     }
 
     fn writer(dir: &std::path::Path, age: Duration) -> Background<BackupWriter> {

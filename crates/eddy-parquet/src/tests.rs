@@ -26,7 +26,8 @@ fn ctx(pairs: &[(&str, &str)]) -> Context {
     Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
 }
 
-fn reading(dev: &str, ts: i64, offset: u64, raw: &[(&str, Option<f64>)]) -> Enriched {
+/// An on-time reading without context or calibration (also used by `background`'s tests).
+pub(crate) fn reading(dev: &str, ts: i64, offset: u64, raw: &[(&str, Option<f64>)]) -> Enriched {
     let raw: Values = raw.iter().map(|(c, v)| (Channel::intern(c), *v)).collect();
     Enriched {
         device: DeviceId::intern(dev),
