@@ -224,8 +224,7 @@ impl<W: Writer> Background<W> {
             return Ok(upto);
         }
         let unasked = self.requested.is_none_or(|r| later(upto, r));
-        let due = upto.is_none()
-            || self.last_request.is_none_or(|t| t.elapsed() >= self.every);
+        let due = upto.is_none() || self.last_request.is_none_or(|t| t.elapsed() >= self.every);
         if unasked && due {
             self.hand_over()?;
             self.seq += 1;
