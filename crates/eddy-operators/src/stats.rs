@@ -43,8 +43,11 @@ pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
     ts.div_euclid(every_ms) * every_ms + every_ms
 }
 
-/// Records sent per activation at the end of input.
-const FLUSH_CHUNK: usize = 65_536;
+/// Snapshots sent per activation. Every key's window closes at the same
+/// instant, so a closing hour holds a snapshot per key; sent in chunks, the
+/// worker runs the other operators (and the alerts) between them instead of
+/// stalling every worker's frontier behind one long activation.
+const CHUNK: usize = 4_096;
 
 /// The statistics of one channel of a device, with the end of the snapshot
 /// window its latest value fell in. A device's slots live in one allocation,
@@ -168,6 +171,9 @@ pub fn stats<'s>(
             });
             let f = frontier.frontier();
             let mut out = Vec::new();
+            let mut budget = CHUNK;
+            // Whether snapshots that are due wait for the next activation.
+            let mut more = false;
             // Apply every complete epoch, in time order; before applying epoch
             // `t`, close the windows that end at or before `t`.
             while let Some(entry) = buffered.first_entry() {
@@ -175,11 +181,16 @@ pub fn stats<'s>(
                 if f.less_equal(&t) {
                     break;
                 }
-                let (_cap, batch) = entry.remove();
-                close(t as i64, usize::MAX, &mut pending, &state, &mut out);
+                budget = budget.saturating_sub(close(t as i64, budget, &mut pending, &state, &mut out));
                 if let Some(h) = held.as_ref() {
                     emit_at_ends(h, output, &mut out);
                 }
+                if pending.first_key_value().is_some_and(|(end, _)| *end <= t as i64) {
+                    // Epoch `t` applies after those snapshots: next time.
+                    more = true;
+                    break;
+                }
+                let (_cap, batch) = entry.remove();
                 for r in batch {
                     if r.usable().next().is_none() {
                         continue;
@@ -215,22 +226,34 @@ pub fn stats<'s>(
                     if let Some(h) = held.as_mut() {
                         // Each snapshot goes out at its window's end, which
                         // is after the held time (the window was open), so
-                        // a rerun stamps it the same however the frontier moved.
-                        close(low as i64, usize::MAX, &mut pending, &state, &mut out);
-                        emit_at_ends(h, output, &mut out);
-                        if low > *h.time() {
-                            h.downgrade(&low);
+                        // a rerun stamps it the same however the frontier
+                        // moved: the held time never passes an unsent end.
+                        if !more {
+                            close(low as i64, budget, &mut pending, &state, &mut out);
+                            emit_at_ends(h, output, &mut out);
+                        }
+                        let mut hold = low;
+                        if let Some((&end, _)) = pending.first_key_value() {
+                            if end <= low as i64 {
+                                more = true;
+                                hold = hold.min(end.max(0) as u64);
+                            }
+                        }
+                        if hold > *h.time() {
+                            h.downgrade(&hold);
+                        }
+                        if more {
+                            activator.activate();
                         }
                     }
                 }
                 None => {
                     // The end of input: the snapshots still due, then the
-                    // final state of every key, at most `FLUSH_CHUNK` records
+                    // final state of every key, at most `CHUNK` records
                     // per activation so that they do not all wait in memory
                     // for the sink at once.
                     if let Some(h) = held.as_ref() {
-                        let mut budget =
-                            FLUSH_CHUNK.saturating_sub(close(i64::MAX, FLUSH_CHUNK, &mut pending, &state, &mut out));
+                        let mut budget = CHUNK.saturating_sub(close(i64::MAX, CHUNK, &mut pending, &state, &mut out));
                         emit_at_ends(h, output, &mut out);
                         if pending.is_empty() && budget > 0 {
                             let devices = finals.get_or_insert_with(|| {
