@@ -9,6 +9,7 @@
 # 2. generates the 10,000-device × 24 h fleet (cached in target/bench-data);
 # 3. replays it at -w 1 and -w 2 (same run): readings/s, MB/s, peak RSS, and
 #    the busy time of every step (EDDY_BENCH_STAGES, timely's schedule log);
+#    and at -w 2 with `--outputs windows`, the work the Spark baseline does;
 # 4. a paced run at R readings/s offered (default 100,000; -w 2): p50/p99/max
 #    latency from ingestion to event emission and to backup durability
 #    (EDDY_BENCH_LATENCY);
@@ -80,6 +81,10 @@ run() {
 if [ "$throughput" = 1 ]; then
     run w1 1 "$fleet" EDDY_BENCH_STAGES=1
     run w2 2 "$fleet" EDDY_BENCH_STAGES=1
+    # The work the Spark baseline does (parse, validate, calibrate, 1-hour
+    # windows, Parquet backup): no statistics, alerts or other JSON-lines
+    # outputs (eddy still writes the raw archive, which Spark does not).
+    run w2-windows 2 "$fleet" -- --outputs windows
 fi
 
 if [ "$paced" = 1 ]; then
@@ -104,6 +109,7 @@ if [ "$spark" = 1 ]; then
     done
     # eddy again, right after Spark, so the ratio is taken within minutes.
     run w2-after-spark 2 "$fleet"
+    run w2-windows-after-spark 2 "$fleet" -- --outputs windows
 fi
 
 if [ "$memory" = 1 ]; then

@@ -225,6 +225,13 @@ struct ReplayArgs {
     /// a new model written to it is used from the next epoch on.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Write only these JSON-lines outputs (comma-separated: enriched, late,
+    /// deadletter, stats, windows, events, forecasts); by default every one.
+    /// A job whose output is left out does not run. The Parquet backup
+    /// (which holds every enriched reading) and the raw archive follow the
+    /// backup spec.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    outputs: Option<Vec<String>>,
     /// No progress bar and no summary table.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -354,6 +361,7 @@ fn cmd_replay(a: ReplayArgs) -> Result<()> {
         workers: a.workers.workers(),
         speed: a.speed,
         reference: a.reference.clone(),
+        outputs: a.outputs.clone(),
     };
     let show = !a.quiet && std::io::stderr().is_terminal();
     let bar = if show { ProgressBar::new(0) } else { ProgressBar::hidden() };

@@ -292,6 +292,52 @@ fn the_sample_gives_the_same_records_on_1_2_and_4_workers() {
     }
 }
 
+/// `--outputs` writes just the named JSON-lines files, each with the records
+/// of a full run, and the backup with every enriched reading; the jobs whose
+/// outputs are left out do not run. An unknown name is refused by name.
+#[test]
+fn outputs_writes_only_the_named_files_with_the_same_records() {
+    let root = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/sample");
+    let all = root.path().join("all");
+    let some = root.path().join("some");
+    eddy_ok(&["replay", sample, "--out", all.to_str().unwrap(), "-w", "2", "-q"]);
+    let stdout =
+        eddy_ok(&["replay", sample, "--out", some.to_str().unwrap(), "-w", "2", "--outputs", "windows,events"]);
+    let (full, part) = (output_sets(&all), output_sets_present(&some));
+    assert_eq!(part.keys().collect::<Vec<_>>(), ["events", "windows"], "files written");
+    for (name, lines) in &part {
+        assert!(!lines.is_empty(), "{name} is empty");
+        assert_eq!(lines, &full[name], "{name}: --outputs changed its records");
+    }
+    assert!(!stdout.contains("stats.jsonl") && stdout.contains("events.jsonl"), "summary: {stdout}");
+    // The backup still holds every enriched reading.
+    let rows = |out: &std::path::Path| -> u64 {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        s["records"]["backup"].as_u64().expect("backup rows in the summary")
+    };
+    assert_eq!(rows(&some), rows(&all));
+    assert_eq!(rows(&all), full["enriched"].len() as u64 + full["late"].len() as u64);
+
+    let out = eddy_err(&["replay", sample, "--out", some.to_str().unwrap(), "--outputs", "stats,alerts"]);
+    let err = text_of(&out.stderr);
+    assert!(err.contains("--outputs: unknown output \"alerts\"") && err.contains("events"), "{err}");
+}
+
+/// The sorted lines of each replay output present in `out`.
+fn output_sets_present(out: &std::path::Path) -> std::collections::BTreeMap<String, Vec<String>> {
+    eddy::runtime::replay::OUTPUTS
+        .iter()
+        .filter_map(|n| {
+            let text = std::fs::read_to_string(out.join(format!("{n}.jsonl"))).ok()?;
+            let mut lines: Vec<String> = text.lines().map(String::from).collect();
+            lines.sort();
+            Some((n.to_string(), lines))
+        })
+        .collect()
+}
+
 #[test]
 fn the_summary_counts_every_line_once() {
     let root = tempfile::tempdir().unwrap();

@@ -53,6 +53,12 @@ pub struct JobOptions {
     /// Reference data (a dataset directory) for a dataset that has none of
     /// its own, such as a backup.
     pub reference: Option<PathBuf>,
+    /// `eddy replay`'s JSON-lines outputs to write (`--outputs`), by name
+    /// ([`crate::replay::OUTPUTS`], or `forecasts`); `None`: every one. An
+    /// output left out is not written, and a job whose only output it is
+    /// (stats, windows, alerts) is not run. The Parquet backup and the raw
+    /// archive follow the backup spec.
+    pub outputs: Option<Vec<String>>,
 }
 
 impl JobOptions {
@@ -65,6 +71,7 @@ impl JobOptions {
             workers: Workers::default(),
             speed: None,
             reference: None,
+            outputs: None,
         }
     }
 }

@@ -26,6 +26,38 @@ pub use crate::job::{JobOptions as ReplayOptions, Progress, Summary};
 /// The outputs of a replay, by name: each is `OUT/<name>.jsonl`.
 pub const OUTPUTS: [&str; 6] = ["enriched", "late", "deadletter", "stats", "windows", "events"];
 
+/// The scoring job's output (`OUT/forecasts.jsonl`), written when a model is given.
+pub const FORECASTS: &str = "forecasts";
+
+/// Which JSON-lines outputs a replay writes (`--outputs`).
+#[derive(Clone, Debug)]
+pub struct Outputs(Option<Vec<String>>);
+
+impl Outputs {
+    /// Every output.
+    pub fn all() -> Outputs {
+        Outputs(None)
+    }
+
+    /// The outputs named in `names` (each one of [`OUTPUTS`] or [`FORECASTS`]).
+    pub fn only(names: &[String]) -> Result<Outputs> {
+        for n in names {
+            if !OUTPUTS.contains(&n.as_str()) && n != FORECASTS {
+                return Err(Error::Run(format!(
+                    "--outputs: unknown output {n:?}; the outputs are {} and {FORECASTS}",
+                    OUTPUTS.join(", ")
+                )));
+            }
+        }
+        Ok(Outputs(Some(names.to_vec())))
+    }
+
+    /// True when `name` is written.
+    pub fn wants(&self, name: &str) -> bool {
+        self.0.as_ref().is_none_or(|n| n.iter().any(|x| x == name))
+    }
+}
+
 /// The statistics settings of a pipeline spec.
 pub fn stats_params(spec: &PipelineSpec) -> StatsParams {
     StatsParams {
@@ -44,8 +76,15 @@ pub fn window_spec(spec: &PipelineSpec) -> WindowSpec {
     WindowSpec::hopping(spec.windows.size.ms(), spec.windows.slide().ms())
 }
 
-/// Builds the embedded pipeline on one worker.
+/// Builds the embedded pipeline on one worker, with every output.
 pub fn pipeline(job: &mut JobContext<'_, '_>) {
+    pipeline_with(job, &Outputs::all());
+}
+
+/// Builds the embedded pipeline on one worker, writing the JSON-lines
+/// outputs in `outputs` (the Parquet backup and raw archive follow the
+/// spec). A job whose one output is left out is not built.
+pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) {
     let spec = job.spec().clone();
     let step = |name: &Option<String>, kind: &str| name.clone().unwrap_or_else(|| kind.to_string());
     let ingest = job.ingest();
@@ -61,8 +100,12 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     let readings = ingest.readings;
 
     // ingest → late, deadletter (and the raw archive: every line as received)
-    job.commit(readings.clone().late().sink(job.jsonl("late")));
-    job.commit(ingest.dead.sink(job.jsonl("deadletter")));
+    if outputs.wants("late") {
+        job.commit(readings.clone().late().sink(job.jsonl("late")));
+    }
+    if outputs.wants("deadletter") {
+        job.commit(ingest.dead.sink(job.jsonl("deadletter")));
+    }
 
     // enrich → enriched (late readings are enriched too, for the backup)
     let to_enrich = match adapter_loop {
@@ -85,10 +128,15 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
     }
     let adapter_input = adapter_loop.is_some().then(|| enriched.clone());
     let on_time = enriched.on_time();
-    job.commit(on_time.clone().sink(job.jsonl("enriched")));
+    if outputs.wants("enriched") {
+        job.commit(on_time.clone().sink(job.jsonl("enriched")));
+    }
 
     // stats, windows, alerts ← enriched (on time)
-    let stats = on_time.clone().step(&step(&spec.stats.name, "stats")).stats(stats_params(&spec));
+    if outputs.wants("stats") {
+        let stats = on_time.clone().step(&step(&spec.stats.name, "stats")).stats(stats_params(&spec));
+        job.commit(stats.sink(job.jsonl("stats")));
+    }
     if let (Some(handle), Some(input)) = (adapter_loop, adapter_input) {
         let a = &spec.adapter;
         let cfg = adapter_config(&spec, loop_delay);
@@ -103,18 +151,21 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) {
         );
         updates.connect_loop(handle);
     }
-    job.commit(stats.sink(job.jsonl("stats")));
-    let windows = on_time.clone().step(&step(&spec.windows.name, "windows")).windows(window_spec(&spec));
-    job.commit(windows.sink(job.jsonl("windows")));
+    if outputs.wants("windows") {
+        let windows = on_time.clone().step(&step(&spec.windows.name, "windows")).windows(window_spec(&spec));
+        job.commit(windows.sink(job.jsonl("windows")));
+    }
     // scoring ← enriched (on time), with a watched model file
-    if let Some(path) = &spec.score.model {
+    if let (Some(path), true) = (&spec.score.model, outputs.wants(FORECASTS)) {
         let name = step(&spec.score.name, "score");
         let watch = ModelWatch::new(path.into(), Duration::from_millis(spec.score.poll.ms() as u64));
         let forecasts = score(on_time.clone().into_stream(), watch, &name);
         job.commit(Flow::new(forecasts, &name).sink(job.jsonl("forecasts")));
     }
-    let events = on_time.step(&step(&spec.alerts.name, "alerts")).detect(&reference);
-    job.commit(events.sink(job.jsonl("events")));
+    if outputs.wants("events") {
+        let events = on_time.step(&step(&spec.alerts.name, "alerts")).detect(&reference);
+        job.commit(events.sink(job.jsonl("events")));
+    }
 }
 
 /// The calibration adapter's settings, with its loop's delay.
@@ -146,15 +197,19 @@ pub(crate) fn check_model(spec: &PipelineSpec) -> Result<()> {
 /// Runs the embedded pipeline over a dataset.
 pub fn replay(opts: &ReplayOptions, on_progress: impl FnMut(Progress)) -> Result<Summary> {
     check_model(&opts.spec)?;
+    let outputs = match &opts.outputs {
+        None => Outputs::all(),
+        Some(names) => Outputs::only(names)?,
+    };
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
     // Create every output up front, so that an empty one exists as a file.
     let summary = run(
         opts,
-        |job| {
-            for name in OUTPUTS {
+        move |job| {
+            for name in OUTPUTS.into_iter().filter(|n| outputs.wants(n)) {
                 let _ = job.jsonl(name);
             }
-            pipeline(job)
+            pipeline_with(job, &outputs)
         },
         on_progress,
     )?;
