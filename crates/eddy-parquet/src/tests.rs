@@ -568,7 +568,7 @@ fn spec() -> impl Strategy<Value = Spec> {
         prop_oneof![Just(0i64), Just(DAY_MS - 1), 0..DAY_MS],
         proptest::collection::btree_map(0u8..6, proptest::option::of(-50.0f64..5000.0), 0..4),
         any::<bool>(),
-        0u8..3,
+        0u8..5,
         any::<bool>(),
         0u32..2,
     )
@@ -628,10 +628,14 @@ proptest! {
             max_open_files,
             ..cfg()
         };
+        // Rows of other devices may have contexts with the same keys
+        // (mapped once for all) or the same keys in another order.
         let contexts = vec![
             None,
             Some(ctx(&[("site", "a")])),
             Some(ctx(&[("site", "b"), ("floor", "3")])),
+            Some(ctx(&[("site", "c"), ("floor", "4")])),
+            Some(ctx(&[("floor", "5"), ("site", "d")])),
         ];
         let mut w = BackupWriter::new(dir.path(), "w0", c).unwrap();
         let mut written: Vec<Enriched> = Vec::new();
