@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{Channel, DeviceId};
-use crate::reading::Context;
+use crate::reading::{Context, ContextRow};
 use crate::spec::check_rule;
 
 /// An `f64` with a total order, so it can be part of a differential record.
@@ -308,20 +308,17 @@ fn opt_ts(row: &Row, field: &str) -> Result<Option<i64>, RowError> {
     }
 }
 
-/// The context columns of a devices row. Sized exactly: one is kept per
-/// device for the whole run (a collected `Vec` would keep room for a fourth
-/// column of three, 48 bytes a device).
+/// The context columns of a devices row (one is kept per device for the
+/// whole run: see [`ContextRow`]).
 fn context_of(row: &Row) -> Context {
-    let mut columns = Vec::with_capacity(row.iter().filter(|(k, _)| k != "device_id").count());
-    columns.extend(row.iter().filter(|(k, _)| k != "device_id").map(|(k, v)| {
+    Arc::new(ContextRow::new(row.iter().filter(|(k, _)| k != "device_id").map(|(k, v)| {
         let s = match v {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            Value::Null => std::borrow::Cow::Borrowed(""),
+            other => std::borrow::Cow::Owned(other.to_string()),
         };
-        (k.clone(), s)
-    }));
-    Arc::new(columns)
+        (k.as_str(), s)
+    })))
 }
 
 impl RefChange {
