@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use eddy::core::hysteresis::observe;
 use eddy::core::ids::{Channel, DeviceId};
-use eddy::core::reading::{Enriched, Position, Reading};
+use eddy::core::reading::{ContextRow, Enriched, Position, Reading};
 use eddy::core::reference::{Calibration, DeviceRef, Num, FOREVER};
 use eddy::core::validate::{parse_line, Ranges};
 use eddy::operators::enrich::{enrich_reading, DeviceView};
@@ -71,7 +71,7 @@ fn enrich(c: &mut Criterion) {
         DeviceRef::Calibration(Calibration { channel: Channel::PM25, valid_from: vf, gain: Num(g), offset: Num(0.5) })
     };
     let history = vec![
-        (DeviceRef::Context(Arc::new(vec![("site".into(), "s1".into()), ("model".into(), "AQ-1".into())])), 0, 1),
+        (DeviceRef::Context(Arc::new(ContextRow::new([("site", "s1"), ("model", "AQ-1")]))), 0, 1),
         (cal(FOREVER, 1.1), 0, 1),
         (cal(T0 + 3_600_000, 1.2), 0, 1),
     ];

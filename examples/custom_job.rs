@@ -38,10 +38,7 @@ pub fn site_pm25_job(opts: &JobOptions) -> eddy::runtime::Result<Summary> {
 
 /// The device's site from its context, or "unknown".
 pub fn site(e: &Enriched) -> String {
-    e.context
-        .as_ref()
-        .and_then(|c| c.iter().find(|(k, _)| k == "site").map(|(_, v)| v.clone()))
-        .unwrap_or_else(|| "unknown".into())
+    e.context.as_ref().and_then(|c| c.value("site")).unwrap_or("unknown").to_string()
 }
 
 /// One output line.

@@ -384,7 +384,7 @@ mod tests {
             values: [(Channel::PM25, Some(11.0)), (Channel::CO2, None), (Channel::HUM, None)].into_iter().collect(),
             raw: [(Channel::PM25, Some(10.0)), (Channel::CO2, None), (Channel::HUM, Some(140.0))].into_iter().collect(),
             calibrated: [Channel::PM25].into_iter().collect(),
-            context: Some(StdArc::new(vec![("site".into(), "s1".into())])),
+            context: Some(StdArc::new(eddy_core::reading::ContextRow::new([("site", "s1")]))),
             junk: [Channel::HUM].into_iter().collect(),
         };
         let mut out = Vec::new();

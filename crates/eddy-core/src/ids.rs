@@ -17,18 +17,38 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::RwLock;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A string table: each distinct string gets a dense index.
-///
-/// The names are stored back to back in one string and found through an
-/// open-addressing table of their indices, so a name costs its bytes and
-/// about 12 bytes more (a million device ids: about 22 MB, where a map of
-/// `Arc<str>` took about 100 MB).
+/// Names per [`Segment`] of a [`Table`].
+const SEGMENT: usize = 4096;
+
+/// Names back to back, at most [`SEGMENT`] of them.
 #[derive(Default)]
-struct Table {
-    /// Every name, back to back, in index order.
+struct Segment {
     bytes: String,
     /// The end of each name in `bytes`.
     ends: Vec<u32>,
+}
+
+impl Segment {
+    fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.bytes[start..end])
+    }
+}
+
+/// A string table: each distinct string gets a dense index.
+///
+/// The names are stored back to back in segments of [`SEGMENT`] names and
+/// found through an open-addressing table of their indices, so a name costs
+/// its bytes and about 12 bytes more (a million device ids: about 22 MB,
+/// where a map of `Arc<str>` took about 100 MB). A full segment never
+/// changes again and is shared, not copied, by every thread's [`NameCache`].
+#[derive(Default)]
+struct Table {
+    /// The full segments: names `SEGMENT × i ..`.
+    sealed: Vec<Arc<Segment>>,
+    /// The segment being filled, after them.
+    open: Segment,
     /// Linear probing by [`stable_hash`]: `index + 1` of the name that
     /// hashed to the slot, 0 for an empty slot. At most half full, and its
     /// length a power of two (or zero).
@@ -36,10 +56,14 @@ struct Table {
 }
 
 impl Table {
+    fn len(&self) -> usize {
+        self.sealed.len() * SEGMENT + self.open.ends.len()
+    }
+
     fn name(&self, idx: usize) -> &str {
-        let end = self.ends[idx] as usize;
-        let start = if idx == 0 { 0 } else { self.ends[idx - 1] as usize };
-        &self.bytes[start..end]
+        let (seg, i) = (idx / SEGMENT, idx % SEGMENT);
+        let segment = self.sealed.get(seg).map_or(&self.open, |s| &**s);
+        segment.get(i).expect("an interned index")
     }
 
     /// The slot holding `s`, or the empty slot where it would go (`Err`).
@@ -67,14 +91,19 @@ impl Table {
         if let Some(i) = self.lookup(s, hash) {
             return i;
         }
-        if 2 * (self.ends.len() + 1) > self.slots.len() {
+        if 2 * (self.len() + 1) > self.slots.len() {
             self.grow();
         }
-        let idx = u32::try_from(self.ends.len()).expect("more than 2^32 interned strings");
-        self.bytes.push_str(s);
-        self.ends.push(u32::try_from(self.bytes.len()).expect("interned strings exceed 4 GiB"));
+        let idx = u32::try_from(self.len()).expect("more than 2^32 interned strings");
+        self.open.bytes.push_str(s);
+        self.open.ends.push(u32::try_from(self.open.bytes.len()).expect("a segment's names exceed 4 GiB"));
         if let Err(slot) = self.find(s, hash) {
             self.slots[slot] = idx + 1;
+        }
+        if self.open.ends.len() == SEGMENT {
+            let mut full = std::mem::take(&mut self.open);
+            full.bytes.shrink_to_fit();
+            self.sealed.push(Arc::new(full));
         }
         idx
     }
@@ -84,7 +113,7 @@ impl Table {
         let len = (2 * self.slots.len()).max(64);
         self.slots = vec![0; len];
         let mask = len - 1;
-        for idx in 0..self.ends.len() {
+        for idx in 0..self.len() {
             let mut i = stable_hash(self.name(idx).as_bytes()) as usize & mask;
             while self.slots[i] != 0 {
                 i = (i + 1) & mask;
@@ -94,27 +123,39 @@ impl Table {
     }
 }
 
-/// A thread's copy of a table's names, appended to as new names appear, so
-/// that looking a name up (for every field of every output line) takes no
-/// lock and touches no cache line another worker writes.
+/// A thread's view of a table's names, brought up to date as new names
+/// appear, so that looking a name up (for every field of every output line)
+/// takes no lock and touches no cache line another worker writes. It shares
+/// the table's full segments and copies only the open one's names, so a
+/// thread costs a few kilobytes, not a copy of every name (with a million
+/// devices, about 30 MB for each thread that writes device ids).
 #[derive(Default)]
 struct NameCache {
-    bytes: String,
-    ends: Vec<u32>,
+    sealed: Vec<Arc<Segment>>,
+    /// A copy of the names of the table's open segment (the one after `sealed`).
+    open: Segment,
 }
 
 impl NameCache {
     fn get(&self, idx: usize) -> Option<&str> {
-        let end = *self.ends.get(idx)? as usize;
-        let start = if idx == 0 { 0 } else { self.ends[idx - 1] as usize };
-        Some(&self.bytes[start..end])
+        let (seg, i) = (idx / SEGMENT, idx % SEGMENT);
+        match self.sealed.get(seg) {
+            Some(s) => s.get(i),
+            None if seg == self.sealed.len() => self.open.get(i),
+            None => None,
+        }
     }
 
     fn refresh(&mut self, table: &RwLock<Table>) {
         let t = table.read();
-        // The table only grows: this copy is a prefix of it.
-        self.bytes.push_str(&t.bytes[self.bytes.len()..]);
-        self.ends.extend_from_slice(&t.ends[self.ends.len()..]);
+        if t.sealed.len() > self.sealed.len() {
+            self.sealed.extend(t.sealed[self.sealed.len()..].iter().cloned());
+            self.open.bytes.clear();
+            self.open.ends.clear();
+        }
+        // The table's open segment only grows: this copy is a prefix of it.
+        self.open.bytes.push_str(&t.open.bytes[self.open.bytes.len()..]);
+        self.open.ends.extend_from_slice(&t.open.ends[self.open.ends.len()..]);
     }
 }
 
@@ -358,6 +399,34 @@ mod tests {
             (t.lookup("a", 7), t.lookup("b", 7), t.lookup("", 7), t.lookup("c", 7)),
             (Some(0), Some(1), Some(2), None)
         );
+    }
+
+    #[test]
+    fn caches_share_full_segments_and_follow_the_open_one() {
+        let table = RwLock::new(Table::default());
+        let names: Vec<String> = (0..3 * SEGMENT + 10).map(|i| format!("d{i}")).collect();
+        let mut cache = NameCache::default();
+        let mut at = 0;
+        // Refresh at points inside, at and across segment boundaries.
+        for upto in [5, SEGMENT - 1, SEGMENT, SEGMENT + 3, 3 * SEGMENT + 2, names.len()] {
+            for n in &names[at..upto] {
+                table.write().insert(n, stable_hash(n.as_bytes()));
+            }
+            at = upto;
+            cache.refresh(&table);
+            for (i, n) in names[..upto].iter().enumerate() {
+                assert_eq!(cache.get(i), Some(n.as_str()), "name {i} after {upto}");
+            }
+            assert_eq!(cache.get(upto), None);
+        }
+        let t = table.read();
+        assert_eq!(t.sealed.len(), 3);
+        assert!(t.sealed.iter().zip(&cache.sealed).all(|(a, b)| Arc::ptr_eq(a, b)), "not shared");
+        assert!(cache.open.ends.len() < SEGMENT);
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(t.name(i), n);
+            assert_eq!(t.lookup(n, stable_hash(n.as_bytes())), Some(i as u32));
+        }
     }
 
     #[test]

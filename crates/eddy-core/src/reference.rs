@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::{Channel, DeviceId};
-use crate::reading::Context;
+use crate::reading::{Context, ContextRow};
 use crate::spec::check_rule;
 
 /// An `f64` with a total order, so it can be part of a differential record.
@@ -308,20 +308,17 @@ fn opt_ts(row: &Row, field: &str) -> Result<Option<i64>, RowError> {
     }
 }
 
-/// The context columns of a devices row. Sized exactly: one is kept per
-/// device for the whole run (a collected `Vec` would keep room for a fourth
-/// column of three, 48 bytes a device).
+/// The context columns of a devices row (one is kept per device for the
+/// whole run: see [`ContextRow`]).
 fn context_of(row: &Row) -> Context {
-    let mut columns = Vec::with_capacity(row.iter().filter(|(k, _)| k != "device_id").count());
-    columns.extend(row.iter().filter(|(k, _)| k != "device_id").map(|(k, v)| {
+    Arc::new(ContextRow::new(row.iter().filter(|(k, _)| k != "device_id").map(|(k, v)| {
         let s = match v {
-            Value::String(s) => s.clone(),
-            Value::Null => String::new(),
-            other => other.to_string(),
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            Value::Null => std::borrow::Cow::Borrowed(""),
+            other => std::borrow::Cow::Owned(other.to_string()),
         };
-        (k.clone(), s)
-    }));
-    Arc::new(columns)
+        (k.as_str(), s)
+    })))
 }
 
 impl RefChange {
@@ -386,7 +383,10 @@ impl RefChange {
 #[derive(Clone, Debug, Default)]
 pub struct RefState {
     devices: BTreeMap<DeviceId, Context>,
-    calibration: BTreeMap<(DeviceId, Channel, i64), Calibration>,
+    /// Each version's gain and offset, by (device, channel, valid_from): the
+    /// rest of its [`Calibration`] is the key (16 bytes less per version,
+    /// with most devices calibrated).
+    calibration: BTreeMap<(DeviceId, Channel, i64), (Num, Num)>,
     rules: BTreeMap<(RuleScope, Arc<str>), Rule>,
 }
 
@@ -406,8 +406,9 @@ impl RefState {
                 }
             }
             RefChange::UpsertCalibration(d, cal) => {
-                if let Some(old) = self.calibration.insert((d, cal.channel, cal.valid_from), cal) {
-                    out.push((RefRecord::Device(d, DeviceRef::Calibration(old)), -1));
+                let key = (d, cal.channel, cal.valid_from);
+                if let Some(old) = self.calibration.insert(key, (cal.gain, cal.offset)) {
+                    out.push((RefRecord::Device(d, DeviceRef::Calibration(calibration(key, old))), -1));
                 }
                 out.push((RefRecord::Device(d, DeviceRef::Calibration(cal)), 1));
             }
@@ -418,7 +419,7 @@ impl RefState {
                 };
                 for k in keys {
                     if let Some(old) = self.calibration.remove(&k) {
-                        out.push((RefRecord::Device(d, DeviceRef::Calibration(old)), -1));
+                        out.push((RefRecord::Device(d, DeviceRef::Calibration(calibration(k, old))), -1));
                     }
                 }
             }
@@ -435,6 +436,11 @@ impl RefState {
             }
         }
     }
+}
+
+/// The calibration version kept in [`RefState`] under `key`.
+fn calibration((_, channel, valid_from): (DeviceId, Channel, i64), (gain, offset): (Num, Num)) -> Calibration {
+    Calibration { channel, valid_from, gain, offset }
 }
 
 /// Picks the calibration for `channel` at event time `ts` among the versions
@@ -479,6 +485,27 @@ mod tests {
         s.apply(RefChange::DeleteCalibration(d, Channel::PM25, None), &mut out);
         let diffs: Vec<isize> = out.iter().map(|(_, r)| *r).collect();
         assert_eq!(diffs, vec![1, -1, 1, -1]);
+        // Each retraction is exactly the version it replaces or deletes.
+        let rec = |g| RefRecord::Device(d, DeviceRef::Calibration(cal(g)));
+        let recs: Vec<RefRecord> = out.into_iter().map(|(r, _)| r).collect();
+        assert_eq!(recs, vec![rec(1.0), rec(1.0), rec(2.0), rec(2.0)]);
+
+        // A version with its own valid_from, deleted by it; another channel's stays.
+        let mut out = Vec::new();
+        let v = |ch, vf, g| Calibration { channel: ch, valid_from: vf, gain: Num(g), offset: Num(-1.5) };
+        s.apply(RefChange::UpsertCalibration(d, v(Channel::CO2, 100, 3.0)), &mut out);
+        s.apply(RefChange::UpsertCalibration(d, v(Channel::VOC, 100, 4.0)), &mut out);
+        s.apply(RefChange::DeleteCalibration(d, Channel::CO2, Some(100)), &mut out);
+        s.apply(RefChange::DeleteCalibration(d, Channel::CO2, Some(100)), &mut out);
+        let rec = |c| RefRecord::Device(d, DeviceRef::Calibration(c));
+        assert_eq!(
+            out,
+            vec![
+                (rec(v(Channel::CO2, 100, 3.0)), 1),
+                (rec(v(Channel::VOC, 100, 4.0)), 1),
+                (rec(v(Channel::CO2, 100, 3.0)), -1)
+            ]
+        );
     }
 
     #[test]

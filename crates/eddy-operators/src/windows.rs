@@ -103,7 +103,51 @@ const CLOSE_CHUNK: usize = 4_096;
 
 /// The aggregates of one device in one window, one per channel, in one
 /// allocation of exactly the device's channels.
-type DeviceAggs = Box<[(Channel, WindowAgg)]>;
+type DeviceAggs = Box<[ChannelAgg]>;
+
+/// Counts a [`ChannelAgg`] holds: far more values than one key can get in
+/// one window (at a million values a second, nine years' worth).
+const MAX_COUNT: u64 = (1 << 48) - 1;
+
+/// One channel's [`WindowAgg`], with the channel in what would be padding
+/// and the count in 48 bits: 32 bytes instead of the 40 of a
+/// `(Channel, WindowAgg)`, for every (device, channel) of an open window.
+#[derive(Clone, Copy, Debug)]
+struct ChannelAgg {
+    channel: Channel,
+    count_hi: u16,
+    count_lo: u32,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl ChannelAgg {
+    fn new(channel: Channel) -> ChannelAgg {
+        let mut a = ChannelAgg { channel, count_hi: 0, count_lo: 0, sum: 0.0, min: 0.0, max: 0.0 };
+        a.set(&WindowAgg::new());
+        a
+    }
+
+    fn get(&self) -> WindowAgg {
+        let count = (u64::from(self.count_hi) << 32) | u64::from(self.count_lo);
+        WindowAgg { count, sum: self.sum, min: self.min, max: self.max }
+    }
+
+    fn set(&mut self, agg: &WindowAgg) {
+        assert!(agg.count <= MAX_COUNT, "more than 2^48 - 1 values of one key in one window");
+        self.count_hi = (agg.count >> 32) as u16;
+        self.count_lo = agg.count as u32;
+        (self.sum, self.min, self.max) = (agg.sum, agg.min, agg.max);
+    }
+
+    /// [`WindowAgg::add`], by that very code.
+    fn add(&mut self, v: f64) {
+        let mut agg = self.get();
+        agg.add(v);
+        self.set(&agg);
+    }
+}
 
 /// A window being sent, a chunk per activation.
 struct Closing {
@@ -119,15 +163,15 @@ struct Closing {
 /// Adds an aggregate to `aggs` for each usable channel of `e` that has
 /// none, in one reallocation.
 fn add_channels(aggs: &mut DeviceAggs, e: &Enriched) {
-    let missing = e.usable().filter(|(c, _)| !aggs.iter().any(|a| a.0 == *c)).count();
+    let missing = e.usable().filter(|(c, _)| !aggs.iter().any(|a| a.channel == *c)).count();
     if missing == 0 {
         return;
     }
     let mut v = std::mem::take(aggs).into_vec();
     v.reserve_exact(missing);
     for (c, _) in e.usable() {
-        if !v.iter().any(|a| a.0 == c) {
-            v.push((c, WindowAgg::new()));
+        if !v.iter().any(|a| a.channel == c) {
+            v.push(ChannelAgg::new(c));
         }
     }
     *aggs = v.into_boxed_slice();
@@ -164,8 +208,8 @@ pub fn windows<'s>(
                         let aggs = open.entry(start).or_default().entry(e.device).or_default();
                         add_channels(aggs, &e);
                         for (c, v) in e.usable() {
-                            if let Some(a) = aggs.iter_mut().find(|a| a.0 == c) {
-                                a.1.add(v);
+                            if let Some(a) = aggs.iter_mut().find(|a| a.channel == c) {
+                                a.add(v);
                             }
                         }
                     }
@@ -199,15 +243,18 @@ pub fn windows<'s>(
                 while budget > 0 {
                     let Some(d) = c.devices.pop() else { break };
                     let Some(aggs) = c.aggs.remove(&d) else { continue };
-                    session.give_iterator(aggs.iter().map(|(channel, agg)| WindowRecord {
-                        device_id: d,
-                        channel: *channel,
-                        window_start: c.start,
-                        window_end: c.end,
-                        count: agg.count,
-                        mean: agg.mean(),
-                        min: agg.min,
-                        max: agg.max,
+                    session.give_iterator(aggs.iter().map(|a| {
+                        let agg = a.get();
+                        WindowRecord {
+                            device_id: d,
+                            channel: a.channel,
+                            window_start: c.start,
+                            window_end: c.end,
+                            count: agg.count,
+                            mean: agg.mean(),
+                            min: agg.min,
+                            max: agg.max,
+                        }
                     }));
                     budget = budget.saturating_sub(aggs.len());
                 }
@@ -232,4 +279,35 @@ pub fn windows<'s>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_aggregate_is_a_window_agg_in_32_bytes() {
+        assert_eq!(std::mem::size_of::<ChannelAgg>(), 32);
+        let mut a = ChannelAgg::new(Channel::CO2);
+        let mut want = WindowAgg::new();
+        assert_eq!(a.get(), want);
+        for v in [412.5, f64::NAN, -3.25, 1e300, f64::INFINITY, 0.1] {
+            a.add(v);
+            want.add(v);
+            assert_eq!(a.get(), want);
+        }
+        assert_eq!(a.channel, Channel::CO2);
+        // Counts past 32 bits, up to the 48 kept.
+        for count in [u64::from(u32::MAX), u64::from(u32::MAX) + 1, MAX_COUNT] {
+            a.set(&WindowAgg { count, ..want });
+            assert_eq!(a.get().count, count);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "2^48")]
+    fn a_count_past_48_bits_is_refused() {
+        let mut a = ChannelAgg::new(Channel::CO2);
+        a.set(&WindowAgg { count: MAX_COUNT + 1, ..WindowAgg::new() });
+    }
 }

@@ -23,7 +23,7 @@ fn cfg() -> BackupConfig {
 }
 
 fn ctx(pairs: &[(&str, &str)]) -> Context {
-    Arc::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Arc::new(eddy_core::reading::ContextRow::new(pairs.iter().copied()))
 }
 
 /// An on-time reading without context or calibration (also used by `background`'s tests).
@@ -65,7 +65,7 @@ fn assert_row_is(row: &BackupRow, e: &Enriched) {
     assert_eq!(non_null(&row.values), non_null_values(&e.values));
     let junk: Vec<String> = e.junk.iter().map(|c| c.name().to_string()).collect();
     assert_eq!(row.junk, junk);
-    let mut want_ctx: Vec<(String, String)> = e.context.as_deref().cloned().unwrap_or_default();
+    let mut want_ctx: Vec<(String, String)> = e.context.as_deref().map(|c| c.to_pairs()).unwrap_or_default();
     want_ctx.sort();
     let mut got_ctx = row.context.clone();
     got_ctx.sort();

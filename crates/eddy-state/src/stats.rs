@@ -239,18 +239,22 @@ pub const YOUNG_VALUES: usize = 4;
 /// same operations on the same values in the same order. With a million
 /// devices, most keys of a short run, and every key when it first appears,
 /// are young; a key with more values costs what [`ChannelStats`] costs.
+///
+/// `K` is a small key the owner stores with the statistics (a channel, for
+/// the statistics operator's slots), in what would otherwise be padding: a
+/// `CompactStats<u16>` is as small as a `CompactStats<()>` (56 bytes).
 #[derive(Clone, Debug)]
-pub struct CompactStats {
-    repr: Repr,
+pub struct CompactStats<K = ()> {
+    repr: Repr<K>,
 }
 
 #[derive(Clone, Debug)]
-enum Repr {
+enum Repr<K> {
     /// The first `len` finite values, in arrival order: value `i` at
     /// `ts0 + dts[i - 1]` (at `ts0` for `i == 0`).
-    Young { len: u8, dts: [i32; YOUNG_VALUES - 1], ts0: i64, values: [f64; YOUNG_VALUES] },
+    Young { len: u8, key: K, dts: [i32; YOUNG_VALUES - 1], ts0: i64, values: [f64; YOUNG_VALUES] },
     /// Every value applied to a [`ChannelStats`].
-    Full(Box<ChannelStats>),
+    Full { key: K, stats: Box<ChannelStats> },
 }
 
 /// The timestamps and values of a young key, in order.
@@ -274,7 +278,21 @@ impl CompactStats {
     /// Empty statistics. Allocates nothing; the configuration is given to
     /// every [`CompactStats::update`] and [`CompactStats::snapshot`] instead.
     pub const fn new() -> Self {
-        Self { repr: Repr::Young { len: 0, dts: [0; YOUNG_VALUES - 1], ts0: 0, values: [0.0; YOUNG_VALUES] } }
+        Self::with_key(())
+    }
+}
+
+impl<K: Copy> CompactStats<K> {
+    /// Empty statistics that keep `key` ([`CompactStats::key`]).
+    pub const fn with_key(key: K) -> Self {
+        Self { repr: Repr::Young { len: 0, key, dts: [0; YOUNG_VALUES - 1], ts0: 0, values: [0.0; YOUNG_VALUES] } }
+    }
+
+    /// The key given to [`CompactStats::with_key`].
+    pub fn key(&self) -> K {
+        match &self.repr {
+            Repr::Young { key, .. } | Repr::Full { key, .. } => *key,
+        }
     }
 
     /// [`ChannelStats::update`]. `cfg` must be the same at every call.
@@ -285,8 +303,8 @@ impl CompactStats {
             return;
         }
         match &mut self.repr {
-            Repr::Full(s) => s.update(cfg, ts, value),
-            Repr::Young { len, dts, ts0, values } => {
+            Repr::Full { stats, .. } => stats.update(cfg, ts, value),
+            Repr::Young { len, key, dts, ts0, values } => {
                 let n = usize::from(*len);
                 if n == 0 {
                     *ts0 = ts;
@@ -303,9 +321,9 @@ impl CompactStats {
                         *len += 1;
                     }
                     _ => {
-                        let mut s = Box::new(replay(cfg, young_values(*len, dts, *ts0, values)));
-                        s.update(cfg, ts, value);
-                        self.repr = Repr::Full(s);
+                        let mut stats = Box::new(replay(cfg, young_values(*len, dts, *ts0, values)));
+                        stats.update(cfg, ts, value);
+                        self.repr = Repr::Full { key: *key, stats };
                     }
                 }
             }
@@ -316,15 +334,15 @@ impl CompactStats {
     pub fn count(&self) -> u64 {
         match &self.repr {
             Repr::Young { len, .. } => u64::from(*len),
-            Repr::Full(s) => s.count(),
+            Repr::Full { stats, .. } => stats.count(),
         }
     }
 
     /// [`ChannelStats::snapshot`]; `cfg` as for [`CompactStats::update`].
     pub fn snapshot(&self, cfg: &StatsConfig) -> StatsSnapshot {
         match &self.repr {
-            Repr::Young { len, dts, ts0, values } => replay(cfg, young_values(*len, dts, *ts0, values)).snapshot(),
-            Repr::Full(s) => s.snapshot(),
+            Repr::Young { len, dts, ts0, values, .. } => replay(cfg, young_values(*len, dts, *ts0, values)).snapshot(),
+            Repr::Full { stats, .. } => stats.snapshot(),
         }
     }
 }
@@ -1137,6 +1155,8 @@ mod tests {
     #[test]
     fn compact_stats_is_small_while_young() {
         assert!(std::mem::size_of::<CompactStats>() <= 56, "{}", std::mem::size_of::<CompactStats>());
+        // A two-byte key (a channel) fits in the padding.
+        assert_eq!(std::mem::size_of::<CompactStats<u16>>(), std::mem::size_of::<CompactStats>());
         let c = StatsConfig::default();
         let mut s = CompactStats::new();
         for i in 0..YOUNG_VALUES as i64 {
@@ -1146,7 +1166,7 @@ mod tests {
         s.update(&c, T0 + 10, f64::NAN);
         assert!(matches!(s.repr, Repr::Young { .. }), "non-finite values are not kept");
         s.update(&c, T0 + 10, 2.0);
-        assert!(matches!(s.repr, Repr::Full(_)));
+        assert!(matches!(s.repr, Repr::Full { .. }));
         assert_eq!(s.count(), YOUNG_VALUES as u64 + 1);
 
         // A timestamp too far from the first one for an i32 difference.
@@ -1157,13 +1177,22 @@ mod tests {
             s.update(&c, T0 + i64::from(i32::MIN), 3.0);
             assert!(matches!(s.repr, Repr::Young { len: 3, .. }));
             s.update(&c, far, 4.0);
-            assert!(matches!(s.repr, Repr::Full(_)));
+            assert!(matches!(s.repr, Repr::Full { .. }));
             let mut full = ChannelStats::new(&c);
             for (ts, v) in [(T0, 1.0), (T0 + i64::from(i32::MAX), 2.0), (T0 + i64::from(i32::MIN), 3.0), (far, 4.0)] {
                 full.update(&c, ts, v);
             }
             assert_eq!(snapshot_bits(&s.snapshot(&c)), snapshot_bits(&full.snapshot()));
         }
+
+        // The key is kept when the statistics grow up.
+        let mut s = CompactStats::with_key(7u16);
+        for i in 0..=YOUNG_VALUES as i64 {
+            assert_eq!(s.key(), 7);
+            s.update(&c, T0 + i, 1.0);
+        }
+        assert!(matches!(s.repr, Repr::Full { key: 7, .. }));
+        assert_eq!(s.key(), 7);
     }
 
     proptest! {
