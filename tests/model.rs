@@ -129,23 +129,6 @@ fn generated_fleet_matches_reference_model() {
     }
 }
 
-/// A fleet wide enough that an hour's closing snapshots and windows (5,000
-/// keys on one worker) leave the statistics and windows operators in more
-/// than one chunk (4,096 records per activation), mid-run and at the end:
-/// the records and their order are those of the model.
-#[test]
-fn a_fleet_wider_than_a_chunk_matches_reference_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = tmp.path().join("fleet");
-    let cfg = GenConfig { devices: 1_000, hours: 1.25, ..Default::default() };
-    generate(&cfg, &ds, &mut |_, _| {}).expect("generating the fleet");
-    let files = DatasetFiles::read(&ds).unwrap();
-    let r = check_against_model(&files, &PipelineSpec::builtin(), &Config::documented_defaults(), &[1]);
-    if let Err(e) = r {
-        panic!("{e}");
-    }
-}
-
 /// The sorted lines of every output file.
 fn record_sets(out: &Path) -> Vec<(String, Vec<String>)> {
     eddy::runtime::replay::OUTPUTS

@@ -97,9 +97,8 @@ where
 
 /// Records sent per activation when windows close: a window of every
 /// device closing at once leaves in chunks, each written by the sink before
-/// the next is made, rather than all at once, and the worker runs the other
-/// operators (the alerts among them) between chunks.
-const CLOSE_CHUNK: usize = 4_096;
+/// the next is made, rather than all at once.
+const CLOSE_CHUNK: usize = 65_536;
 
 /// The aggregates of one device in one window, one per channel, in one
 /// allocation of exactly the device's channels.
