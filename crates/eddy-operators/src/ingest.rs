@@ -31,6 +31,7 @@ use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
 use eddy_core::validate::{parse_line, LateTracker, Ranges};
 
 use crate::metrics::{latency, Metrics};
+use crate::sink::Taken;
 
 /// Settings of the ingest source.
 #[derive(Clone, Debug)]
@@ -53,7 +54,45 @@ pub struct IngestConfig {
     pub pace_tick: Duration,
     /// Also emit every line as received (for the raw archive).
     pub raw: bool,
+    /// Bounds the lines read ahead of what the job's sinks have taken in
+    /// (unpaced runs only); `None` reads as fast as the input allows.
+    pub backpressure: Option<Backpressure>,
 }
+
+/// How far an unpaced source may read ahead of the dataflow.
+///
+/// The source counts the lines it stamped with each time. Lines stamped with
+/// a time every sink has taken in (`processed`) have reached every sink;
+/// the others are in flight, queued in channels or held by operators. Before
+/// each batch the source checks that fewer than `max_lines` of the lines
+/// stamped before its current time are in flight, and otherwise waits. Lines
+/// at the current time do not count: no sink can pass a time the source
+/// still holds, so counting them could stop the source for good.
+///
+/// Without it, a fast source on one worker fills the channels to the other
+/// workers with readings for as long as they are slower than it.
+#[derive(Clone, Debug)]
+pub struct Backpressure {
+    /// How far each sink has taken its input in (not its durable frontier,
+    /// which lags by a file's age). Filled as the job's sinks are built.
+    pub processed: Rc<RefCell<Vec<Taken>>>,
+    /// Lines in flight before the source waits.
+    pub max_lines: u64,
+}
+
+impl Backpressure {
+    /// Lines in flight before the source waits, by default: about 50 MB of
+    /// readings and their copies between operators.
+    pub const MAX_LINES: u64 = 1 << 17;
+
+    /// True while a line stamped `t` has not reached every sink.
+    fn in_flight(&self, t: u64) -> bool {
+        self.processed.borrow().iter().any(|p| !p.passed(t))
+    }
+}
+
+/// How often a source held back by [`Backpressure`] looks at the sinks again.
+const BACKPRESSURE_POLL: Duration = Duration::from_micros(500);
 
 /// What a worker's ingest source tells other operators on the same worker:
 /// how far it has read, when it is done, and which epoch began where.
@@ -159,6 +198,11 @@ pub fn ingest_source<'s>(
         let mut last_bytes = 0u64;
         // Bench latency marks: the epoch being counted and its readings so far.
         let (mut lat_t, mut lat_n) = (u64::MAX, 0u64);
+        // Backpressure: lines stamped with each earlier time, oldest first,
+        // while some sink has not passed it; their sum; lines at the current time.
+        let backpressure = cfg.backpressure.clone().filter(|_| cfg.speed.is_none());
+        let mut flight: VecDeque<(u64, u64)> = VecDeque::new();
+        let (mut flight_lines, mut lines_now) = (0u64, 0u64);
 
         move |_frontiers| {
             let (Some(cr), Some(cd), Some(craw)) = (cap_r.as_mut(), cap_d.as_mut(), cap_raw.as_mut()) else {
@@ -172,6 +216,20 @@ pub fn ingest_source<'s>(
                 progress.notify();
                 return;
             };
+            if let Some(bp) = &backpressure {
+                while let Some(&(t, n)) = flight.front() {
+                    if bp.in_flight(t) {
+                        break;
+                    }
+                    flight.pop_front();
+                    flight_lines -= n;
+                }
+                if flight_lines >= bp.max_lines {
+                    // The sinks' frontiers move as other operators run; look again shortly.
+                    activator.activate_after(BACKPRESSURE_POLL);
+                    return;
+                }
+            }
             let mut handle_r = out_r.activate();
             let mut handle_d = out_d.activate();
             let mut handle_raw = out_raw.activate();
@@ -222,11 +280,17 @@ pub fn ingest_source<'s>(
                     flush(&mut handle_r, cr, &mut buf_r);
                     flush(&mut handle_d, cd, &mut buf_d);
                     flush(&mut handle_raw, craw, &mut buf_raw);
+                    if lines_now > 0 {
+                        flight.push_back((*cr.time(), lines_now));
+                        flight_lines += lines_now;
+                        lines_now = 0;
+                    }
                     cr.downgrade(&t);
                     cd.downgrade(&t);
                     craw.downgrade(&t);
                     progress.epochs.borrow_mut().push_back((t, pos));
                 }
+                lines_now += 1;
                 if lat.on() && t != lat_t {
                     if lat_t != u64::MAX {
                         lat.ingested(lat_t, lat_n);
@@ -293,6 +357,11 @@ pub fn ingest_source<'s>(
                 // more lines arrive for a while.
                 let t = time_of(late.watermark(), cfg.epoch_ms);
                 if t > *cr.time() {
+                    if lines_now > 0 {
+                        flight.push_back((*cr.time(), lines_now));
+                        flight_lines += lines_now;
+                        lines_now = 0;
+                    }
                     cr.downgrade(&t);
                     cd.downgrade(&t);
                     craw.downgrade(&t);
@@ -317,5 +386,112 @@ fn flush<D: 'static>(
 ) {
     if !buf.is_empty() {
         handle.session(cap).give_iterator(buf.drain(..));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use timely::dataflow::operators::Exchange;
+
+    use crate::sink::sink;
+
+    /// Lines 100 ms of event time apart, from `dev-0`.
+    struct Lines {
+        next: u64,
+        end: u64,
+    }
+
+    impl LineSource for Lines {
+        fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<Position>> {
+            if self.next == self.end {
+                return Ok(None);
+            }
+            let ts = 1_767_225_600_000 + self.next as i64 * 100;
+            buf.extend_from_slice(format!("{{\"device_id\":\"dev-0\",\"ts\":{ts},\"pm25\":{}}}", self.next).as_bytes());
+            self.next += 1;
+            Ok(Some(Position::line(self.next)))
+        }
+        fn bytes_read(&self) -> u64 {
+            0
+        }
+        fn describe(&self) -> String {
+            "test lines".into()
+        }
+    }
+
+    /// A sink that takes 1 ms a batch and records what it got.
+    struct Slow {
+        metrics: Arc<Metrics>,
+        consumed: Arc<AtomicU64>,
+        most: Arc<AtomicU64>,
+        got: Arc<parking_lot::Mutex<Vec<f64>>>,
+    }
+
+    impl eddy_core::sink::BatchSink<Reading> for Slow {
+        fn write(&mut self, batch: &mut Vec<Reading>) {
+            std::thread::sleep(Duration::from_millis(1));
+            let read = Metrics::get(&self.metrics.lines);
+            let done = self.consumed.fetch_add(batch.len() as u64, Ordering::SeqCst);
+            self.most.fetch_max(read.saturating_sub(done), Ordering::SeqCst);
+            self.got.lock().extend(batch.drain(..).map(|r| r.values[0].1.unwrap_or(f64::NAN)));
+        }
+        fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+            upto
+        }
+    }
+
+    /// Runs 10,000 lines from worker 0 to a consumer on worker 1 that takes
+    /// 1 ms a batch; returns the most lines read but not yet consumed, and
+    /// the values consumed in order.
+    fn run(backpressure: Option<u64>) -> (u64, Vec<f64>) {
+        const LINES: u64 = 10_000;
+        let metrics = Arc::new(Metrics::default());
+        let consumed = Arc::new(AtomicU64::new(0));
+        let most = Arc::new(AtomicU64::new(0));
+        let got = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (m, c, mo, g) = (Arc::clone(&metrics), Arc::clone(&consumed), Arc::clone(&most), Arc::clone(&got));
+        timely::execute(timely::Config::process(2), move |worker| {
+            let (metrics, consumed, most, got) = (Arc::clone(&m), Arc::clone(&c), Arc::clone(&mo), Arc::clone(&g));
+            let processed = Rc::new(RefCell::new(Vec::new()));
+            let cfg = IngestConfig {
+                lateness_ms: 0,
+                epoch_ms: 1000,
+                ranges: Ranges::default(),
+                speed: None,
+                batch_lines: 64,
+                pace_tick: Duration::from_millis(1),
+                raw: false,
+                backpressure: backpressure
+                    .map(|max_lines| Backpressure { processed: Rc::clone(&processed), max_lines }),
+            };
+            let input: Option<Box<dyn LineSource>> =
+                (worker.index() == 0).then(|| Box::new(Lines { next: 0, end: LINES }) as Box<dyn LineSource>);
+            worker.dataflow::<u64, _, _>(|scope| {
+                let s = ingest_source(scope, "ingest", input, cfg, Rc::default(), Arc::clone(&metrics));
+                let slow = Slow { metrics: Arc::clone(&metrics), consumed, most, got };
+                let (_, taken) = sink(s.readings.exchange(|_| 1), "slow", slow);
+                processed.borrow_mut().push(taken);
+            });
+        })
+        .expect("timely runs");
+        let most = most.load(Ordering::SeqCst);
+        let got = std::mem::take(&mut *got.lock());
+        (most, got)
+    }
+
+    #[test]
+    fn backpressure_bounds_the_lines_in_flight_and_loses_none() {
+        let expected: Vec<f64> = (0..10_000).map(|i| i as f64).collect();
+        let (held, got) = run(Some(256));
+        assert_eq!(got, expected);
+        // At most: the bound, a batch read after the last check, and the
+        // epoch being read (10 lines).
+        assert!(held <= 256 + 64 + 10 + 64, "{held} lines in flight with a bound of 256");
+        // Without it the source reads far ahead of the slow consumer.
+        let (free, got) = run(None);
+        assert_eq!(got, expected);
+        assert!(free > 1_000, "only {free} lines in flight without backpressure");
     }
 }

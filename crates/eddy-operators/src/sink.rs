@@ -7,6 +7,9 @@
 //! epochs every sink has made durable. That is what the commit ledger uses
 //! to advance a source's committed position.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -15,15 +18,30 @@ use timely::progress::Antichain;
 
 pub use eddy_core::sink::BatchSink;
 
+/// How far a sink has taken its input in, durable or not: the least time of
+/// its input frontier, as of the sink's last activation (`u64::MAX` once the
+/// input is complete). The ingest source reads it to bound what is in flight.
+#[derive(Clone, Debug, Default)]
+pub struct Taken(Rc<Cell<u64>>);
+
+impl Taken {
+    /// True once the sink has taken in every record at time `t`.
+    pub fn passed(&self, t: u64) -> bool {
+        self.0.get() > t
+    }
+}
+
 /// Attaches `sink` to `stream`. The returned stream's frontier is the sink's
-/// committed frontier.
+/// committed frontier; the [`Taken`] follows its input frontier.
 pub fn sink<'s, D: 'static, S: BatchSink<D>>(
     stream: StreamVec<'s, u64, D>,
     name: &str,
     mut sink: S,
-) -> StreamVec<'s, u64, ()> {
+) -> (StreamVec<'s, u64, ()>, Taken) {
     let scope = stream.scope();
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, info| {
+    let taken = Taken::default();
+    let seen = taken.clone();
+    let out = stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, info| {
         let mut held = Some(cap);
         let mut last = Antichain::from_elem(0u64);
         let mut pending = false;
@@ -31,6 +49,7 @@ pub fn sink<'s, D: 'static, S: BatchSink<D>>(
         move |(input, frontier), _output| {
             input.for_each(|_cap, data| sink.write(data));
             let f = frontier.frontier();
+            seen.0.set(f.iter().copied().min().unwrap_or(u64::MAX));
             if f != last.borrow() || pending {
                 let durable = sink.commit(f.iter().copied().min());
                 last = f.to_owned();
@@ -48,5 +67,6 @@ pub fn sink<'s, D: 'static, S: BatchSink<D>>(
                 }
             }
         }
-    })
+    });
+    (out, taken)
 }

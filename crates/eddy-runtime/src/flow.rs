@@ -29,7 +29,7 @@ use eddy_operators::detect::detect;
 use eddy_operators::enrich::enrich;
 use eddy_operators::ordered::{exchange_ordered, filter_ordered, map_ordered};
 use eddy_operators::reference::Reference;
-use eddy_operators::sink::sink;
+use eddy_operators::sink::{sink, Taken};
 use eddy_operators::stats::{stats, StatsParams};
 use eddy_operators::windows::{window_aggregate, windows, Windowed};
 use eddy_state::window::WindowSpec;
@@ -50,12 +50,20 @@ impl<'s, D: Clone + 'static> Clone for Flow<'s, D> {
 /// the sink commits. The job runner probes it for the commit ledger.
 pub struct Committed<'s> {
     pub(crate) stream: StreamVec<'s, u64, ()>,
+    /// How far the sink has taken its input in, durable or not.
+    pub(crate) processed: Option<Taken>,
 }
 
 impl<'s> Committed<'s> {
     /// Adds this sink to a probe.
     pub fn probe_with(self, probe: &ProbeHandle<u64>) {
         self.stream.probe_with(probe);
+    }
+
+    /// The frontier of the sink's input, if it has one: how far the sink has
+    /// taken its input in, durable or not.
+    pub fn processed(&self) -> Option<&Taken> {
+        self.processed.as_ref()
     }
 }
 
@@ -137,7 +145,8 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
     /// Writes the records to `sink`, which commits each time the frontier advances.
     pub fn sink<S: BatchSink<D>>(self, sink_impl: S) -> Committed<'s> {
         let name = self.name("sink");
-        Committed { stream: sink(self.stream, &name, sink_impl) }
+        let (stream, processed) = sink(self.stream, &name, sink_impl);
+        Committed { stream, processed: Some(processed) }
     }
 }
 

@@ -6,6 +6,7 @@
 //! run's [`Summary`]. `eddy replay` is one such job (see `replay.rs`); so is
 //! `examples/custom_job.rs`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -23,9 +24,10 @@ use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
 use eddy_core::reference::{RefChange, RefUpdate, Rule, RuleScope};
 use eddy_core::spec::PipelineSpec;
 use eddy_core::Channel;
-use eddy_operators::ingest::{ingest_source, IngestConfig, SourceProgress};
+use eddy_operators::ingest::{ingest_source, Backpressure, IngestConfig, SourceProgress};
 use eddy_operators::metrics::Metrics;
 use eddy_operators::reference::{reference, Reference};
+use eddy_operators::sink::Taken;
 use eddy_parquet::{BackupWriter, RawArchiveWriter};
 
 use crate::backup::{backup_config, ParquetSink, Resume};
@@ -167,6 +169,8 @@ pub struct JobContext<'s, 'a> {
     updates: Option<Vec<RefUpdate>>,
     progress: Rc<SourceProgress>,
     probe: ProbeHandle<u64>,
+    /// The sinks' input frontiers, for the ingest source's backpressure.
+    processed: Rc<RefCell<Vec<Taken>>>,
     reference: Option<Reference<'s>>,
 }
 
@@ -198,6 +202,10 @@ impl<'s, 'a> JobContext<'s, 'a> {
             batch_lines: 1024,
             pace_tick: PACE_TICK,
             raw: self.shared.spec.backup.enabled && self.shared.spec.backup.raw_archive,
+            backpressure: Some(Backpressure {
+                processed: Rc::clone(&self.processed),
+                max_lines: Backpressure::MAX_LINES,
+            }),
         };
         let name = spec.name.clone().unwrap_or_else(|| "ingest".into());
         let streams = ingest_source(
@@ -295,6 +303,9 @@ impl<'s, 'a> JobContext<'s, 'a> {
     /// Registers a sink with the commit ledger. Every sink of a job must be
     /// committed, or the ledger cannot say when its input is durable.
     pub fn commit(&self, committed: Committed<'s>) {
+        if let Some(p) = committed.processed() {
+            self.processed.borrow_mut().push(p.clone());
+        }
         committed.probe_with(&self.probe);
     }
 }
@@ -459,6 +470,7 @@ where
             updates: Some(updates),
             progress: Rc::clone(&progress),
             probe: probe.clone(),
+            processed: Rc::default(),
             reference: None,
         };
         build(&mut ctx);

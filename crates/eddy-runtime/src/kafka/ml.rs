@@ -323,7 +323,7 @@ pub(super) fn build_enrich_in_loop(ctx: &mut Ctx<'_>) -> Result<()> {
         Arc::clone(&ctx.shared.metrics),
     );
     let (acked, acked_stream) = acked_stream.probe();
-    Committed { stream: acked_stream }.probe_with(&ctx.probe);
+    Committed { stream: acked_stream, processed: None }.probe_with(&ctx.probe);
     ctx.sink(dead, t.deadletter(), dead_encoder());
     ctx.topic_marks.push(TopicMark {
         topic: t.enriched(),

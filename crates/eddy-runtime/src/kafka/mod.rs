@@ -510,7 +510,7 @@ impl<'s> Ctx<'s> {
             self.shared.resume_from,
             Arc::clone(&self.shared.metrics),
         );
-        Committed { stream }.probe_with(&self.probe);
+        Committed { stream, processed: None }.probe_with(&self.probe);
     }
 
     /// The reference arrangements: what the reference topics held at start,
