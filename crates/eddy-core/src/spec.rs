@@ -329,7 +329,7 @@ fn d_row_group() -> usize {
     131_072
 }
 fn d_level() -> i32 {
-    3
+    1
 }
 
 /// `kind = "backup"`: the near-real-time Parquet backup of every valid
@@ -358,7 +358,8 @@ pub struct BackupSpec {
     /// Rows per Parquet row group. Default 131,072.
     #[serde(default = "d_row_group")]
     pub row_group_rows: usize,
-    /// zstd level, 1..=22. Default 3.
+    /// zstd level, 1..=22. Default 1: on the fleet it spends 2% fewer
+    /// instructions than 3 for files of the same size (`docs/decisions.md`).
     #[serde(default = "d_level")]
     pub compression_level: i32,
 }

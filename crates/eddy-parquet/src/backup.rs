@@ -54,14 +54,14 @@ pub struct BackupConfig {
 
 impl Default for BackupConfig {
     /// 1,000,000 rows or 512 MiB per file, 131,072-row row groups, 5 s,
-    /// zstd level 3, 8 open files.
+    /// zstd level 1, 8 open files.
     fn default() -> Self {
         BackupConfig {
             max_rows_per_file: 1_000_000,
             max_bytes_per_file: 512 << 20,
             row_group_rows: 128 * 1024,
             max_file_age: Duration::from_secs(5),
-            compression_level: 3,
+            compression_level: 1,
             max_open_files: 8,
         }
     }
