@@ -337,7 +337,7 @@ pub fn write_bench_report(out: &Path, wall: Duration) -> std::io::Result<()> {
             *by_step.entry(step).or_default() += *d;
         }
         let mut by_step: Vec<(String, Duration)> = by_step.into_iter().collect();
-        by_step.sort_by(|a, b| b.1.cmp(&a.1));
+        by_step.sort_by_key(|b| std::cmp::Reverse(b.1));
         let steps: Vec<String> =
             by_step.iter().map(|(n, d)| format!("{}:{:.3}", json_str(n), d.as_secs_f64())).collect();
         let busy: f64 = g.busy.values().map(|d| d.as_secs_f64()).sum();

@@ -206,14 +206,14 @@ where
                         state.apply(u.change, &mut out);
                         progressed = true;
                         applied += 1;
-                        if applied % APPLY_CHUNK == 0 {
+                        if applied.is_multiple_of(APPLY_CHUNK) {
                             break;
                         }
                     }
                     if let Some(t) = at {
                         emit!(cd.delayed(&t), cr.delayed(&t), out, hd, hr);
                     }
-                    if applied % APPLY_CHUNK == 0 && applied > 0 {
+                    if applied.is_multiple_of(APPLY_CHUNK) && applied > 0 {
                         // More may be ready: the rest in the next activation.
                         activator.activate();
                         break;

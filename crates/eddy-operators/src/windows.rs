@@ -56,7 +56,7 @@ where
                 for d in data.drain(..) {
                     extract(&d, &mut |k: K, ts: i64, v: f64| {
                         for start in spec.windows_of(ts) {
-                            open.entry(start).or_default().entry(k.clone()).or_insert_with(WindowAgg::new).add(v);
+                            open.entry(start).or_default().entry(k.clone()).or_default().add(v);
                         }
                     });
                 }
