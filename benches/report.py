@@ -72,7 +72,8 @@ def main():
           f" (plus uncommitted changes, if any)\n")
 
     rows = [eddy_run(runs, n) for n in
-            ("w1", "w2", "w2-windows", "w2-after-spark", "w2-windows-after-spark", "paced", "million")]
+            ("w1", "w2", "w2-windows", "w2-after-spark", "w2-windows-after-spark", "paced", "million",
+             "million-steady")]
     rows = [r for r in rows if r]
     print("| run | lines | valid readings | wall s | readings/s | MB/s | CPU % | peak RSS MB |")
     print("|-----|-------|----------------|--------|------------|------|-------|-------------|")
@@ -132,11 +133,15 @@ def main():
         print(f"\n(eddy: the faster of the two -w 2 runs of each, {fmt(e)} and {fmt(ew)} readings/s;"
               f" Spark's session start, {sparks[0][1]['session_start_s']:.1f} s, is not counted)")
 
-    if "million" in by:
-        r = by["million"]
+    for name, what in (("million", "15 minutes of readings, every key young (at most 3 values)"),
+                       ("million-steady", "75 minutes of readings, the steady state (every key past its young "
+                                          "values, an hour of trend, an hourly close)")):
+        if name not in by:
+            continue
+        r = by[name]
         rss = r["rss"]
         tail = sorted(rss[len(rss) // 2:]) if rss else [0]
-        print(f"\n## memory: 1,000,000 devices × 5 channels\n")
+        print(f"\n## memory: 1,000,000 devices × 5 channels, {what}\n")
         print(f"peak RSS {fmt(r.get('peak_rss_mb', 0))} MB; median RSS over the second half of the run "
               f"{fmt(tail[len(tail) // 2])} MB ({len(rss)} samples); {fmt(r['summary']['valid'])} readings "
               f"at {fmt(r['readings_per_s'])} readings/s")
