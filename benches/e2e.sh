@@ -130,7 +130,7 @@ if [ "$memory" = 1 ]; then
         rm -rf "$steady"
         "$eddy" gen "$steady" --devices 1000000 --hours 1.25 --seed 1
     fi
-    # The enriched, late and dead-letter lines would take 10 GB of disk; the
+    # The enriched, late and dead-letter lines would take several GB of disk; the
     # jobs that hold state (statistics, windows, alerts, backup) all run.
     run million-steady 2 "$steady" -- --outputs stats,windows,events
     rm -rf "$runs/million-steady/backup" "$runs/million-steady/raw" "$runs/million-steady/"*.jsonl
