@@ -27,5 +27,5 @@
 pub mod stats;
 pub mod window;
 
-pub use stats::{ChannelStats, CompactStats, StatsConfig, StatsSnapshot};
+pub use stats::{ChannelStats, CompactStats, DeviceStats, StatsConfig, StatsSnapshot};
 pub use window::{WindowAgg, WindowSpec};
