@@ -185,14 +185,22 @@ fn stats_chunked<'s>(
                     }
                     let slots = state.entry(r.device).or_default();
                     let end = snapshot_end(r.ts, every);
+                    // The reading's window, `lo..end`, if it is computed
+                    // without overflow (then `end` is its end).
+                    let window =
+                        r.ts.div_euclid(every).checked_mul(every).and_then(|lo| Some(lo..lo.checked_add(every)?));
                     // Slots 0..32 whose window close this reading registers.
                     let mut mask = 0u32;
                     slots.update(&cfg, r.ts, r.usable(), |i, last_ts| {
                         // Register the window's close once per run of values
                         // in it: when the slot's previous value (finite or
                         // not, as `update` reports it) fell in another window.
-                        let last_end = last_ts.map_or(i64::MIN, |ts| snapshot_end(ts, every));
-                        if end != last_end {
+                        let same_window = match last_ts {
+                            // The usual case, told without a division.
+                            Some(ts) if window.as_ref().is_some_and(|w| w.contains(&ts)) => true,
+                            last_ts => last_ts.map_or(i64::MIN, |ts| snapshot_end(ts, every)) == end,
+                        };
+                        if !same_window {
                             let (word, bit) = (i / 32, i % 32);
                             if word == 0 {
                                 mask |= 1 << bit;
@@ -381,6 +389,62 @@ mod tests {
         }
         got.sort_by_key(|(t, r)| (*t, r.device_id, r.channel));
         got.into_iter().map(|(t, r)| (t, format!("{r:?}"))).collect()
+    }
+
+    /// Runs the operator over `readings`, each sent at its own `ts` as its
+    /// time; returns every (time, snapshot).
+    fn run_readings(readings: Vec<Enriched>) -> Vec<(u64, StatsRecord)> {
+        let params = StatsParams { config: StatsConfig::default(), snapshot_every_ms: 60 * MIN };
+        let rx = timely::execute_directly(move |worker| {
+            let (mut input, probe, rx) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<Enriched>>();
+                let (probe, out) = stats(stream, params, "stats").probe();
+                (input, probe, out.capture())
+            });
+            for r in readings {
+                input.advance_to(r.ts as u64);
+                input.send(r);
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+            drop(input);
+            worker.step_while(|| !probe.done());
+            rx
+        });
+        let mut got = Vec::new();
+        for event in rx.try_iter() {
+            if let Event::Messages(stamp, data) = event {
+                let t = stamp.into_elements().pop().expect("one time");
+                got.extend(data.into_iter().map(|r| (t, r)));
+            }
+        }
+        got.sort_by_key(|(t, r)| (*t, r.channel));
+        got
+    }
+
+    /// A non-finite value changes no statistic but, as a value given to its
+    /// channel, still registers a snapshot of its window (as it always did:
+    /// the snapshots must not change).
+    #[test]
+    fn a_non_finite_value_registers_its_window() {
+        let d = DeviceId::intern("nan-dev");
+        let mut readings = vec![reading(d, 10 * MIN, 1, 1.0), reading(d, 70 * MIN, 2, 0.0)];
+        readings[1].values = smallvec![(Channel::PM25, Some(f64::NAN))];
+        let got = run_readings(readings);
+        let summary: Vec<(u64, Channel, u64, i64)> =
+            got.iter().map(|(t, r)| (*t, r.channel, r.stats.count, r.stats.ts)).collect();
+        let (hour, last_input) = (60 * MIN as u64, 70 * MIN as u64);
+        assert_eq!(
+            summary,
+            [
+                (hour, Channel::PM25, 1, 10 * MIN),
+                (hour, Channel::CO2, 1, 10 * MIN),
+                // The final state, at the end of input.
+                (last_input, Channel::PM25, 1, 10 * MIN),
+                (last_input, Channel::CO2, 1, 10 * MIN),
+                // Registered by the NaN alone.
+                (2 * hour, Channel::PM25, 1, 10 * MIN),
+            ]
+        );
     }
 
     /// Snapshots due at an hour's end go out a device at a time, the epoch

@@ -515,14 +515,26 @@ impl<K: Copy + PartialEq> DeviceStats<K> {
     where
         I: Iterator<Item = (K, f64)> + Clone,
     {
-        self.add_keys(values.clone());
+        // One pass over the reading tells whether it brings new keys and
+        // whether it gives a young slot a value (so a usual reading is
+        // scanned twice in all, with the loop below).
+        let (_, slots) = self.parts();
+        let (mut missing, mut gives_young) = (false, false);
+        for (k, _) in values.clone() {
+            match slots.iter().find(|s| s.key() == k) {
+                None => missing = true,
+                Some(s) => gives_young |= s.is_young(),
+            }
+        }
+        if missing {
+            self.add_keys(values.clone());
+            gives_young = true;
+        }
         let (timeline, slots) = self.parts_mut();
         let slot_of = |slots: &[Slot<K>], k: K| slots.iter().position(|s| s.key() == k);
-        let gives_young =
-            |slots: &[Slot<K>]| values.clone().any(|(k, _)| slot_of(slots, k).is_some_and(|i| slots[i].is_young()));
         // The reading's timeline entry, if it gives a young slot a value.
         let mut entry = None;
-        if gives_young(slots) {
+        if gives_young {
             if !slots.iter().any(Slot::holds_young_values) {
                 *timeline = Timeline::EMPTY;
             }
@@ -533,7 +545,7 @@ impl<K: Copy + PartialEq> DeviceStats<K> {
                 }
                 // Only new keys are still young.
                 *timeline = Timeline::EMPTY;
-                if gives_young(slots) {
+                if values.clone().any(|(k, _)| slot_of(slots, k).is_some_and(|i| slots[i].is_young())) {
                     entry = timeline.push(ts);
                 }
             }
@@ -551,7 +563,9 @@ impl<K: Copy + PartialEq> DeviceStats<K> {
                 _ => {
                     // A full slot, or a young one given a second value in
                     // this reading.
-                    slot.promote(cfg, timeline);
+                    if slot.is_young() {
+                        slot.promote(cfg, timeline);
+                    }
                     if let Slot::Full { last_ts, stats, .. } = slot {
                         stats.update(cfg, ts, v);
                         *last_ts = ts;
