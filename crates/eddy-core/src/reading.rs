@@ -290,7 +290,7 @@ impl Clone for Enriched {
 
 impl Enriched {
     /// The usable (non-null, non-junk, calibrated) values.
-    pub fn usable(&self) -> impl Iterator<Item = (Channel, f64)> + '_ {
+    pub fn usable(&self) -> impl Iterator<Item = (Channel, f64)> + Clone + '_ {
         self.values.iter().filter_map(|(c, v)| v.map(|v| (*c, v)))
     }
 

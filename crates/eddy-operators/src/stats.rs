@@ -12,8 +12,8 @@
 //! State is kept per device, not per key: one map entry and one allocation
 //! hold the statistics of all its channels (a hash-map entry and its slack
 //! per (device, channel) cost more than the statistics themselves with a
-//! million devices), and each channel's statistics are a [`CompactStats`]:
-//! a key with few values keeps just those values, inline.
+//! million devices), a [`DeviceStats`]: a device with few readings keeps
+//! just their times and values, inline.
 
 use std::collections::BTreeMap;
 
@@ -27,7 +27,7 @@ use timely::dataflow::StreamVec;
 use eddy_core::ids::{Channel, DeviceId};
 use eddy_core::reading::Enriched;
 use eddy_core::records::StatsRecord;
-use eddy_state::stats::{CompactStats, StatsConfig};
+use eddy_state::stats::{DeviceStats, StatsConfig};
 
 /// Settings of the statistics operator.
 #[derive(Clone, Debug)]
@@ -51,46 +51,14 @@ pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
 /// `docs/decisions.md`.)
 const CHUNK: usize = 65_536;
 
-/// The statistics of one channel of a device (the channel is kept inside
-/// them, in what would be padding: 64 bytes a slot instead of 72, so five
-/// channels fit jemalloc's 320-byte class instead of its 384), with the end
-/// of the snapshot window its latest value fell in. A device's slots live in
-/// one allocation, of exactly the device's channels.
-struct Slot {
-    last_end: i64,
-    stats: CompactStats<Channel>,
-}
-
-impl Slot {
-    fn channel(&self) -> Channel {
-        self.stats.key()
-    }
-}
-
-/// The slots of one device.
-type Slots = Box<[Slot]>;
+/// The statistics of one device's channels; a channel's index in it (its
+/// *slot*) is fixed from when the channel is first seen.
+type Slots = DeviceStats<Channel>;
 
 /// Snapshots due at a window's end: a device and the slots `32 × word + b`
 /// for each bit `b` set in the mask (a reading's channels in one entry).
 /// A slot's index never changes while a snapshot of it is due.
 type Due = (DeviceId, u32, u32);
-
-/// Adds a slot to `slots` for each usable channel of `r` that has none, in
-/// one reallocation.
-fn add_slots(slots: &mut Slots, r: &Enriched) {
-    let missing = r.usable().filter(|(c, _)| !slots.iter().any(|s| s.channel() == *c)).count();
-    if missing == 0 {
-        return;
-    }
-    let mut v = std::mem::take(slots).into_vec();
-    v.reserve_exact(missing);
-    for (c, _) in r.usable() {
-        if !v.iter().any(|s| s.channel() == c) {
-            v.push(Slot { last_end: i64::MIN, stats: CompactStats::with_key(c) });
-        }
-    }
-    *slots = v.into_boxed_slice();
-}
 
 /// The statistics operator. Its input must be partitioned by device and hold
 /// only non-late readings.
@@ -154,23 +122,24 @@ fn stats_chunked<'s>(
                 let mut i = 0;
                 while i < due.len() && sent < limit {
                     let d = due[i].0;
-                    let slots = state.get(&d).map_or(&[][..], |s| &s[..]);
+                    let slots = state.get(&d);
                     due_slots.clear();
                     while i < due.len() && due[i].0 == d {
                         let (_, word, mut mask) = due[i];
                         while mask != 0 {
                             let idx = word as usize * 32 + mask.trailing_zeros() as usize;
                             mask &= mask - 1;
-                            if let Some(s) = slots.get(idx) {
-                                due_slots.push((s.channel(), idx));
+                            if let Some(c) = slots.and_then(|s| s.key(idx)) {
+                                due_slots.push((c, idx));
                             }
                         }
                         i += 1;
                     }
                     due_slots.sort_unstable();
                     for &(c, idx) in &due_slots {
-                        let stats = slots[idx].stats.snapshot(&close_cfg);
-                        out.push((end, StatsRecord { device_id: d, channel: c, stats }));
+                        if let Some(stats) = slots.and_then(|s| s.snapshot(idx, &close_cfg)) {
+                            out.push((end, StatsRecord { device_id: d, channel: c, stats }));
+                        }
                     }
                     sent += due_slots.len();
                 }
@@ -215,17 +184,23 @@ fn stats_chunked<'s>(
                         continue;
                     }
                     let slots = state.entry(r.device).or_default();
-                    add_slots(slots, &r);
                     let end = snapshot_end(r.ts, every);
+                    // The reading's window, `lo..end`, if it is computed
+                    // without overflow (then `end` is its end).
+                    let window =
+                        r.ts.div_euclid(every).checked_mul(every).and_then(|lo| Some(lo..lo.checked_add(every)?));
                     // Slots 0..32 whose window close this reading registers.
                     let mut mask = 0u32;
-                    for (c, v) in r.usable() {
-                        let Some(i) = slots.iter().position(|s| s.channel() == c) else { continue };
-                        let slot = &mut slots[i];
-                        slot.stats.update(&cfg, r.ts, v);
-                        // Register the window's close once per run of values in it.
-                        if end != slot.last_end {
-                            slot.last_end = end;
+                    slots.update(&cfg, r.ts, r.usable(), |i, last_ts| {
+                        // Register the window's close once per run of values
+                        // in it: when the slot's previous value (finite or
+                        // not, as `update` reports it) fell in another window.
+                        let same_window = match last_ts {
+                            // The usual case, told without a division.
+                            Some(ts) if window.as_ref().is_some_and(|w| w.contains(&ts)) => true,
+                            last_ts => last_ts.map_or(i64::MIN, |ts| snapshot_end(ts, every)) == end,
+                        };
+                        if !same_window {
                             let (word, bit) = (i / 32, i % 32);
                             if word == 0 {
                                 mask |= 1 << bit;
@@ -234,7 +209,7 @@ fn stats_chunked<'s>(
                                 pending.entry(end).or_default().push((r.device, word, 1 << bit));
                             }
                         }
-                    }
+                    });
                     if mask != 0 {
                         pending.entry(end).or_default().push((r.device, 0, mask));
                     }
@@ -285,14 +260,13 @@ fn stats_chunked<'s>(
                             while budget > 0 {
                                 let Some(d) = devices.pop() else { break };
                                 // Sent, so no longer needed: freed as it goes.
-                                let Some(mut slots) = state.remove(&d) else { continue };
-                                slots.sort_unstable_by_key(Slot::channel);
-                                for s in slots.iter() {
-                                    session.give(StatsRecord {
-                                        device_id: d,
-                                        channel: s.channel(),
-                                        stats: s.stats.snapshot(&cfg),
-                                    });
+                                let Some(slots) = state.remove(&d) else { continue };
+                                let mut by_channel: Vec<(Channel, usize)> = slots.keys().zip(0..).collect();
+                                by_channel.sort_unstable();
+                                for (channel, i) in by_channel {
+                                    if let Some(stats) = slots.snapshot(i, &cfg) {
+                                        session.give(StatsRecord { device_id: d, channel, stats });
+                                    }
                                 }
                                 budget = budget.saturating_sub(slots.len());
                             }
@@ -337,13 +311,20 @@ fn emit_at_ends(
 mod tests {
     use super::*;
 
-    /// A million devices × 5 channels of slots: 320 bytes a device (jemalloc's
-    /// class for 5 × 64), where 5 × 72 took the 384-byte class.
+    /// A million devices × 5 channels: 224 bytes a young device in one
+    /// allocation (jemalloc's 224-byte class), where five 64-byte slots took
+    /// the 320-byte class; the map keeps a 16-byte fat pointer a device.
     #[test]
-    fn a_slot_takes_64_bytes() {
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
-        let s = Slot { last_end: i64::MIN, stats: CompactStats::with_key(Channel::VOC) };
-        assert_eq!(s.channel(), Channel::VOC);
+    fn a_young_device_of_five_channels_takes_224_bytes() {
+        assert_eq!(std::mem::size_of::<Slots>(), 16);
+        let cfg = StatsConfig::default();
+        let mut slots = Slots::default();
+        let channels = [Channel::PM25, Channel::CO2, Channel::VOC, Channel::TEMP, Channel::HUM];
+        for r in 0..4 {
+            slots.update(&cfg, r * 300_000, channels.iter().map(|c| (*c, 1.0)), |_, _| {});
+            assert_eq!(slots.allocated_bytes(), 224);
+        }
+        assert_eq!(slots.key(2), Some(Channel::VOC));
     }
 
     use eddy_core::reading::Position;
@@ -408,6 +389,62 @@ mod tests {
         }
         got.sort_by_key(|(t, r)| (*t, r.device_id, r.channel));
         got.into_iter().map(|(t, r)| (t, format!("{r:?}"))).collect()
+    }
+
+    /// Runs the operator over `readings`, each sent at its own `ts` as its
+    /// time; returns every (time, snapshot).
+    fn run_readings(readings: Vec<Enriched>) -> Vec<(u64, StatsRecord)> {
+        let params = StatsParams { config: StatsConfig::default(), snapshot_every_ms: 60 * MIN };
+        let rx = timely::execute_directly(move |worker| {
+            let (mut input, probe, rx) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<Enriched>>();
+                let (probe, out) = stats(stream, params, "stats").probe();
+                (input, probe, out.capture())
+            });
+            for r in readings {
+                input.advance_to(r.ts as u64);
+                input.send(r);
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+            drop(input);
+            worker.step_while(|| !probe.done());
+            rx
+        });
+        let mut got = Vec::new();
+        for event in rx.try_iter() {
+            if let Event::Messages(stamp, data) = event {
+                let t = stamp.into_elements().pop().expect("one time");
+                got.extend(data.into_iter().map(|r| (t, r)));
+            }
+        }
+        got.sort_by_key(|(t, r)| (*t, r.channel));
+        got
+    }
+
+    /// A non-finite value changes no statistic but, as a value given to its
+    /// channel, still registers a snapshot of its window (as it always did:
+    /// the snapshots must not change).
+    #[test]
+    fn a_non_finite_value_registers_its_window() {
+        let d = DeviceId::intern("nan-dev");
+        let mut readings = vec![reading(d, 10 * MIN, 1, 1.0), reading(d, 70 * MIN, 2, 0.0)];
+        readings[1].values = smallvec![(Channel::PM25, Some(f64::NAN))];
+        let got = run_readings(readings);
+        let summary: Vec<(u64, Channel, u64, i64)> =
+            got.iter().map(|(t, r)| (*t, r.channel, r.stats.count, r.stats.ts)).collect();
+        let (hour, last_input) = (60 * MIN as u64, 70 * MIN as u64);
+        assert_eq!(
+            summary,
+            [
+                (hour, Channel::PM25, 1, 10 * MIN),
+                (hour, Channel::CO2, 1, 10 * MIN),
+                // The final state, at the end of input.
+                (last_input, Channel::PM25, 1, 10 * MIN),
+                (last_input, Channel::CO2, 1, 10 * MIN),
+                // Registered by the NaN alone.
+                (2 * hour, Channel::PM25, 1, 10 * MIN),
+            ]
+        );
     }
 
     /// Snapshots due at an hour's end go out a device at a time, the epoch

@@ -8,7 +8,9 @@
 //!
 //! * one [`ChannelStats`] per (device, channel): running count, mean, min,
 //!   max, sample standard deviation, EWMA, top-k means and a rolling
-//!   least-squares trend (see [`stats`]);
+//!   least-squares trend (see [`stats`]), the channels of a device held
+//!   together in one [`DeviceStats`], which keeps a young device's values
+//!   until it has a few readings and computes the same statistics from them;
 //! * one [`WindowAgg`] per (device, channel, window), where the windows a
 //!   reading belongs to come from a [`WindowSpec`] (see [`window`]).
 //!
@@ -27,5 +29,5 @@
 pub mod stats;
 pub mod window;
 
-pub use stats::{ChannelStats, CompactStats, StatsConfig, StatsSnapshot};
+pub use stats::{ChannelStats, DeviceStats, StatsConfig, StatsSnapshot};
 pub use window::{WindowAgg, WindowSpec};
