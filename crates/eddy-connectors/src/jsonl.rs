@@ -89,6 +89,17 @@ impl JsonlSink {
         JsonlSink { file, buf: Vec::with_capacity(1 << 16), pending: 0 }
     }
 
+    fn encode_all<D: Encode>(&mut self, batch: &[D]) {
+        for d in batch {
+            d.encode(&mut self.buf);
+            self.buf.push(b'\n');
+            self.pending += 1;
+        }
+        if self.buf.len() >= 1 << 20 {
+            self.drain(false);
+        }
+    }
+
     fn drain(&mut self, flush: bool) {
         if !self.buf.is_empty() || flush {
             self.file.append(&self.buf, self.pending, flush);
@@ -100,14 +111,15 @@ impl JsonlSink {
 
 impl<D: Encode + 'static> BatchSink<D> for JsonlSink {
     fn write(&mut self, batch: &mut Vec<D>) {
-        for d in batch.drain(..) {
-            d.encode(&mut self.buf);
-            self.buf.push(b'\n');
-            self.pending += 1;
-        }
-        if self.buf.len() >= 1 << 20 {
-            self.drain(false);
-        }
+        self.encode_all(batch);
+        batch.clear();
+    }
+
+    fn write_shared(&mut self, batch: &[D])
+    where
+        D: Clone,
+    {
+        self.encode_all(batch);
     }
 
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {

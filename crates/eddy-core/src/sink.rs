@@ -8,6 +8,16 @@
 pub trait BatchSink<D>: 'static {
     /// Takes a batch of records; the sink may drain it.
     fn write(&mut self, batch: &mut Vec<D>);
+    /// Takes a batch of records that other consumers of the stream share,
+    /// so it cannot be drained. By default a copy goes to
+    /// [`BatchSink::write`]; a sink that only reads its records (an encoder)
+    /// overrides this to read them in place.
+    fn write_shared(&mut self, batch: &[D])
+    where
+        D: Clone,
+    {
+        self.write(&mut batch.to_vec());
+    }
     /// Commits what was written so far. `upto` is the new input frontier:
     /// `Some(t)` means times before `t` are complete; `None`, the input is.
     ///

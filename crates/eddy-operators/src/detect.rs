@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap as HashMap;
 use differential_dataflow::operators::arrange::Arranged;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
+use timely::dataflow::{Stream, StreamVec};
 
 use eddy_core::hysteresis::{observe, Active, Transition};
 use eddy_core::ids::DeviceId;
@@ -26,6 +26,7 @@ use eddy_core::reading::Enriched;
 use eddy_core::records::{EndReason, EventRecord, EventState};
 use eddy_core::reference::{effective_rules, Rule, RuleScope};
 
+use crate::batch::Batch;
 use crate::lookup::{as_of, compact_to, histories, max_time, Waiting};
 use crate::reference::RulesTrace;
 
@@ -136,14 +137,14 @@ fn apply_open(open: &mut Vec<Open>, r: &Enriched, rules: &[Rule], out: &mut Vec<
 
 /// The alerts operator. Its input must be partitioned by device and hold only
 /// non-late readings.
-pub fn detect<'s>(
-    enriched: StreamVec<'s, u64, Enriched>,
+pub fn detect<'s, C: Batch<Enriched>>(
+    enriched: Stream<'s, u64, C>,
     rules: Arranged<'s, RulesTrace>,
     name: &str,
 ) -> StreamVec<'s, u64, EventRecord> {
     let mut trace = rules.trace;
     enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
-        let mut stash: Waiting<Enriched> = Waiting::default();
+        let mut stash: Waiting<Enriched, C> = Waiting::default();
         let mut detector = Detector::default();
         move |(input, frontier), (rule_batches, rules_frontier), output| {
             input.for_each(|cap, data| {
@@ -158,7 +159,7 @@ pub fn detect<'s>(
                 stash.take_ready_by(rf, |r| u64::from(r.device.index()), |r, _t| !rf.less_equal(&(r.ts.max(0) as u64)));
             if !ready.is_empty() {
                 let mut keys: Vec<RuleScope> =
-                    ready.iter().flat_map(|(_, b)| b.iter().map(|r| RuleScope::Device(r.device))).collect();
+                    ready.iter().flat_map(|(_, b)| b.records().iter().map(|r| RuleScope::Device(r.device))).collect();
                 keys.push(RuleScope::All);
                 keys.sort();
                 keys.dedup();
@@ -172,11 +173,11 @@ pub fn detect<'s>(
                 let mut cache: HashMap<DeviceId, (u64, Vec<Rule>)> = HashMap::default();
                 let mut out = Vec::new();
                 for (cap, batch) in ready {
-                    for r in batch {
+                    for r in batch.records() {
                         let dev_hist = &hist[index[&RuleScope::Device(r.device)]];
                         let time = r.ts.max(0) as u64;
                         if dev_hist.is_empty() && time >= wild_latest {
-                            detector.apply(&r, &wild_rules, &mut out);
+                            detector.apply(r, &wild_rules, &mut out);
                             continue;
                         }
                         let (latest, now_rules) = cache.entry(r.device).or_insert_with(|| {
@@ -192,7 +193,7 @@ pub fn detect<'s>(
                             rules_then = effective_rules(&as_of(dev_hist, time), &as_of(wild, time));
                             &rules_then
                         };
-                        detector.apply(&r, rules, &mut out);
+                        detector.apply(r, rules, &mut out);
                     }
                     if !out.is_empty() {
                         crate::metrics::latency().events(*cap.time(), out.len() as u64);

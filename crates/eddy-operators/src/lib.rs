@@ -7,12 +7,14 @@
 //! * [`reference`]: reference data as differential arrangements;
 //! * [`enrich`]: calibration and context, looked up as of each reading's time;
 //! * [`stats`], [`windows`], [`detect`]: the statistics, windows and alerts jobs;
-//! * [`sink`]: writing a stream out, committing per epoch.
+//! * [`sink`]: writing a stream out, committing per epoch;
+//! * [`batch`]: batches that every consumer of a stream shares.
 //!
 //! Every operator handles its input in the order received (never by
 //! timestamp), so each device's readings keep their arrival order.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod detect;
 pub mod enrich;
 pub mod ingest;

@@ -12,31 +12,43 @@ use differential_dataflow::trace::TraceReader;
 use differential_dataflow::ExchangeData;
 use rustc_hash::FxHashSet;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 
 use timely::dataflow::operators::Capability;
 use timely::progress::frontier::AntichainRef;
 
-/// Readings waiting, in arrival order, for a reference frontier to pass them.
-pub struct Waiting<D> {
-    stash: VecDeque<(Capability<u64>, VecDeque<D>)>,
+use crate::batch::Batch;
+
+/// Readings waiting, in arrival order, for a reference frontier to pass them,
+/// in batches of type `C` (shared batches stay shared unless a batch is
+/// split: see [`Batch`]).
+pub struct Waiting<D, C = Vec<D>> {
+    stash: VecDeque<(Capability<u64>, C)>,
     /// For [`Waiting::take_ready_by`]: the keys with a record waiting among
     /// the first `scanned` batches, all of which were found not ready.
     blocked: FxHashSet<u64>,
     scanned: usize,
     /// The frontier `blocked` was found at.
     frontier: Vec<u64>,
+    _records: PhantomData<D>,
 }
 
-impl<D> Default for Waiting<D> {
+impl<D, C> Default for Waiting<D, C> {
     fn default() -> Self {
-        Waiting { stash: VecDeque::new(), blocked: FxHashSet::default(), scanned: 0, frontier: Vec::new() }
+        Waiting {
+            stash: VecDeque::new(),
+            blocked: FxHashSet::default(),
+            scanned: 0,
+            frontier: Vec::new(),
+            _records: PhantomData,
+        }
     }
 }
 
-impl<D> Waiting<D> {
+impl<D: Clone + 'static, C: Batch<D>> Waiting<D, C> {
     /// Queues a batch received under `cap`.
-    pub fn push(&mut self, cap: Capability<u64>, batch: Vec<D>) {
-        self.stash.push_back((cap, batch.into()));
+    pub fn push(&mut self, cap: Capability<u64>, batch: C) {
+        self.stash.push_back((cap, batch));
     }
 
     /// Takes every record for which `ready(record, time)` holds and no
@@ -53,7 +65,7 @@ impl<D> Waiting<D> {
         frontier: AntichainRef<u64>,
         key: impl Fn(&D) -> u64,
         ready: impl Fn(&D, u64) -> bool,
-    ) -> Vec<(Capability<u64>, Vec<D>)> {
+    ) -> Vec<(Capability<u64>, C)> {
         if frontier.iter().ne(self.frontier.iter()) {
             self.frontier = frontier.to_vec();
             self.blocked.clear();
@@ -70,28 +82,29 @@ impl<D> Waiting<D> {
             // The common case: nothing of the batch's keys is held back and
             // every record is ready. The batch leaves whole, without moving
             // its records one by one.
-            if self.blocked.is_empty() && batch.iter().all(|d| ready(d, t)) {
+            if self.blocked.is_empty() && batch.records().iter().all(|d| ready(d, t)) {
                 if !batch.is_empty() {
-                    out.push((cap, Vec::from(batch)));
+                    out.push((cap, batch));
                 }
                 continue;
             }
             let mut go = Vec::new();
-            let mut stay = VecDeque::new();
-            for d in batch {
+            let mut stay = Vec::new();
+            let mut batch = batch;
+            for d in batch.take() {
                 let k = key(&d);
                 if !self.blocked.contains(&k) && ready(&d, t) {
                     go.push(d);
                 } else {
                     self.blocked.insert(k);
-                    stay.push_back(d);
+                    stay.push(d);
                 }
             }
             if !go.is_empty() {
-                out.push((cap.clone(), go));
+                out.push((cap.clone(), C::from_vec(go)));
             }
             if !stay.is_empty() {
-                kept.push_back((cap, stay));
+                kept.push_back((cap, C::from_vec(stay)));
             }
         }
         self.scanned = kept.len();

@@ -13,7 +13,9 @@ use std::rc::Rc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::StreamVec;
+use timely::dataflow::{Stream, StreamVec};
+
+use crate::batch::Batch;
 use timely::progress::Antichain;
 
 pub use eddy_core::sink::BatchSink;
@@ -33,8 +35,11 @@ impl Taken {
 
 /// Attaches `sink` to `stream`. The returned stream's frontier is the sink's
 /// committed frontier; the [`Taken`] follows its input frontier.
-pub fn sink<'s, D: 'static, S: BatchSink<D>>(
-    stream: StreamVec<'s, u64, D>,
+///
+/// A batch that no other consumer shares goes to [`BatchSink::write`]; a
+/// shared one to [`BatchSink::write_shared`].
+pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
+    stream: Stream<'s, u64, C>,
     name: &str,
     mut sink: S,
 ) -> (StreamVec<'s, u64, ()>, Taken) {
@@ -47,7 +52,10 @@ pub fn sink<'s, D: 'static, S: BatchSink<D>>(
         let mut pending = false;
         let activator = scope.activator_for(info.address);
         move |(input, frontier), _output| {
-            input.for_each(|_cap, data| sink.write(data));
+            input.for_each(|_cap, data| match data.get_mut() {
+                Some(records) => sink.write(records),
+                None => sink.write_shared(data.records()),
+            });
             let f = frontier.frontier();
             seen.0.set(f.iter().copied().min().unwrap_or(u64::MAX));
             if f != last.borrow() || pending {

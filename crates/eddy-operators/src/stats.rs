@@ -22,12 +22,14 @@ use rustc_hash::FxHashMap as HashMap;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::StreamVec;
+use timely::dataflow::{Stream, StreamVec};
 
 use eddy_core::ids::{Channel, DeviceId};
 use eddy_core::reading::Enriched;
 use eddy_core::records::StatsRecord;
 use eddy_state::stats::{DeviceStats, StatsConfig};
+
+use crate::batch::Batch;
 
 /// Settings of the statistics operator.
 #[derive(Clone, Debug)]
@@ -62,8 +64,8 @@ type Due = (DeviceId, u32, u32);
 
 /// The statistics operator. Its input must be partitioned by device and hold
 /// only non-late readings.
-pub fn stats<'s>(
-    enriched: StreamVec<'s, u64, Enriched>,
+pub fn stats<'s, C: Batch<Enriched>>(
+    enriched: Stream<'s, u64, C>,
     params: StatsParams,
     name: &str,
 ) -> StreamVec<'s, u64, StatsRecord> {
@@ -71,8 +73,8 @@ pub fn stats<'s>(
 }
 
 /// [`stats`], sending at most `chunk` snapshots per activation.
-fn stats_chunked<'s>(
-    enriched: StreamVec<'s, u64, Enriched>,
+fn stats_chunked<'s, C: Batch<Enriched>>(
+    enriched: Stream<'s, u64, C>,
     params: StatsParams,
     name: &str,
     chunk: usize,
@@ -81,7 +83,9 @@ fn stats_chunked<'s>(
     enriched.unary_frontier(Pipeline, name, move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut held: Option<Capability<u64>> = Some(cap);
-        let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<Enriched>)> = BTreeMap::new();
+        // The batches of each epoch not applied yet, as received (shared
+        // batches are kept shared, not copied).
+        let mut buffered: BTreeMap<u64, (Capability<u64>, Vec<C>)> = BTreeMap::new();
         let mut state: HashMap<DeviceId, Slots> = HashMap::default();
         // Keys with a snapshot due, by window end; sorted and merged when
         // their window closes (a plain list costs a third of a set, and an
@@ -155,7 +159,7 @@ fn stats_chunked<'s>(
                 let Some(cap) = cap.retain_least(0) else {
                     return;
                 };
-                buffered.entry(*cap.time()).or_insert_with(|| (cap, Vec::new())).1.append(data);
+                buffered.entry(*cap.time()).or_insert_with(|| (cap, Vec::new())).1.push(std::mem::take(data));
             });
             let f = frontier.frontier();
             let mut out = Vec::new();
@@ -178,8 +182,8 @@ fn stats_chunked<'s>(
                     more = true;
                     break;
                 }
-                let (_cap, batch) = entry.remove();
-                for r in batch {
+                let (_cap, batches) = entry.remove();
+                for r in batches.iter().flat_map(|b| b.records()) {
                     if r.usable().next().is_none() {
                         continue;
                     }

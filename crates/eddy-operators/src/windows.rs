@@ -13,12 +13,14 @@ use std::hash::Hash;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::StreamVec;
+use timely::dataflow::{Stream, StreamVec};
 
 use eddy_core::ids::{Channel, DeviceId};
 use eddy_core::reading::Enriched;
 use eddy_core::records::WindowRecord;
 use eddy_state::window::{WindowAgg, WindowSpec};
+
+use crate::batch::Batch;
 
 /// One closed window of one key.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,14 +38,15 @@ pub struct Windowed<K> {
 /// Aggregates values per (key, window). `extract` is called for each record
 /// and pushes `(key, ts, value)` triples. The input must be partitioned so
 /// that each key lives on one worker, and must hold no late data.
-pub fn window_aggregate<'s, D, K>(
-    stream: StreamVec<'s, u64, D>,
+pub fn window_aggregate<'s, D, C, K>(
+    stream: Stream<'s, u64, C>,
     spec: WindowSpec,
     name: &str,
     mut extract: impl FnMut(&D, &mut dyn FnMut(K, i64, f64)) + 'static,
 ) -> StreamVec<'s, u64, Windowed<K>>
 where
-    D: 'static,
+    D: Clone + 'static,
+    C: Batch<D>,
     K: Clone + Eq + Hash + 'static,
 {
     stream.unary_frontier(Pipeline, name, move |cap, _info| {
@@ -53,8 +56,8 @@ where
         let mut open: BTreeMap<i64, HashMap<K, WindowAgg>> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
-                for d in data.drain(..) {
-                    extract(&d, &mut |k: K, ts: i64, v: f64| {
+                for d in data.records() {
+                    extract(d, &mut |k: K, ts: i64, v: f64| {
                         for start in spec.windows_of(ts) {
                             open.entry(start).or_default().entry(k.clone()).or_default().add(v);
                         }
@@ -185,8 +188,8 @@ fn add_channels(aggs: &mut DeviceAggs, e: &Enriched) {
 /// per device (its channels' aggregates in one allocation) rather than one
 /// per (device, channel), and a closing window is sent at most
 /// [`CLOSE_CHUNK`] records per activation, its memory freed as it goes.
-pub fn windows<'s>(
-    enriched: StreamVec<'s, u64, Enriched>,
+pub fn windows<'s, C: Batch<Enriched>>(
+    enriched: Stream<'s, u64, C>,
     spec: WindowSpec,
     name: &str,
 ) -> StreamVec<'s, u64, WindowRecord> {
@@ -199,13 +202,13 @@ pub fn windows<'s>(
         let mut closing: Option<Closing> = None;
         move |(input, frontier), output| {
             input.for_each(|_cap, data| {
-                for e in data.drain(..) {
+                for e in data.records() {
                     if e.usable().next().is_none() {
                         continue;
                     }
                     for start in spec.windows_of(e.ts) {
                         let aggs = open.entry(start).or_default().entry(e.device).or_default();
-                        add_channels(aggs, &e);
+                        add_channels(aggs, e);
                         for (c, v) in e.usable() {
                             if let Some(a) = aggs.iter_mut().find(|a| a.channel == c) {
                                 a.add(v);

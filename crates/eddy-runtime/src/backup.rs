@@ -193,6 +193,14 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
         self.write_rows(batch);
     }
 
+    fn write_shared(&mut self, batch: &[Enriched]) {
+        // The rows go to the writer's thread, so they are copied; only
+        // those the backup does not hold yet.
+        let committed = Arc::clone(&self.committed);
+        let mut rows: Vec<Enriched> = batch.iter().filter(|e| !committed.has_reading(e)).cloned().collect();
+        self.write_rows(&mut rows);
+    }
+
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
         let durable = self.publish(upto);
         eddy_operators::metrics::latency().durable(self.latency_slot, durable);

@@ -15,6 +15,11 @@
 //! Every verb keeps each sender's arrival order (see `eddy_operators::ordered`),
 //! and every operator is named `<step>.<verb>`, so logs and profiles read
 //! as the job does.
+//!
+//! A flow carries its records in shared batches (`eddy_operators::batch`):
+//! a flow read by several verbs (`flow.clone()`) hands each the same batch,
+//! and the verbs that only read records (sinks, statistics, windows) read
+//! them in place, so a record is not copied once per consumer.
 
 use std::hash::Hash;
 
@@ -25,9 +30,10 @@ use timely::ExchangeData;
 use eddy_core::reading::{Enriched, Reading};
 use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
 use eddy_core::sink::BatchSink;
+use eddy_operators::batch::{filter_shared, flat_map_shared, map_shared, share, unshare, SharedStream};
 use eddy_operators::detect::detect;
 use eddy_operators::enrich::enrich;
-use eddy_operators::ordered::{exchange_ordered, filter_ordered, map_ordered};
+use eddy_operators::ordered::exchange_ordered;
 use eddy_operators::reference::Reference;
 use eddy_operators::sink::{sink, Taken};
 use eddy_operators::stats::{stats, StatsParams};
@@ -36,7 +42,7 @@ use eddy_state::window::WindowSpec;
 
 /// A stream of `D` records inside a job, at dataflow time `u64` (event-time ms).
 pub struct Flow<'s, D> {
-    stream: StreamVec<'s, u64, D>,
+    stream: SharedStream<'s, D>,
     step: String,
 }
 
@@ -70,11 +76,21 @@ impl<'s> Committed<'s> {
 impl<'s, D: Clone + 'static> Flow<'s, D> {
     /// Wraps a timely stream; `step` prefixes the names of the operators.
     pub fn new(stream: StreamVec<'s, u64, D>, step: &str) -> Self {
+        let stream = share(stream, &format!("{step}.share"));
         Flow { stream, step: step.to_string() }
     }
 
-    /// The underlying timely stream, for operators of your own.
+    /// The records as a timely stream of plain batches, for operators of
+    /// your own (copied out of batches that other verbs share).
     pub fn into_stream(self) -> StreamVec<'s, u64, D> {
+        let name = self.name("unshare");
+        unshare(self.stream, &name)
+    }
+
+    /// The underlying stream of shared batches, for operators of your own
+    /// that only read records (`eddy_operators::batch::Batch`), or only
+    /// watch the frontier.
+    pub fn into_shared(self) -> SharedStream<'s, D> {
         self.stream
     }
 
@@ -91,32 +107,23 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
     /// Transforms every record.
     pub fn map<D2: Clone + 'static>(self, f: impl FnMut(D) -> D2 + 'static) -> Flow<'s, D2> {
         let name = self.name("map");
-        Flow { stream: map_ordered(self.stream, &name, f), step: self.step }
+        Flow { stream: map_shared(self.stream, &name, f), step: self.step }
     }
 
     /// Keeps the records for which `f` is true.
     pub fn filter(self, f: impl FnMut(&D) -> bool + 'static) -> Self {
         let name = self.name("filter");
-        Flow { stream: filter_ordered(self.stream, &name, f), step: self.step }
+        Flow { stream: filter_shared(self.stream, &name, f), step: self.step }
     }
 
     /// Maps each record to any number of records.
-    pub fn flat_map<I>(self, mut f: impl FnMut(D) -> I + 'static) -> Flow<'s, I::Item>
+    pub fn flat_map<I>(self, f: impl FnMut(D) -> I + 'static) -> Flow<'s, I::Item>
     where
         I: IntoIterator,
         I::Item: Clone + 'static,
     {
-        use timely::dataflow::channels::pact::Pipeline;
-        use timely::dataflow::operators::generic::Operator;
         let name = self.name("flat_map");
-        let stream = self.stream.unary(Pipeline, &name, move |_cap, _info| {
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    output.session(&cap).give_iterator(data.drain(..).flat_map(&mut f));
-                });
-            }
-        });
-        Flow { stream, step: self.step }
+        Flow { stream: flat_map_shared(self.stream, &name, f), step: self.step }
     }
 
     /// Calls `f` on every record, passing it on unchanged.
@@ -134,7 +141,9 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
         D: ExchangeData,
     {
         let name = self.name("key_by");
-        Flow { stream: exchange_ordered(self.stream, &name, key), step: self.step }
+        let plain = unshare(self.stream, &format!("{name}.unshare"));
+        let routed = exchange_ordered(plain, &name, key);
+        Flow { stream: share(routed, &format!("{name}.share")), step: self.step }
     }
 
     /// Groups records into event-time windows; finish with [`WindowedFlow::aggregate`].
@@ -166,7 +175,7 @@ impl<'s, D: Clone + 'static> WindowedFlow<'s, D> {
         values: impl FnMut(&D, &mut dyn FnMut(K, i64, f64)) + 'static,
     ) -> Flow<'s, Windowed<K>> {
         let name = self.flow.name("window");
-        Flow { stream: window_aggregate(self.flow.stream, self.spec, &name, values), step: self.flow.step }
+        Flow::new(window_aggregate(self.flow.stream, self.spec, &name, values), &self.flow.step)
     }
 }
 
@@ -175,7 +184,8 @@ impl<'s> Flow<'s, Reading> {
     /// `retention_ms`: see `EnrichSpec::reference_retention`.
     pub fn enrich(self, reference: &Reference<'s>, retention_ms: i64) -> Flow<'s, Enriched> {
         let name = self.name("enrich");
-        Flow { stream: enrich(self.stream, reference.devices.clone(), retention_ms, &name), step: self.step }
+        let readings = unshare(self.stream, &format!("{name}.unshare"));
+        Flow::new(enrich(readings, reference.devices.clone(), retention_ms, &name), &self.step)
     }
 
     /// Only the late readings.
@@ -193,18 +203,18 @@ impl<'s> Flow<'s, Enriched> {
     /// Incremental statistics per (device, channel). Input: on-time readings.
     pub fn stats(self, params: StatsParams) -> Flow<'s, StatsRecord> {
         let name = self.name("stats");
-        Flow { stream: stats(self.stream, params, &name), step: self.step }
+        Flow::new(stats(self.stream, params, &name), &self.step)
     }
 
     /// count/mean/min/max per (device, channel, window). Input: on-time readings.
     pub fn windows(self, spec: WindowSpec) -> Flow<'s, WindowRecord> {
         let name = self.name("windows");
-        Flow { stream: windows(self.stream, spec, &name), step: self.step }
+        Flow::new(windows(self.stream, spec, &name), &self.step)
     }
 
     /// Threshold rules with hysteresis. Input: on-time readings.
     pub fn detect(self, reference: &Reference<'s>) -> Flow<'s, EventRecord> {
         let name = self.name("detect");
-        Flow { stream: detect(self.stream, reference.rules.clone(), &name), step: self.step }
+        Flow::new(detect(self.stream, reference.rules.clone(), &name), &self.step)
     }
 }

@@ -285,7 +285,7 @@ pub(super) fn build_enrich_in_loop(ctx: &mut Ctx<'_>) -> Result<()> {
     let leader = ctx.scope.index() == 0;
     let updates = if leader { ctx.shared.updates.clone() } else { Vec::new() };
     let consumer = if leader { Some(ctx.reference_consumer()?) } else { None };
-    let (watch, _) = readings.clone().into_stream().probe();
+    let (watch, _) = readings.clone().into_shared().probe();
     let gate = AdapterGate {
         topic: t.calibration(),
         marks: ctx.shared.ml.gate_marks.clone(),
@@ -385,7 +385,7 @@ pub(super) fn build_score(ctx: &mut Ctx<'_>) -> Result<()> {
     let name = spec.score.name.clone().unwrap_or_else(|| "score".into());
     let leader = ctx.scope.index() == 0;
     let consumer = if leader { Some(models_consumer(&opts)?) } else { None };
-    let (watch, _) = on_time.clone().into_stream().probe();
+    let (watch, _) = on_time.clone().into_shared().probe();
     let (models, model_dead) =
         model_source(ctx.scope, &format!("{name}.models"), consumer, watch, Rc::clone(&ctx.progress));
     let file = spec

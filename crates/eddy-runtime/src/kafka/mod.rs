@@ -520,7 +520,7 @@ impl<'s> Ctx<'s> {
         let leader = self.scope.index() == 0;
         let updates = if leader { self.shared.updates.clone() } else { Vec::new() };
         let consumer = if leader { Some(self.reference_consumer()?) } else { None };
-        let (probe, _) = watch.clone().into_stream().probe();
+        let (probe, _) = watch.clone().into_shared().probe();
         let spec = &self.opts().spec.ingest;
         let ahead = (spec.lateness.ms() + spec.epoch.ms()).max(0) as u64;
         let live =
