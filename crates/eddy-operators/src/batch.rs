@@ -184,12 +184,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
-    use timely::dataflow::operators::capture::Extract;
+    use timely::dataflow::operators::capture::Event;
     use timely::dataflow::operators::{Capture, ToStream};
 
     /// Every record of `data` through `build`, with the records each of two
     /// consumers of the shared stream saw.
-    fn run<D: Clone + Send + 'static, O: Clone + Send + 'static>(
+    fn run<D: Clone + Send + Sync + 'static, O: Clone + Send + 'static>(
         data: Vec<D>,
         build: impl FnOnce(SharedStream<'_, D>) -> SharedStream<'_, O> + Send + Sync + 'static,
     ) -> Vec<O> {
@@ -197,7 +197,17 @@ mod tests {
             let shared = share(data.to_stream(scope), "share");
             unshare(build(shared), "unshare").capture()
         });
-        out.extract().into_iter().flat_map(|(_, v)| v).collect()
+        in_order(out)
+    }
+
+    /// Every record captured, in the order sent (`Extract` would sort them).
+    fn in_order<O>(rx: std::sync::mpsc::Receiver<Event<u64, Vec<O>>>) -> Vec<O> {
+        rx.try_iter()
+            .flat_map(|e| match e {
+                Event::Messages(_, records) => records,
+                Event::Progress(_) => Vec::new(),
+            })
+            .collect()
     }
 
     #[test]
@@ -231,12 +241,9 @@ mod tests {
             let doubled = unshare(map_shared(shared, "double", |x| x * 2), "u3").capture();
             (evens, all, doubled)
         });
-        let flat = |rx: std::sync::mpsc::Receiver<_>| -> Vec<u32> {
-            rx.extract().into_iter().flat_map(|(_, v): (u64, Vec<u32>)| v).collect()
-        };
-        assert_eq!(flat(out.0), (0..50).filter(|x| x % 2 == 0).collect::<Vec<_>>());
-        assert_eq!(flat(out.1), (0..50).collect::<Vec<_>>());
-        assert_eq!(flat(out.2), (0..50).map(|x| x * 2).collect::<Vec<_>>());
+        assert_eq!(in_order(out.0), (0..50).filter(|x| x % 2 == 0).collect::<Vec<u32>>());
+        assert_eq!(in_order(out.1), (0..50).collect::<Vec<u32>>());
+        assert_eq!(in_order(out.2), (0..50).map(|x| x * 2).collect::<Vec<u32>>());
     }
 
     #[test]
