@@ -806,7 +806,14 @@ impl Bucket {
 
 /// `(to - from)` in hours, computed without overflow.
 fn hours_between(from_ms: i64, to_ms: i64) -> f64 {
-    (i128::from(to_ms) - i128::from(from_ms)) as f64 / MS_PER_HOUR
+    // The difference converts to the same f64 from i64 as from i128 (both
+    // round the exact integer to nearest); i128 is only needed when it
+    // overflows i64, and its conversion is a library call.
+    let ms = match to_ms.checked_sub(from_ms) {
+        Some(d) => d as f64,
+        None => (i128::from(to_ms) - i128::from(from_ms)) as f64,
+    };
+    ms / MS_PER_HOUR
 }
 
 /// Moments of a set of `(t, v)` pairs, the unit of Chan et al.'s merge.
@@ -1375,6 +1382,26 @@ mod tests {
             largest.into_vec().into_iter().map(|r| r.0 .0).collect(),
             smallest.into_vec().into_iter().map(|t| t.0).collect(),
         )
+    }
+
+    /// The i64 fast path gives the i128 result, bit for bit.
+    #[test]
+    fn hours_between_matches_the_wide_difference() {
+        let wide = |a: i64, b: i64| (i128::from(b) - i128::from(a)) as f64 / MS_PER_HOUR;
+        let edges = [i64::MIN, i64::MIN + 1, -HOUR, -1, 0, 1, 7, HOUR, 1_767_225_600_262, i64::MAX - 1, i64::MAX];
+        for &a in &edges {
+            for &b in &edges {
+                assert_eq!(hours_between(a, b).to_bits(), wide(a, b).to_bits(), "{a} {b}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hours_between_matches_the_wide_difference_anywhere(a in any::<i64>(), b in any::<i64>()) {
+            let wide = (i128::from(b) - i128::from(a)) as f64 / MS_PER_HOUR;
+            prop_assert_eq!(hours_between(a, b).to_bits(), wide.to_bits());
+        }
     }
 
     proptest! {
