@@ -31,6 +31,21 @@ pub(crate) const META_FORMAT: &str = "eddy.format";
 /// Column names that channels and context keys cannot take.
 const FIXED_COLUMNS: [&str; 6] = ["device_id", "ts", "late", "junk", "src_partition", "src_offset"];
 
+/// The compression codec of a Parquet file's columns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Codec {
+    /// zstd at [`BackupConfig::compression_level`]: the smallest files, the
+    /// most CPU.
+    Zstd,
+    /// LZ4 (Parquet's `LZ4_RAW`).
+    Lz4,
+    /// Snappy, the default (as in Spark, DuckDB and pyarrow).
+    #[default]
+    Snappy,
+    /// No compression.
+    None,
+}
+
 /// File sizes, row groups, durability and compression of a [`BackupWriter`]
 /// (and of a [`RawArchiveWriter`](crate::RawArchiveWriter)).
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +60,9 @@ pub struct BackupConfig {
     /// A commit closes and publishes the open files once the oldest has
     /// been open this long (wall clock). `Duration::ZERO`: at every commit.
     pub max_file_age: Duration,
-    /// zstd level, 1 to 22.
+    /// The compression codec of every column.
+    pub codec: Codec,
+    /// zstd level, 1 to 22 (read only with [`Codec::Zstd`]).
     pub compression_level: i32,
     /// At most this many files open at once (one per date); opening one
     /// more closes the least recently used.
@@ -54,13 +71,14 @@ pub struct BackupConfig {
 
 impl Default for BackupConfig {
     /// 1,000,000 rows or 512 MiB per file, 131,072-row row groups, 5 s,
-    /// zstd level 1, 8 open files.
+    /// Snappy, 8 open files.
     fn default() -> Self {
         BackupConfig {
             max_rows_per_file: 1_000_000,
             max_bytes_per_file: 512 << 20,
             row_group_rows: 128 * 1024,
             max_file_age: Duration::from_secs(5),
+            codec: Codec::Snappy,
             compression_level: 1,
             max_open_files: 8,
         }

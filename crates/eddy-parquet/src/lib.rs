@@ -80,8 +80,8 @@
 //! (UInt64). Each value, raw and context field also carries the metadata key
 //! `eddy.channel`, `eddy.raw_channel` or `eddy.context` naming its channel or
 //! context key; eddy's reader relies on it (a name that would collide with
-//! another column gets a prefix or suffix, e.g. `ctx_late`). Files are zstd
-//! compressed, with row groups of up to [`BackupConfig::row_group_rows`] rows
+//! another column gets a prefix or suffix, e.g. `ctx_late`). Files are Snappy
+//! compressed by default ([`BackupConfig::codec`]: zstd, LZ4 or none), with row groups of up to [`BackupConfig::row_group_rows`] rows
 //! and dictionary encoding for `device_id` and the context columns.
 //!
 //! A file's schema is fixed when it is opened. When a reading brings a
@@ -140,7 +140,7 @@ mod raw;
 mod read;
 
 pub use background::{Background, Writer};
-pub use backup::{durable_after, BackupConfig, BackupWriter};
+pub use backup::{durable_after, BackupConfig, BackupWriter, Codec};
 pub use error::{Error, Result};
 pub use fsutil::date_of_ms;
 pub use manifest::{

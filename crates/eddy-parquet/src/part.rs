@@ -15,7 +15,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use crate::backup::BackupConfig;
+use crate::backup::{BackupConfig, Codec};
 use crate::error::{Error, Result};
 use crate::fsutil::{check_writer_id, date_of_day, day_of_ms, ensure_dir, run_id, sync_dir};
 use crate::manifest::{write_entry, FileEntry, ManifestEntry, PartitionRange, MANIFEST_DIR};
@@ -149,8 +149,15 @@ impl<E: Encoder> Core<E> {
     pub(crate) fn new(dir: &Path, kind: &'static str, writer_id: &str, cfg: BackupConfig) -> Result<Core<E>> {
         check_writer_id(writer_id)?;
         cfg.check()?;
-        let level = ZstdLevel::try_new(cfg.compression_level)
-            .map_err(|e| Error::Config(format!("zstd compression level {}: {e}", cfg.compression_level)))?;
+        let compression = match cfg.codec {
+            Codec::Zstd => Compression::ZSTD(
+                ZstdLevel::try_new(cfg.compression_level)
+                    .map_err(|e| Error::Config(format!("zstd compression level {}: {e}", cfg.compression_level)))?,
+            ),
+            Codec::Lz4 => Compression::LZ4_RAW,
+            Codec::Snappy => Compression::SNAPPY,
+            Codec::None => Compression::UNCOMPRESSED,
+        };
         ensure_dir(dir)?;
         ensure_dir(&dir.join(MANIFEST_DIR))?;
         Ok(Core {
@@ -159,7 +166,7 @@ impl<E: Encoder> Core<E> {
             writer_id: writer_id.to_string(),
             run: run_id(),
             cfg,
-            compression: Compression::ZSTD(level),
+            compression,
             open: Vec::new(),
             pending: Vec::new(),
             file_seq: 0,
