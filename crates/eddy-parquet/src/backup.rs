@@ -99,6 +99,13 @@ impl BackupConfig {
         if self.max_open_files == 0 {
             return Err(Error::Config("max_open_files must be at least 1".into()));
         }
+        // Checked whatever the codec, as the job spec checks it.
+        if !(1..=22).contains(&self.compression_level) {
+            return Err(Error::Config(format!(
+                "compression_level must be between 1 and 22, found {}",
+                self.compression_level
+            )));
+        }
         Ok(())
     }
 }

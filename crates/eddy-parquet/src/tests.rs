@@ -199,7 +199,9 @@ fn every_codec_writes_files_that_read_back() {
         let path = committed_files(dir.path()).unwrap().remove(0);
         let meta = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap()).unwrap().metadata().clone();
         for col in meta.row_group(0).columns() {
-            assert_eq!(col.compression(), want, "{codec:?}, column {}", col.column_path());
+            // A file does not record the zstd level: compare the codecs.
+            let got = col.compression();
+            assert_eq!(std::mem::discriminant(&got), std::mem::discriminant(&want), "{codec:?}, {}", col.column_path());
         }
     }
 }
