@@ -14,10 +14,9 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Stream, StreamVec};
-
-use crate::batch::Batch;
 use timely::progress::Antichain;
 
+use crate::batch::Batch;
 pub use eddy_core::sink::BatchSink;
 
 /// How far a sink has taken its input in, durable or not: the least time of
