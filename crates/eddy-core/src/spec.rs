@@ -903,6 +903,24 @@ mod tests {
     }
 
     #[test]
+    fn backup_compression_defaults_to_snappy_and_names_the_choices() {
+        let JobSpec::Backup(b) = JobSpec::from_toml("kind = \"backup\"\n", "b.toml").unwrap() else { panic!() };
+        assert_eq!((b.compression, b.compression_level), (Compression::Snappy, 1));
+        let JobSpec::Backup(b) =
+            JobSpec::from_toml("kind = \"backup\"\ncompression = \"zstd\"\ncompression_level = 9\n", "b.toml").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((b.compression, b.compression_level), (Compression::Zstd, 9));
+        let e = JobSpec::from_toml("kind = \"backup\"\ncompression = \"gzip\"\n", "jobs/b.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("jobs/b.toml: ") && msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("unknown variant `gzip`, expected one of `zstd`, `lz4`, `snappy`, `none`"), "{msg}");
+        // The shipped spec says what the default is.
+        assert_eq!(PipelineSpec::builtin().backup.compression, Compression::Snappy);
+    }
+
+    #[test]
     fn epoch_must_divide_periods() {
         let files = vec![("i.toml".to_string(), "kind = \"ingest\"\nepoch = \"7m\"\n".to_string())];
         let e = PipelineSpec::from_files(&files, true).unwrap_err();
