@@ -18,7 +18,7 @@
 //!
 //! A flow carries its records in shared batches (`eddy_operators::batch`):
 //! a flow read by several verbs (`flow.clone()`) hands each the same batch,
-//! and the verbs that only read records (sinks, statistics, windows) read
+//! and the verbs that only read records (sinks, statistics, windows, alerts) read
 //! them in place, so a record is not copied once per consumer.
 
 use std::hash::Hash;
