@@ -31,20 +31,9 @@ pub(crate) const META_FORMAT: &str = "eddy.format";
 /// Column names that channels and context keys cannot take.
 const FIXED_COLUMNS: [&str; 6] = ["device_id", "ts", "late", "junk", "src_partition", "src_offset"];
 
-/// The compression codec of a Parquet file's columns.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Codec {
-    /// zstd at [`BackupConfig::compression_level`]: the smallest files, the
-    /// most CPU.
-    Zstd,
-    /// LZ4 (Parquet's `LZ4_RAW`).
-    Lz4,
-    /// Snappy, the default (as in Spark, DuckDB and pyarrow).
-    #[default]
-    Snappy,
-    /// No compression.
-    None,
-}
+/// The compression codec of a Parquet file's columns: the job spec's
+/// `compression` (one type, so the spec and the writer cannot disagree).
+pub use eddy_core::spec::Compression as Codec;
 
 /// File sizes, row groups, durability and compression of a [`BackupWriter`]
 /// (and of a [`RawArchiveWriter`](crate::RawArchiveWriter)).

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use eddy_core::reading::{Enriched, RawLine};
 use eddy_core::sink::BatchSink;
-use eddy_core::spec::{BackupSpec, Compression};
+use eddy_core::spec::BackupSpec;
 use eddy_operators::metrics::Metrics;
-use eddy_parquet::{Background, BackupConfig, BackupWriter, Codec, Manifest, RawArchiveWriter, RawRecord, Writer};
+use eddy_parquet::{Background, BackupConfig, BackupWriter, Manifest, RawArchiveWriter, RawRecord, Writer};
 
 use crate::error::{Error, Result};
 
@@ -29,12 +29,7 @@ pub fn backup_config(spec: &BackupSpec) -> BackupConfig {
         max_rows_per_file: spec.max_rows_per_file,
         row_group_rows: spec.row_group_rows,
         max_file_age: std::time::Duration::from_millis(spec.max_file_age.ms().max(0) as u64),
-        codec: match spec.compression {
-            Compression::Zstd => Codec::Zstd,
-            Compression::Lz4 => Codec::Lz4,
-            Compression::Snappy => Codec::Snappy,
-            Compression::None => Codec::None,
-        },
+        codec: spec.compression,
         compression_level: spec.compression_level,
         ..BackupConfig::default()
     }
