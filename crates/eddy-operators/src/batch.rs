@@ -84,15 +84,14 @@ fn shared_unary<'s, C, D, L>(stream: Stream<'s, u64, C>, name: &str, mut logic: 
 where
     C: timely::Container,
     D: 'static,
-    L: FnMut(&mut C) -> Option<Vec<D>> + 'static,
+    L: FnMut(&mut C) -> Vec<D> + 'static,
 {
     stream.unary::<NoopBuilder<Shared<D>>, _, _, _>(Pipeline, name, move |_cap, _info| {
         move |input, output| {
             input.for_each(|cap, data| {
-                if let Some(out) = logic(data) {
-                    if !out.is_empty() {
-                        output.session_with_builder(&cap).give_container(&mut Rc::new(out));
-                    }
+                let out = logic(data);
+                if !out.is_empty() {
+                    output.session_with_builder(&cap).give_container(&mut Rc::new(out));
                 }
             });
         }
@@ -102,7 +101,7 @@ where
 /// Wraps each batch of `stream` for sharing, in order; the records are not
 /// copied.
 pub fn share<'s, D: Clone + 'static>(stream: StreamVec<'s, u64, D>, name: &str) -> SharedStream<'s, D> {
-    shared_unary(stream, name, |data: &mut Vec<D>| Some(std::mem::take(data)))
+    shared_unary(stream, name, |data: &mut Vec<D>| std::mem::take(data))
 }
 
 /// The records of `stream` in plain batches, in order: moved out of batches
@@ -163,7 +162,7 @@ pub fn map_shared<'s, D: Clone + 'static, D2: 'static>(
     name: &str,
     mut f: impl FnMut(D) -> D2 + 'static,
 ) -> SharedStream<'s, D2> {
-    shared_unary(stream, name, move |data: &mut Shared<D>| Some(data.take().into_iter().map(&mut f).collect()))
+    shared_unary(stream, name, move |data: &mut Shared<D>| data.take().into_iter().map(&mut f).collect())
 }
 
 /// Maps each record to any number of records, in order.
@@ -176,7 +175,7 @@ where
     I: IntoIterator,
     I::Item: 'static,
 {
-    shared_unary(stream, name, move |data: &mut Shared<D>| Some(data.take().into_iter().flat_map(&mut f).collect()))
+    shared_unary(stream, name, move |data: &mut Shared<D>| data.take().into_iter().flat_map(&mut f).collect())
 }
 
 #[cfg(test)]
