@@ -113,6 +113,13 @@ impl ContextRow {
         (0..self.len()).map(move |i| self.get(i).expect("index in range"))
     }
 
+    /// True when `other` has the same column names in the same order. Rows
+    /// built on one thread share their names, so this is usually one pointer
+    /// comparison rather than a string comparison per column.
+    pub fn same_names(&self, other: &ContextRow) -> bool {
+        Arc::ptr_eq(&self.names, &other.names) || self.names[..] == other.names[..]
+    }
+
     /// The columns as owned pairs.
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         self.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()
@@ -355,6 +362,19 @@ mod tests {
         assert_eq!(row.value("owner"), Some("o-7"));
         assert_eq!(row.value("floor"), None);
         assert!(ContextRow::new(Vec::<(String, String)>::new()).is_empty());
+    }
+
+    #[test]
+    fn same_names_compares_names_in_order_not_values() {
+        let a = ContextRow::new([("model", "AQ-1"), ("site", "s1")]);
+        let b = ContextRow::new([("model", "AQ-2"), ("site", "s9")]);
+        assert!(a.same_names(&b));
+        // The same names built on another thread are another allocation.
+        let c = std::thread::spawn(|| ContextRow::new([("model", "X"), ("site", "")])).join().unwrap();
+        assert!(a.same_names(&c) && c.same_names(&a));
+        assert!(!a.same_names(&ContextRow::new([("site", "s1"), ("model", "AQ-1")])));
+        assert!(!a.same_names(&ContextRow::new([("model", "AQ-1")])));
+        assert!(!a.same_names(&ContextRow::new([("model", "AQ-1"), ("site", "s1"), ("room", "r")])));
     }
 
     #[test]

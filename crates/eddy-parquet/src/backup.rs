@@ -254,7 +254,7 @@ impl Tracker {
 /// context's columns and their places depend on. Every device of a fleet
 /// usually has the same columns, so this spares a lookup per key and row.
 fn same_keys(a: &Context, b: &Context) -> bool {
-    Arc::ptr_eq(a, b) || (a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.0 == y.0))
+    Arc::ptr_eq(a, b) || a.same_names(b)
 }
 
 /// Marks `c` seen; true if it was not.
