@@ -577,6 +577,26 @@ impl<K: Copy + PartialEq> DeviceStats<K> {
         }
     }
 
+    /// Reads the first word of each cache line that the next
+    /// [`DeviceStats::update`] reads first: the slots, and for each full slot
+    /// its statistics and its trend's newest point. The result means
+    /// nothing; it exists so that the reads happen. A caller with many
+    /// devices to update touches several before updating them, so that their
+    /// cache misses overlap instead of coming one after another.
+    pub fn touch(&self) -> u64 {
+        let (_, slots) = self.parts();
+        let mut sum = 0u64;
+        for slot in slots {
+            if let Slot::Full { stats, .. } = slot {
+                sum = sum.wrapping_add(stats.count);
+                if let Some(p) = stats.trend.points.last() {
+                    sum = sum.wrapping_add(p.ts as u64);
+                }
+            }
+        }
+        sum
+    }
+
     /// Adds a young slot for each key of `values` that has none, in one
     /// reallocation.
     fn add_keys(&mut self, values: impl Iterator<Item = (K, f64)> + Clone) {
