@@ -72,8 +72,8 @@ def main():
           f" (plus uncommitted changes, if any)\n")
 
     rows = [eddy_run(runs, n) for n in
-            ("w1", "w2", "w2-windows", "w2-after-spark", "w2-windows-after-spark", "paced", "million",
-             "million-steady")]
+            ("w1", "w2", "w1-stages", "w2-stages", "w2-windows", "w2-after-spark", "w2-windows-after-spark",
+             "paced", "million", "million-steady")]
     rows = [r for r in rows if r]
     print("| run | lines | valid readings | wall s | readings/s | MB/s | CPU % | peak RSS MB |")
     print("|-----|-------|----------------|--------|------------|------|-------|-------------|")
@@ -86,7 +86,9 @@ def main():
     if "w1" in by and "w2" in by:
         print(f"\nscaling -w 1 → -w 2: **{by['w2']['readings_per_s'] / by['w1']['readings_per_s']:.2f}×**")
 
-    for name in ("w1", "w2"):
+    print("\n(`-stages` runs log every operator's schedule for the tables below, which slows them;"
+          " the throughput is that of the runs without)")
+    for name in ("w1-stages", "w2-stages"):
         b = by.get(name, {}).get("bench", {})
         if "busy_s_by_step" in b:
             total = b["busy_s_total"]
