@@ -3,6 +3,7 @@
 //! under a lock, so lines never interleave; the order of lines from different
 //! workers is not defined.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use eddy_core::ids::Channel;
 use eddy_core::reading::{DeadLetter, Enriched, Reading, Values};
 use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
 use eddy_core::sink::BatchSink;
@@ -146,10 +148,33 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// A channel's name as a JSON string. Channel names never change once
+/// interned, so each thread keeps them encoded: a reading writes five or
+/// more, and looking each name up and checking it for characters to escape
+/// cost more than copying it.
+fn channel_str(c: Channel, out: &mut Vec<u8>) {
+    thread_local! {
+        static ENCODED: RefCell<Vec<Option<Box<[u8]>>>> = const { RefCell::new(Vec::new()) };
+    }
+    ENCODED.with(|encoded| {
+        let mut encoded = encoded.borrow_mut();
+        let i = usize::from(c.index());
+        if i >= encoded.len() {
+            encoded.resize(i + 1, None);
+        }
+        let name = encoded[i].get_or_insert_with(|| {
+            let mut buf = Vec::new();
+            c.with_name(|n| json_str(n, &mut buf));
+            buf.into_boxed_slice()
+        });
+        out.extend_from_slice(name);
+    });
+}
+
 fn values(vals: &Values, out: &mut Vec<u8>) {
     for (c, v) in vals {
         out.push(b',');
-        c.with_name(|n| json_str(n, out));
+        channel_str(*c, out);
         out.push(b':');
         json(v, out);
     }
@@ -170,7 +195,7 @@ impl Encode for Enriched {
                 out.push(b',');
             }
             first = false;
-            c.with_name(|n| json_str(n, out));
+            channel_str(*c, out);
             out.push(b':');
             json(v, out);
         }
@@ -245,7 +270,7 @@ impl Encode for StatsRecord {
         out.extend_from_slice(b"{\"device_id\":");
         self.device_id.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"channel\":");
-        self.channel.with_name(|n| json_str(n, out));
+        channel_str(self.channel, out);
         field(b"count", &s.count, out);
         field(b"mean", &s.mean, out);
         field(b"min", &s.min, out);
@@ -265,7 +290,7 @@ impl Encode for WindowRecord {
         out.extend_from_slice(b"{\"device_id\":");
         self.device_id.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"channel\":");
-        self.channel.with_name(|n| json_str(n, out));
+        channel_str(self.channel, out);
         field(b"window_start", &self.window_start, out);
         field(b"window_end", &self.window_end, out);
         field(b"count", &self.count, out);
@@ -284,7 +309,7 @@ impl Encode for EventRecord {
         out.extend_from_slice(b",\"device_id\":");
         self.device_id.with_name(|n| json_str(n, out));
         out.extend_from_slice(b",\"channel\":");
-        self.channel.with_name(|n| json_str(n, out));
+        channel_str(self.channel, out);
         field(b"state", &self.state, out);
         field(b"ts", &self.ts, out);
         field(b"value", &self.value, out);
@@ -384,6 +409,26 @@ mod tests {
         e.duration_ms = Some(-3);
         e.reason = Some(EndReason::RuleRemoved);
         assert_eq!(encoded(&e), serde_json::to_string(&e).unwrap());
+    }
+
+    #[test]
+    fn channel_names_from_the_per_thread_cache_are_escaped_as_serde_escapes_them() {
+        let w = |channel| WindowRecord {
+            device_id: DeviceId::intern("dev-1"),
+            channel,
+            window_start: 0,
+            window_end: 3_600_000,
+            count: 1,
+            mean: 1.0,
+            min: 1.0,
+            max: 1.0,
+        };
+        for name in ["pm25", "odd \"name\"", "tab\there", "é"] {
+            let r = w(Channel::intern(name));
+            // The first encoding fills the cache, the second reads it.
+            assert_eq!(encoded(&r), serde_json::to_string(&r).unwrap(), "{name:?}");
+            assert_eq!(encoded(&r), serde_json::to_string(&r).unwrap(), "{name:?}");
+        }
     }
 
     #[test]
