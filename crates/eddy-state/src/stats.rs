@@ -910,44 +910,15 @@ struct Trend {
 /// the same).
 const INLINE_POINTS: usize = 15;
 
-/// A growable sequence that [`reserve_bounded`] can grow.
-trait Grow {
-    fn len(&self) -> usize;
-    fn capacity(&self) -> usize;
-    fn reserve_exact(&mut self, additional: usize);
-}
-
-impl<T> Grow for Vec<T> {
-    fn len(&self) -> usize {
-        Vec::len(self)
+/// How much to grow a sequence of `len` elements and room for `capacity`
+/// before adding one more: nothing while there is room, else by at most what
+/// a span of `span` buckets can still hold, so that storage stays bounded.
+fn bounded_growth(len: usize, capacity: usize, span: usize) -> usize {
+    if len < capacity {
+        return 0;
     }
-    fn capacity(&self) -> usize {
-        Vec::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        Vec::reserve_exact(self, additional);
-    }
-}
-
-impl<A: smallvec::Array> Grow for SmallVec<A> {
-    fn len(&self) -> usize {
-        SmallVec::len(self)
-    }
-    fn capacity(&self) -> usize {
-        SmallVec::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        SmallVec::reserve_exact(self, additional);
-    }
-}
-
-/// Makes room for one more element, growing `v` by at most what a span of
-/// `span` buckets can still hold, so that storage stays bounded.
-fn reserve_bounded(v: &mut impl Grow, span: usize) {
-    if v.len() == v.capacity() {
-        let room = span.saturating_sub(v.len()).max(1);
-        v.reserve_exact(v.len().max(4).min(room));
-    }
+    let room = span.saturating_sub(len).max(1);
+    len.max(4).min(room)
 }
 
 impl Trend {
@@ -1040,13 +1011,13 @@ impl Trend {
                 full.push(ts, v);
                 self.evict(oldest);
                 let i = self.buckets.partition_point(|x| x.index < b);
-                reserve_bounded(&mut self.buckets, self.span);
+                self.buckets.reserve_exact(bounded_growth(self.buckets.len(), self.buckets.capacity(), self.span));
                 self.buckets.insert(i, full);
             }
             Err(_) => {
                 self.evict(oldest);
                 let i = self.points.partition_point(|p| i128::from(p.ts) < start);
-                reserve_bounded(&mut self.points, self.span);
+                self.points.reserve_exact(bounded_growth(self.points.len(), self.points.capacity(), self.span));
                 self.points.insert(i, Point { ts, v });
             }
         }
