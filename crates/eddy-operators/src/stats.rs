@@ -190,11 +190,13 @@ fn stats_chunked<'s, C: Batch<Enriched>>(
                 }
                 let (_cap, batches) = entry.remove();
                 let records = batches.iter().flat_map(|b| b.records());
-                for (n, r) in records.clone().enumerate() {
+                // Runs `TOUCH_AHEAD` readings ahead of the loop at each touch.
+                let mut ahead = records.clone();
+                for (n, r) in records.enumerate() {
                     if n % TOUCH_AHEAD == 0 {
                         // Bring the next readings' state into the cache
                         // together (see `TOUCH_AHEAD`).
-                        for r in records.clone().skip(n).take(TOUCH_AHEAD) {
+                        for r in ahead.by_ref().take(TOUCH_AHEAD) {
                             if let Some(s) = state.get(&r.device) {
                                 std::hint::black_box(s.touch());
                             }
