@@ -22,6 +22,7 @@ use differential_dataflow::trace::cursor::{Cursor, Navigable};
 
 use crate::lookup::{as_of, compact_to, histories, max_time, History, Waiting};
 use crate::reference::DeviceTrace;
+use crate::TOUCH_AHEAD;
 
 /// The reference time a reading is looked up at: its `ts`, but no earlier than
 /// `retention_ms` before its dataflow time `t` (the reference history older
@@ -40,12 +41,6 @@ pub struct DeviceView {
     /// The calibration versions present.
     pub calibrations: Vec<Calibration>,
 }
-
-/// Readings whose devices' views are read ahead together, before any of them
-/// is enriched: a view's calibrations and context are heap blocks that a
-/// fleet does not keep in cache, and touched for a group, their cache misses
-/// overlap instead of coming one after another.
-const TOUCH_AHEAD: usize = 8;
 
 impl DeviceView {
     /// Reads the first word of the calibrations and of the context, which

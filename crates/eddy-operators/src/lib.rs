@@ -14,6 +14,13 @@
 //! timestamp), so each device's readings keep their arrival order.
 #![deny(missing_docs)]
 
+/// Readings whose per-device state (statistics, enrichment views) an
+/// operator reads ahead together, before it updates any of them. A fleet's
+/// per-device state is heap blocks that do not stay in cache; read one
+/// reading at a time, their cache misses come one after another, read for a
+/// group, they overlap (see `docs/decisions.md`).
+const TOUCH_AHEAD: usize = 8;
+
 pub mod batch;
 pub mod detect;
 pub mod enrich;

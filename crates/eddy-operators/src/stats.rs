@@ -30,6 +30,7 @@ use eddy_core::records::StatsRecord;
 use eddy_state::stats::{DeviceStats, StatsConfig};
 
 use crate::batch::Batch;
+use crate::TOUCH_AHEAD;
 
 /// Settings of the statistics operator.
 #[derive(Clone, Debug)]
@@ -52,12 +53,6 @@ pub fn snapshot_end(ts: i64, every_ms: i64) -> i64 {
 /// tail latency of the alerts on the 10,000-device fleet: see
 /// `docs/decisions.md`.)
 const CHUNK: usize = 65_536;
-
-/// Readings whose devices' statistics are read ahead together, before any of
-/// them is updated. A device's statistics are several heap blocks that a
-/// fleet does not keep in cache; touched one reading at a time, their cache
-/// misses come one after another, touched for a group, they overlap.
-const TOUCH_AHEAD: usize = 8;
 
 /// The statistics of one device's channels; a channel's index in it (its
 /// *slot*) is fixed from when the channel is first seen.
