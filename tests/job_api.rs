@@ -50,3 +50,46 @@ fn the_example_job_computes_site_means_from_enriched_readings() {
         }
     }
 }
+
+/// The enriched stream's batches each hold only on-time or only late
+/// readings. `on_time` then passes a shared batch on whole or drops it,
+/// and never copies the records of one that the backup's writer thread
+/// still holds (see `OUT_BATCH` in the enrich operator).
+#[test]
+fn enriched_batches_hold_only_on_time_or_only_late_readings() {
+    use std::sync::{Arc, Mutex};
+    use timely::dataflow::operators::Inspect;
+
+    let root = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/sample");
+    // (batches, late batches, mixed batches, late readings, readings)
+    let seen = Arc::new(Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64)));
+    let s = Arc::clone(&seen);
+    let opts = JobOptions { workers: Workers::threads(2), ..JobOptions::new(sample, root.path()) };
+    let summary = eddy::runtime::job::run(
+        &opts,
+        move |job| {
+            let reference = job.reference();
+            let enriched = job.ingest().readings.enrich(&reference, 6 * 3_600_000);
+            job.commit(enriched.clone().sink(job.jsonl("enriched")));
+            let s = Arc::clone(&s);
+            enriched.into_shared().inspect_core(move |event| {
+                let Ok((_, batch)) = event else { return };
+                let late = batch.iter().filter(|e| e.late).count() as u64;
+                let mut s = s.lock().unwrap();
+                s.0 += 1;
+                s.1 += u64::from(late > 0 && late == batch.len() as u64);
+                s.2 += u64::from(late > 0 && late < batch.len() as u64);
+                s.3 += late;
+                s.4 += batch.len() as u64;
+            });
+        },
+        |_| {},
+    )
+    .unwrap();
+    let (batches, late_batches, mixed, late, readings) = *seen.lock().unwrap();
+    assert_eq!(readings, summary.valid, "every valid reading is enriched");
+    assert_eq!(late, summary.late);
+    assert!(late > 0 && late_batches > 0, "the sample has late readings: {late}");
+    assert_eq!(mixed, 0, "{mixed} of {batches} batches mix on-time and late readings");
+}

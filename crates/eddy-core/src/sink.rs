@@ -18,6 +18,15 @@ pub trait BatchSink<D>: 'static {
     {
         self.write(&mut batch.to_vec());
     }
+    /// Takes a shared batch that the sink may keep past this call, e.g. to
+    /// hand it to a thread of its own without copying its records. By
+    /// default it goes to [`BatchSink::write_shared`].
+    fn write_arc(&mut self, batch: &std::sync::Arc<Vec<D>>)
+    where
+        D: Clone,
+    {
+        self.write_shared(batch);
+    }
     /// Commits what was written so far. `upto` is the new input frontier:
     /// `Some(t)` means times before `t` are complete; `None`, the input is.
     ///

@@ -94,6 +94,13 @@ pub fn enrich_reading(r: Reading, view: &DeviceView) -> Enriched {
     }
 }
 
+/// Readings per output container, at most. A container holds only on-time
+/// or only late readings: the backup reads every reading and the other jobs
+/// only the on-time ones, so `on_time` then passes a shared batch on whole
+/// or drops it, and never copies records out of a batch that the backup's
+/// writer thread still holds.
+const OUT_BATCH: usize = 1024;
+
 /// Each device's view as of the end of its reference history, with the
 /// history's last time, kept between activations so that a device's history
 /// is read from the trace only when it changes. An entry is dropped when a
@@ -173,6 +180,20 @@ pub fn enrich<'s>(
                     for (cap, batch) in ready {
                         let t = *cap.time();
                         let mut session = output.session(&cap);
+                        // Each container holds only on-time or only late
+                        // readings (see `OUT_BATCH`).
+                        let mut left = batch.len();
+                        let mut run: Vec<Enriched> = Vec::new();
+                        let mut give = |e: Enriched| {
+                            if run.len() == OUT_BATCH || run.last().is_some_and(|l| l.late != e.late) {
+                                session.give_container(&mut std::mem::take(&mut run));
+                            }
+                            if run.capacity() == 0 {
+                                run.reserve_exact(left.min(OUT_BATCH));
+                            }
+                            run.push(e);
+                            left -= 1;
+                        };
                         let mut batch = batch.into_iter();
                         for n in 0.. {
                             if n % TOUCH_AHEAD == 0 {
@@ -188,13 +209,17 @@ pub fn enrich<'s>(
                             let time = lookup_time(r.ts, t, retention_ms);
                             let (latest, view) = &views.map[&r.device];
                             if time >= *latest {
-                                session.give(enrich_reading(r, view));
+                                give(enrich_reading(r, view));
                             } else {
                                 // Older than the device's last update: its history, as of `time`.
                                 let hist = histories(&mut trace, &[r.device]);
                                 let view = hist.first().map(|h| DeviceView::of(h, time)).unwrap_or_default();
-                                session.give(enrich_reading(r, &view));
+                                give(enrich_reading(r, &view));
                             }
+                        }
+                        drop(give);
+                        if !run.is_empty() {
+                            session.give_container(&mut run);
                         }
                     }
                 }

@@ -36,7 +36,8 @@ impl Taken {
 /// committed frontier; the [`Taken`] follows its input frontier.
 ///
 /// A batch that no other consumer shares goes to [`BatchSink::write`]; a
-/// shared one to [`BatchSink::write_shared`].
+/// shared one to [`BatchSink::write_arc`] (which by default reads it in
+/// place through [`BatchSink::write_shared`]).
 pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
     stream: Stream<'s, u64, C>,
     name: &str,
@@ -53,7 +54,10 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
         move |(input, frontier), _output| {
             input.for_each(|_cap, data| match data.get_mut() {
                 Some(records) => sink.write(records),
-                None => sink.write_shared(data.records()),
+                None => match data.arc() {
+                    Some(batch) => sink.write_arc(batch),
+                    None => sink.write_shared(data.records()),
+                },
             });
             let f = frontier.frontier();
             seen.0.set(f.iter().copied().min().unwrap_or(u64::MAX));

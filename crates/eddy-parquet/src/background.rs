@@ -37,10 +37,11 @@ use crate::{BackupWriter, RawArchiveWriter, RawRecord};
 
 /// A writer [`Background`] can drive: the backup and the raw archive.
 pub trait Writer: Send + 'static {
-    /// The row type.
-    type Row: Send + 'static;
-    /// Writes a batch (draining it); see [`BackupWriter::try_write`].
-    fn try_write(&mut self, batch: &mut Vec<Self::Row>) -> Result<()>;
+    /// The row type (`Sync` too: a batch may be shared with the worker's
+    /// other consumers, see [`Background::write_shared`]).
+    type Row: Send + Sync + 'static;
+    /// Writes rows; see [`BackupWriter::try_write_rows`].
+    fn try_write_rows(&mut self, rows: &[Self::Row]) -> Result<()>;
     /// Publishes what is due; see [`BackupWriter::try_commit`].
     fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>>;
     /// Rows written and not yet published.
@@ -53,8 +54,8 @@ pub trait Writer: Send + 'static {
 
 impl Writer for BackupWriter {
     type Row = eddy_core::reading::Enriched;
-    fn try_write(&mut self, batch: &mut Vec<Self::Row>) -> Result<()> {
-        BackupWriter::try_write(self, batch)
+    fn try_write_rows(&mut self, rows: &[Self::Row]) -> Result<()> {
+        BackupWriter::try_write_rows(self, rows)
     }
     fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
         BackupWriter::try_commit(self, upto)
@@ -72,8 +73,8 @@ impl Writer for BackupWriter {
 
 impl Writer for RawArchiveWriter {
     type Row = RawRecord;
-    fn try_write(&mut self, batch: &mut Vec<RawRecord>) -> Result<()> {
-        RawArchiveWriter::try_write(self, batch)
+    fn try_write_rows(&mut self, rows: &[RawRecord]) -> Result<()> {
+        RawArchiveWriter::try_write_rows(self, rows)
     }
     fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
         RawArchiveWriter::try_commit(self, upto)
@@ -99,7 +100,12 @@ const CHANNEL_MESSAGES: usize = 8;
 
 enum Msg<R> {
     Rows(Vec<R>),
-    Commit { upto: Option<u64>, seq: u64 },
+    /// Batches shared with the worker's other consumers, in order.
+    Shared(Vec<Arc<Vec<R>>>),
+    Commit {
+        upto: Option<u64>,
+        seq: u64,
+    },
 }
 
 /// What the thread has done, for the worker.
@@ -157,7 +163,12 @@ pub struct Background<W: Writer> {
     tx: Option<SyncSender<Msg<W::Row>>>,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Rows given and not yet handed over. At most one of `buf` and
+    /// `batches` holds anything, so the thread gets the rows in order.
     buf: Vec<W::Row>,
+    /// Shared batches given and not yet handed over, and their rows.
+    batches: Vec<Arc<Vec<W::Row>>>,
+    batch_rows: usize,
     /// Rows handed to the thread so far.
     handed: u64,
     seq: u64,
@@ -188,6 +199,8 @@ impl<W: Writer> Background<W> {
             shared,
             thread: Some(thread),
             buf: Vec::new(),
+            batches: Vec::new(),
+            batch_rows: 0,
             handed: 0,
             seq: 0,
             every,
@@ -201,6 +214,7 @@ impl<W: Writer> Background<W> {
     /// Returns the writer's error, if it has failed.
     pub fn write(&mut self, batch: &mut Vec<W::Row>) -> Result<()> {
         self.check()?;
+        self.hand_over_batches()?;
         if self.buf.is_empty() && batch.len() >= HAND_OVER_ROWS {
             std::mem::swap(&mut self.buf, batch);
         } else {
@@ -208,6 +222,21 @@ impl<W: Writer> Background<W> {
         }
         if self.buf.len() >= HAND_OVER_ROWS {
             self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    /// Takes a batch that other consumers of the worker's stream share: the
+    /// thread gets the batch itself, not a copy of its rows, and reads them
+    /// in place. Handed over as [`Background::write`]'s rows are, in order
+    /// with them. Returns the writer's error, if it has failed.
+    pub fn write_shared(&mut self, batch: Arc<Vec<W::Row>>) -> Result<()> {
+        self.check()?;
+        self.hand_over()?;
+        self.batch_rows += batch.len();
+        self.batches.push(batch);
+        if self.batch_rows >= HAND_OVER_ROWS {
+            self.hand_over_batches()?;
         }
         Ok(())
     }
@@ -220,13 +249,14 @@ impl<W: Writer> Background<W> {
     pub fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>> {
         self.check()?;
         // Nothing handed over is unpublished: `upto` is durable as it stands.
-        if self.buf.is_empty() && self.shared.lock().clean_rows == self.handed {
+        if self.buf.is_empty() && self.batches.is_empty() && self.shared.lock().clean_rows == self.handed {
             return Ok(upto);
         }
         let unasked = self.requested.is_none_or(|r| later(upto, r));
         let due = upto.is_none() || self.last_request.is_none_or(|t| t.elapsed() >= self.every);
         if unasked && due {
             self.hand_over()?;
+            self.hand_over_batches()?;
             self.seq += 1;
             self.send(Msg::Commit { upto, seq: self.seq })?;
             self.requested = Some(upto);
@@ -260,6 +290,15 @@ impl<W: Writer> Background<W> {
         self.send(Msg::Rows(rows))
     }
 
+    fn hand_over_batches(&mut self) -> Result<()> {
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.batches);
+        self.handed += std::mem::take(&mut self.batch_rows) as u64;
+        self.send(Msg::Shared(batches))
+    }
+
     fn send(&mut self, msg: Msg<W::Row>) -> Result<()> {
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(msg).is_ok());
         if sent {
@@ -286,10 +325,18 @@ fn run<W: Writer>(mut writer: W, rx: Receiver<Msg<W::Row>>, shared: Arc<Shared>)
     let mut received = 0u64;
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::Rows(mut rows) => {
+            Msg::Rows(rows) => {
                 received += rows.len() as u64;
-                if let Err(e) = writer.try_write(&mut rows) {
+                if let Err(e) = writer.try_write_rows(&rows) {
                     fail(&shared, e);
+                }
+            }
+            Msg::Shared(batches) => {
+                for rows in &batches {
+                    received += rows.len() as u64;
+                    if let Err(e) = writer.try_write_rows(rows) {
+                        fail(&shared, e);
+                    }
                 }
             }
             Msg::Commit { upto, seq } => {
@@ -381,6 +428,30 @@ mod tests {
         let rows = read_backup(dir.path()).unwrap();
         let offsets: Vec<u64> = rows.iter().map(|r| r.pos.offset).collect();
         assert_eq!(offsets, (1..=160).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shared_batches_and_owned_rows_reach_the_file_in_the_order_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Duration::ZERO);
+        // Owned rows, shared batches (more than a hand-over's worth, so some
+        // go before the commit asks), owned rows again, one more shared.
+        let mut first: Vec<Enriched> = (1..=10).map(reading).collect();
+        w.write(&mut first).unwrap();
+        let shared: Vec<Arc<Vec<Enriched>>> =
+            (0..5).map(|b| Arc::new((11 + b * 1000..11 + (b + 1) * 1000).map(reading).collect())).collect();
+        for batch in &shared {
+            w.write_shared(Arc::clone(batch)).unwrap();
+        }
+        let mut middle: Vec<Enriched> = (5011..=5020).map(reading).collect();
+        w.write(&mut middle).unwrap();
+        w.write_shared(Arc::new((5021..=5030).map(reading).collect())).unwrap();
+        assert_eq!(w.commit(None).unwrap(), None);
+        drop(w);
+        // The worker's other consumers still hold their batches, unchanged.
+        assert!(shared.iter().all(|b| b.len() == 1000));
+        let offsets: Vec<u64> = read_backup(dir.path()).unwrap().iter().map(|r| r.pos.offset).collect();
+        assert_eq!(offsets, (1..=5030).collect::<Vec<_>>());
     }
 
     #[test]

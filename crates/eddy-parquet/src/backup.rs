@@ -464,11 +464,20 @@ impl BackupWriter {
     /// open files. After an error (this one or an earlier one) the rest of
     /// the batch is dropped.
     pub fn try_write(&mut self, batch: &mut Vec<Enriched>) -> Result<()> {
+        let r = self.try_write_rows(batch);
+        batch.clear();
+        r
+    }
+
+    /// Writes `rows` (which stay the caller's: a batch shared with other
+    /// consumers), returning the error; after an error (this one or an
+    /// earlier one) the rest is dropped.
+    pub fn try_write_rows(&mut self, rows: &[Enriched]) -> Result<()> {
         if self.core.check_ok().is_ok() {
-            self.tracker.observe(batch);
+            self.tracker.observe(rows);
         }
         let layout = &self.tracker.layout;
-        self.core.write_batch(batch, || BackupEncoder::new(Arc::clone(layout)))
+        self.core.write_batch(rows, || BackupEncoder::new(Arc::clone(layout)))
     }
 
     /// [`BatchSink::commit`], returning the error and the path of the

@@ -229,21 +229,17 @@ impl<E: Encoder> Core<E> {
 
     /// Appends one row to the open file of its date, opening or rolling
     /// files as needed; `make` builds the encoder of a new file.
-    /// Writes a batch (draining it), stopping at the first error, which is
-    /// recorded: the shared body of the writers' `try_write`.
-    pub(crate) fn write_batch(&mut self, batch: &mut Vec<E::Row>, mut make: impl FnMut() -> E) -> Result<()> {
-        if let Err(e) = self.check_ok() {
-            batch.clear();
-            return Err(e);
-        }
+    /// Writes a batch, stopping at the first error, which is recorded: the
+    /// shared body of the writers' `try_write_rows`.
+    pub(crate) fn write_batch(&mut self, batch: &[E::Row], mut make: impl FnMut() -> E) -> Result<()> {
+        self.check_ok()?;
         let mut result = Ok(());
-        for row in batch.iter() {
+        for row in batch {
             result = self.push(row, &mut make);
             if result.is_err() {
                 break;
             }
         }
-        batch.clear();
         self.record(result)
     }
 

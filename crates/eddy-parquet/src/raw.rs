@@ -152,10 +152,18 @@ impl RawArchiveWriter {
         self.core.uncommitted_rows()
     }
 
-    /// [`BatchSink::write`], returning the error.
+    /// [`BatchSink::write`], returning the error: drains `batch`.
     pub fn try_write(&mut self, batch: &mut Vec<RawRecord>) -> Result<()> {
+        let r = self.try_write_rows(batch);
+        batch.clear();
+        r
+    }
+
+    /// Writes `rows` (which stay the caller's), returning the error. After
+    /// an error (this one or an earlier one) the rest is dropped.
+    pub fn try_write_rows(&mut self, rows: &[RawRecord]) -> Result<()> {
         let schema = &self.schema;
-        self.core.write_batch(batch, || RawEncoder::new(Arc::clone(schema)))
+        self.core.write_batch(rows, || RawEncoder::new(Arc::clone(schema)))
     }
 
     /// [`BatchSink::commit`], returning the error and the path of the

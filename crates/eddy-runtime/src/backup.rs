@@ -202,6 +202,18 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
         self.write_rows(&mut rows);
     }
 
+    fn write_arc(&mut self, batch: &Arc<Vec<Enriched>>) {
+        // The usual case, a batch the backup holds none of, goes to the
+        // writer's thread as it is: no record is copied.
+        if batch.iter().any(|e| self.committed.has_reading(e)) {
+            return self.write_shared(batch);
+        }
+        if let Some(w) = self.writer.as_mut() {
+            let r = w.write_shared(Arc::clone(batch));
+            self.check(r);
+        }
+    }
+
     fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
         let durable = self.publish(upto);
         eddy_operators::metrics::latency().durable(self.latency_slot, durable);
