@@ -10,8 +10,9 @@
 # 3. replays it at -w 1 and -w 2 (same run): readings/s, MB/s, peak RSS;
 #    again with EDDY_BENCH_STAGES (timely's schedule log, which slows the
 #    run, so its times are not the throughput) for the busy time of every
-#    step; and at -w 2 with `--outputs windows`, the work the Spark
-#    baseline does;
+#    step; at -w 1 and -w 2 without `enriched.jsonl` (the pipeline of the
+#    throughput target: every job and the backup); and at -w 2 with
+#    `--outputs windows`, the work the Spark baseline does;
 # 4. a paced run at R readings/s offered (default 100,000; -w 2): p50/p99/max
 #    latency from ingestion to event emission and to backup durability
 #    (EDDY_BENCH_LATENCY);
@@ -90,6 +91,11 @@ if [ "$throughput" = 1 ]; then
     # these runs are kept apart from the throughput runs above.
     run w1-stages 1 "$fleet" EDDY_BENCH_STAGES=1
     run w2-stages 2 "$fleet" EDDY_BENCH_STAGES=1
+    # The pipeline the throughput target names (validate → enrich →
+    # statistics → windows → alerts → Parquet backup): every job and the
+    # backup, without `enriched.jsonl`, the JSON copy of what the backup holds.
+    run w1-pipeline 1 "$fleet" -- --outputs late,deadletter,stats,windows,events
+    run w2-pipeline 2 "$fleet" -- --outputs late,deadletter,stats,windows,events
     # The work the Spark baseline does (parse, validate, calibrate, 1-hour
     # windows, Parquet backup): no statistics, alerts or other JSON-lines
     # outputs (eddy still writes the raw archive, which Spark does not).

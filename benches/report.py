@@ -72,7 +72,8 @@ def main():
           f" (plus uncommitted changes, if any)\n")
 
     rows = [eddy_run(runs, n) for n in
-            ("w1", "w2", "w1-stages", "w2-stages", "w2-windows", "w2-after-spark", "w2-windows-after-spark",
+            ("w1", "w2", "w1-stages", "w2-stages", "w1-pipeline", "w2-pipeline", "w2-windows", "w2-after-spark",
+             "w2-windows-after-spark",
              "paced", "million", "million-steady")]
     rows = [r for r in rows if r]
     print("| run | lines | valid readings | wall s | readings/s | MB/s | CPU % | peak RSS MB |")
@@ -85,6 +86,9 @@ def main():
     by = {r["name"]: r for r in rows}
     if "w1" in by and "w2" in by:
         print(f"\nscaling -w 1 → -w 2: **{by['w2']['readings_per_s'] / by['w1']['readings_per_s']:.2f}×**")
+    if "w1-pipeline" in by and "w2-pipeline" in by:
+        print(f"\nscaling -w 1 → -w 2, without `enriched.jsonl`:"
+              f" **{by['w2-pipeline']['readings_per_s'] / by['w1-pipeline']['readings_per_s']:.2f}×**")
 
     print("\n(`-stages` runs log every operator's schedule for the tables below, which slows them;"
           " the throughput is that of the runs without)")

@@ -227,8 +227,6 @@ impl<E: Encoder> Core<E> {
         self.open.iter().map(|p| p.stats.rows).sum::<u64>() + self.pending.iter().map(|p| p.entry.rows).sum::<u64>()
     }
 
-    /// Appends one row to the open file of its date, opening or rolling
-    /// files as needed; `make` builds the encoder of a new file.
     /// Writes a batch, stopping at the first error, which is recorded: the
     /// shared body of the writers' `try_write_rows`.
     pub(crate) fn write_batch(&mut self, batch: &[E::Row], mut make: impl FnMut() -> E) -> Result<()> {
@@ -251,6 +249,8 @@ impl<E: Encoder> Core<E> {
         self.record(r)
     }
 
+    /// Appends one row to the open file of its date, opening or rolling
+    /// files as needed; `make` builds the encoder of a new file.
     pub(crate) fn push(&mut self, row: &E::Row, make: impl FnOnce() -> E) -> Result<()> {
         let key = E::key(row);
         let day = day_of_ms(key.ts);
