@@ -217,7 +217,6 @@ pub fn enrich<'s>(
                                 give(enrich_reading(r, &view));
                             }
                         }
-                        drop(give);
                         if !run.is_empty() {
                             session.give_container(&mut run);
                         }
