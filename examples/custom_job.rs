@@ -30,7 +30,10 @@ pub fn site_pm25_job(opts: &JobOptions) -> eddy::runtime::Result<Summary> {
                     mean_pm25: w.agg.mean(),
                     readings: w.agg.count,
                 });
-            job.commit(site_means.sink(job.jsonl("site_pm25")));
+            job.build_with(|job| {
+                job.commit(site_means.sink(job.jsonl("site_pm25")?));
+                Ok(())
+            });
         },
         |_| {},
     )

@@ -12,8 +12,9 @@
 //! * [`parquet`]: the Parquet backup and raw archive;
 //! * [`kafka`]: Kafka topics, producer, consumers and `eddy publish`.
 //!
-//! The `eddy` binary is a thin CLI over [`runtime`]. To write a job of your
-//! own, see `examples/custom_job.rs`.
+//! The `eddy` binary is [`cli::main`] over the built-in jobs. To write a job
+//! of your own and a binary that runs it beside them, see `docs/jobs.md` and
+//! `examples/custom_eddy.rs`.
 
 pub use eddy_connectors as connectors;
 pub use eddy_core as core;
@@ -23,3 +24,6 @@ pub use eddy_operators as operators;
 pub use eddy_parquet as parquet;
 pub use eddy_runtime as runtime;
 pub use eddy_state as state;
+
+pub mod cli;
+pub mod testing;

@@ -71,7 +71,7 @@ fn enriched_batches_hold_only_on_time_or_only_late_readings() {
         move |job| {
             let reference = job.reference();
             let enriched = job.ingest().readings.enrich(&reference, 6 * 3_600_000);
-            job.commit(enriched.clone().sink(job.jsonl("enriched")));
+            job.commit(enriched.clone().sink(job.jsonl("enriched").unwrap()));
             let s = Arc::clone(&s);
             enriched.into_shared().inspect_core(move |event| {
                 let Ok((_, batch)) = event else { return };

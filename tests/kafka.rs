@@ -143,6 +143,7 @@ fn every_job_in_its_own_process_computes_what_replay_computes() {
     // The jobs start first: the reference data and its updates reach enrich
     // and alerts while they run (the live path), then the readings.
     let mut jobs: Vec<(&str, Child)> = CHAIN.iter().map(|j| (*j, start(j, &p, &[]))).collect();
+    jobs.push(("sensor-health", start("sensor-health", &p, &[])));
     jobs.push(("backup", start("backup", &p, &["--out", kout.to_str().unwrap()])));
     publish(&data.dir(), &p, &[]);
     for (name, child) in jobs {
@@ -154,6 +155,7 @@ fn every_job_in_its_own_process_computes_what_replay_computes() {
     assert_same(values(topic(&p, "windows.1h")), file_lines(&out, "windows"), "windows");
     assert_same(values(topic(&p, "events")), file_lines(&out, "events"), "events");
     assert!(!file_lines(&out, "events").is_empty(), "the dataset should raise alerts");
+    assert_same(values(topic(&p, "health")), file_lines(&out, "health"), "health");
     assert_same(late_keys(values(topic(&p, "late"))), late_keys(file_lines(&out, "late")), "late");
     let dead = topic(&p, "deadletter");
     assert_eq!(dead.len(), file_lines(&out, "deadletter").len(), "dead letters");

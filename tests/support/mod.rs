@@ -106,7 +106,7 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
 
 /// Every output of a run directory, each as a sorted list of lines.
 pub fn output_sets(out: &Path) -> BTreeMap<String, Vec<String>> {
-    ["enriched", "late", "deadletter", "stats", "windows", "events"]
+    ["enriched", "late", "deadletter", "stats", "windows", "events", "health"]
         .iter()
         .map(|n| {
             let mut lines: Vec<String> =

@@ -502,6 +502,31 @@ fn toml_error(file: &str, e: toml::de::Error) -> SpecError {
     SpecError { file: file.to_string(), key: None, message: e.to_string().trim_end().to_string() }
 }
 
+/// The `kind` a spec file's text names, unchecked: the key every spec has.
+/// Errors name the file: a TOML syntax error (with its line), a missing
+/// `kind`, or one that is not a string.
+pub fn kind_of(text: &str, file: &str) -> Result<String, SpecError> {
+    let k: KindOnly = toml::from_str(text).map_err(|e| toml_error(file, e))?;
+    match k.kind {
+        None => Err(SpecError::key(file, "kind", "missing: say which job this is (`eddy jobs` lists the kinds)")),
+        Some(toml::Value::String(s)) => Ok(s),
+        Some(other) => Err(SpecError::key(file, "kind", format!("must be a string, found {}", other.type_str()))),
+    }
+}
+
+/// A TOML error as a spec error of `file` (toml's message carries the line,
+/// the column and the offending key).
+pub fn toml_spec_error(file: &str, e: toml::de::Error) -> SpecError {
+    toml_error(file, e)
+}
+
+impl SpecError {
+    /// An error of `key` in `file`.
+    pub fn at_key(file: &str, key: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError::key(file, key, message)
+    }
+}
+
 impl JobSpec {
     /// Parses and checks a spec file's text; `file` names it in errors.
     pub fn from_toml(text: &str, file: &str) -> Result<JobSpec, SpecError> {

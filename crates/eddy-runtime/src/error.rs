@@ -12,6 +12,10 @@ pub enum Error {
     /// The worker configuration is invalid (bad `-w/-n/-p/-h`).
     #[error("worker configuration: {0}")]
     Workers(String),
+    /// A job's build asked for something its declaration does not allow
+    /// (an undeclared port, say).
+    #[error("job: {0}")]
+    Job(String),
     /// A worker failed while running.
     #[error("the run failed: {0}")]
     Run(String),

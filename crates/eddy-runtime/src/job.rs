@@ -46,8 +46,12 @@ pub struct JobOptions {
     pub dataset: PathBuf,
     /// The output directory (created if missing).
     pub out: PathBuf,
-    /// The job specs (ingest settings, standard rules, …).
+    /// The core jobs' specs (ingest settings, standard rules, …).
     pub spec: PipelineSpec,
+    /// The component jobs that `eddy replay` runs beside the core pipeline
+    /// (stats, windows, alerts, sensor-health and any job of the registry
+    /// whose spec was given), in registry order.
+    pub jobs: Vec<crate::component::JobInstance>,
     /// Workers (`-w`).
     pub workers: Workers,
     /// `Some(x)`: replay at x times the recorded event-time pace.
@@ -64,12 +68,19 @@ pub struct JobOptions {
 }
 
 impl JobOptions {
-    /// Options with the defaults: built-in specs, one worker, full speed.
+    /// Options with the defaults: built-in specs and jobs, one worker, full speed.
     pub fn new(dataset: impl Into<PathBuf>, out: impl Into<PathBuf>) -> JobOptions {
+        let jobs = crate::component::Registry::builtin().defaults();
+        JobOptions::with_jobs(dataset, out, jobs)
+    }
+
+    /// Options running `jobs` (see [`Registry::load`](crate::component::Registry::load)).
+    pub fn with_jobs(dataset: impl Into<PathBuf>, out: impl Into<PathBuf>, jobs: crate::component::Jobs) -> JobOptions {
         JobOptions {
             dataset: dataset.into(),
             out: out.into(),
-            spec: PipelineSpec::builtin(),
+            spec: jobs.pipeline,
+            jobs: jobs.instances,
             workers: Workers::default(),
             speed: None,
             reference: None,
@@ -132,7 +143,7 @@ pub struct Summary {
 }
 
 /// Process-wide state shared by the workers of a run.
-struct Shared {
+pub(crate) struct Shared {
     dataset: Dataset,
     resume: Resume,
     /// Every reference change, for [`JobContext::reference_changes`]: kept
@@ -143,6 +154,7 @@ struct Shared {
     handoff: Mutex<Option<Vec<RefUpdate>>>,
     spec: PipelineSpec,
     speed: Option<f64>,
+    jobs: Vec<crate::component::JobInstance>,
     out: PathBuf,
     files: Mutex<BTreeMap<String, Arc<JsonlFile>>>,
     metrics: Arc<Metrics>,
@@ -150,7 +162,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn file(&self, name: &str) -> Result<Arc<JsonlFile>> {
+    pub(crate) fn file(&self, name: &str) -> Result<Arc<JsonlFile>> {
         let mut files = self.files.lock();
         if let Some(f) = files.get(name) {
             return Ok(Arc::clone(f));
@@ -188,6 +200,16 @@ impl<'s, 'a> JobContext<'s, 'a> {
     /// The job specs.
     pub fn spec(&self) -> &PipelineSpec {
         &self.shared.spec
+    }
+
+    /// The component jobs of the run, in registry order.
+    pub fn jobs(&self) -> &[crate::component::JobInstance] {
+        &self.shared.jobs
+    }
+
+    /// The JSON-lines file `OUT/<name>.jsonl`, shared by the process's workers.
+    pub(crate) fn jsonl_file(&self, name: &str) -> Result<Arc<JsonlFile>> {
+        self.shared.file(name)
     }
 
     /// The dataset's readings, through the ingest job: valid readings (late
@@ -285,18 +307,16 @@ impl<'s, 'a> JobContext<'s, 'a> {
     }
 
     /// A sink writing JSON lines to `OUT/<name>.jsonl` (one file, shared by
-    /// every worker of this process).
-    pub fn jsonl(&self, name: &str) -> JsonlSink {
-        match self.shared.file(name) {
-            Ok(f) => JsonlSink::new(f),
-            Err(e) => {
-                self.shared.metrics.fail(e.to_string());
-                // A sink that cannot open its file stops the run with that error;
-                // keep building so the workers wind down cleanly.
-                JsonlSink::new(
-                    self.shared.file("_failed").unwrap_or_else(|e| panic!("cannot create any output file: {e}")),
-                )
-            }
+    /// every worker of this process). An error names the file.
+    pub fn jsonl(&self, name: &str) -> Result<JsonlSink> {
+        Ok(JsonlSink::new(self.shared.file(name)?))
+    }
+
+    /// Runs `build`, and stops the run with its error if it fails: the
+    /// workers wind down cleanly and [`run`] returns the error.
+    pub fn build_with(&mut self, build: impl FnOnce(&mut Self) -> Result<()>) {
+        if let Err(e) = build(self) {
+            self.shared.metrics.fail(e.to_string());
         }
     }
 
@@ -365,6 +385,7 @@ where
         handoff: Mutex::new(Some(updates)),
         spec: opts.spec.clone(),
         speed: opts.speed,
+        jobs: opts.jobs.clone(),
         out: opts.out.clone(),
         files: Mutex::new(BTreeMap::new()),
         metrics: Arc::clone(&metrics),

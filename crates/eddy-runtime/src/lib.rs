@@ -16,7 +16,9 @@
 #![deny(missing_docs)]
 
 pub mod backup;
+pub mod builtin;
 pub mod checkpoint;
+pub mod component;
 pub mod error;
 pub mod flow;
 pub mod job;

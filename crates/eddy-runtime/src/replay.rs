@@ -5,10 +5,12 @@
 //! [`Flow`](crate::flow::Flow) from one job to the next. Each job's part is
 //! the same code that runs it alone (see `docs/architecture.md`).
 
+use eddy_core::reading::{Enriched, Reading};
 use eddy_core::spec::PipelineSpec;
+use eddy_operators::reference::Reference;
 use eddy_operators::stats::StatsParams;
-use eddy_state::stats::StatsConfig;
 use eddy_state::window::WindowSpec;
+use timely::dataflow::Scope;
 
 use std::time::Duration;
 
@@ -18,13 +20,15 @@ use eddy_ml::model::{ModelFile, ModelUpdate};
 use eddy_ml::score::{score, ModelWatch};
 use timely::dataflow::operators::{ConnectLoop as _, Feedback as _};
 
+use crate::component::{JobInstance, Target, Wiring};
 use crate::error::{Error, Result};
-use crate::flow::Flow;
+use crate::flow::{Committed, Flow};
 use crate::job::{run, JobContext};
 pub use crate::job::{JobOptions as ReplayOptions, Progress, Summary};
 
-/// The outputs of a replay, by name: each is `OUT/<name>.jsonl`.
-pub const OUTPUTS: [&str; 6] = ["enriched", "late", "deadletter", "stats", "windows", "events"];
+/// The core pipeline's outputs, by name: each is `OUT/<name>.jsonl`. The
+/// component jobs add theirs ([`JobInstance::outputs`]).
+pub const OUTPUTS: [&str; 3] = ["enriched", "late", "deadletter"];
 
 /// The scoring job's output (`OUT/forecasts.jsonl`), written when a model is given.
 pub const FORECASTS: &str = "forecasts";
@@ -39,13 +43,17 @@ impl Outputs {
         Outputs(None)
     }
 
-    /// The outputs named in `names` (each one of [`OUTPUTS`] or [`FORECASTS`]).
-    pub fn only(names: &[String]) -> Result<Outputs> {
+    /// The outputs named in `names`: each one of [`OUTPUTS`], [`FORECASTS`]
+    /// or an output of one of `jobs`.
+    pub fn only(names: &[String], jobs: &[JobInstance]) -> Result<Outputs> {
+        let mut known: Vec<&str> = OUTPUTS.to_vec();
+        known.extend(jobs.iter().flat_map(|j| j.outputs().iter().copied()));
+        known.push(FORECASTS);
         for n in names {
-            if !OUTPUTS.contains(&n.as_str()) && n != FORECASTS {
-                return Err(Error::Run(format!(
-                    "--outputs: unknown output {n:?}; the outputs are {} and {FORECASTS}",
-                    OUTPUTS.join(", ")
+            if !known.contains(&n.as_str()) {
+                return Err(Error::Job(format!(
+                    "--outputs: unknown output {n:?}; the outputs are {}",
+                    known.join(", ")
                 )));
             }
         }
@@ -60,31 +68,53 @@ impl Outputs {
 
 /// The statistics settings of a pipeline spec.
 pub fn stats_params(spec: &PipelineSpec) -> StatsParams {
-    StatsParams {
-        config: StatsConfig {
-            alpha: spec.stats.alpha,
-            top_k: spec.stats.top_k,
-            trend_span_ms: spec.stats.trend_span.ms(),
-            trend_buckets: spec.stats.trend_buckets,
-        },
-        snapshot_every_ms: spec.stats.snapshot_every.ms(),
-    }
+    crate::builtin::stats::params(&spec.stats)
 }
 
 /// The window settings of a pipeline spec.
 pub fn window_spec(spec: &PipelineSpec) -> WindowSpec {
-    WindowSpec::hopping(spec.windows.size.ms(), spec.windows.slide().ms())
+    crate::builtin::windows::window_spec(&spec.windows)
+}
+
+/// A component job's ports in the embedded pipeline: its inputs are flows of
+/// this dataflow, its outputs `OUT/<port>.jsonl`.
+struct Embedded<'s, 'c, 'j, 'a> {
+    job: &'c mut JobContext<'s, 'a>,
+    enriched: &'j Flow<'s, Enriched>,
+    readings: &'j Flow<'s, Reading>,
+    reference: &'j Reference<'s>,
+}
+
+impl<'s> Wiring<'s> for Embedded<'s, '_, '_, '_> {
+    fn scope(&self) -> Scope<'s, u64> {
+        self.job.scope()
+    }
+    fn enriched(&mut self) -> Result<Flow<'s, Enriched>> {
+        Ok(self.enriched.clone())
+    }
+    fn readings(&mut self) -> Result<Flow<'s, Reading>> {
+        Ok(self.readings.clone())
+    }
+    fn reference(&mut self) -> Result<Reference<'s>> {
+        Ok(Reference { devices: self.reference.devices.clone(), rules: self.reference.rules.clone() })
+    }
+    fn target(&mut self, port: &str, _topic: &str) -> Result<Target> {
+        Ok(Target::File(self.job.jsonl_file(port)?))
+    }
+    fn commit(&mut self, committed: Committed<'s>) {
+        self.job.commit(committed);
+    }
 }
 
 /// Builds the embedded pipeline on one worker, with every output.
-pub fn pipeline(job: &mut JobContext<'_, '_>) {
-    pipeline_with(job, &Outputs::all());
+pub fn pipeline(job: &mut JobContext<'_, '_>) -> Result<()> {
+    pipeline_with(job, &Outputs::all())
 }
 
 /// Builds the embedded pipeline on one worker, writing the JSON-lines
 /// outputs in `outputs` (the Parquet backup and raw archive follow the
-/// spec). A job whose one output is left out is not built.
-pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) {
+/// spec). A job whose outputs are all left out is not built.
+pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) -> Result<()> {
     let spec = job.spec().clone();
     let step = |name: &Option<String>, kind: &str| name.clone().unwrap_or_else(|| kind.to_string());
     let ingest = job.ingest();
@@ -98,13 +128,14 @@ pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) {
         None => (job.reference(), None),
     };
     let readings = ingest.readings;
+    let all_readings = readings.clone();
 
     // ingest → late, deadletter (and the raw archive: every line as received)
     if outputs.wants("late") {
-        job.commit(readings.clone().late().sink(job.jsonl("late")));
+        job.commit(readings.clone().late().sink(job.jsonl("late")?));
     }
     if outputs.wants("deadletter") {
-        job.commit(ingest.dead.sink(job.jsonl("deadletter")));
+        job.commit(ingest.dead.sink(job.jsonl("deadletter")?));
     }
 
     // enrich → enriched (late readings are enriched too, for the backup)
@@ -127,15 +158,18 @@ pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) {
         }
     }
     let adapter_input = adapter_loop.is_some().then(|| enriched.clone());
-    let on_time = enriched.on_time();
+    let on_time = enriched.clone().on_time();
     if outputs.wants("enriched") {
-        job.commit(on_time.clone().sink(job.jsonl("enriched")));
+        job.commit(on_time.clone().sink(job.jsonl("enriched")?));
     }
 
-    // stats, windows, alerts ← enriched (on time)
-    if outputs.wants("stats") {
-        let stats = on_time.clone().step(&step(&spec.stats.name, "stats")).stats(stats_params(&spec));
-        job.commit(stats.sink(job.jsonl("stats")));
+    // The component jobs (stats, windows, alerts, sensor-health, users'
+    // jobs) ← enriched, each with its own step name.
+    let jobs = job.jobs().to_vec();
+    for instance in jobs.iter().filter(|j| j.outputs().iter().any(|o| outputs.wants(o))) {
+        let mut wiring =
+            Embedded { job: &mut *job, enriched: &enriched, readings: &all_readings, reference: &reference };
+        instance.build(&spec, &mut wiring)?;
     }
     if let (Some(handle), Some(input)) = (adapter_loop, adapter_input) {
         let a = &spec.adapter;
@@ -151,21 +185,14 @@ pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) {
         );
         updates.connect_loop(handle);
     }
-    if outputs.wants("windows") {
-        let windows = on_time.clone().step(&step(&spec.windows.name, "windows")).windows(window_spec(&spec));
-        job.commit(windows.sink(job.jsonl("windows")));
-    }
     // scoring ← enriched (on time), with a watched model file
     if let (Some(path), true) = (&spec.score.model, outputs.wants(FORECASTS)) {
         let name = step(&spec.score.name, "score");
         let watch = ModelWatch::new(path.into(), Duration::from_millis(spec.score.poll.ms() as u64));
-        let forecasts = score(on_time.clone().into_stream(), watch, &name);
-        job.commit(Flow::new(forecasts, &name).sink(job.jsonl("forecasts")));
+        let forecasts = score(on_time.into_stream(), watch, &name);
+        job.commit(Flow::new(forecasts, &name).sink(job.jsonl("forecasts")?));
     }
-    if outputs.wants("events") {
-        let events = on_time.step(&step(&spec.alerts.name, "alerts")).detect(&reference);
-        job.commit(events.sink(job.jsonl("events")));
-    }
+    Ok(())
 }
 
 /// The calibration adapter's settings, with its loop's delay.
@@ -199,17 +226,19 @@ pub fn replay(opts: &ReplayOptions, on_progress: impl FnMut(Progress)) -> Result
     check_model(&opts.spec)?;
     let outputs = match &opts.outputs {
         None => Outputs::all(),
-        Some(names) => Outputs::only(names)?,
+        Some(names) => Outputs::only(names, &opts.jobs)?,
     };
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
     // Create every output up front, so that an empty one exists as a file.
     let summary = run(
         opts,
         move |job| {
-            for name in OUTPUTS.into_iter().filter(|n| outputs.wants(n)) {
-                let _ = job.jsonl(name);
-            }
-            pipeline_with(job, &outputs)
+            job.build_with(|job| {
+                for name in OUTPUTS.into_iter().filter(|n| outputs.wants(n)) {
+                    job.jsonl(name)?;
+                }
+                pipeline_with(job, &outputs)
+            })
         },
         on_progress,
     )?;

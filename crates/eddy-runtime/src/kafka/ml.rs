@@ -86,13 +86,13 @@ pub struct MlShared {
 
 /// True when the enrich job runs in the adapter's loop.
 pub fn enrich_in_loop(opts: &RunOptions) -> bool {
-    opts.kind == JobKind::Enrich && opts.spec.adapter.enabled
+    opts.is(JobKind::Enrich) && opts.spec.adapter.enabled
 }
 
 /// Topics the ML jobs need besides the job's input and outputs.
 pub fn extra_topics(opts: &RunOptions) -> Vec<TopicSpec> {
-    match opts.kind {
-        JobKind::Score => vec![TopicSpec::new(opts.topics.models(), 1)],
+    match opts.core() {
+        Some(JobKind::Score) => vec![TopicSpec::new(opts.topics.models(), 1)],
         _ => Vec::new(),
     }
 }
@@ -111,7 +111,7 @@ pub fn prepare(opts: &RunOptions) -> Result<MlShared> {
         let c = consume::consumer(&opts.kafka, &format!("{}.gate", opts.group())).map_err(kafka_err)?;
         ml.gate_partitions = consume::partitions(&c, &calibration, opts.kafka.connect_timeout).map_err(kafka_err)?;
     }
-    if opts.kind == JobKind::Adapter {
+    if opts.is(JobKind::Adapter) {
         for m in read_to_end(&opts.kafka, &calibration, Duration::from_secs(60)).map_err(kafka_err)? {
             let own = m.headers().is_some_and(|h| h.iter().any(|h| h.key == TIME));
             let Some(p) = m.payload().filter(|_| !own) else { continue };
@@ -125,7 +125,7 @@ pub fn prepare(opts: &RunOptions) -> Result<MlShared> {
         }
         ml.dataset_calibration.sort_by_key(|u| u.ts);
     }
-    if opts.kind == JobKind::Score {
+    if opts.is(JobKind::Score) {
         crate::replay::check_model(&opts.spec)?;
     }
     Ok(ml)

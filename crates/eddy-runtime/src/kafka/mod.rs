@@ -55,21 +55,31 @@ use eddy_operators::reference::{reference_with_feedback, Reference};
 use eddy_parquet::{BackupWriter, Manifest, RawArchiveWriter};
 
 use crate::backup::{backup_config, ParquetSink, Resume};
+use crate::component::{JobInstance, OutputRecord, Target, Wiring};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::job::spec_rules;
-use crate::replay::{stats_params, window_spec};
 use crate::workers::Workers;
 use operators::{
     kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop,
     Unsettled, RESUME_REWIND,
 };
 
+/// Which job a process runs.
+#[derive(Clone, Debug)]
+pub enum RunJob {
+    /// A core job (ingest, enrich, backup, adapter, score).
+    Core(JobKind),
+    /// A component of the registry (stats, windows, alerts, sensor-health,
+    /// a user's job).
+    Component(JobInstance),
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// Which job.
-    pub kind: JobKind,
+    pub job: RunJob,
     /// The job specs (the job's own file over the built-in defaults).
     pub spec: PipelineSpec,
     /// The brokers.
@@ -94,9 +104,9 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// Options with the defaults: one worker, 4 partitions, 10 s idle timeout.
-    pub fn new(kind: JobKind, spec: PipelineSpec, brokers: &str) -> RunOptions {
+    pub fn new(job: RunJob, spec: PipelineSpec, brokers: &str) -> RunOptions {
         RunOptions {
-            kind,
+            job,
             spec,
             kafka: KafkaConfig::new(brokers),
             topics: Topics::default(),
@@ -109,10 +119,27 @@ impl RunOptions {
         }
     }
 
+    /// The core job's kind, if it is one.
+    pub fn core(&self) -> Option<JobKind> {
+        match &self.job {
+            RunJob::Core(k) => Some(*k),
+            RunJob::Component(_) => None,
+        }
+    }
+
+    /// True when the job is the core job `kind`.
+    pub fn is(&self, kind: JobKind) -> bool {
+        self.core() == Some(kind)
+    }
+
     /// The job's name: its spec's `name`, or its kind.
     pub fn job_name(&self) -> String {
         let s = &self.spec;
-        let name = match self.kind {
+        let kind = match &self.job {
+            RunJob::Component(c) => return c.name.clone(),
+            RunJob::Core(k) => *k,
+        };
+        let name = match kind {
             JobKind::Ingest => &s.ingest.name,
             JobKind::Enrich => &s.enrich.name,
             JobKind::Stats => &s.stats.name,
@@ -122,7 +149,7 @@ impl RunOptions {
             JobKind::Adapter => &s.adapter.name,
             JobKind::Score => &s.score.name,
         };
-        name.clone().unwrap_or_else(|| self.kind.name().to_string())
+        name.clone().unwrap_or_else(|| kind.name().to_string())
     }
 
     /// The consumer group (and checkpoint key): `<prefix>.<job name>`.
@@ -136,30 +163,48 @@ impl RunOptions {
     }
 
     fn input_topic(&self) -> String {
-        match self.kind {
-            JobKind::Ingest => self.topics.raw(),
-            JobKind::Enrich => self.topics.readings(),
-            _ => self.topics.enriched(),
+        match &self.job {
+            RunJob::Core(JobKind::Ingest) => self.topics.raw(),
+            RunJob::Core(JobKind::Enrich) => self.topics.readings(),
+            RunJob::Component(c) => match c.inputs().first() {
+                Some(&"readings") => self.topics.readings(),
+                _ => self.topics.enriched(),
+            },
+            RunJob::Core(_) => self.topics.enriched(),
         }
     }
 
     fn output_topics(&self) -> Vec<String> {
         let t = &self.topics;
-        match self.kind {
+        let kind = match &self.job {
+            RunJob::Component(c) => {
+                let mut out: Vec<String> = c.outputs().iter().map(|p| t.name(&c.topic(p))).collect();
+                out.push(t.deadletter());
+                return out;
+            }
+            RunJob::Core(k) => *k,
+        };
+        match kind {
             JobKind::Ingest => vec![t.readings(), t.late(), t.deadletter()],
             JobKind::Enrich => vec![t.enriched(), t.deadletter()],
-            JobKind::Stats => vec![t.stats(), t.deadletter()],
-            JobKind::Windows => vec![t.windows(&self.window_label()), t.deadletter()],
-            JobKind::Alerts => vec![t.events(), t.deadletter()],
             JobKind::Backup => vec![t.deadletter()],
             JobKind::Adapter => vec![t.calibration(), t.deadletter()],
             JobKind::Score => vec![t.forecasts(), t.deadletter()],
+            JobKind::Stats | JobKind::Windows | JobKind::Alerts => vec![t.deadletter()],
         }
     }
 
     /// Stateful jobs rebuild their state from the start of their input.
     fn rewinds(&self) -> bool {
-        !matches!(self.kind, JobKind::Enrich | JobKind::Backup)
+        !matches!(self.job, RunJob::Core(JobKind::Enrich | JobKind::Backup))
+    }
+
+    /// True when the job reads the reference data.
+    fn reads_reference(&self) -> bool {
+        match &self.job {
+            RunJob::Core(k) => *k == JobKind::Enrich,
+            RunJob::Component(c) => c.inputs().iter().any(|p| matches!(*p, "devices" | "calibration" | "rules")),
+        }
     }
 }
 
@@ -209,7 +254,6 @@ struct Shared {
     updates: Vec<RefUpdate>,
     ref_offsets: BTreeMap<(String, i32), i64>,
     partitions: i32,
-    window_label: String,
     backup_floor: BTreeMap<u64, Vec<u64>>,
     raw_resume: Option<Resume>,
     metrics: Arc<Metrics>,
@@ -270,7 +314,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
 
     // Topics: the input and outputs exist before anyone reads or writes them.
     let mut specs: Vec<TopicSpec> = vec![
-        TopicSpec::new(opts.input_topic(), if opts.kind == JobKind::Ingest { 1 } else { opts.partitions }),
+        TopicSpec::new(opts.input_topic(), if opts.is(JobKind::Ingest) { 1 } else { opts.partitions }),
         TopicSpec::compacted(opts.topics.checkpoints(), 1),
     ];
     let reference = opts.topics.reference();
@@ -279,7 +323,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     );
     specs.extend(reference.into_iter().map(|t| TopicSpec::compacted(t, 1)));
     specs.extend(ml::extra_topics(opts));
-    if opts.kind == JobKind::Backup && opts.spec.backup.raw_archive {
+    if opts.is(JobKind::Backup) && opts.spec.backup.raw_archive {
         specs.push(TopicSpec::new(opts.topics.raw(), 1));
     }
     ensure(&opts.kafka, &specs).map_err(kafka_err)?;
@@ -305,7 +349,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     // Before the reference topics are read (the adapter's markers read here
     // must come after updates read there).
     let ml = ml::prepare(opts)?;
-    let (updates, ref_offsets) = if matches!(opts.kind, JobKind::Enrich | JobKind::Alerts) {
+    let (updates, ref_offsets) = if opts.reads_reference() {
         let mut u = spec_rules(&opts.spec);
         let (read, next) = read_reference(&opts.kafka, &opts.topics)?;
         u.extend(read);
@@ -319,14 +363,14 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         consume::partitions(&probe_consumer, &opts.input_topic(), opts.kafka.connect_timeout).map_err(kafka_err)?;
     drop(probe_consumer);
 
-    let (backup_floor, raw_resume) = match (&opts.kind, &opts.out) {
-        (JobKind::Backup, Some(out)) => {
+    let (backup_floor, raw_resume) = match (opts.core(), &opts.out) {
+        (Some(JobKind::Backup), Some(out)) => {
             std::fs::create_dir_all(out).map_err(|e| eddy_connectors::Error::io(out, e))?;
             let identity = PathBuf::from(format!("kafka:{}", opts.topics.enriched()));
             let resume = Resume::prepare(out, &identity)?;
             (backup_floors(&out.join("backup"))?, Some(resume))
         }
-        (JobKind::Backup, None) => return Err(Error::Run("the backup job needs --out DIR".into())),
+        (Some(JobKind::Backup), None) => return Err(Error::Run("the backup job needs --out DIR".into())),
         _ => (BTreeMap::new(), None),
     };
 
@@ -338,7 +382,6 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         updates,
         ref_offsets,
         partitions,
-        window_label: opts.window_label(),
         backup_floor,
         raw_resume,
         metrics: Arc::clone(&metrics),
@@ -410,6 +453,8 @@ struct Ctx<'s> {
     progress: Rc<SourceProgress>,
     /// Markers of output topics that are not the job's frontier (ML jobs).
     topic_marks: Vec<ml::TopicMark>,
+    /// A probe of the job's input, which paces its live reference data.
+    watch: Option<ProbeHandle<u64>>,
 }
 
 impl<'s> Ctx<'s> {
@@ -490,7 +535,7 @@ impl<'s> Ctx<'s> {
         };
         Ok(raw_source(
             self.scope,
-            "ingest",
+            &self.opts().job_name(),
             input,
             cfg,
             Rc::clone(&self.progress),
@@ -517,10 +562,15 @@ impl<'s> Ctx<'s> {
     /// then every change that arrives while the job runs (read by worker 0).
     /// `watch` is the job's readings, whose frontier paces the changes.
     fn reference<D: Clone + 'static>(&self, watch: &Flow<'s, D>) -> Result<Reference<'s>> {
+        let (probe, _) = watch.clone().into_shared().probe();
+        self.reference_watching(probe)
+    }
+
+    /// [`reference`](Self::reference), paced by a probe of the job's input.
+    fn reference_watching(&self, probe: ProbeHandle<u64>) -> Result<Reference<'s>> {
         let leader = self.scope.index() == 0;
         let updates = if leader { self.shared.updates.clone() } else { Vec::new() };
         let consumer = if leader { Some(self.reference_consumer()?) } else { None };
-        let (probe, _) = watch.clone().into_shared().probe();
         let spec = &self.opts().spec.ingest;
         let ahead = (spec.lateness.ms() + spec.epoch.ms()).max(0) as u64;
         let live =
@@ -575,47 +625,101 @@ fn build(ctx: &mut Ctx<'_>) -> Result<()> {
     let opts = ctx.opts().clone();
     let t = &opts.topics;
     let spec = &opts.spec;
-    match opts.kind {
+    let kind = match &opts.job {
+        RunJob::Component(instance) => return instance.build(spec, ctx),
+        RunJob::Core(k) => *k,
+    };
+    match kind {
         JobKind::Ingest => {
             let s = ctx.raw()?;
-            let readings = Flow::new(s.readings, "ingest");
+            let step = opts.job_name();
+            let readings = Flow::new(s.readings, &step);
             ctx.sink(readings.clone().late(), t.late(), as_jsonl(|r: &Reading| Some(r.device.name())));
             ctx.sink(readings, t.readings(), as_serde(|r: &Reading| Some(r.device.name())));
-            ctx.sink(Flow::new(s.dead, "ingest"), t.deadletter(), dead_encoder());
+            ctx.sink(Flow::new(s.dead, &step), t.deadletter(), dead_encoder());
         }
         JobKind::Enrich if ml::enrich_in_loop(&opts) => ml::build_enrich_in_loop(ctx)?,
         JobKind::Enrich => {
             let (readings, dead) = ctx.typed::<Reading>(&t.readings())?;
-            let reference = ctx.reference(&readings)?;
-            let enriched = readings.step("enrich").enrich(&reference, spec.enrich.reference_retention.ms());
+            let reference = Ctx::reference(ctx, &readings)?;
+            let enriched = readings.step(&opts.job_name()).enrich(&reference, spec.enrich.reference_retention.ms());
             ctx.sink(enriched, t.enriched(), as_serde(|e: &Enriched| Some(e.device.name())));
             ctx.sink(dead, t.deadletter(), dead_encoder());
         }
-        JobKind::Stats => {
-            let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
-            let stats = enriched.on_time().step("stats").stats(stats_params(spec));
-            ctx.sink(stats, t.stats(), as_jsonl(|s| Some(s.device_id.name())));
-            ctx.sink(dead, t.deadletter(), dead_encoder());
-        }
-        JobKind::Windows => {
-            let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
-            let windows = enriched.on_time().step("windows").windows(window_spec(spec));
-            let topic = t.windows(&ctx.shared.window_label);
-            ctx.sink(windows, topic, as_jsonl(|w| Some(w.device_id.name())));
-            ctx.sink(dead, t.deadletter(), dead_encoder());
-        }
-        JobKind::Alerts => {
-            let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
-            let reference = ctx.reference(&enriched)?;
-            let events = enriched.on_time().step("alerts").detect(&reference);
-            ctx.sink(events, t.events(), as_jsonl(|e| Some(e.device_id.name())));
-            ctx.sink(dead, t.deadletter(), dead_encoder());
+        JobKind::Stats | JobKind::Windows | JobKind::Alerts => {
+            return Err(Error::Job(format!("{} is a component job: run it as RunJob::Component", kind.name())))
         }
         JobKind::Backup => build_backup(ctx)?,
         JobKind::Adapter => ml::build_adapter(ctx)?,
         JobKind::Score => ml::build_score(ctx)?,
     }
     Ok(())
+}
+
+/// Where a component's output port goes over Kafka: a topic, written by
+/// [`kafka_sink`] with the record's JSON encoding and key.
+pub struct TopicTarget {
+    producer: Rc<RefCell<Producer>>,
+    topic: String,
+    resume_from: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl TopicTarget {
+    /// Writes `flow` to the topic.
+    pub(crate) fn sink<'s, D: OutputRecord>(self, flow: Flow<'s, D>) -> Committed<'s> {
+        let name = format!("sink.{}", self.topic);
+        let encoder = Encoder { value: Box::new(|d: &D, out: &mut Vec<u8>| d.encode(out)), key: Box::new(D::key) };
+        let stream =
+            kafka_sink(flow.into_stream(), &name, self.producer, self.topic, encoder, self.resume_from, self.metrics);
+        Committed { stream, processed: None }
+    }
+}
+
+/// A component's ports over Kafka: input ports are typed sources of
+/// `P.<port>` (their undecodable records go to `P.deadletter`), output
+/// ports are topics.
+impl<'s> Wiring<'s> for Ctx<'s> {
+    fn scope(&self) -> Scope<'s, u64> {
+        self.scope
+    }
+
+    fn enriched(&mut self) -> Result<Flow<'s, Enriched>> {
+        let topic = self.opts().topics.enriched();
+        let (flow, dead) = self.typed::<Enriched>(&topic)?;
+        self.sink(dead, self.opts().topics.deadletter(), dead_encoder());
+        self.watch = Some(flow.clone().into_shared().probe().0);
+        Ok(flow)
+    }
+
+    fn readings(&mut self) -> Result<Flow<'s, Reading>> {
+        let topic = self.opts().topics.readings();
+        let (flow, dead) = self.typed::<Reading>(&topic)?;
+        self.sink(dead, self.opts().topics.deadletter(), dead_encoder());
+        self.watch = Some(flow.clone().into_shared().probe().0);
+        Ok(flow)
+    }
+
+    fn reference(&mut self) -> Result<Reference<'s>> {
+        let watch = self
+            .watch
+            .clone()
+            .ok_or_else(|| Error::Job("over Kafka, a job reads its input before its reference data".into()))?;
+        self.reference_watching(watch)
+    }
+
+    fn target(&mut self, _port: &str, topic: &str) -> Result<Target> {
+        Ok(Target::Topic(TopicTarget {
+            producer: Rc::clone(&self.producer),
+            topic: self.opts().topics.name(topic),
+            resume_from: self.shared.resume_from,
+            metrics: Arc::clone(&self.shared.metrics),
+        }))
+    }
+
+    fn commit(&mut self, committed: Committed<'s>) {
+        committed.probe_with(&self.probe);
+    }
 }
 
 fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
@@ -660,6 +764,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
             inputs: Vec::new(),
             progress: Rc::clone(&progress),
             topic_marks: Vec::new(),
+            watch: None,
         };
         built = build(&mut ctx).map(|_| (ctx.inputs, ctx.topic_marks));
     });

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use eddy::core::spec::PipelineSpec;
+use crate::core::spec::PipelineSpec;
 use eddy_ml::calibrate::CalibrationOptions;
 use eddy_ml::forecast::ForecastOptions;
 use eddy_ml::model::EventRule;
@@ -71,7 +71,7 @@ pub struct TrainArgs {
 
 /// The backup directory: `DIR` itself, or `DIR/backup`.
 fn backup_dir(p: &Path) -> PathBuf {
-    if p.join(eddy::parquet::MANIFEST_DIR).is_dir() || !p.join("backup").is_dir() {
+    if p.join(crate::parquet::MANIFEST_DIR).is_dir() || !p.join("backup").is_dir() {
         p.to_path_buf()
     } else {
         p.join("backup")
@@ -167,9 +167,9 @@ pub fn cmd_train(a: TrainArgs, spec: impl FnOnce(Option<&Path>) -> Result<Pipeli
     }
     println!("  model: {}\n  evaluation: {}", a.out.display(), eval_path.display());
     if let Some(brokers) = &a.brokers {
-        let cfg = eddy::kafka::KafkaConfig::new(brokers);
-        let topics = eddy::kafka::Topics::new(a.prefix.clone());
-        eddy::runtime::kafka::ml::publish_model(&cfg, &topics, &a.out)
+        let cfg = crate::kafka::KafkaConfig::new(brokers);
+        let topics = crate::kafka::Topics::new(a.prefix.clone());
+        crate::runtime::kafka::ml::publish_model(&cfg, &topics, &a.out)
             .with_context(|| format!("publishing the model to {}", topics.models()))?;
         println!("  published to {} on {brokers}", topics.models());
     }

@@ -1,0 +1,559 @@
+//! `kind = "sensor-health"`: sensor faults, as start and end events.
+//!
+//! Two kinds of fault, both per device:
+//!
+//! * **`junk`**, per (device, channel): over the device's readings whose `ts`
+//!   is within `window` of the newest `ts` it has sent (the window's end
+//!   included, its start excluded), the share of the channel's non-null
+//!   values that are junk (out of the ingest job's valid range). A fault
+//!   starts when the share reaches `junk_rise` with at least `min_readings`
+//!   non-null values in the window, and ends when it falls to `junk_fall`
+//!   or below. Every channel the device has sent is checked after each of
+//!   its readings, in channel order; a reading older than the window is not
+//!   counted.
+//! * **`silent`**: the device's newest `ts` plus `silence` is its deadline.
+//!   Once the watermark has passed the deadline while other devices go on
+//!   reporting (a reading stamped later than the deadline exists), the
+//!   fault starts, with `ts` = the deadline. It ends at the device's next
+//!   reading, with that reading's `ts`. When the input ends, deadlines that
+//!   no later reading passed start nothing.
+//!
+//! Input: on-time enriched readings, partitioned by device and in arrival
+//! order per device (as every job's input is). Output: `health.jsonl`, topic
+//! `P.health`, one line per event:
+//! `{"event_id","device_id","channel","kind","state","ts",…}`; see
+//! [`HealthEvent`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Stream, StreamVec};
+
+use eddy_connectors::jsonl::Encode;
+use eddy_core::duration::Millis;
+use eddy_core::ids::{Channel, DeviceId};
+use eddy_core::reading::Enriched;
+use eddy_core::records::EventState;
+use eddy_core::spec::PipelineSpec;
+use eddy_core::SpecError;
+use eddy_operators::batch::Batch;
+
+use crate::component::{Job, JobBuilder, OutputRecord};
+use crate::error::Result;
+use crate::flow::Flow;
+
+/// The sensor-health job.
+pub struct SensorHealth;
+
+fn d_window() -> Millis {
+    Millis::HOUR
+}
+fn d_rise() -> f64 {
+    0.5
+}
+fn d_fall() -> f64 {
+    0.1
+}
+fn d_min() -> u32 {
+    6
+}
+fn d_silence() -> Millis {
+    Millis(30 * 60_000)
+}
+
+/// The settings of `jobs/sensor-health.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// How far back from a device's newest `ts` its readings count towards
+    /// the junk share. Default `"1h"`.
+    #[serde(default = "d_window")]
+    pub window: Millis,
+    /// A junk fault starts when the junk share reaches this. Default 0.5.
+    #[serde(default = "d_rise")]
+    pub junk_rise: f64,
+    /// A junk fault ends when the junk share falls to this or below. Default 0.1.
+    #[serde(default = "d_fall")]
+    pub junk_fall: f64,
+    /// The fewest non-null values of a channel in the window for a junk
+    /// fault to start. Default 6.
+    #[serde(default = "d_min")]
+    pub min_readings: u32,
+    /// A device is silent once the watermark passes its newest `ts` plus
+    /// this. Default `"30m"`.
+    #[serde(default = "d_silence")]
+    pub silence: Millis,
+}
+
+impl Job for SensorHealth {
+    type Spec = HealthSpec;
+    const KIND: &'static str = "sensor-health";
+    const ABOUT: &'static str =
+        "Sensor faults: junk streaks per (device, channel) and silent devices, as start/end events.";
+    const INPUTS: &'static [&'static str] = &["enriched"];
+    const OUTPUTS: &'static [&'static str] = &["health"];
+    const DEFAULT_SPEC: Option<&'static str> = Some(include_str!("../../../../jobs/sensor-health.toml"));
+
+    fn check(s: &HealthSpec, _pipeline: &PipelineSpec, file: &str) -> Result<(), SpecError> {
+        if s.window.ms() <= 0 {
+            return Err(SpecError::at_key(file, "window", "must be at least 1ms"));
+        }
+        if s.silence.ms() <= 0 {
+            return Err(SpecError::at_key(file, "silence", "must be at least 1ms"));
+        }
+        if !(s.junk_rise > 0.0 && s.junk_rise <= 1.0) {
+            return Err(SpecError::at_key(file, "junk_rise", format!("must be in (0, 1], found {}", s.junk_rise)));
+        }
+        if !(s.junk_fall >= 0.0 && s.junk_fall < s.junk_rise) {
+            return Err(SpecError::at_key(
+                file,
+                "junk_fall",
+                format!("must be at least 0 and below junk_rise ({}), found {}", s.junk_rise, s.junk_fall),
+            ));
+        }
+        if s.min_readings == 0 {
+            return Err(SpecError::at_key(file, "min_readings", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    fn build(spec: &HealthSpec, job: &mut JobBuilder<'_, '_>) -> Result<()> {
+        let on_time = job.input::<Enriched>("enriched")?.on_time();
+        let name = format!("{}.health", job.name());
+        let events = health(on_time, spec.clone(), &name);
+        job.output("health", Flow::new(events, job.name()))
+    }
+}
+
+/// The kind of a sensor fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// A channel's values are mostly junk.
+    Junk,
+    /// The device stopped reporting.
+    Silent,
+}
+
+/// A sensor fault's start or end: a line of `health.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthEvent {
+    /// `<kind>:<device_id>[:<channel>]:<start ts>`, the same on the start and the end.
+    pub event_id: String,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The channel of a `junk` fault; null for `silent`.
+    pub channel: Option<Channel>,
+    /// `junk` or `silent`.
+    pub kind: FaultKind,
+    /// `start` or `end`.
+    pub state: EventState,
+    /// Event time: the reading that started or ended a junk fault, the
+    /// deadline that started a silent one, the reading that ended it.
+    pub ts: i64,
+    /// `junk`: the junk share in the window at `ts`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub share: Option<f64>,
+    /// `junk`: the channel's non-null values in the window at `ts`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub readings: Option<u32>,
+    /// `silent`: the device's newest `ts` before it fell silent.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_ts: Option<i64>,
+    /// End only: end `ts` − start `ts`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub duration_ms: Option<i64>,
+}
+
+impl Encode for HealthEvent {
+    fn encode(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(&mut *out, self).expect("a health event serialises to memory");
+    }
+}
+
+impl OutputRecord for HealthEvent {
+    fn key(&self) -> Option<Arc<str>> {
+        Some(self.device_id.name())
+    }
+}
+
+/// One channel's counts in a device's window, and its open fault.
+#[derive(Clone, Copy, Debug)]
+struct ChannelCount {
+    channel: Channel,
+    values: u32,
+    junk: u32,
+    /// The `ts` a junk fault started at, while it is open.
+    fault: Option<i64>,
+}
+
+/// One reading in a device's window: its `ts` and, per non-null channel,
+/// whether the value was junk.
+#[derive(Clone, Debug)]
+struct Entry {
+    values: SmallVec<[(Channel, bool); 6]>,
+}
+
+/// A device's health state.
+#[derive(Clone, Debug, Default)]
+struct Device {
+    newest: Option<i64>,
+    /// Readings in the window, by (ts, arrival).
+    window: BTreeMap<(i64, u64), Entry>,
+    channels: SmallVec<[ChannelCount; 6]>,
+    /// The deadline of an open silent fault.
+    silent: Option<i64>,
+}
+
+impl Device {
+    fn count(&mut self, channel: Channel) -> &mut ChannelCount {
+        let i = match self.channels.iter().position(|c| c.channel == channel) {
+            Some(i) => i,
+            None => {
+                let at = self.channels.partition_point(|c| c.channel.index() < channel.index());
+                self.channels.insert(at, ChannelCount { channel, values: 0, junk: 0, fault: None });
+                at
+            }
+        };
+        &mut self.channels[i]
+    }
+}
+
+/// The health of every device on this worker: the pure state machine of
+/// the job, fed one reading at a time.
+pub struct Health {
+    spec: HealthSpec,
+    devices: HashMap<DeviceId, Device>,
+    arrivals: u64,
+}
+
+impl Health {
+    /// No device seen yet.
+    pub fn new(spec: HealthSpec) -> Health {
+        Health { spec, devices: HashMap::default(), arrivals: 0 }
+    }
+
+    /// Applies one on-time reading, pushing the events it causes. Returns
+    /// the device's new silence deadline.
+    pub fn apply(&mut self, r: &Enriched, out: &mut Vec<HealthEvent>) -> i64 {
+        let spec = &self.spec;
+        let dev = self.devices.entry(r.device).or_default();
+        if let Some(start) = dev.silent.take() {
+            out.push(HealthEvent {
+                event_id: format!("silent:{}:{start}", r.device),
+                device_id: r.device,
+                channel: None,
+                kind: FaultKind::Silent,
+                state: EventState::End,
+                ts: r.ts,
+                share: None,
+                readings: None,
+                last_ts: None,
+                duration_ms: Some(r.ts - start),
+            });
+        }
+        let newest = dev.newest.map_or(r.ts, |n| n.max(r.ts));
+        dev.newest = Some(newest);
+        let floor = newest.saturating_sub(spec.window.ms());
+        if r.ts > floor {
+            let values: SmallVec<[(Channel, bool); 6]> =
+                r.raw.iter().filter(|(_, v)| v.is_some()).map(|(c, _)| (*c, r.junk.contains(c))).collect();
+            for (c, junk) in &values {
+                let n = dev.count(*c);
+                n.values += 1;
+                n.junk += u32::from(*junk);
+            }
+            self.arrivals += 1;
+            dev.window.insert((r.ts, self.arrivals), Entry { values });
+        }
+        // Readings no longer within the window of the newest ts.
+        while let Some(entry) = dev.window.first_entry() {
+            if entry.key().0 > floor {
+                break;
+            }
+            for (c, junk) in entry.remove().values {
+                let n = dev.count(c);
+                n.values -= 1;
+                n.junk -= u32::from(junk);
+            }
+        }
+        for n in dev.channels.iter_mut() {
+            if n.values == 0 {
+                continue;
+            }
+            let share = f64::from(n.junk) / f64::from(n.values);
+            let state = match n.fault {
+                None if n.values >= spec.min_readings && share >= spec.junk_rise => {
+                    n.fault = Some(r.ts);
+                    EventState::Start
+                }
+                Some(_) if share <= spec.junk_fall => EventState::End,
+                _ => continue,
+            };
+            let start = n.fault.expect("set or open");
+            if state == EventState::End {
+                n.fault = None;
+            }
+            out.push(HealthEvent {
+                event_id: format!("junk:{}:{}:{start}", r.device, n.channel),
+                device_id: r.device,
+                channel: Some(n.channel),
+                kind: FaultKind::Junk,
+                state,
+                ts: r.ts,
+                share: Some(share),
+                readings: Some(n.values),
+                last_ts: None,
+                duration_ms: (state == EventState::End).then_some(r.ts - start),
+            });
+        }
+        newest.saturating_add(spec.silence.ms())
+    }
+
+    /// The silent fault of `device` whose deadline `deadline` has passed,
+    /// if the deadline is still the device's current one.
+    pub fn fall_silent(&mut self, device: DeviceId, deadline: i64) -> Option<HealthEvent> {
+        let spec = &self.spec;
+        let dev = self.devices.get_mut(&device)?;
+        let newest = dev.newest?;
+        if dev.silent.is_some() || newest.saturating_add(spec.silence.ms()) != deadline {
+            return None;
+        }
+        dev.silent = Some(deadline);
+        Some(HealthEvent {
+            event_id: format!("silent:{device}:{deadline}"),
+            device_id: device,
+            channel: None,
+            kind: FaultKind::Silent,
+            state: EventState::Start,
+            ts: deadline,
+            share: None,
+            readings: None,
+            last_ts: Some(newest),
+            duration_ms: None,
+        })
+    }
+}
+
+/// The sensor-health operator over a flow of on-time readings.
+pub fn health<'s>(on_time: Flow<'s, Enriched>, spec: HealthSpec, name: &str) -> StreamVec<'s, u64, HealthEvent> {
+    let readings = on_time.into_shared();
+    // Every worker learns the times at which any worker got readings: the
+    // "other devices go on reporting" of a silent fault.
+    let beats = heartbeats(readings.clone(), &format!("{name}.beats")).broadcast();
+    operator(readings, beats, spec, name)
+}
+
+/// Each time this worker's readings reach a time later than any before,
+/// that time.
+fn heartbeats<'s, C: Batch<Enriched>>(readings: Stream<'s, u64, C>, name: &str) -> StreamVec<'s, u64, u64> {
+    readings.unary(Pipeline, name, |_cap, _info| {
+        let mut newest: Option<u64> = None;
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let Some(&t) = cap.least() else { return };
+                if !data.records().is_empty() && newest.is_none_or(|n| t > n) {
+                    newest = Some(t);
+                    output.session(&cap).give(t);
+                }
+            });
+        }
+    })
+}
+
+fn operator<'s, C: Batch<Enriched>>(
+    readings: Stream<'s, u64, C>,
+    beats: StreamVec<'s, u64, u64>,
+    spec: HealthSpec,
+    name: &str,
+) -> StreamVec<'s, u64, HealthEvent> {
+    readings.binary_frontier(beats, Pipeline, Pipeline, name, move |_cap, _info| {
+        let mut health = Health::new(spec);
+        // Deadlines not yet decided: (deadline, device), and a capability
+        // at the least of them.
+        let mut pending: BTreeMap<i64, Vec<DeviceId>> = BTreeMap::new();
+        let mut held: Option<Capability<u64>> = None;
+        let mut newest_beat: Option<u64> = None;
+        let mut out = Vec::new();
+        move |(input, frontier), (beats, beats_frontier), output| {
+            beats.for_each(|_, data| {
+                for t in data.drain(..) {
+                    newest_beat = Some(newest_beat.map_or(t, |n| n.max(t)));
+                }
+            });
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                for r in data.records() {
+                    let deadline = health.apply(r, &mut out);
+                    pending.entry(deadline).or_default().push(r.device);
+                    let at = (deadline.max(0) as u64).max(time);
+                    if held.as_ref().is_none_or(|h| at < *h.time()) {
+                        held = Some(cap.delayed(&at, 0));
+                    }
+                }
+                if !out.is_empty() {
+                    output.session(&cap).give_iterator(out.drain(..));
+                }
+            });
+            // A deadline is decided once no reading at or before it can still
+            // come (both frontiers have passed it): it starts a fault when a
+            // reading stamped later exists, and nothing once the input ends.
+            let (frontier, beats_frontier) = (frontier.frontier(), beats_frontier.frontier());
+            let ended = frontier.is_empty() && beats_frontier.is_empty();
+            while let Some((&deadline, _)) = pending.first_key_value() {
+                let at = deadline.max(0) as u64;
+                if frontier.less_equal(&at) || beats_frontier.less_equal(&at) {
+                    break;
+                }
+                let passed = newest_beat.is_some_and(|b| b > at);
+                if !passed && !ended {
+                    break;
+                }
+                let devices = pending.pop_first().map(|(_, d)| d).unwrap_or_default();
+                if passed {
+                    let held = held.as_ref().expect("held at or below the least pending deadline");
+                    let cap = held.delayed(&at.max(*held.time()));
+                    let mut session = output.session(&cap);
+                    for device in devices {
+                        if let Some(e) = health.fall_silent(device, deadline) {
+                            session.give(e);
+                        }
+                    }
+                }
+            }
+            match pending.first_key_value() {
+                Some((&next, _)) => {
+                    if let Some(h) = held.as_mut() {
+                        h.downgrade(&(next.max(0) as u64));
+                    }
+                }
+                None => held = None,
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eddy_core::reading::{ChannelList, Position, Values};
+
+    fn reading(device: &str, ts: i64, values: &[(&str, Option<f64>)], junk: &[&str]) -> Enriched {
+        let values: Values = values.iter().map(|(c, v)| (Channel::intern(c), *v)).collect();
+        Enriched {
+            device: DeviceId::intern(device),
+            ts,
+            pos: Position::line(1),
+            late: false,
+            values: values.clone(),
+            raw: values,
+            calibrated: ChannelList::new(),
+            context: None,
+            junk: junk.iter().map(|c| Channel::intern(c)).collect(),
+        }
+    }
+
+    fn spec() -> HealthSpec {
+        HealthSpec {
+            window: Millis::HOUR,
+            junk_rise: 0.5,
+            junk_fall: 0.1,
+            min_readings: 6,
+            silence: Millis(30 * 60_000),
+        }
+    }
+
+    const MIN: i64 = 60_000;
+
+    #[test]
+    fn a_junk_streak_starts_a_fault_at_the_rise_and_ends_it_at_the_fall() {
+        let mut h = Health::new(spec());
+        let mut out = Vec::new();
+        // Five clean readings, then junk: at the 10th value 5/10 are junk.
+        for i in 0..10 {
+            let junk: &[&str] = if i >= 5 { &["pm25"] } else { &[] };
+            h.apply(&reading("d", i * 5 * MIN, &[("pm25", Some(1.0))], junk), &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        let e = &out[0];
+        assert_eq!(
+            (e.kind, e.state, e.ts, e.share, e.readings),
+            (FaultKind::Junk, EventState::Start, 45 * MIN, Some(0.5), Some(10))
+        );
+        assert_eq!(e.event_id, format!("junk:d:pm25:{}", 45 * MIN));
+        assert_eq!(e.channel, Some(Channel::intern("pm25")));
+        // Clean again: the junk leaves the one-hour window as clean values come.
+        out.clear();
+        let mut t = 50 * MIN;
+        while out.is_empty() {
+            h.apply(&reading("d", t, &[("pm25", Some(1.0))], &[]), &mut out);
+            t += 5 * MIN;
+        }
+        let e = &out[0];
+        assert_eq!((e.state, e.event_id.as_str()), (EventState::End, format!("junk:d:pm25:{}", 45 * MIN).as_str()));
+        assert!(e.share.unwrap() <= 0.1, "{e:?}");
+        assert_eq!(e.duration_ms, Some(e.ts - 45 * MIN));
+    }
+
+    #[test]
+    fn too_few_values_start_nothing() {
+        let mut h = Health::new(spec());
+        let mut out = Vec::new();
+        for i in 0..5 {
+            h.apply(&reading("d", i * MIN, &[("co2", Some(1.0))], &["co2"]), &mut out);
+        }
+        assert!(out.is_empty());
+        h.apply(&reading("d", 5 * MIN, &[("co2", Some(1.0))], &["co2"]), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn null_values_do_not_count_and_old_readings_are_outside_the_window() {
+        let mut h = Health::new(spec());
+        let mut out = Vec::new();
+        for i in 0..6 {
+            h.apply(&reading("d", 120 * MIN + i * MIN, &[("pm25", None), ("co2", Some(1.0))], &[]), &mut out);
+        }
+        // Six junk pm25 values from before the window: not counted.
+        for i in 0..6 {
+            h.apply(&reading("d", i * MIN, &[("pm25", Some(9e9))], &["pm25"]), &mut out);
+        }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_device_falls_silent_at_its_deadline_and_recovers_at_its_next_reading() {
+        let mut h = Health::new(spec());
+        let mut out = Vec::new();
+        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), &mut out);
+        assert_eq!(deadline, 40 * MIN);
+        assert!(h.fall_silent(DeviceId::intern("d"), 39 * MIN).is_none(), "not its current deadline");
+        let e = h.fall_silent(DeviceId::intern("d"), deadline).unwrap();
+        assert_eq!(
+            (e.kind, e.state, e.ts, e.last_ts, e.channel),
+            (FaultKind::Silent, EventState::Start, deadline, Some(10 * MIN), None)
+        );
+        assert!(h.fall_silent(DeviceId::intern("d"), deadline).is_none(), "already silent");
+        h.apply(&reading("d", 70 * MIN, &[("pm25", Some(1.0))], &[]), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].state, out[0].ts, out[0].duration_ms), (EventState::End, 70 * MIN, Some(30 * MIN)));
+        assert_eq!(out[0].event_id, e.event_id);
+    }
+
+    #[test]
+    fn the_spec_is_checked_by_key() {
+        let p = PipelineSpec::builtin();
+        let bad = HealthSpec { junk_fall: 0.6, ..spec() };
+        let e = SensorHealth::check(&bad, &p, "h.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("junk_fall"));
+        let s: HealthSpec = SensorHealth::parse(SensorHealth::DEFAULT_SPEC.unwrap(), "h.toml").unwrap();
+        assert_eq!(s, spec());
+    }
+}
