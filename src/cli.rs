@@ -26,6 +26,7 @@ use crate::runtime::component::{Entry, Jobs, Registry};
 use crate::runtime::replay::{replay, ReplayOptions, Summary};
 use crate::runtime::workers::Workers;
 
+#[cfg(feature = "ml")]
 mod train;
 
 /// eddy: dataflow jobs for IoT air-quality sensor pipelines.
@@ -70,6 +71,7 @@ enum Command {
     /// --task calibration: per-device gain and offset of a channel against a
     /// co-located reference channel, with RMSE before and after. Writes the
     /// model (versioned JSON) to --out and its evaluation beside it.
+    #[cfg(feature = "ml")]
     Train(train::TrainArgs),
     /// Run one job of the pipeline against Kafka, as its own process or cluster.
     ///
@@ -78,15 +80,18 @@ enum Command {
     /// (an end marker, written by `eddy publish`), or forever on a live
     /// stream. Stop it with Ctrl-C or SIGTERM and start it again: it resumes
     /// from its last checkpoint, and nothing is lost.
+    #[cfg(feature = "kafka")]
     Run(RunArgs),
     /// Publish a recorded dataset into a pipeline's Kafka topics.
     ///
     /// Reference data first (devices, calibration, rules, and every update,
     /// each with its time), then every line of the readings file into
     /// PREFIX.raw, as it is, then an end marker into each raw partition.
+    #[cfg(feature = "kafka")]
     Publish(PublishArgs),
 }
 
+#[cfg(feature = "kafka")]
 /// Where the brokers are, and the pipeline's topics.
 #[derive(Args, Debug, Clone)]
 struct KafkaArgs {
@@ -101,6 +106,7 @@ struct KafkaArgs {
     connect_timeout: u64,
 }
 
+#[cfg(feature = "kafka")]
 impl KafkaArgs {
     fn config(&self) -> crate::kafka::KafkaConfig {
         crate::kafka::KafkaConfig {
@@ -110,6 +116,7 @@ impl KafkaArgs {
     }
 }
 
+#[cfg(feature = "kafka")]
 #[derive(Args, Debug)]
 #[command(disable_help_flag = true)]
 struct RunArgs {
@@ -147,6 +154,7 @@ struct RunArgs {
     help: Option<bool>,
 }
 
+#[cfg(feature = "kafka")]
 #[derive(Args, Debug)]
 struct PublishArgs {
     /// The dataset directory.
@@ -331,8 +339,11 @@ fn run(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Gen(a) => cmd_gen(a),
         Command::Check(a) => cmd_check(a, registry),
         Command::Jobs => cmd_jobs(registry),
+        #[cfg(feature = "ml")]
         Command::Train(a) => train::cmd_train(a, |dir| Ok(load_jobs(registry, dir)?.pipeline)),
+        #[cfg(feature = "kafka")]
         Command::Run(a) => cmd_run(a, registry),
+        #[cfg(feature = "kafka")]
         Command::Publish(a) => cmd_publish(a),
     }
 }
@@ -505,6 +516,7 @@ fn cmd_jobs(registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "kafka")]
 fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     use crate::core::spec::JobKind;
     use crate::runtime::kafka::{run_job, RunJob, RunOptions};
@@ -573,6 +585,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "kafka")]
 fn cmd_publish(a: PublishArgs) -> Result<()> {
     use crate::kafka::publish::{publish, PublishOptions};
     let opts = PublishOptions {

@@ -19,6 +19,7 @@
 pub use eddy_connectors as connectors;
 pub use eddy_core as core;
 pub use eddy_gen as gen;
+#[cfg(feature = "kafka")]
 pub use eddy_kafka as kafka;
 pub use eddy_operators as operators;
 pub use eddy_parquet as parquet;

@@ -15,12 +15,14 @@ mod custom_eddy;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+#[cfg(feature = "kafka")]
+use std::process::{Child, Stdio};
+#[cfg(feature = "kafka")]
 use std::time::{Duration, Instant};
 
 use eddy::runtime::component::Registry;
 use eddy::testing::Bench;
-use rdkafka::message::{Headers, Message};
 use support::*;
 
 use custom_eddy::{SiteMean, SiteMeans};
@@ -164,19 +166,23 @@ fn site_means_with_the_testing_kit_agrees_at_1_2_and_4_workers() {
     out.assert_golden("site_means", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/site_means.jsonl"));
 }
 
+#[cfg(feature = "kafka")]
 fn brokers() -> String {
     std::env::var("EDDY_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+#[cfg(feature = "kafka")]
 fn prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("t{}-{test}-{nanos}", std::process::id())
 }
 
+#[cfg(feature = "kafka")]
 fn start(mut c: Command) -> Child {
     c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
+#[cfg(feature = "kafka")]
 fn finish(mut child: Child, what: &str) {
     let until = Instant::now() + Duration::from_secs(600);
     loop {
@@ -194,6 +200,7 @@ fn finish(mut child: Child, what: &str) {
     }
 }
 
+#[cfg(feature = "kafka")]
 fn job(spec: &str, p: &str, extra: &[&str]) -> Child {
     let b = brokers();
     let mut args = vec!["run", spec, "--brokers", &b, "--prefix", p, "-q"];
@@ -201,7 +208,9 @@ fn job(spec: &str, p: &str, extra: &[&str]) -> Child {
     start(custom_eddy(&args))
 }
 
+#[cfg(feature = "kafka")]
 fn site_means_topic(p: &str) -> Vec<SiteMean> {
+    use eddy::kafka::rdkafka::message::{Headers, Message};
     let cfg = eddy::kafka::KafkaConfig::new(brokers());
     let topic = format!("{p}.site_means");
     eddy::kafka::consume::read_to_end(&cfg, &topic, Duration::from_secs(60))
@@ -214,6 +223,7 @@ fn site_means_topic(p: &str) -> Vec<SiteMean> {
 
 /// ingest and enrich from the built-in jobs, site_means from the example's
 /// binary: one process, and a cluster of two processes of one worker.
+#[cfg(feature = "kafka")]
 #[test]
 fn site_means_runs_over_kafka_as_one_process_and_as_two() {
     let root = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! `eddy publish`, against a real broker (Tansu, started by scripts/test.sh
 //! at `EDDY_BROKERS`, default 127.0.0.1:9092). Each test uses its own topic
 //! prefix.
+#![cfg(feature = "kafka")]
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Headers, Message};
+use eddy::kafka::rdkafka::message::{Headers, Message};
 use support::*;
 
 fn brokers() -> String {

@@ -4,6 +4,7 @@
 //! (Tansu, started by scripts/test.sh at `EDDY_BROKERS`, default
 //! 127.0.0.1:9092); each test uses its own topic prefix. Helpers copied from
 //! `tests/kafka.rs`.
+#![cfg(all(feature = "kafka", feature = "ml"))]
 
 mod support;
 
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Headers, Message};
+use eddy::kafka::rdkafka;
+use eddy::kafka::rdkafka::message::{Headers, Message};
 use serde_json::Value;
 use support::*;
 

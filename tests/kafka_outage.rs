@@ -6,6 +6,7 @@
 //! the broker advertises the proxy's address, so every connection of every
 //! client goes through it. Cutting it closes every open connection and
 //! refuses new ones, which is what a client sees of a broker that went away.
+#![cfg(feature = "kafka")]
 
 mod support;
 
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Headers, Message};
+use eddy::kafka::rdkafka::message::{Headers, Message};
 use support::*;
 
 fn tansu() -> PathBuf {

@@ -1,6 +1,7 @@
 //! Issue 7: training on the backup (`eddy train`), the calibration adapter
 //! and the scoring job in `eddy replay`. Everything through the CLI, on small
 //! generated datasets.
+#![cfg(feature = "ml")]
 
 mod support;
 

@@ -167,10 +167,16 @@ pub fn cmd_train(a: TrainArgs, spec: impl FnOnce(Option<&Path>) -> Result<Pipeli
     }
     println!("  model: {}\n  evaluation: {}", a.out.display(), eval_path.display());
     if let Some(brokers) = &a.brokers {
+        #[cfg(not(feature = "kafka"))]
+        bail!("--brokers {brokers}: this eddy was built without the `kafka` feature");
+        #[cfg(feature = "kafka")]
         let cfg = crate::kafka::KafkaConfig::new(brokers);
+        #[cfg(feature = "kafka")]
         let topics = crate::kafka::Topics::new(a.prefix.clone());
+        #[cfg(feature = "kafka")]
         crate::runtime::kafka::ml::publish_model(&cfg, &topics, &a.out)
             .with_context(|| format!("publishing the model to {}", topics.models()))?;
+        #[cfg(feature = "kafka")]
         println!("  published to {} on {brokers}", topics.models());
     }
     Ok(())

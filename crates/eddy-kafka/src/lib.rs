@@ -21,3 +21,6 @@ pub mod topics;
 pub use config::KafkaConfig;
 pub use error::{Error, Result};
 pub use topics::Topics;
+
+/// The Kafka client eddy uses, for reading records' headers and payloads.
+pub use rdkafka;

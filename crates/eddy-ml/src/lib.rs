@@ -1,111 +1,38 @@
 //! # eddy-ml
 //!
-//! Offline training on the Parquet backup, and models for the stream.
+//! Models in the stream and, with the `train` feature (on by default),
+//! offline training on the Parquet backup. The two parts share the model
+//! files and the features, nothing else:
 //!
-//! * [`train`] runs a task over a backup (`eddy train`): [`forecast`] (will
-//!   an alert rule's event start within H minutes?) or [`calibrate`]
-//!   (per-device gain and offset against a reference channel), and returns a
-//!   versioned [`model::ModelFile`] and its evaluation.
-//! * [`features`] computes the forecast features, the same way in training
-//!   and in the scoring job.
+//! * **streaming** (always): [`adapt`] (the calibration adapter),
+//!   [`score`] (the scoring job), [`model`] (versioned model files) and
+//!   [`features`] (the forecast features, the same in training and scoring);
+//! * **training** (`train`, with smartcore): `train` runs a task over a
+//!   backup (`eddy train`): `forecast` (will an alert rule's event start
+//!   within H minutes?) or `calibrate` (per-device gain and offset against a
+//!   reference channel), and returns a versioned [`model::ModelFile`] and
+//!   its evaluation.
 //!
 //! The walkthrough is `docs/ml.md`.
 
 pub mod adapt;
+#[cfg(feature = "train")]
 pub mod calibrate;
+#[cfg(feature = "train")]
 pub mod data;
 mod error;
 pub mod features;
+#[cfg(feature = "train")]
 pub mod forecast;
+#[cfg(feature = "train")]
 pub mod metrics;
 pub mod model;
 pub mod score;
 
-use std::path::Path;
-
-use serde::{Deserialize, Serialize};
-
 pub use error::{Error, Result};
-use model::{ModelFile, Task, FORMAT, FORMAT_VERSION};
 
-/// What to train.
-#[derive(Clone, Debug)]
-pub enum TaskOptions {
-    /// Event forecasting.
-    Forecast(forecast::ForecastOptions),
-    /// Per-device calibration.
-    Calibration(calibrate::CalibrationOptions),
-}
+#[cfg(feature = "train")]
+pub use training::*;
 
-/// The evaluation of a trained model, saved beside it as `MODEL.eval.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "task", rename_all = "lowercase")]
-pub enum Evaluation {
-    /// Of a forecaster.
-    Forecast(forecast::ForecastEval),
-    /// Of a calibration.
-    Calibration(calibrate::CalibrationEval),
-}
-
-/// An evaluation file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvalFile {
-    /// Always `eddy-model-eval`.
-    pub format: String,
-    /// The model format version.
-    pub format_version: u32,
-    /// The model's version.
-    pub version: String,
-    /// The evaluation.
-    #[serde(flatten)]
-    pub eval: Evaluation,
-}
-
-/// Trains a model on the backup in `backup`. `version` names the model (it
-/// is carried by every record the model scores); `progress(stage, done, total)`
-/// reports progress.
-pub fn train(
-    backup: &Path,
-    task: &TaskOptions,
-    version: &str,
-    progress: &mut dyn FnMut(&str, u64, u64),
-) -> Result<(ModelFile, EvalFile)> {
-    progress("read", 0, 1);
-    let rows = data::load(backup)?;
-    progress("read", 1, 1);
-    let data = data::describe(backup, &rows);
-    let (task, features, eval) = match task {
-        TaskOptions::Forecast(o) => {
-            let (m, e) = forecast::train(&rows, o, progress)?;
-            (Task::Forecast(m), features::FEATURES.iter().map(|s| s.to_string()).collect(), Evaluation::Forecast(e))
-        }
-        TaskOptions::Calibration(o) => {
-            let (m, e) = calibrate::train(&rows, o, progress)?;
-            (Task::Calibration(m), Vec::new(), Evaluation::Calibration(e))
-        }
-    };
-    let model = ModelFile {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        version: version.to_string(),
-        trained_at: model::now_ms(),
-        features,
-        data,
-        task,
-    };
-    let eval =
-        EvalFile { format: "eddy-model-eval".into(), format_version: FORMAT_VERSION, version: version.into(), eval };
-    Ok((model, eval))
-}
-
-/// The path of a model's evaluation file: `MODEL.eval.json` beside `MODEL`
-/// (`model.json` → `model.eval.json`).
-pub fn eval_path(model: &Path) -> std::path::PathBuf {
-    let stem = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    model.with_file_name(format!("{stem}.eval.json"))
-}
-
-/// Saves an evaluation as pretty JSON.
-pub fn save_eval(path: &Path, eval: &EvalFile) -> Result<()> {
-    model::write_atomic(path, &(serde_json::to_string_pretty(eval).expect("an evaluation serialises") + "\n"))
-}
+#[cfg(feature = "train")]
+mod training;

@@ -197,6 +197,7 @@ pub enum Target {
     /// A JSON-lines file, shared by the process's workers.
     File(Arc<JsonlFile>),
     /// A Kafka topic.
+    #[cfg(feature = "kafka")]
     Topic(crate::kafka::TopicTarget),
 }
 
@@ -286,6 +287,7 @@ impl<'s, 'w> JobBuilder<'s, 'w> {
         let topic = self.instance.topic(port);
         let committed = match self.wiring.target(port, &topic)? {
             Target::File(file) => flow.sink(JsonlSink::new(file)),
+            #[cfg(feature = "kafka")]
             Target::Topic(t) => t.sink(flow),
         };
         self.wiring.commit(committed);

@@ -22,6 +22,7 @@ pub mod component;
 pub mod error;
 pub mod flow;
 pub mod job;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod replay;
 pub mod workers;
