@@ -48,8 +48,12 @@ fn start(job: &str, prefix: &str, extra: &[&str]) -> Child {
 
 /// Waits for a job to exit on its own (the stream ends), with a generous
 /// guard against hanging forever; returns its stdout.
-fn finish(mut child: Child, what: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(600);
+fn finish(child: Child, what: &str) -> String {
+    finish_by(child, what, Instant::now() + Duration::from_secs(600))
+}
+
+/// [`finish`], failing if the job is still running at `until`.
+fn finish_by(mut child: Child, what: &str, until: Instant) -> String {
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
@@ -165,6 +169,83 @@ fn every_job_in_its_own_process_computes_what_replay_computes() {
         assert!(v["pos"]["offset"].is_u64() && v["reason"].is_string(), "{d}");
     }
     assert_same(backup_rows(&kout), backup_rows(&out), "backup");
+}
+
+const HOUR: i64 = 60 * MIN;
+
+/// One device reading every hour for three years (26,280 readings, five
+/// channels), with pollution episodes that raise alerts, a calibration
+/// change, a few null values, late readings and junk lines.
+fn three_years_hourly(data: &Data) {
+    data.file("devices.csv", "device_id,model,site,owner\ndev-000001,AQ-100,site-01,owner-2\n");
+    data.file(
+        "calibration.csv",
+        &format!(
+            "device_id,channel,gain,offset,valid_from\ndev-000001,pm25,1.006,-3.79,\ndev-000001,pm25,0.924,-3.47,{}\n",
+            T0 + 9_000 * HOUR
+        ),
+    );
+    data.file(
+        "thresholds.csv",
+        "rule_id,device_id,channel,rise_above,fall_below\npm25-high,*,pm25,35,25\nco2-high,*,co2,1000,800\n",
+    );
+    let line = |h: i64| {
+        let ts = T0 + h * HOUR + 17_000;
+        let day = (h % 24) as f64;
+        let pm25 = 8.0 + day / 2.0 + if h % 97 < 3 { 60.0 } else { 0.0 } + (h % 7) as f64 / 10.0;
+        let co2 = 420 + (h % 24) * 30 + if h % 131 < 2 { 700 } else { 0 };
+        let voc = if h % 200 == 0 { "null".to_string() } else { (100 + h % 50).to_string() };
+        let temp = 20.0 + ((h % 8_760) as f64 / 8_760.0 * 6.0) - 3.0;
+        let hum = 40 + h % 20;
+        format!(
+            r#"{{"device_id":"dev-000001","ts":{ts},"pm25":{pm25:.1},"co2":{co2},"voc":{voc},"temp":{temp:.1},"hum":{hum}}}"#
+        )
+    };
+    let mut lines = Vec::new();
+    for h in 0..26_280 {
+        // Every 1,000th reading arrives three hours late.
+        if h % 1_000 == 500 {
+            continue;
+        }
+        lines.push(line(h));
+        if h % 1_000 == 503 {
+            lines.push(line(h - 3));
+        }
+        if h % 2_000 == 1_234 {
+            lines.push(r#"{"device_id":"dev-000001","ts":"#.to_string());
+        }
+    }
+    data.readings(&lines);
+}
+
+/// A long history through the chain: more statistics snapshots than the
+/// statistics operator sends in one activation (65,536). The stats job reads
+/// `P.enriched` much faster than its operator sends snapshots, so its input
+/// ends while epochs are still buffered behind a full chunk. It used to send
+/// the final state early, drop its capability and stop for good after its
+/// first chunk (about 65,560 records), with no error.
+#[test]
+fn three_years_of_an_hourly_device_through_the_chain_finish_and_compute_what_replay_computes() {
+    let data = Data::new();
+    three_years_hourly(&data);
+    eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
+    let out = data.out();
+    assert!(file_lines(&out, "stats").len() > 65_536, "more snapshots than one chunk of the statistics operator");
+
+    let p = prefix("three-years");
+    let jobs: Vec<(&str, Child)> = CHAIN.iter().map(|j| (*j, start(j, &p, &[]))).collect();
+    publish(&data.dir(), &p, &[]);
+    // A guard well below `finish`'s: a job that stalls fails the test in minutes.
+    let until = Instant::now() + Duration::from_secs(180);
+    for (name, child) in jobs {
+        finish_by(child, name, until);
+    }
+
+    assert_same(values(topic(&p, "stats")), file_lines(&out, "stats"), "stats");
+    assert_same(values(topic(&p, "windows.1h")), file_lines(&out, "windows"), "windows");
+    assert_same(values(topic(&p, "events")), file_lines(&out, "events"), "events");
+    assert!(!file_lines(&out, "events").is_empty(), "the dataset should raise alerts");
+    assert!(!file_lines(&out, "late").is_empty(), "the dataset should have late readings");
 }
 
 fn free_port() -> u16 {
