@@ -36,6 +36,15 @@ if ! (exec 3<>"/dev/tcp/${EDDY_BROKERS%:*}/${EDDY_BROKERS##*:}") 2>/dev/null; th
   done
 fi
 
+# An eddy without the optional parts (no librdkafka, no smartcore) must build:
+# replay, gen, check and jobs. Built first, so that the test builds below
+# (default features) leave the default `eddy` binary in target/.
+cargo build --no-default-features --bin eddy --quiet
+if cargo tree --no-default-features -e normal,build 2>/dev/null | grep -qE '(rdkafka|smartcore) v'; then
+  echo "test.sh: cargo tree --no-default-features still holds rdkafka or smartcore" >&2
+  exit 1
+fi
+
 # nextest does not run doc tests: run them first, so that the run ends on
 # the summary of the whole suite.
 cargo test --workspace --doc --quiet
