@@ -573,11 +573,12 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     bar.finish_and_clear();
     if !a.quiet {
         println!(
-            "{}: {} records in, {} valid, {} dead letters, in {:.2}s{}",
+            "{}: {} records in, {} valid, {} dead letters, {} with junk values, in {:.2}s{}",
             summary.job,
             summary.records_in,
             summary.valid,
             summary.deadletter,
+            summary.junk,
             summary.wall_time_s,
             if summary.resumed_from > 0 { " (resumed from its checkpoint)" } else { "" }
         );

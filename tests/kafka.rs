@@ -147,15 +147,33 @@ fn every_job_in_its_own_process_computes_what_replay_computes() {
     let kout = data.root.path().join("kafka-out");
     // The jobs start first: the reference data and its updates reach enrich
     // and alerts while they run (the live path), then the readings.
-    let mut jobs: Vec<(&str, Child)> = CHAIN.iter().map(|j| (*j, start(j, &p, &[]))).collect();
+    // ingest prints its summary (no -q): its counts are checked below.
+    let spec = jobs_dir().join("ingest.toml");
+    let ingest = eddy()
+        .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", &p])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut jobs: Vec<(&str, Child)> =
+        CHAIN.iter().filter(|j| **j != "ingest").map(|j| (*j, start(j, &p, &[]))).collect();
     jobs.push(("sensor-health", start("sensor-health", &p, &[])));
     jobs.push(("backup", start("backup", &p, &["--out", kout.to_str().unwrap()])));
     publish(&data.dir(), &p, &[]);
+    let said = finish(ingest, "ingest");
     for (name, child) in jobs {
         finish(child, name);
     }
 
     let out = data.out();
+    // The Kafka ingest counts what the file ingest counts (one validator).
+    let summary = read_json(&out.join("summary.json"));
+    let counts = format!(
+        "{} valid, {} dead letters, {} with junk values",
+        summary["valid"], summary["deadletter"], summary["junk"]
+    );
+    assert!(summary["junk"].as_u64().unwrap() > 0, "the dataset should have junk values");
+    assert!(said.contains(&counts), "ingest said {said:?}, replay counted {counts}");
     assert_same(values(topic(&p, "stats")), file_lines(&out, "stats"), "stats");
     assert_same(values(topic(&p, "windows.1h")), file_lines(&out, "windows"), "windows");
     assert_same(values(topic(&p, "events")), file_lines(&out, "events"), "events");

@@ -28,10 +28,108 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::Activator;
 
 use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
-use eddy_core::validate::{parse_line, LateTracker, Ranges};
+use eddy_core::validate::{parse_line, LateTracker, Parsed, Ranges, Rejection};
 
 use crate::metrics::{latency, Metrics};
 use crate::sink::Taken;
+
+/// The ingest job's rule for one line, shared by every source of raw lines
+/// (a dataset file, the Kafka raw topic): validation, the lateness rule and
+/// the junk rule, with the counts the run reports. Pure: the sources only
+/// read lines and stamp times.
+#[derive(Clone, Debug)]
+pub struct Validator {
+    ranges: Ranges,
+    counts: Counts,
+}
+
+/// What a [`Validator`] has classified since its counts were last taken.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    /// Lines.
+    pub lines: u64,
+    /// Valid readings, late ones included.
+    pub valid: u64,
+    /// Late readings.
+    pub late: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Non-late readings with at least one junk value.
+    pub junk: u64,
+    /// The same, per device.
+    pub junk_by_device: Vec<(eddy_core::ids::DeviceId, u64)>,
+}
+
+/// One classified line.
+#[derive(Clone, Debug)]
+pub enum Classified {
+    /// A valid reading, late or not, with its junk channels.
+    Reading(Reading),
+    /// A line that failed validation.
+    Dead(DeadLetter),
+}
+
+impl Validator {
+    /// A validator with the junk rule `ranges`.
+    pub fn new(ranges: Ranges) -> Validator {
+        Validator { ranges, counts: Counts::default() }
+    }
+
+    /// Classifies the line at `pos` (`bytes`, parsed as `parsed`): a reading
+    /// is late when `late` says so or its `ts` is below `floor` (a source's
+    /// time that has passed it; `i64::MIN` for none).
+    pub fn classify(
+        &mut self,
+        parsed: Result<Parsed, Rejection>,
+        bytes: &[u8],
+        pos: Position,
+        late: &mut LateTracker,
+        floor: i64,
+    ) -> Classified {
+        self.counts.lines += 1;
+        match parsed {
+            Ok(p) => {
+                self.counts.valid += 1;
+                let is_late = late.observe(p.ts) | (p.ts < floor);
+                let junk = self.ranges.junk_of(&p.values);
+                if is_late {
+                    self.counts.late += 1;
+                } else if !junk.is_empty() {
+                    self.counts.junk += 1;
+                    match self.counts.junk_by_device.iter_mut().find(|(d, _)| *d == p.device) {
+                        Some((_, n)) => *n += 1,
+                        None => self.counts.junk_by_device.push((p.device, 1)),
+                    }
+                }
+                Classified::Reading(Reading { device: p.device, ts: p.ts, pos, values: p.values, late: is_late, junk })
+            }
+            Err(reason) => {
+                self.counts.dead += 1;
+                Classified::Dead(DeadLetter {
+                    pos,
+                    line: String::from_utf8_lossy(bytes).into_owned(),
+                    reason: reason.reason(),
+                })
+            }
+        }
+    }
+
+    /// Adds the counts so far to `metrics`, and starts counting from zero.
+    pub fn report(&mut self, metrics: &Metrics) {
+        let c = std::mem::take(&mut self.counts);
+        Metrics::add(&metrics.lines, c.lines);
+        Metrics::add(&metrics.valid, c.valid);
+        Metrics::add(&metrics.late, c.late);
+        Metrics::add(&metrics.deadletter, c.dead);
+        Metrics::add(&metrics.junk, c.junk);
+        if !c.junk_by_device.is_empty() {
+            let mut by_device = metrics.junk_by_device.lock();
+            for (d, n) in c.junk_by_device {
+                *by_device.entry(d.name().to_string()).or_default() += n;
+            }
+        }
+    }
+}
 
 /// Settings of the ingest source.
 #[derive(Clone, Debug)]
@@ -198,6 +296,7 @@ pub fn ingest_source<'s>(
         let mut cap_r = caps.pop();
         let mut input = input;
         let mut late = LateTracker::new(cfg.lateness_ms);
+        let mut validator = Validator::new(cfg.ranges.clone());
         let mut line = Vec::with_capacity(1024);
         let mut held: Option<(Position, Vec<u8>)> = None;
         let mut pace: Option<(Instant, i64)> = None;
@@ -247,7 +346,6 @@ pub fn ingest_source<'s>(
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
             let mut finished = false;
             let mut wait: Option<Duration> = None;
-            let (mut n_valid, mut n_late, mut n_dead, mut n_junk, mut n_lines) = (0u64, 0u64, 0u64, 0u64, 0u64);
 
             for _ in 0..cfg.batch_lines {
                 let (pos, is_held) = match held.take() {
@@ -282,7 +380,6 @@ pub fn ingest_source<'s>(
                         break;
                     }
                 }
-                n_lines += 1;
                 next_pos = Position { partition: pos.partition, offset: pos.offset + 1 };
                 // The record's time is the watermark before this line.
                 let t = time_of(late.watermark(), cfg.epoch_ms);
@@ -307,28 +404,12 @@ pub fn ingest_source<'s>(
                 if cfg.raw {
                     buf_raw.push(RawLine { pos, arrival_ms, bytes: line.clone() });
                 }
-                match parsed {
-                    Ok(p) => {
-                        n_valid += 1;
+                match validator.classify(parsed, &line, pos, &mut late, i64::MIN) {
+                    Classified::Reading(r) => {
                         lat_n += 1;
-                        let is_late = late.observe(p.ts);
-                        let junk = cfg.ranges.junk_of(&p.values);
-                        if is_late {
-                            n_late += 1;
-                        } else if !junk.is_empty() {
-                            n_junk += 1;
-                            *metrics.junk_by_device.lock().entry(p.device.name().to_string()).or_default() += 1;
-                        }
-                        buf_r.push(Reading { device: p.device, ts: p.ts, pos, values: p.values, late: is_late, junk });
+                        buf_r.push(r);
                     }
-                    Err(reason) => {
-                        n_dead += 1;
-                        buf_d.push(DeadLetter {
-                            pos,
-                            line: String::from_utf8_lossy(&line).into_owned(),
-                            reason: reason.reason(),
-                        });
-                    }
+                    Classified::Dead(d) => buf_d.push(d),
                 }
             }
             flush(&mut handle_r, cr, &mut buf_r);
@@ -340,11 +421,7 @@ pub fn ingest_source<'s>(
                 lat_n = 0;
             }
 
-            Metrics::add(&metrics.lines, n_lines);
-            Metrics::add(&metrics.valid, n_valid);
-            Metrics::add(&metrics.late, n_late);
-            Metrics::add(&metrics.deadletter, n_dead);
-            Metrics::add(&metrics.junk, n_junk);
+            validator.report(&metrics);
             let bytes = src.bytes_read();
             Metrics::add(&metrics.bytes, bytes - last_bytes);
             last_bytes = bytes;
@@ -395,6 +472,49 @@ fn flush<D: 'static>(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn the_validator_counts_every_line_once_and_junk_only_on_time() {
+        let ranges = Ranges::new([("pm25", Some(0.0), Some(1000.0))]);
+        let mut v = Validator::new(ranges);
+        let mut late = LateTracker::new(600_000);
+        let lines: [&[u8]; 5] = [
+            br#"{"device_id":"a","ts":3600000,"pm25":5000}"#, // junk
+            br#"{"device_id":"a","ts":3600001,"pm25":5}"#,
+            br#"{"device_id":"b","ts":0,"pm25":5000}"#, // late (and junk: not counted as junk)
+            br#"not json"#,
+            br#"{"device_id":"c","ts":3700000,"pm25":1}"#,
+        ];
+        let mut kinds = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            match v.classify(parse_line(l), l, Position::line(i as u64 + 1), &mut late, i64::MIN) {
+                Classified::Reading(r) => kinds.push(if r.late {
+                    "late"
+                } else if r.junk.is_empty() {
+                    "ok"
+                } else {
+                    "junk"
+                }),
+                Classified::Dead(d) => {
+                    assert_eq!(d.pos, Position::line(4));
+                    kinds.push("dead")
+                }
+            }
+        }
+        assert_eq!(kinds, ["junk", "ok", "late", "dead", "ok"]);
+        // A source's floor makes a reading below it late.
+        let l = br#"{"device_id":"d","ts":3650000,"pm25":1}"#;
+        let Classified::Reading(r) = v.classify(parse_line(l), l, Position::line(6), &mut late, 3_690_000) else {
+            panic!("valid")
+        };
+        assert!(r.late);
+        let m = Metrics::default();
+        v.report(&m);
+        assert_eq!([&m.lines, &m.valid, &m.late, &m.deadletter, &m.junk].map(Metrics::get), [6, 5, 2, 1, 1]);
+        assert_eq!(m.junk_by_device.lock().get("a"), Some(&1));
+        v.report(&m);
+        assert_eq!(Metrics::get(&m.lines), 6, "counts are taken once");
+    }
     use timely::dataflow::operators::Exchange;
 
     use crate::sink::sink;

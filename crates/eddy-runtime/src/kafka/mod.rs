@@ -232,6 +232,8 @@ pub struct RunSummary {
     pub valid: u64,
     /// Records sent to the dead-letter topic.
     pub deadletter: u64,
+    /// Ingest: non-late readings with at least one junk value.
+    pub junk: u64,
     /// The frontier this run started from (committed by an earlier run).
     pub resumed_from: u64,
     /// Wall time, seconds.
@@ -337,6 +339,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
             records_in: 0,
             valid: 0,
             deadletter: 0,
+            junk: 0,
             resumed_from: c.frontier,
             wall_time_s: started.elapsed().as_secs_f64(),
         });
@@ -411,6 +414,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         records_in: Metrics::get(&metrics.lines),
         valid: Metrics::get(&metrics.valid),
         deadletter: Metrics::get(&metrics.deadletter),
+        junk: Metrics::get(&metrics.junk),
         resumed_from: resume_from,
         wall_time_s: started.elapsed().as_secs_f64(),
     })

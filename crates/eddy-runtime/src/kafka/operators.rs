@@ -24,7 +24,7 @@ use eddy_core::reading::{DeadLetter, Enriched, Position, RawLine, Reading};
 use eddy_core::validate::{parse_line, LateTracker, Ranges};
 use eddy_kafka::codec::{data_headers, envelope, Envelope};
 use eddy_kafka::produce::Producer;
-use eddy_operators::ingest::{time_of, SourceProgress};
+use eddy_operators::ingest::{time_of, Classified, SourceProgress, Validator};
 use eddy_operators::metrics::Metrics;
 
 /// Messages read per activation.
@@ -256,6 +256,7 @@ pub fn raw_source<'s>(
             })
             .unwrap_or_default();
         let mut max_ts: Option<i64> = None;
+        let mut validator = Validator::new(cfg.ranges.clone());
 
         move |_frontiers| {
             let (Some(input), Some([cr, cd, craw])) = (input.as_ref(), caps3.as_mut()) else {
@@ -270,7 +271,7 @@ pub fn raw_source<'s>(
             let now = Instant::now();
             let arrival_ms =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            let (mut n_lines, mut n_valid, mut n_late, mut n_dead, mut n_bytes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+            let mut n_bytes = 0u64;
             let mut got = 0;
             let mut unsettled = input.unsettled.borrow_mut();
             while got < BATCH {
@@ -296,49 +297,26 @@ pub fn raw_source<'s>(
                     craw.downgrade(&t);
                 }
                 unsettled.read(p, offset, t);
-                n_lines += 1;
                 n_bytes += bytes.len() as u64;
                 hraw.session(&*craw).give(RawLine { pos, arrival_ms, bytes: bytes.to_vec() });
-                match parse_line(bytes) {
-                    Ok(r) => {
-                        n_valid += 1;
-                        let part = parts.get_mut(&p).expect("checked above");
-                        // The reading's own time: its partition's watermark
-                        // before it, as an epoch (never below the job's).
-                        // Stamped with the job's watermark alone, a reading
-                        // of a partition read far ahead of the others would
-                        // carry a time far below its `ts`, and hold back every
-                        // job downstream that waits for reference data as of
-                        // its `ts` (enrich, alerts).
-                        let tr = time_of(part.late.watermark(), cfg.epoch_ms).max(t);
-                        let is_late = part.late.observe(r.ts) | (r.ts < t as i64);
+                let part = parts.get_mut(&p).expect("checked above");
+                // The reading's own time: its partition's watermark before
+                // it, as an epoch (never below the job's). Stamped with the
+                // job's watermark alone, a reading of a partition read far
+                // ahead of the others would carry a time far below its `ts`,
+                // and hold back every job downstream that waits for
+                // reference data as of its `ts` (enrich, alerts).
+                let tr = time_of(part.late.watermark(), cfg.epoch_ms).max(t);
+                match validator.classify(parse_line(bytes), bytes, pos, &mut part.late, t as i64) {
+                    Classified::Reading(r) => {
                         max_ts = max_ts.max(Some(r.ts));
-                        n_late += is_late as u64;
-                        let junk = cfg.ranges.junk_of(&r.values);
-                        hr.session(&cr.delayed(&tr)).give(Reading {
-                            device: r.device,
-                            ts: r.ts,
-                            pos,
-                            values: r.values,
-                            late: is_late,
-                            junk,
-                        });
+                        hr.session(&cr.delayed(&tr)).give(r);
                     }
-                    Err(reason) => {
-                        n_dead += 1;
-                        hd.session(&*cd).give(DeadLetter {
-                            pos,
-                            line: String::from_utf8_lossy(bytes).into_owned(),
-                            reason: reason.reason(),
-                        });
-                    }
+                    Classified::Dead(d) => hd.session(&*cd).give(d),
                 }
             }
             drop(unsettled);
-            Metrics::add(&metrics.lines, n_lines);
-            Metrics::add(&metrics.valid, n_valid);
-            Metrics::add(&metrics.late, n_late);
-            Metrics::add(&metrics.deadletter, n_dead);
+            validator.report(&metrics);
             Metrics::add(&metrics.bytes, n_bytes);
             progress.set_max_ts(max_ts);
 
