@@ -4,9 +4,40 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use eddy_state::stats::StatsSnapshot;
-
 use crate::ids::{Channel, DeviceId};
+
+/// A point-in-time report of the running statistics of one (device,
+/// channel) key, as `eddy_state::stats::ChannelStats::snapshot` computes it
+/// (the `eddy_state::stats` module docs define each statistic).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    /// Number of values applied.
+    pub count: u64,
+    /// Cumulative moving average of all values (`mean += (v - mean) / n`).
+    pub mean: f64,
+    /// Smallest value seen.
+    pub min: f64,
+    /// Largest value seen.
+    pub max: f64,
+    /// Sample (`n - 1`) standard deviation by Welford's algorithm; `None`
+    /// while `count < 2`.
+    pub stddev: Option<f64>,
+    /// EWMA in arrival order: the first value initialises it, then
+    /// `ewma = alpha * v + (1 - alpha) * ewma`.
+    pub ewma: f64,
+    /// Mean of the `k` largest values seen (of all values if fewer than `k`).
+    pub top_k_max_mean: f64,
+    /// Mean of the `k` smallest values seen (of all values if fewer than `k`).
+    pub top_k_min_mean: f64,
+    /// Least-squares slope of value against event time, in value units per
+    /// hour, over the rolling span (see the `eddy_state::stats` module
+    /// docs); `None` when fewer than two values are retained or they share
+    /// one timestamp.
+    pub trend_per_hour: Option<f64>,
+    /// Event time of the last value applied, in arrival order (not the
+    /// largest ts seen).
+    pub ts: i64,
+}
 
 /// A statistics snapshot of one (device, channel): a line of `stats.jsonl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,4 +125,39 @@ pub struct EventRecord {
     /// End only: why it ended.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<EndReason>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of a statistics snapshot, in `stats.jsonl` order, and
+    /// flattened into a [`StatsRecord`].
+    #[test]
+    fn stats_snapshot_wire_form() -> Result<(), serde_json::Error> {
+        let snap = StatsSnapshot {
+            count: 2,
+            mean: 1.75,
+            min: 1.0,
+            max: 2.5,
+            stddev: None,
+            ewma: 1.15,
+            top_k_max_mean: 1.75,
+            top_k_min_mean: 1.75,
+            trend_per_hour: Some(90.0),
+            ts: 1_700_000_060_000,
+        };
+        let json = serde_json::to_string(&snap)?;
+        assert_eq!(
+            json,
+            r#"{"count":2,"mean":1.75,"min":1.0,"max":2.5,"stddev":null,"ewma":1.15,"top_k_max_mean":1.75,"top_k_min_mean":1.75,"trend_per_hour":90.0,"ts":1700000060000}"#
+        );
+        assert_eq!(serde_json::from_str::<StatsSnapshot>(&json)?, snap);
+        let record =
+            StatsRecord { device_id: DeviceId::intern("dev-1"), channel: Channel::intern("pm25"), stats: snap };
+        let line = serde_json::to_string(&record)?;
+        assert_eq!(line, format!(r#"{{"device_id":"dev-1","channel":"pm25",{}"#, &json[1..]));
+        assert_eq!(serde_json::from_str::<StatsRecord>(&line)?, record);
+        Ok(())
+    }
 }

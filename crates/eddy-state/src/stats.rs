@@ -56,6 +56,10 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+// The report of a `ChannelStats` is a plain record, defined in `eddy-core`
+// with the other output records.
+pub use eddy_core::records::StatsSnapshot;
+
 /// Milliseconds in one hour, the time unit of the trend.
 const MS_PER_HOUR: f64 = 3_600_000.0;
 
@@ -630,36 +634,6 @@ fn replay(cfg: &StatsConfig, values: impl Iterator<Item = (i64, f64)>) -> Channe
         s.update(cfg, ts, v);
     }
     s
-}
-
-/// A point-in-time report of a [`ChannelStats`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StatsSnapshot {
-    /// Number of values applied.
-    pub count: u64,
-    /// Cumulative moving average of all values (`mean += (v - mean) / n`).
-    pub mean: f64,
-    /// Smallest value seen.
-    pub min: f64,
-    /// Largest value seen.
-    pub max: f64,
-    /// Sample (`n - 1`) standard deviation by Welford's algorithm; `None`
-    /// while `count < 2`.
-    pub stddev: Option<f64>,
-    /// EWMA in arrival order: the first value initialises it, then
-    /// `ewma = alpha * v + (1 - alpha) * ewma`.
-    pub ewma: f64,
-    /// Mean of the `k` largest values seen (of all values if fewer than `k`).
-    pub top_k_max_mean: f64,
-    /// Mean of the `k` smallest values seen (of all values if fewer than `k`).
-    pub top_k_min_mean: f64,
-    /// Least-squares slope of value against event time, in value units per
-    /// hour, over the rolling span (see the [module docs](self)); `None`
-    /// when fewer than two values are retained or they share one timestamp.
-    pub trend_per_hour: Option<f64>,
-    /// Event time of the last value applied, in arrival order (not the
-    /// largest ts seen).
-    pub ts: i64,
 }
 
 /// Inline room for the two top-k heaps: both of the default `k = 5` fit
