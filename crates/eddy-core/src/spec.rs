@@ -386,9 +386,10 @@ pub struct BackupSpec {
     pub compression_level: i32,
 }
 
-/// The kinds of the ML jobs (issue 7), as written in specs: [`JobKind::ML`].
-/// Their specs are not [`JobSpec`]s (they are optional parts of a
-/// [`PipelineSpec`]); they run inside `eddy replay` and as `eddy run`.
+/// The kinds of the ML jobs (the calibration adapter and the scoring job), as
+/// written in specs: [`JobKind::ML`]. Their specs are not [`JobSpec`]s (they
+/// are optional parts of a [`PipelineSpec`]); they run inside `eddy replay`
+/// and as `eddy run`.
 pub const ML_KINDS: [&str; 2] = ["adapter", "score"];
 
 fn d_adapter_channel() -> String {
