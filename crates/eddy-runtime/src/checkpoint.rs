@@ -12,12 +12,18 @@
 //! starts from the beginning and rewrites its outputs on every run.
 
 use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use timely::dataflow::ProbeHandle;
 
 use eddy_core::reading::Position;
 use eddy_operators::ingest::SourceProgress;
+use eddy_operators::metrics::Metrics;
+
+use crate::error::Result;
+use crate::runner::{Commits, Next};
 
 /// `_checkpoint.json`: the committed input position of a run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -39,16 +45,25 @@ impl Checkpoint {
     pub const VERSION: u32 = 1;
 }
 
-/// Advances and records the committed position.
+/// Advances and records the committed position: the embedded runs'
+/// commit protocol.
 pub struct Ledger {
     path: PathBuf,
     current: Checkpoint,
     dirty: bool,
+    /// The ingest source's epochs and where each begins.
+    progress: Rc<SourceProgress>,
+    /// The lines read, for the end position.
+    metrics: Arc<Metrics>,
+    last_write: Instant,
 }
 
 impl Ledger {
-    /// A ledger writing to `path`.
-    pub fn new(path: PathBuf, input: String) -> Ledger {
+    /// How often, at most, the checkpoint is written while running.
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    /// A ledger writing to `path`, committing the epochs `progress` records.
+    pub fn new(path: PathBuf, input: String, progress: Rc<SourceProgress>, metrics: Arc<Metrics>) -> Ledger {
         Ledger {
             path,
             current: Checkpoint {
@@ -59,14 +74,17 @@ impl Ledger {
                 complete: false,
             },
             dirty: true,
+            progress,
+            metrics,
+            last_write: Instant::now(),
         }
     }
 
-    /// Moves the committed position past every epoch the sinks have committed.
-    pub fn advance(&mut self, progress: &SourceProgress, probe: &ProbeHandle<u64>) {
-        let mut epochs = progress.epochs.borrow_mut();
+    /// Moves the committed position past every epoch below `frontier`.
+    pub fn advance(&mut self, frontier: u64) {
+        let mut epochs = self.progress.epochs.borrow_mut();
         while let Some(&(t, p)) = epochs.front() {
-            if probe.less_than(&t) {
+            if frontier < t {
                 break;
             }
             epochs.pop_front();
@@ -76,8 +94,8 @@ impl Ledger {
         }
     }
 
-    /// Marks the whole input committed.
-    pub fn finish(&mut self, end: Position) {
+    /// Marks the whole input committed, up to `end`.
+    pub fn finish_at(&mut self, end: Position) {
         self.current.committed = end;
         self.current.complete = true;
         self.dirty = true;
@@ -103,5 +121,22 @@ impl Ledger {
                 tracing::warn!(path = %self.path.display(), error = %e, "Could not write the checkpoint")
             }
         }
+    }
+}
+
+impl Commits for Ledger {
+    fn committed(&mut self, frontier: u64, _done: bool) -> Result<Next> {
+        self.advance(frontier);
+        if self.last_write.elapsed() > Ledger::EVERY {
+            self.write(false);
+            self.last_write = Instant::now();
+        }
+        Ok(Next::Run)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.finish_at(Position::line(Metrics::get(&self.metrics.lines) + 1));
+        self.write(true);
+        Ok(())
     }
 }

@@ -20,7 +20,7 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use eddy_connectors::dataset::Dataset;
 use eddy_connectors::jsonl::{JsonlFile, JsonlSink};
-use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
+use eddy_core::reading::{DeadLetter, LineSource, RawLine, Reading};
 use eddy_core::reference::{RefChange, RefUpdate, Rule, RuleScope};
 use eddy_core::spec::PipelineSpec;
 use eddy_core::Channel;
@@ -34,6 +34,7 @@ use crate::backup::{backup_config, ParquetSink, Resume};
 use crate::checkpoint::Ledger;
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
+use crate::runner::{drive, NoCommits};
 use crate::workers::Workers;
 
 /// When paced (`--speed`), the ingest source wakes at most this often.
@@ -499,20 +500,15 @@ where
 
     // Worker 0 keeps the commit ledger: the input position up to which every
     // output is durable, written to `_checkpoint.json` about once a second.
-    let mut ledger =
-        (index == 0).then(|| Ledger::new(s.out.join("_checkpoint.json"), s.dataset.readings.display().to_string()));
-    let mut last_write = Instant::now();
-    while worker.step_or_park(Some(Duration::from_millis(20))) {
-        if let Some(l) = ledger.as_mut() {
-            l.advance(&progress, &probe);
-            if last_write.elapsed() > Duration::from_secs(1) {
-                l.write(false);
-                last_write = Instant::now();
-            }
-        }
-    }
-    if let Some(l) = ledger.as_mut() {
-        l.finish(Position::line(Metrics::get(&s.metrics.lines) + 1));
-        l.write(true);
+    let park = Duration::from_millis(20);
+    let result = if index == 0 {
+        let input = s.dataset.readings.display().to_string();
+        let mut ledger = Ledger::new(s.out.join("_checkpoint.json"), input, progress, Arc::clone(&s.metrics));
+        drive(worker, &probe, park, &mut ledger)
+    } else {
+        drive(worker, &probe, park, &mut NoCommits)
+    };
+    if let Err(e) = result {
+        s.metrics.fail(e.to_string());
     }
 }

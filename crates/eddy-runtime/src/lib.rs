@@ -25,6 +25,7 @@ pub mod job;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod replay;
+pub mod runner;
 pub mod workers;
 
 pub use error::{Error, Result};

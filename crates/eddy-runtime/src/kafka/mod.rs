@@ -59,6 +59,7 @@ use crate::component::{JobInstance, OutputRecord, Target, Wiring};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::job::spec_rules;
+use crate::runner::{drive, Commits, Next};
 use crate::workers::Workers;
 use operators::{
     kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop,
@@ -784,67 +785,24 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     // Worker 0 writes the job's checkpoint and the markers; every worker
     // commits the offsets of its partitions.
     let leader = worker.index() == 0;
-    let outputs = opts.output_topics();
     let mut marks = if leader { Some(Marks::new(opts, shared)?) } else { None };
     // The adapter's first markers (its frontier + the loop delay) go out at
     // once: the enrich job in its loop waits for them.
-    let mut topic_values: Vec<u64> = topic_marks.iter().map(|m| if m.at_start { (m.value)(0) } else { 0 }).collect();
+    let topic_values: Vec<u64> = topic_marks.iter().map(|m| if m.at_start { (m.value)(0) } else { 0 }).collect();
     if let Some(m) = marks.as_mut().filter(|_| topic_values.iter().any(|v| *v > 0)) {
         m.mark_topics(&topic_marks, &topic_values)?;
     }
-    let mut last_frontier = 0u64;
-    let mut last_mark = Instant::now();
-    let mut done = false;
-    while !done {
-        done = !worker.step_or_park(Some(Duration::from_millis(10)));
-        producer.borrow_mut().poll();
-        let mut frontier = probe.with_frontier(|f| f.iter().copied().min().unwrap_or(u64::MAX));
-        // Stopping: once every source has stopped and every output below the
-        // least stop time is durable, checkpoint there and leave.
-        if shared.stop.all_stopped() {
-            let limit = shared.stop.limit();
-            if limit == u64::MAX {
-                // This process read nothing: nothing to checkpoint.
-                break;
-            }
-            if frontier >= limit {
-                frontier = limit;
-                done = true;
-            }
-        }
-        let due = last_mark.elapsed() >= opts.marker_every || done;
-        // An empty frontier means "complete" only once the dataflow is done:
-        // before its first steps a probe has not heard of any capability yet.
-        let trusted = frontier < u64::MAX || done;
-        let values: Vec<u64> =
-            if trusted { topic_marks.iter().map(|m| (m.value)(frontier)).collect() } else { Vec::new() };
-        let moved = values.iter().zip(&topic_values).any(|(v, last)| v > last);
-        if (frontier > last_frontier || moved) && due && trusted {
-            last_frontier = last_frontier.max(frontier);
-            if moved {
-                for (last, v) in topic_values.iter_mut().zip(&values) {
-                    *last = (*last).max(*v);
-                }
-            }
-            last_mark = Instant::now();
-            for input in &inputs {
-                let offsets = input.unsettled.borrow_mut().settle(frontier);
-                tracing::debug!(topic = %input.topic, frontier, ?offsets, "committing");
-                if let Err(e) = consume::commit(&input.consumer, &input.topic, &offsets) {
-                    tracing::warn!("{e}; retrying at the next commit");
-                }
-            }
-            if let Some(m) = marks.as_mut() {
-                let own: Vec<&str> = topic_marks.iter().map(|t| t.topic.as_str()).collect();
-                let plain: Vec<String> = outputs.iter().filter(|t| !own.contains(&t.as_str())).cloned().collect();
-                m.mark(last_frontier, &plain)?;
-                m.mark_topics(&topic_marks, &topic_values)?;
-            }
-        }
-    }
-    if let Some(m) = marks.as_mut() {
-        m.finish()?;
-    }
+    let mut commits = KafkaCommits {
+        shared: Arc::clone(shared),
+        producer: Rc::clone(&producer),
+        inputs,
+        marks,
+        topic_marks,
+        topic_values,
+        last_frontier: 0,
+        last_mark: Instant::now(),
+    };
+    drive(worker, &probe, Duration::from_millis(10), &mut commits)?;
     // A stopped job's dataflow never completes (its sources keep their
     // capabilities): drop it, or timely would wait for it.
     for id in worker.installed_dataflows() {
@@ -854,6 +812,86 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         tracing::info!("waiting for the brokers to acknowledge the last records");
     }
     Ok(())
+}
+
+/// The Kafka jobs' commit protocol: once every output below a frontier is
+/// acknowledged, every worker commits its partitions' consumer offsets up
+/// to the first record not yet durable, and worker 0 writes the job's
+/// checkpoint and a watermark marker into every partition of its outputs
+/// (at most every `marker_every`). A requested stop ends the run once every
+/// output below the least time a source stopped at is durable.
+struct KafkaCommits {
+    shared: Arc<Shared>,
+    producer: Rc<RefCell<Producer>>,
+    inputs: Vec<Input>,
+    /// Worker 0's markers and checkpoints.
+    marks: Option<Marks>,
+    /// Markers of output topics that are not the job's frontier (ML jobs),
+    /// and the values last written.
+    topic_marks: Vec<ml::TopicMark>,
+    topic_values: Vec<u64>,
+    last_frontier: u64,
+    last_mark: Instant,
+}
+
+impl Commits for KafkaCommits {
+    fn committed(&mut self, frontier: u64, done: bool) -> Result<Next> {
+        let opts = &self.shared.opts;
+        let stop = &self.shared.stop;
+        self.producer.borrow_mut().poll();
+        let (mut frontier, mut done) = (frontier, done);
+        // Stopping: once every source has stopped and every output below the
+        // least stop time is durable, checkpoint there and leave.
+        if stop.all_stopped() {
+            let limit = stop.limit();
+            if limit == u64::MAX {
+                // This process read nothing: nothing to checkpoint.
+                return Ok(Next::Stop);
+            }
+            if frontier >= limit {
+                frontier = limit;
+                done = true;
+            }
+        }
+        let due = self.last_mark.elapsed() >= opts.marker_every || done;
+        // An empty frontier means "complete" only once the dataflow is done:
+        // before its first steps a probe has not heard of any capability yet.
+        let trusted = frontier < u64::MAX || done;
+        let values: Vec<u64> =
+            if trusted { self.topic_marks.iter().map(|m| (m.value)(frontier)).collect() } else { Vec::new() };
+        let moved = values.iter().zip(&self.topic_values).any(|(v, last)| v > last);
+        if (frontier > self.last_frontier || moved) && due && trusted {
+            self.last_frontier = self.last_frontier.max(frontier);
+            if moved {
+                for (last, v) in self.topic_values.iter_mut().zip(&values) {
+                    *last = (*last).max(*v);
+                }
+            }
+            self.last_mark = Instant::now();
+            for input in &self.inputs {
+                let offsets = input.unsettled.borrow_mut().settle(frontier);
+                tracing::debug!(topic = %input.topic, frontier, ?offsets, "committing");
+                if let Err(e) = consume::commit(&input.consumer, &input.topic, &offsets) {
+                    tracing::warn!("{e}; retrying at the next commit");
+                }
+            }
+            if let Some(m) = self.marks.as_mut() {
+                let own: Vec<&str> = self.topic_marks.iter().map(|t| t.topic.as_str()).collect();
+                let plain: Vec<String> =
+                    opts.output_topics().into_iter().filter(|t| !own.contains(&t.as_str())).collect();
+                m.mark(self.last_frontier, &plain)?;
+                m.mark_topics(&self.topic_marks, &self.topic_values)?;
+            }
+        }
+        Ok(if done { Next::Stop } else { Next::Run })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        match self.marks.as_mut() {
+            Some(m) => m.finish(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The leader's markers and checkpoints.
