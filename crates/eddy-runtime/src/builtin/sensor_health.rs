@@ -240,11 +240,24 @@ impl Health {
         Health { spec, devices: HashMap::default(), arrivals: 0 }
     }
 
-    /// Applies one on-time reading, pushing the events it causes. Returns
-    /// the device's new silence deadline.
-    pub fn apply(&mut self, r: &Enriched, out: &mut Vec<HealthEvent>) -> i64 {
+    /// Applies one on-time reading stamped with dataflow time `time`,
+    /// pushing the events it causes. Returns the device's new silence
+    /// deadline.
+    ///
+    /// A reading stamped later than its device's deadline is itself the
+    /// proof that the watermark passed the deadline while others reported:
+    /// the silent fault starts (if the deadline's own decision has not come
+    /// yet) and ends at this reading, whatever the batching.
+    pub fn apply(&mut self, r: &Enriched, time: u64, out: &mut Vec<HealthEvent>) -> i64 {
         let spec = &self.spec;
         let dev = self.devices.entry(r.device).or_default();
+        if let (None, Some(newest)) = (dev.silent, dev.newest) {
+            let deadline = newest.saturating_add(spec.silence.ms());
+            if (deadline.max(0) as u64) < time {
+                dev.silent = Some(deadline);
+                out.push(silent_start(r.device, deadline, newest));
+            }
+        }
         if let Some(start) = dev.silent.take() {
             out.push(HealthEvent {
                 event_id: format!("silent:{}:{start}", r.device),
@@ -327,18 +340,23 @@ impl Health {
             return None;
         }
         dev.silent = Some(deadline);
-        Some(HealthEvent {
-            event_id: format!("silent:{device}:{deadline}"),
-            device_id: device,
-            channel: None,
-            kind: FaultKind::Silent,
-            state: EventState::Start,
-            ts: deadline,
-            share: None,
-            readings: None,
-            last_ts: Some(newest),
-            duration_ms: None,
-        })
+        Some(silent_start(device, deadline, newest))
+    }
+}
+
+/// The start of `device`'s silent fault at `deadline`, its newest `ts` before.
+fn silent_start(device: DeviceId, deadline: i64, newest: i64) -> HealthEvent {
+    HealthEvent {
+        event_id: format!("silent:{device}:{deadline}"),
+        device_id: device,
+        channel: None,
+        kind: FaultKind::Silent,
+        state: EventState::Start,
+        ts: deadline,
+        share: None,
+        readings: None,
+        last_ts: Some(newest),
+        duration_ms: None,
     }
 }
 
@@ -391,7 +409,7 @@ fn operator<'s, C: Batch<Enriched>>(
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
                 for r in data.records() {
-                    let deadline = health.apply(r, &mut out);
+                    let deadline = health.apply(r, time, &mut out);
                     pending.entry(deadline).or_default().push(r.device);
                     let at = (deadline.max(0) as u64).max(time);
                     if held.as_ref().is_none_or(|h| at < *h.time()) {
@@ -479,7 +497,7 @@ mod tests {
         // Five clean readings, then junk: at the 10th value 5/10 are junk.
         for i in 0..10 {
             let junk: &[&str] = if i >= 5 { &["pm25"] } else { &[] };
-            h.apply(&reading("d", i * 5 * MIN, &[("pm25", Some(1.0))], junk), &mut out);
+            h.apply(&reading("d", i * 5 * MIN, &[("pm25", Some(1.0))], junk), 0, &mut out);
         }
         assert_eq!(out.len(), 1, "{out:?}");
         let e = &out[0];
@@ -493,7 +511,7 @@ mod tests {
         out.clear();
         let mut t = 50 * MIN;
         while out.is_empty() {
-            h.apply(&reading("d", t, &[("pm25", Some(1.0))], &[]), &mut out);
+            h.apply(&reading("d", t, &[("pm25", Some(1.0))], &[]), 0, &mut out);
             t += 5 * MIN;
         }
         let e = &out[0];
@@ -507,10 +525,10 @@ mod tests {
         let mut h = Health::new(spec());
         let mut out = Vec::new();
         for i in 0..5 {
-            h.apply(&reading("d", i * MIN, &[("co2", Some(1.0))], &["co2"]), &mut out);
+            h.apply(&reading("d", i * MIN, &[("co2", Some(1.0))], &["co2"]), 0, &mut out);
         }
         assert!(out.is_empty());
-        h.apply(&reading("d", 5 * MIN, &[("co2", Some(1.0))], &["co2"]), &mut out);
+        h.apply(&reading("d", 5 * MIN, &[("co2", Some(1.0))], &["co2"]), 0, &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -519,11 +537,11 @@ mod tests {
         let mut h = Health::new(spec());
         let mut out = Vec::new();
         for i in 0..6 {
-            h.apply(&reading("d", 120 * MIN + i * MIN, &[("pm25", None), ("co2", Some(1.0))], &[]), &mut out);
+            h.apply(&reading("d", 120 * MIN + i * MIN, &[("pm25", None), ("co2", Some(1.0))], &[]), 0, &mut out);
         }
         // Six junk pm25 values from before the window: not counted.
         for i in 0..6 {
-            h.apply(&reading("d", i * MIN, &[("pm25", Some(9e9))], &["pm25"]), &mut out);
+            h.apply(&reading("d", i * MIN, &[("pm25", Some(9e9))], &["pm25"]), 0, &mut out);
         }
         assert!(out.is_empty(), "{out:?}");
     }
@@ -532,7 +550,7 @@ mod tests {
     fn a_device_falls_silent_at_its_deadline_and_recovers_at_its_next_reading() {
         let mut h = Health::new(spec());
         let mut out = Vec::new();
-        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), &mut out);
+        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
         assert_eq!(deadline, 40 * MIN);
         assert!(h.fall_silent(DeviceId::intern("d"), 39 * MIN).is_none(), "not its current deadline");
         let e = h.fall_silent(DeviceId::intern("d"), deadline).unwrap();
@@ -541,10 +559,32 @@ mod tests {
             (FaultKind::Silent, EventState::Start, deadline, Some(10 * MIN), None)
         );
         assert!(h.fall_silent(DeviceId::intern("d"), deadline).is_none(), "already silent");
-        h.apply(&reading("d", 70 * MIN, &[("pm25", Some(1.0))], &[]), &mut out);
+        h.apply(&reading("d", 70 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].state, out[0].ts, out[0].duration_ms), (EventState::End, 70 * MIN, Some(30 * MIN)));
         assert_eq!(out[0].event_id, e.event_id);
+    }
+
+    /// Regression: a device that comes back before its deadline's decision
+    /// reached the operator lost its whole fault.
+    #[test]
+    fn a_reading_stamped_past_the_deadline_starts_and_ends_the_fault_itself() {
+        let mut h = Health::new(spec());
+        let mut out = Vec::new();
+        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
+        // Back at 70 min, stamped at 55 min (> the 40 min deadline).
+        h.apply(&reading("d", 70 * MIN, &[("pm25", Some(1.0))], &[]), (55 * MIN) as u64, &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].state, out[0].ts, out[0].last_ts), (EventState::Start, deadline, Some(10 * MIN)));
+        assert_eq!((out[1].state, out[1].ts, out[1].duration_ms), (EventState::End, 70 * MIN, Some(30 * MIN)));
+        assert_eq!(out[0].event_id, out[1].event_id);
+        // The deadline's own decision, arriving later, adds nothing.
+        assert!(h.fall_silent(DeviceId::intern("d"), deadline).is_none());
+        // Stamped at the deadline itself: the watermark has not passed it.
+        out.clear();
+        h.apply(&reading("e", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
+        h.apply(&reading("e", 45 * MIN, &[("pm25", Some(1.0))], &[]), (40 * MIN) as u64, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
