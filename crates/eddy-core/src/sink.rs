@@ -6,6 +6,10 @@
 /// (every record at all, for `None`) has then been written, and `commit` must
 /// make them durable (flush, fsync, publish) before it returns.
 pub trait BatchSink<D>: 'static {
+    /// Says that the batches that follow (until the next call) hold records
+    /// at dataflow time `time`. Default: ignored; a sink that writes each
+    /// record's time (a Kafka topic's `eddy.t`) keeps it.
+    fn begin(&mut self, _time: u64) {}
     /// Takes a batch of records; the sink may drain it.
     fn write(&mut self, batch: &mut Vec<D>);
     /// Takes a batch of records that other consumers of the stream share,
@@ -37,4 +41,11 @@ pub trait BatchSink<D>: 'static {
     /// output at the largest frontier returned, and the commit ledger only
     /// counts input as committed once every sink's output has passed it.
     fn commit(&mut self, upto: Option<u64>) -> Option<u64>;
+    /// While [`BatchSink::commit`] returns less than its input frontier, the
+    /// sink operator asks again after this long. Default 200 ms (the Parquet
+    /// backup publishes every few seconds); a Kafka topic, whose broker
+    /// acknowledges within milliseconds, asks sooner.
+    fn recommit_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(200)
+    }
 }

@@ -52,12 +52,17 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
         let mut pending = false;
         let activator = scope.activator_for(info.address);
         move |(input, frontier), _output| {
-            input.for_each(|_cap, data| match data.get_mut() {
-                Some(records) => sink.write(records),
-                None => match data.arc() {
-                    Some(batch) => sink.write_arc(batch),
-                    None => sink.write_shared(data.records()),
-                },
+            input.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    sink.begin(t);
+                }
+                match data.get_mut() {
+                    Some(records) => sink.write(records),
+                    None => match data.arc() {
+                        Some(batch) => sink.write_arc(batch),
+                        None => sink.write_shared(data.records()),
+                    },
+                }
             });
             let f = frontier.frontier();
             seen.0.set(f.iter().copied().min().unwrap_or(u64::MAX));
@@ -74,7 +79,7 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
                 // activation; ask for one after a short while.
                 pending = held.as_ref().is_some_and(|h| f.iter().any(|t| t > h.time()) || f.is_empty());
                 if pending {
-                    activator.activate_after(std::time::Duration::from_millis(200));
+                    activator.activate_after(sink.recommit_after());
                 }
             }
         }

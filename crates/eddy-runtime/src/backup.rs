@@ -51,11 +51,11 @@ impl Committed {
         if !dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
             return Ok(c);
         }
-        let removed = eddy_parquet::cleanup_uncommitted(dir).map_err(|e| Error::Run(e.to_string()))?;
+        let removed = eddy_parquet::cleanup_uncommitted(dir)?;
         if !removed.is_empty() {
             tracing::info!(dir = %dir.display(), files = removed.len(), "Removed uncommitted files of an earlier run");
         }
-        let manifest = Manifest::load(dir).map_err(|e| Error::Run(e.to_string()))?;
+        let manifest = Manifest::load(dir)?;
         for ((writer, partition), max) in manifest.max_offsets() {
             if partition != 0 {
                 continue;
@@ -107,10 +107,7 @@ impl Resume {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 let before = v["input"].as_str().unwrap_or_default();
                 if before != this {
-                    return Err(Error::Run(format!(
-                        "{} holds the backup of {before}, not of {this}: use another --out",
-                        out.display()
-                    )));
+                    return Err(Error::OtherInput { out: out.to_path_buf(), before: before.to_string(), this });
                 }
             }
             Err(_) => {

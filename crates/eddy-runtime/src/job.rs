@@ -400,7 +400,7 @@ where
         run_worker(worker, &worker_shared, &*build);
         worker_shared.finished.fetch_add(1, Ordering::SeqCst);
     })
-    .map_err(Error::Run)?;
+    .map_err(Error::Timely)?;
 
     let report = |m: &Metrics| Progress {
         bytes: Metrics::get(&m.bytes),
@@ -415,16 +415,16 @@ where
     }
     on_progress(report(&metrics));
     for r in guards.join() {
-        r.map_err(Error::Run)?;
+        r.map_err(Error::Timely)?;
     }
     if let Some(e) = metrics.error.lock().clone() {
-        return Err(Error::Run(e));
+        return Err(Error::Worker(e));
     }
     let mut records = BTreeMap::new();
     for (name, f) in shared.files.lock().iter() {
         f.sync()?;
         if let Some(e) = f.error() {
-            return Err(Error::Run(e));
+            return Err(Error::Worker(e));
         }
         records.insert(name.clone(), f.records());
     }
@@ -433,7 +433,7 @@ where
     for name in ["backup", "raw"] {
         let dir = opts.out.join(name);
         if dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
-            let m = eddy_parquet::Manifest::load(&dir).map_err(|e| Error::Run(e.to_string()))?;
+            let m = eddy_parquet::Manifest::load(&dir)?;
             records.insert(name.to_string(), m.rows());
         }
     }

@@ -216,7 +216,7 @@ pub(crate) fn check_model(spec: &PipelineSpec) -> Result<()> {
         ModelFile::load(path)
             .map_err(|e| e.to_string())
             .and_then(ModelUpdate::from_file)
-            .map_err(|e| Error::Run(format!("scoring model {}: {e}", path.display())))?;
+            .map_err(|e| Error::Model { path: path.to_path_buf(), reason: e })?;
     }
     Ok(())
 }

@@ -53,7 +53,7 @@ use eddy_ml::model::{ModelFile, ModelUpdate};
 use eddy_ml::score::{score_with, ForecastRecord, ModelWatch};
 use eddy_operators::reference::{reference_with_feedback, Reference};
 
-use super::operators::{kafka_sink, live_reference, Encoder};
+use super::operators::{live_reference, Encoder};
 use super::{as_jsonl, dead_encoder, kafka_err, Ctx, RunOptions};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
@@ -313,16 +313,9 @@ pub(super) fn build_enrich_in_loop(ctx: &mut Ctx<'_>) -> Result<()> {
         .enrich(&reference, spec.enrich.reference_retention.ms());
     let enriched = count(enriched.into_stream(), "loop.out", Arc::clone(&tracker), false);
     let encoder = super::as_serde(|e: &Enriched| Some(e.device.name()));
-    let acked_stream = kafka_sink(
-        enriched,
-        &format!("sink.{}", t.enriched()),
-        Rc::clone(&ctx.producer),
-        t.enriched(),
-        encoder,
-        ctx.shared.resume_from,
-        Arc::clone(&ctx.shared.metrics),
-    );
-    let (acked, acked_stream) = acked_stream.probe();
+    let sink = ctx.topic_sink(t.enriched(), encoder);
+    let committed = Flow::new(enriched, &format!("sink.{}", t.enriched())).sink(sink);
+    let (acked, acked_stream) = committed.stream.probe();
     Committed { stream: acked_stream, processed: None }.probe_with(&ctx.probe);
     ctx.sink(dead, t.deadletter(), dead_encoder());
     ctx.topic_marks.push(TopicMark {
@@ -406,10 +399,9 @@ fn models_consumer(opts: &RunOptions) -> Result<BaseConsumer> {
     let n = consume::partitions(&consumer, &topic, opts.kafka.connect_timeout).map_err(kafka_err)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..n {
-        tpl.add_partition_offset(&topic, p, Offset::Beginning)
-            .map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+        tpl.add_partition_offset(&topic, p, Offset::Beginning).map_err(|e| super::assigning(&topic, e))?;
     }
-    consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+    consumer.assign(&tpl).map_err(|e| super::assigning(&topic, e))?;
     Ok(consumer)
 }
 
@@ -513,8 +505,8 @@ pub fn model_source<'s>(
 /// Publishes a model file's JSON text to `P.models`, keyed by its version
 /// (`eddy train --brokers`).
 pub fn publish_model(cfg: &eddy_kafka::KafkaConfig, topics: &eddy_kafka::Topics, path: &std::path::Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Run(format!("{}: {e}", path.display())))?;
-    let m = ModelFile::parse(&text).map_err(|e| Error::Run(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| eddy_connectors::Error::io(path, e))?;
+    let m = ModelFile::parse(&text).map_err(|e| Error::Model { path: path.to_path_buf(), reason: e.to_string() })?;
     eddy_kafka::topics::ensure(cfg, &[TopicSpec::new(topics.models(), 1)]).map_err(kafka_err)?;
     let mut producer = eddy_kafka::produce::Producer::new(cfg).map_err(kafka_err)?;
     producer.send(&topics.models(), None, Some(m.version.as_bytes()), Some(text.as_bytes()), Default::default());
@@ -522,7 +514,7 @@ pub fn publish_model(cfg: &eddy_kafka::KafkaConfig, topics: &eddy_kafka::Topics,
         tracing::info!("waiting for the brokers to acknowledge the model");
     }
     match producer.error() {
-        Some(e) => Err(Error::Run(format!("publishing {}: {e}", path.display()))),
+        Some(e) => Err(super::produced(&topics.models(), e)),
         None => Ok(()),
     }
 }

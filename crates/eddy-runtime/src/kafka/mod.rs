@@ -62,8 +62,8 @@ use crate::job::spec_rules;
 use crate::runner::{drive, Commits, Next};
 use crate::workers::Workers;
 use operators::{
-    kafka_sink, live_reference, raw_source, suppress, typed_source, Encoder, Input, RawConfig, Stamped, Stop,
-    Unsettled, RESUME_REWIND,
+    live_reference, raw_source, suppress, typed_source, Encoder, Input, KafkaSink, RawConfig, Stamped, Stop, Unsettled,
+    RESUME_REWIND,
 };
 
 /// Which job a process runs.
@@ -274,8 +274,18 @@ pub fn read_checkpoint(cfg: &KafkaConfig, topics: &Topics, group: &str) -> Resul
         .last())
 }
 
+/// A consumer could not be assigned its partitions of `what`.
+fn assigning(what: &str, source: rdkafka::error::KafkaError) -> Error {
+    Error::Kafka(eddy_kafka::Error::Kafka { context: format!("assigning {what}"), source })
+}
+
+/// The producer failed to deliver to `topic` (librdkafka's message).
+fn produced(topic: &str, message: &str) -> Error {
+    Error::Kafka(eddy_kafka::Error::Other(format!("kafka: producing to {topic}: {message}")))
+}
+
 fn kafka_err(e: eddy_kafka::Error) -> Error {
-    Error::Run(e.to_string())
+    Error::Kafka(e)
 }
 
 /// Reads the reference topics to their current end, as updates in `ts` order,
@@ -374,7 +384,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
             let resume = Resume::prepare(out, &identity)?;
             (backup_floors(&out.join("backup"))?, Some(resume))
         }
-        (Some(JobKind::Backup), None) => return Err(Error::Run("the backup job needs --out DIR".into())),
+        (Some(JobKind::Backup), None) => return Err(Error::Usage("the backup job needs --out DIR".into())),
         _ => (BTreeMap::new(), None),
     };
 
@@ -399,16 +409,16 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         }
         worker_shared.finished.fetch_add(1, Ordering::SeqCst);
     })
-    .map_err(Error::Run)?;
+    .map_err(Error::Timely)?;
     while shared.finished.load(Ordering::SeqCst) < opts.workers.threads {
         on_progress(RunProgress { records: Metrics::get(&metrics.lines), bytes: Metrics::get(&metrics.bytes) });
         std::thread::sleep(Duration::from_millis(100));
     }
     for r in guards.join() {
-        r.map_err(Error::Run)?;
+        r.map_err(Error::Timely)?;
     }
     if let Some(e) = metrics.error.lock().clone() {
-        return Err(Error::Run(e));
+        return Err(Error::Worker(e));
     }
     Ok(RunSummary {
         job: group,
@@ -427,8 +437,8 @@ fn backup_floors(dir: &std::path::Path) -> Result<BTreeMap<u64, Vec<u64>>> {
     if !dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
         return Ok(out);
     }
-    eddy_parquet::cleanup_uncommitted(dir).map_err(|e| Error::Run(e.to_string()))?;
-    let manifest = Manifest::load(dir).map_err(|e| Error::Run(e.to_string()))?;
+    eddy_parquet::cleanup_uncommitted(dir)?;
+    let manifest = Manifest::load(dir)?;
     for entry in &manifest.entries {
         let Some((i, p)) = entry.writer.strip_prefix('w').and_then(|r| r.split_once("of")) else { continue };
         let (Ok(i), Ok(p)) = (i.parse::<usize>(), p.parse::<u64>()) else { continue };
@@ -488,10 +498,10 @@ impl<'s> Ctx<'s> {
                 // Offset 0, not `Offset::Beginning`: see `FIRST_OFFSET`.
                 None => Offset::Offset(FIRST_OFFSET),
             };
-            tpl.add_partition_offset(topic, *p, at).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+            tpl.add_partition_offset(topic, *p, at).map_err(|e| assigning(topic, e))?;
         }
         let floor = Rc::new(floor);
-        consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+        consumer.assign(&tpl).map_err(|e| assigning(topic, e))?;
         tracing::info!(topic, ?committed, "reading from the committed offsets (or the beginning)");
         let input = Input {
             consumer: Rc::new(consumer),
@@ -550,17 +560,14 @@ impl<'s> Ctx<'s> {
     }
 
     fn sink<D: Clone + 'static>(&self, flow: Flow<'s, D>, topic: String, encoder: Encoder<D>) {
-        let name = format!("sink.{topic}");
-        let stream = kafka_sink(
-            flow.into_stream(),
-            &name,
-            Rc::clone(&self.producer),
-            topic,
-            encoder,
-            self.shared.resume_from,
-            Arc::clone(&self.shared.metrics),
-        );
-        Committed { stream, processed: None }.probe_with(&self.probe);
+        let sink = self.topic_sink(topic, encoder);
+        flow.step(&format!("sink.{}", sink.topic())).sink(sink).probe_with(&self.probe);
+    }
+
+    /// A sink writing to `topic` with the job's producer.
+    fn topic_sink<D>(&self, topic: String, encoder: Encoder<D>) -> KafkaSink<D> {
+        let metrics = Arc::clone(&self.shared.metrics);
+        KafkaSink::new(Rc::clone(&self.producer), topic, encoder, self.shared.resume_from, metrics)
     }
 
     /// The reference arrangements: what the reference topics held at start,
@@ -598,10 +605,10 @@ impl<'s> Ctx<'s> {
                 let at = self.shared.ref_offsets.get(&(topic.clone(), p)).copied().unwrap_or(FIRST_OFFSET);
                 next.insert((topic.clone(), p), at);
                 tpl.add_partition_offset(&topic, p, Offset::Offset((at - RESUME_REWIND).max(FIRST_OFFSET)))
-                    .map_err(|e| Error::Run(format!("assigning {topic}: {e}")))?;
+                    .map_err(|e| assigning(&topic, e))?;
             }
         }
-        consumer.assign(&tpl).map_err(|e| Error::Run(format!("assigning the reference topics: {e}")))?;
+        consumer.assign(&tpl).map_err(|e| assigning("the reference topics", e))?;
         tracing::debug!(?next, "reading reference changes live from");
         Ok((consumer, next))
     }
@@ -662,7 +669,7 @@ fn build(ctx: &mut Ctx<'_>) -> Result<()> {
 }
 
 /// Where a component's output port goes over Kafka: a topic, written by
-/// [`kafka_sink`] with the record's JSON encoding and key.
+/// a [`KafkaSink`] with the record's JSON encoding and key.
 pub struct TopicTarget {
     producer: Rc<RefCell<Producer>>,
     topic: String,
@@ -673,11 +680,9 @@ pub struct TopicTarget {
 impl TopicTarget {
     /// Writes `flow` to the topic.
     pub(crate) fn sink<'s, D: OutputRecord>(self, flow: Flow<'s, D>) -> Committed<'s> {
-        let name = format!("sink.{}", self.topic);
         let encoder = Encoder { value: Box::new(|d: &D, out: &mut Vec<u8>| d.encode(out)), key: Box::new(D::key) };
-        let stream =
-            kafka_sink(flow.into_stream(), &name, self.producer, self.topic, encoder, self.resume_from, self.metrics);
-        Committed { stream, processed: None }
+        let sink = KafkaSink::new(self.producer, self.topic, encoder, self.resume_from, self.metrics);
+        flow.sink(sink)
     }
 }
 
@@ -729,7 +734,7 @@ impl<'s> Wiring<'s> for Ctx<'s> {
 
 fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
     let opts = ctx.opts().clone();
-    let out = opts.out.clone().ok_or_else(|| Error::Run("the backup job needs --out DIR".into()))?;
+    let out = opts.out.clone().ok_or_else(|| Error::Usage("the backup job needs --out DIR".into()))?;
     let (index, peers) = (ctx.scope.index(), ctx.scope.peers());
     let (enriched, dead) = ctx.typed::<Enriched>(&opts.topics.enriched())?;
     // Rows below the frontier the writer that had their device committed
@@ -924,7 +929,7 @@ impl Marks {
         self.producer.send(&self.checkpoints, None, Some(self.group.as_bytes()), Some(&value), Default::default());
         self.producer.poll();
         match self.producer.error() {
-            Some(e) => Err(Error::Run(format!("kafka: {e}"))),
+            Some(e) => Err(produced(&self.checkpoints, e)),
             None => Ok(()),
         }
     }
@@ -938,7 +943,7 @@ impl Marks {
         }
         self.producer.poll();
         match self.producer.error() {
-            Some(e) => Err(Error::Run(format!("kafka: {e}"))),
+            Some(e) => Err(produced("the markers", e)),
             None => Ok(()),
         }
     }

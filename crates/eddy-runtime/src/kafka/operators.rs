@@ -18,7 +18,6 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
-use timely::progress::Antichain;
 
 use eddy_core::reading::{DeadLetter, Enriched, Position, RawLine, Reading};
 use eddy_core::validate::{parse_line, LateTracker, Ranges};
@@ -26,6 +25,7 @@ use eddy_kafka::codec::{data_headers, envelope, Envelope};
 use eddy_kafka::produce::Producer;
 use eddy_operators::ingest::{time_of, Classified, SourceProgress, Validator};
 use eddy_operators::metrics::Metrics;
+use eddy_operators::sink::BatchSink;
 
 /// Messages read per activation.
 const BATCH: usize = 4096;
@@ -547,66 +547,107 @@ pub struct Encoder<D> {
     pub key: Box<dyn Fn(&D) -> Option<Arc<str>>>,
 }
 
-/// Writes a stream to `topic`, each record with its dataflow time in
-/// `eddy.t`, skipping records below `suppress_below` (committed by an earlier
-/// run of the job). The output's frontier is the frontier up to which the
-/// brokers have acknowledged every record.
-pub fn kafka_sink<'s, D: 'static>(
-    stream: StreamVec<'s, u64, D>,
-    name: &str,
+/// A Kafka topic as a [`BatchSink`]: each record with its dataflow time in
+/// `eddy.t`, records below `suppress_below` (committed by an earlier run)
+/// left out. `commit` reports a frontier durable once the brokers have
+/// acknowledged every record sent before the frontier was reached; the
+/// producer is shared by the job's sinks on this worker.
+pub struct KafkaSink<D> {
     producer: Rc<RefCell<Producer>>,
     topic: String,
     encoder: Encoder<D>,
     suppress_below: u64,
     metrics: Arc<Metrics>,
-) -> StreamVec<'s, u64, ()> {
-    let scope = stream.scope();
-    stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |cap, info| {
-        let activator = scope.activator_for(info.address);
-        let mut held = Some(cap);
-        let mut last = Antichain::from_elem(0u64);
-        // (frontier, sequence number): once every record sent before the
-        // sequence number is acknowledged, the frontier is durable.
-        let mut waiting: VecDeque<(Option<u64>, u64)> = VecDeque::new();
-        let mut buf = Vec::with_capacity(512);
-        move |(input, frontier), _output| {
-            let mut producer = producer.borrow_mut();
-            input.for_each(|cap, data| {
-                let Some(t) = cap.least().copied() else { return };
-                if t < suppress_below {
-                    tracing::debug!(topic = %topic, t, records = data.len(), "not written again: below the resumed frontier");
-                    return;
-                }
-                for d in data.drain(..) {
-                    buf.clear();
-                    (encoder.value)(&d, &mut buf);
-                    let key = (encoder.key)(&d);
-                    producer.send(&topic, None, key.as_deref().map(str::as_bytes), Some(&buf), data_headers(t));
-                }
-            });
-            let f = frontier.frontier();
-            if f != last.borrow() {
-                last = f.to_owned();
-                waiting.push_back((f.iter().copied().min(), producer.next_seq()));
-            }
-            producer.poll();
-            if let Some(e) = producer.error() {
-                metrics.fail(format!("{topic}: {e}"));
-            }
-            let acked = producer.acked_below();
-            while let Some((upto, _)) = waiting.front().filter(|(_, seq)| *seq <= acked).copied() {
-                waiting.pop_front();
-                match (upto, held.as_mut()) {
-                    (Some(t), Some(h)) => h.downgrade(&t.max(*h.time())),
-                    (None, _) => held = None,
-                    _ => {}
-                }
-            }
-            if !waiting.is_empty() {
-                activator.activate_after(Duration::from_millis(5));
-            }
+    /// The time of the batches being written.
+    time: u64,
+    buf: Vec<u8>,
+    /// (frontier, sequence number): once every record sent before the
+    /// sequence number is acknowledged, the frontier is durable.
+    waiting: VecDeque<(Option<u64>, u64)>,
+    /// What is durable: `Some(t)`, times before `t`; `None`, everything.
+    durable: Option<u64>,
+}
+
+impl<D> KafkaSink<D> {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// A sink writing to `topic` through `producer`.
+    pub fn new(
+        producer: Rc<RefCell<Producer>>,
+        topic: String,
+        encoder: Encoder<D>,
+        suppress_below: u64,
+        metrics: Arc<Metrics>,
+    ) -> KafkaSink<D> {
+        KafkaSink {
+            producer,
+            topic,
+            encoder,
+            suppress_below,
+            metrics,
+            time: 0,
+            buf: Vec::with_capacity(512),
+            waiting: VecDeque::new(),
+            durable: Some(0),
         }
-    })
+    }
+
+    fn send(&mut self, batch: &[D]) {
+        let t = self.time;
+        if t < self.suppress_below {
+            tracing::debug!(topic = %self.topic, t, records = batch.len(), "not written again: below the resumed frontier");
+            return;
+        }
+        let mut producer = self.producer.borrow_mut();
+        for d in batch {
+            self.buf.clear();
+            (self.encoder.value)(d, &mut self.buf);
+            let key = (self.encoder.key)(d);
+            producer.send(&self.topic, None, key.as_deref().map(str::as_bytes), Some(&self.buf), data_headers(t));
+        }
+    }
+}
+
+impl<D: 'static> BatchSink<D> for KafkaSink<D> {
+    fn begin(&mut self, time: u64) {
+        self.time = time;
+    }
+
+    fn write(&mut self, batch: &mut Vec<D>) {
+        self.send(batch);
+        batch.clear();
+    }
+
+    fn write_shared(&mut self, batch: &[D])
+    where
+        D: Clone,
+    {
+        self.send(batch);
+    }
+
+    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+        let mut producer = self.producer.borrow_mut();
+        if self.waiting.back().is_none_or(|(f, _)| *f != upto) {
+            self.waiting.push_back((upto, producer.next_seq()));
+        }
+        producer.poll();
+        if let Some(e) = producer.error() {
+            self.metrics.fail(format!("{}: {e}", self.topic));
+        }
+        let acked = producer.acked_below();
+        while let Some((f, _)) = self.waiting.front().filter(|(_, seq)| *seq <= acked).copied() {
+            self.waiting.pop_front();
+            self.durable = f;
+        }
+        self.durable
+    }
+
+    fn recommit_after(&self) -> Duration {
+        Duration::from_millis(5)
+    }
 }
 
 /// Drops records below the frontier an earlier run already committed,
