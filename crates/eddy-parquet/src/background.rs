@@ -31,9 +31,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::backup::durable_after;
+use crate::backup::BackupWriter;
+use crate::config::durable_after;
 use crate::error::{Error, Result};
-use crate::{BackupWriter, RawArchiveWriter, RawRecord};
+use crate::raw::{RawArchiveWriter, RawRecord};
 
 /// A writer [`Background`] can drive: the backup and the raw archive.
 pub trait Writer: Send + 'static {

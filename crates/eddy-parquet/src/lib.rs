@@ -130,17 +130,26 @@
 
 #![deny(missing_docs)]
 
+// Each module imports only from modules below it in this list, never back up:
+// `background` (drives the writers) over `backup` and `raw` (the two
+// writers; `raw` also reads its archive back through `read`), over `part`
+// (the part-file and commit machinery they share) and `read`, over
+// `manifest`, `fsutil`, `config` (`BackupConfig`, `Codec`, `durable_after`)
+// and `meta` (the Parquet metadata keys), over `error`.
 mod background;
 mod backup;
+mod config;
 mod error;
 mod fsutil;
 mod manifest;
+mod meta;
 mod part;
 mod raw;
 mod read;
 
 pub use background::{Background, Writer};
-pub use backup::{durable_after, BackupConfig, BackupWriter, Codec};
+pub use backup::BackupWriter;
+pub use config::{durable_after, BackupConfig, Codec};
 pub use error::{Error, Result};
 pub use fsutil::date_of_ms;
 pub use manifest::{

@@ -15,7 +15,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use crate::backup::{BackupConfig, Codec};
+use crate::config::{BackupConfig, Codec};
 use crate::error::{Error, Result};
 use crate::fsutil::{check_writer_id, date_of_day, day_of_ms, ensure_dir, run_id, sync_dir};
 use crate::manifest::{write_entry, FileEntry, ManifestEntry, PartitionRange, MANIFEST_DIR};

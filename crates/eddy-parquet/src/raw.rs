@@ -16,9 +16,10 @@ use eddy_core::sink::BatchSink;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
-use crate::backup::{durable_after, BackupConfig, META_FORMAT};
+use crate::config::{durable_after, BackupConfig};
 use crate::error::{Error, Result};
 use crate::manifest::committed_files;
+use crate::meta::META_FORMAT;
 use crate::part::{Core, Encoder, RowKey};
 use crate::read::{column, for_each_batch};
 

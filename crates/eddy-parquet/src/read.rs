@@ -10,9 +10,9 @@ use arrow::datatypes::{UInt32Type, UInt64Type};
 use eddy_core::reading::Position;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::backup::{META_CHANNEL, META_CONTEXT, META_RAW};
 use crate::error::{Error, Result};
 use crate::manifest::committed_files;
+use crate::meta::{META_CHANNEL, META_CONTEXT, META_RAW};
 
 /// One row of a backup, as read back.
 #[derive(Clone, Debug, PartialEq)]
