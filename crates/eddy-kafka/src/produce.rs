@@ -159,7 +159,7 @@ fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
         .set("retry.backoff.max.ms", "5000")
         .set("linger.ms", "5")
         // The most records a batch holds: a resumed consumer fetches this far
-        // back (see eddy-runtime's RESUME_REWIND).
+        // back (see `operators::RESUME_REWIND`).
         .set("batch.num.messages", "10000")
         .set("compression.type", "none")
         .set("queue.buffering.max.messages", "1000000")

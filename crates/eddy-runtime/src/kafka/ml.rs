@@ -1,4 +1,4 @@
-//! The ML jobs over Kafka (issue 7): the calibration adapter's feedback loop
+//! The ML jobs over Kafka: the calibration adapter's feedback loop
 //! through `P.calibration`, and the scoring job with models from a file or
 //! from `P.models` (see `docs/ml.md` and `docs/kafka.md`).
 //!
@@ -34,10 +34,8 @@ use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
@@ -47,17 +45,20 @@ use eddy_core::reference::{RefUpdate, Table};
 use eddy_core::spec::{JobKind, PipelineSpec};
 use eddy_kafka::codec::{envelope, Envelope, TIME};
 use eddy_kafka::consume::{self, read_to_end};
+use eddy_kafka::operators::{live_reference, Encoder};
 use eddy_kafka::topics::TopicSpec;
 use eddy_ml::adapt::{adapter, restamp, Adapter, CalibrationBook, CalibrationUpdate};
 use eddy_ml::model::{ModelFile, ModelUpdate};
 use eddy_ml::score::{score_with, ForecastRecord, ModelWatch};
 use eddy_operators::reference::{reference_with_feedback, Reference};
 
-use super::operators::{live_reference, Encoder};
 use super::{as_jsonl, dead_encoder, kafka_err, Ctx, RunOptions};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::replay::stats_params;
+
+/// The gate of the live reference data in the loop, at its old path.
+pub use eddy_kafka::operators::AdapterGate;
 
 /// The key of the adapter's markers in `P.calibration` (a compacted topic
 /// keeps the latest per key: the latest marker).
@@ -142,39 +143,6 @@ pub struct TopicMark {
     pub value: Box<dyn Fn(u64) -> u64>,
     /// Written once before the job's first step too, with frontier 0.
     pub at_start: bool,
-}
-
-/// The adapter markers an enrich job has read from `P.calibration`.
-#[derive(Clone, Debug)]
-pub struct AdapterGate {
-    /// `P.calibration`.
-    pub topic: String,
-    /// The latest marker per partition.
-    pub marks: BTreeMap<i32, u64>,
-    /// Partitions of the topic.
-    pub partitions: i32,
-}
-
-impl AdapterGate {
-    /// Takes a record of the reference topics; true if it was an adapter marker.
-    pub fn observe<M: Message>(&mut self, m: &M) -> bool {
-        if m.topic() != self.topic {
-            return false;
-        }
-        match envelope(m.headers()) {
-            Ok(Envelope::Marker(wm)) => {
-                let e = self.marks.entry(m.partition()).or_insert(0);
-                *e = (*e).max(wm);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Every update the adapter will still write applies from this time on.
-    pub fn value(&self) -> u64 {
-        (0..self.partitions).map(|p| self.marks.get(&p).copied().unwrap_or(0)).min().unwrap_or(u64::MAX)
-    }
 }
 
 /// Readings of an enrich job in the loop that are not yet durable in
@@ -406,13 +374,11 @@ fn models_consumer(opts: &RunOptions) -> Result<BaseConsumer> {
 }
 
 /// Models from `P.models` (worker 0 reads; other workers get `None`): each
-/// record's value is a model file's JSON text. A model is stamped with its
-/// `eddy.t`, or the time the source is at (the frontier of `watch`, the
-/// scored readings), whichever is later; the scoring operator installs it
-/// before the first epoch at or after that time. A record that is not a
-/// forecast model goes to the second output with its partition, offset and
-/// reason, and the old model stays. `progress` is the readings source's on
-/// this worker.
+/// record's value is a model file's JSON text, decoded here for
+/// [`operators::model_source`](eddy_kafka::operators::model_source), which
+/// stamps and paces them (see there). A record that is not a forecast model
+/// goes to the second output with its partition, offset and reason, and the
+/// old model stays.
 pub fn model_source<'s>(
     scope: Scope<'s, u64>,
     name: &str,
@@ -420,86 +386,32 @@ pub fn model_source<'s>(
     watch: ProbeHandle<u64>,
     progress: Rc<eddy_operators::ingest::SourceProgress>,
 ) -> (StreamVec<'s, u64, ModelUpdate>, StreamVec<'s, u64, DeadLetter>) {
-    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
-    let info = builder.operator_info();
-    let (out, models) = builder.new_output::<Vec<ModelUpdate>>();
-    let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
-    let mut out = OutputBuilder::<u64, CapacityContainerBuilder<Vec<ModelUpdate>>>::from(out);
-    let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
-    let activator = scope.activator_for(info.address);
-    builder.build(move |mut caps| {
-        let mut caps2 = match (caps.pop(), caps.pop()) {
-            (Some(d), Some(m)) if consumer.is_some() => Some((m, d)),
-            _ => None,
-        };
-        let mut watched = false;
-        move |_frontiers| {
-            let (Some((cm, cd)), Some(consumer)) = (caps2.as_mut(), consumer.as_ref()) else {
-                return;
-            };
-            let mut h = out.activate();
-            let mut hd = out_d.activate();
-            for _ in 0..64 {
-                let m = match consumer.poll(Duration::ZERO) {
-                    Some(Ok(m)) => m,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "kafka consumer error on the model topic; retrying");
-                        break;
-                    }
-                    None => break,
-                };
-                let stamp = match envelope(m.headers()) {
-                    Ok(Envelope::Marker(_)) => continue,
-                    Ok(Envelope::Data(t)) => t.unwrap_or(0),
-                    Err(_) => 0,
-                };
-                let Some(bytes) = m.payload() else { continue };
-                let pos = Position { partition: m.partition() as u32, offset: m.offset() as u64 };
-                let parsed = match std::str::from_utf8(bytes) {
-                    Err(e) => Err(format!("undecodable: not UTF-8 text: {e}")),
-                    Ok(text) => ModelUpdate::from_json(text).map_err(|e| {
-                        if e.starts_with("not JSON") {
-                            format!("undecodable: {e}")
-                        } else {
-                            format!("bad_model: {e}")
-                        }
-                    }),
-                };
-                match parsed {
-                    Ok(u) => {
-                        tracing::info!(version = %u.version, offset = m.offset(), "scoring: model record read");
-                        let t = stamp.max(*cm.time());
-                        h.session(&cm.delayed(&t)).give(u);
-                    }
-                    Err(reason) => {
-                        tracing::warn!(
-                            partition = m.partition(),
-                            offset = m.offset(),
-                            "scoring: keeping the current model: {reason}"
-                        );
-                        let line = String::from_utf8_lossy(bytes).into_owned();
-                        hd.session(&*cd).give(DeadLetter { pos, line, reason });
-                    }
-                }
+    eddy_kafka::operators::model_source(scope, name, consumer, watch, progress, decode_model)
+}
+
+/// A record of `P.models` as a model, or the reason it is not one (logged).
+fn decode_model(bytes: &[u8], pos: Position) -> std::result::Result<ModelUpdate, String> {
+    let parsed = match std::str::from_utf8(bytes) {
+        Err(e) => Err(format!("undecodable: not UTF-8 text: {e}")),
+        Ok(text) => ModelUpdate::from_json(text).map_err(|e| {
+            if e.starts_with("not JSON") {
+                format!("undecodable: {e}")
+            } else {
+                format!("bad_model: {e}")
             }
-            drop((h, hd));
-            match watch.with_frontier(|f| f.iter().copied().min()) {
-                // Done, once the probe has heard of the readings (or this
-                // worker's readings source has ended).
-                None if watched || progress.done() => caps2 = None,
-                None => activator.activate_after(Duration::from_millis(20)),
-                Some(f) => {
-                    watched = true;
-                    if f > *cm.time() {
-                        cm.downgrade(&f);
-                        cd.downgrade(&f);
-                    }
-                    activator.activate_after(Duration::from_millis(20));
-                }
-            }
+        }),
+    };
+    match &parsed {
+        Ok(u) => tracing::info!(version = %u.version, offset = pos.offset, "scoring: model record read"),
+        Err(reason) => {
+            tracing::warn!(
+                partition = pos.partition,
+                offset = pos.offset,
+                "scoring: keeping the current model: {reason}"
+            )
         }
-    });
-    (models, dead)
+    }
+    parsed
 }
 
 /// Publishes a model file's JSON text to `P.models`, keyed by its version

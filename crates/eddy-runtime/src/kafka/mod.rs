@@ -1,6 +1,17 @@
 //! `eddy run`: one job of the pipeline as its own process or cluster,
 //! connected to the others by Kafka topics (see `docs/kafka.md`).
 //!
+//! **Where things live.** The Kafka client and the timely operators that
+//! drive it (the raw and typed sources, the sink, the live reference and
+//! model sources, the request to stop) are the connector's, in
+//! [`eddy_kafka::operators`] (re-exported here as [`operators`]). This
+//! module only composes them: what to run ([`RunOptions`], [`RunJob`]),
+//! [`run_job`] and its workers, the commit protocol of the worker loop
+//! (`KafkaCommits`: consumer offsets, markers, checkpoints), the [`Wiring`]
+//! of components over topics, and the core jobs' dataflows (ingest, enrich,
+//! backup here; the ML jobs, the calibration adapter's loop and scoring, in
+//! [`ml`]).
+//!
 //! **Time.** The ingest job stamps each record with the watermark of `P.raw`
 //! (per partition, see [`operators::raw_source`]); every other job keeps the
 //! time each record was stamped with (`eddy.t`), and takes its frontier
@@ -23,7 +34,9 @@
 //! committed offsets.
 
 pub mod ml;
-pub mod operators;
+
+/// The operators this module composes, at their old path.
+pub use eddy_kafka::operators;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -61,9 +74,9 @@ use crate::flow::{Committed, Flow};
 use crate::job::spec_rules;
 use crate::runner::{drive, Commits, Next};
 use crate::workers::Workers;
-use operators::{
-    live_reference, raw_source, suppress, typed_source, Encoder, Input, KafkaSink, RawConfig, Stamped, Stop, Unsettled,
-    RESUME_REWIND,
+use eddy_kafka::operators::{
+    live_reference, raw_source, suppress, typed_source, Encoder, Input, KafkaSink, RawConfig, RawStreams, Stamped,
+    Stop, Unsettled, RESUME_REWIND,
 };
 
 /// Which job a process runs.
@@ -534,7 +547,7 @@ impl<'s> Ctx<'s> {
         Ok((Flow::new(data, "source"), Flow::new(dead, "source")))
     }
 
-    fn raw(&mut self) -> Result<operators::RawStreams<'s>> {
+    fn raw(&mut self) -> Result<RawStreams<'s>> {
         let raw_topic = self.opts().topics.raw();
         let partitions = {
             let c = consume::consumer(&self.opts().kafka, &self.opts().group()).map_err(kafka_err)?;

@@ -1,0 +1,158 @@
+//! What the sources share with the worker loop that commits for them: a
+//! worker's consumer and the offsets it has read ([`Input`], [`Unsettled`]),
+//! how far back a resumed partition is fetched ([`RESUME_REWIND`]), and the
+//! request to stop ([`Stop`]).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::Message;
+
+/// What a source has read and not yet seen committed: per partition, runs
+/// of `(first offset, dataflow time)` in offset order. Once a job's outputs
+/// are durable up to frontier `f`, every leading run with a time below `f`
+/// is done, and the partition's committable offset is the first offset of
+/// the first run left (or the next offset to read).
+#[derive(Default)]
+pub struct Unsettled {
+    runs: BTreeMap<i32, VecDeque<(i64, u64)>>,
+    next: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+}
+
+impl Unsettled {
+    pub(crate) fn read(&mut self, partition: i32, offset: i64, t: u64) {
+        let runs = self.runs.entry(partition).or_default();
+        if runs.back().is_none_or(|(_, last)| *last != t) {
+            runs.push_back((offset, t));
+        }
+        self.next.insert(partition, offset + 1);
+    }
+
+    /// Markers and records that produce nothing settle at once.
+    pub(crate) fn skip(&mut self, partition: i32, offset: i64) {
+        let runs = self.runs.entry(partition).or_default();
+        if runs.is_empty() {
+            self.next.insert(partition, offset + 1);
+        } else {
+            self.read(partition, offset, 0);
+        }
+    }
+
+    /// The offsets to commit now that everything below `frontier` is
+    /// durable: only partitions whose committable offset moved.
+    pub fn settle(&mut self, frontier: u64) -> BTreeMap<i32, i64> {
+        let mut out = BTreeMap::new();
+        for (p, next) in &self.next {
+            let runs = self.runs.entry(*p).or_default();
+            // A run is settled when its time is below the frontier and so is
+            // every run before it (offset order).
+            while runs.front().is_some_and(|(_, t)| *t < frontier) {
+                runs.pop_front();
+            }
+            let at = runs.front().map_or(*next, |(o, _)| *o);
+            if self.committed.get(p) != Some(&at) {
+                self.committed.insert(*p, at);
+                out.insert(*p, at);
+            }
+        }
+        out
+    }
+}
+
+/// A worker's consumer and what it has read.
+pub struct Input {
+    /// The consumer (manually assigned partitions).
+    pub consumer: Rc<BaseConsumer>,
+    /// The topic.
+    pub topic: String,
+    /// The partitions assigned to this worker.
+    pub partitions: Vec<i32>,
+    /// Offsets read and not yet committed.
+    pub unsettled: Rc<RefCell<Unsettled>>,
+    /// Per partition, the committed offset the job resumes from: records
+    /// below it (fetched again, see [`RESUME_REWIND`]) are skipped.
+    pub floor: Rc<BTreeMap<i32, i64>>,
+}
+
+/// How far before its committed offset a resumed partition is fetched from.
+///
+/// Tansu 0.6 answers a fetch from an offset inside a record batch with the
+/// batches that start after it, so the rest of that batch would be skipped
+/// (records lost). A batch holds at most `batch.num.messages` records
+/// (10,000 in librdkafka, eddy's producers set it explicitly), so fetching
+/// from this many offsets earlier always starts at or before the batch that
+/// holds the committed offset; the records below it are skipped.
+pub const RESUME_REWIND: i64 = 10_000;
+
+/// A request to stop (SIGTERM), shared by the sources of a process. A source
+/// that sees it stops reading but keeps its capability, and records the time
+/// it stopped at: once every output below the least such time is durable,
+/// the job checkpoints there and exits. Nothing is emitted that a run to the
+/// end would not emit (an operator never sees its input end).
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    /// Set to stop.
+    pub requested: Arc<AtomicBool>,
+    /// The least time at which a source stopped (`u64::MAX` until one does).
+    pub at: Arc<AtomicU64>,
+    /// Sources reading in this process, and how many of them have stopped.
+    sources: Arc<(AtomicU64, AtomicU64)>,
+}
+
+impl Stop {
+    /// Not requested.
+    pub fn new(requested: Arc<AtomicBool>) -> Stop {
+        Stop { requested, at: Arc::new(AtomicU64::new(u64::MAX)), sources: Arc::default() }
+    }
+
+    pub(crate) fn register(&self) {
+        self.sources.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// True when stopping; the first time, records `time`.
+    pub(crate) fn check(&self, time: u64, noted: &mut bool) -> bool {
+        if !self.requested.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !*noted {
+            *noted = true;
+            self.at.fetch_min(time, Ordering::SeqCst);
+            self.sources.1.fetch_add(1, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// True once a stop was requested and every source has stopped.
+    pub fn all_stopped(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+            && self.sources.1.load(Ordering::SeqCst) >= self.sources.0.load(Ordering::SeqCst)
+    }
+
+    /// The frontier below which a stopped process's input was read whole.
+    pub fn limit(&self) -> u64 {
+        self.at.load(Ordering::SeqCst)
+    }
+}
+
+impl Input {
+    /// The next record already fetched, if any. A consumer error (a broker
+    /// gone, say) is logged and ends the batch; the client retries.
+    pub(crate) fn next(&self) -> Option<rdkafka::message::BorrowedMessage<'_>> {
+        loop {
+            match self.consumer.poll(Duration::ZERO)? {
+                Ok(m) if self.floor.get(&m.partition()).is_some_and(|f| m.offset() < *f) => continue,
+                Ok(m) => return Some(m),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
+                    return None;
+                }
+            }
+        }
+    }
+}
