@@ -156,3 +156,39 @@ impl Input {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_settles_up_to_its_first_run_not_yet_durable() {
+        let mut u = Unsettled::default();
+        u.read(0, 10, 5);
+        u.read(0, 11, 5);
+        u.read(0, 12, 7);
+        u.skip(1, 3);
+        // Partition 1 held only a marker: settled at once.
+        assert_eq!(u.settle(0), BTreeMap::from([(0, 10), (1, 4)]));
+        // Nothing moved: nothing to commit again.
+        assert_eq!(u.settle(5), BTreeMap::new());
+        assert_eq!(u.settle(6), BTreeMap::from([(0, 12)]));
+        assert_eq!(u.settle(u64::MAX), BTreeMap::from([(0, 13)]));
+    }
+
+    #[test]
+    fn a_stop_records_the_least_time_a_source_stopped_at() {
+        let stop = Stop::new(Arc::default());
+        stop.register();
+        stop.register();
+        let (mut a, mut b) = (false, false);
+        assert!(!stop.check(9, &mut a));
+        stop.requested.store(true, Ordering::Relaxed);
+        assert!(stop.check(9, &mut a));
+        assert!(!stop.all_stopped());
+        assert!(stop.check(4, &mut b));
+        assert!(stop.check(1, &mut b), "noted once");
+        assert!(stop.all_stopped());
+        assert_eq!(stop.limit(), 4);
+    }
+}

@@ -185,3 +185,32 @@ fn caught_up(consumer: &BaseConsumer, next: &BTreeMap<(String, i32), i64>) -> bo
         *at >= high
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
+
+    use super::*;
+    use crate::codec::{data_headers, marker_headers};
+
+    fn record(topic: &str, partition: i32, headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(None, None, topic.into(), Timestamp::NotAvailable, partition, 0, Some(headers))
+    }
+
+    #[test]
+    fn the_gate_is_the_least_marker_over_every_partition() {
+        let mut gate = AdapterGate { topic: "p.calibration".into(), marks: BTreeMap::new(), partitions: 2 };
+        assert_eq!(gate.value(), 0);
+        assert!(gate.observe(&record("p.calibration", 0, marker_headers(50))));
+        assert_eq!(gate.value(), 0, "partition 1 has no marker yet");
+        assert!(gate.observe(&record("p.calibration", 1, marker_headers(30))));
+        assert_eq!(gate.value(), 30);
+        assert!(gate.observe(&record("p.calibration", 1, marker_headers(20))), "an older marker");
+        assert_eq!(gate.value(), 30);
+        assert!(!gate.observe(&record("p.calibration", 1, data_headers(90))), "an update");
+        assert!(!gate.observe(&record("p.devices", 1, marker_headers(90))), "another topic");
+        assert_eq!(gate.value(), 30);
+        let none = AdapterGate { topic: "p.calibration".into(), marks: BTreeMap::new(), partitions: 0 };
+        assert_eq!(none.value(), u64::MAX);
+    }
+}
