@@ -326,7 +326,7 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
 
 /// A rule deleted while its event is active ends the event at the device's
 /// next on-time reading with reason `rule_removed`. The end carries the
-/// thresholds last in force for the event (`detect.rs`: the rule as last
+/// thresholds last in force for the event (`alerts.rs`: the rule as last
 /// applied), so `rise_above`/`fall_below` are numbers, and the line reads back
 /// as an `EventRecord`. Here the rule is also changed while active (the event
 /// stays; the new thresholds apply from the next reading).

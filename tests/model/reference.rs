@@ -944,7 +944,7 @@ pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
         }));
     }
 
-    exp.events = detect(&timeline, &on_time);
+    exp.events = alerts(&timeline, &on_time);
     exp
 }
 
@@ -984,8 +984,8 @@ fn event(
 /// hysteresis on the rules in force as of each reading's ts. An active event
 /// remembers the rule version last applied to it (at its start, or at the
 /// last reading that kept it active); a `rule_removed` end carries that
-/// version's channel and thresholds (`detect.rs`: "the thresholds last in force").
-fn detect(timeline: &Timeline, on_time: &[OnTime]) -> Vec<Value> {
+/// version's channel and thresholds (`alerts.rs`: "the thresholds last in force").
+fn alerts(timeline: &Timeline, on_time: &[OnTime]) -> Vec<Value> {
     let mut out = Vec::new();
     let mut open: BTreeMap<(String, String), Open> = BTreeMap::new();
     for r in on_time {

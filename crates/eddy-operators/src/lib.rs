@@ -6,7 +6,7 @@
 //! * [`ingest`]: the source that validates lines and stamps dataflow time;
 //! * [`reference`]: reference data as differential arrangements;
 //! * [`enrich`]: calibration and context, looked up as of each reading's time;
-//! * [`stats`], [`windows`], [`detect`]: the statistics, windows and alerts jobs;
+//! * [`stats`], [`windows`], [`alerts`]: the statistics, windows and alerts jobs;
 //! * [`sink`]: writing a stream out, committing per epoch;
 //! * [`batch`]: batches that every consumer of a stream shares.
 //!
@@ -21,8 +21,8 @@
 /// group, they overlap (see `docs/decisions.md`).
 const TOUCH_AHEAD: usize = 8;
 
+pub mod alerts;
 pub mod batch;
-pub mod detect;
 pub mod enrich;
 pub mod ingest;
 pub mod lookup;

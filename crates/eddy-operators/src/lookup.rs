@@ -1,6 +1,6 @@
 //! Looking up records against an arrangement's trace, as of an event time.
 //!
-//! The enrich and detect operators keep readings out of arrangements: they
+//! The enrich and alerts operators keep readings out of arrangements: they
 //! read, for the keys of a batch of readings, the history of updates in the
 //! trace, and accumulate it as of each reading's time. This is the
 //! "half join" pattern, written against differential's cursor API.

@@ -9,7 +9,7 @@
 //! * the rules arrangement, keyed by [`RuleScope`]: device rules partitioned
 //!   like the readings, wildcard (`*`) rules broadcast to every worker.
 //!
-//! Readings never enter an arrangement: the enrich and detect operators look
+//! Readings never enter an arrangement: the enrich and alerts operators look
 //! them up against these traces.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -30,8 +30,8 @@ use timely::ExchangeData;
 use eddy_core::reading::{Enriched, Reading};
 use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
 use eddy_core::sink::BatchSink;
+use eddy_operators::alerts::alerts;
 use eddy_operators::batch::{filter_shared, flat_map_shared, map_shared, share, unshare, SharedStream};
-use eddy_operators::detect::detect;
 use eddy_operators::enrich::enrich;
 use eddy_operators::ordered::exchange_ordered;
 use eddy_operators::reference::Reference;
@@ -213,8 +213,8 @@ impl<'s> Flow<'s, Enriched> {
     }
 
     /// Threshold rules with hysteresis. Input: on-time readings.
-    pub fn detect(self, reference: &Reference<'s>) -> Flow<'s, EventRecord> {
-        let name = self.name("detect");
-        Flow::new(detect(self.stream, reference.rules.clone(), &name), &self.step)
+    pub fn alerts(self, reference: &Reference<'s>) -> Flow<'s, EventRecord> {
+        let name = self.name("alerts");
+        Flow::new(alerts(self.stream, reference.rules.clone(), &name), &self.step)
     }
 }

@@ -32,7 +32,7 @@ impl Job for Alerts {
         let enriched = job.input::<Enriched>("enriched")?;
         // The spec's rules reach the operator as reference data.
         let reference = job.reference()?;
-        let events = enriched.on_time().detect(&reference);
+        let events = enriched.on_time().alerts(&reference);
         job.output("events", events)
     }
 }

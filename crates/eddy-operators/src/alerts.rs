@@ -40,7 +40,7 @@ struct Open {
 /// Hysteresis state of every (rule, device) on this worker: only active
 /// events are stored.
 #[derive(Default)]
-pub struct Detector {
+pub struct AlertState {
     open: HashMap<DeviceId, Vec<Open>>,
 }
 
@@ -61,7 +61,7 @@ fn record(rule: &Rule, device: DeviceId, state: EventState, ts: i64, value: Opti
     }
 }
 
-impl Detector {
+impl AlertState {
     /// Applies one non-late reading under `rules` (the rules in force for its
     /// device), pushing the events it causes.
     pub fn apply(&mut self, r: &Enriched, rules: &[Rule], out: &mut Vec<EventRecord>) {
@@ -85,7 +85,7 @@ impl Detector {
     }
 }
 
-/// [`Detector::apply`] on the active events of the reading's device.
+/// [`AlertState::apply`] on the active events of the reading's device.
 fn apply_open(open: &mut Vec<Open>, r: &Enriched, rules: &[Rule], out: &mut Vec<EventRecord>) {
     // Events whose rule is gone end now, with the thresholds last applied
     // to them. A reading from before an event's start (out of order) sees
@@ -137,7 +137,7 @@ fn apply_open(open: &mut Vec<Open>, r: &Enriched, rules: &[Rule], out: &mut Vec<
 
 /// The alerts operator. Its input must be partitioned by device and hold only
 /// non-late readings.
-pub fn detect<'s, C: Batch<Enriched>>(
+pub fn alerts<'s, C: Batch<Enriched>>(
     enriched: Stream<'s, u64, C>,
     rules: Arranged<'s, RulesTrace>,
     name: &str,
@@ -145,7 +145,7 @@ pub fn detect<'s, C: Batch<Enriched>>(
     let mut trace = rules.trace;
     enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
         let mut stash: Waiting<Enriched, C> = Waiting::default();
-        let mut detector = Detector::default();
+        let mut state = AlertState::default();
         move |(input, frontier), (rule_batches, rules_frontier), output| {
             input.for_each(|cap, data| {
                 if let Some(cap) = cap.retain_least(0) {
@@ -177,7 +177,7 @@ pub fn detect<'s, C: Batch<Enriched>>(
                         let dev_hist = &hist[index[&RuleScope::Device(r.device)]];
                         let time = r.ts.max(0) as u64;
                         if dev_hist.is_empty() && time >= wild_latest {
-                            detector.apply(r, &wild_rules, &mut out);
+                            state.apply(r, &wild_rules, &mut out);
                             continue;
                         }
                         let (latest, now_rules) = cache.entry(r.device).or_insert_with(|| {
@@ -193,7 +193,7 @@ pub fn detect<'s, C: Batch<Enriched>>(
                             rules_then = effective_rules(&as_of(dev_hist, time), &as_of(wild, time));
                             &rules_then
                         };
-                        detector.apply(r, rules, &mut out);
+                        state.apply(r, rules, &mut out);
                     }
                     if !out.is_empty() {
                         crate::metrics::latency().events(*cap.time(), out.len() as u64);
