@@ -1,9 +1,9 @@
-//! Issue 7 over Kafka: the calibration adapter's feedback loop through
-//! `P.calibration`, and the scoring job with models from a file and from
-//! `P.models`. Every job is its own `eddy run` process against the real broker
-//! (Tansu, started by scripts/test.sh at `EDDY_BROKERS`, default
-//! 127.0.0.1:9092); each test uses its own topic prefix. Helpers copied from
-//! `tests/kafka.rs`.
+//! The machine-learning features over Kafka: the calibration adapter's
+//! feedback loop through `P.calibration`, and the scoring job with models
+//! from a file and from `P.models`. Every job is its own `eddy run` process
+//! against the real broker (Tansu, started by scripts/test.sh at
+//! `EDDY_BROKERS`, default 127.0.0.1:9092); each test uses its own topic
+//! prefix. Helpers copied from `tests/kafka.rs`.
 #![cfg(all(feature = "kafka", feature = "ml"))]
 
 mod support;

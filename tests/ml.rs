@@ -1,6 +1,6 @@
-//! Issue 7: training on the backup (`eddy train`), the calibration adapter
-//! and the scoring job in `eddy replay`. Everything through the CLI, on small
-//! generated datasets.
+//! The machine-learning features: training on the backup (`eddy train`), the
+//! calibration adapter and the scoring job in `eddy replay`. Everything
+//! through the CLI, on small generated datasets.
 #![cfg(feature = "ml")]
 
 mod support;
