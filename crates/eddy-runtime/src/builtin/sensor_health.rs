@@ -24,7 +24,7 @@
 //! `{"event_id","device_id","channel","kind","state","ts",…}`; see
 //! [`HealthEvent`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -194,36 +194,90 @@ struct ChannelCount {
     fault: Option<i64>,
 }
 
-/// One reading in a device's window: its `ts` and, per non-null channel,
-/// whether the value was junk.
-#[derive(Clone, Debug)]
+/// The most channels judged per device: the first 64 it sends (a channel's
+/// slot is a bit of [`Entry`]'s masks).
+const MAX_CHANNELS: usize = 64;
+
+/// One reading in a device's window: its `ts`, the channel slots it had a
+/// non-null value for, and those whose value was junk.
+#[derive(Clone, Copy, Debug)]
 struct Entry {
-    values: SmallVec<[(Channel, bool); 6]>,
+    ts: i64,
+    values: u64,
+    junk: u64,
 }
 
 /// A device's health state.
 #[derive(Clone, Debug, Default)]
 struct Device {
     newest: Option<i64>,
-    /// Readings in the window, by (ts, arrival).
-    window: BTreeMap<(i64, u64), Entry>,
+    /// Readings in the window, in `ts` order (arrival order among equals).
+    window: VecDeque<Entry>,
+    /// The channels the device has sent, by slot (the order first seen).
     channels: SmallVec<[ChannelCount; 6]>,
+    /// The slots in channel order: the order faults are judged in.
+    order: SmallVec<[u8; 6]>,
+    /// Junk values in the window, every channel together, and open junk
+    /// faults: while both are 0 there is nothing to judge.
+    junk: u32,
+    open: u32,
     /// The deadline of an open silent fault.
     silent: Option<i64>,
+    /// The deadline the device waits in the operator's queue at, if it does.
+    scheduled: Option<i64>,
 }
 
 impl Device {
-    fn count(&mut self, channel: Channel) -> &mut ChannelCount {
-        let i = match self.channels.iter().position(|c| c.channel == channel) {
-            Some(i) => i,
-            None => {
-                let at = self.channels.partition_point(|c| c.channel.index() < channel.index());
-                self.channels.insert(at, ChannelCount { channel, values: 0, junk: 0, fault: None });
-                at
-            }
-        };
-        &mut self.channels[i]
+    /// The slot of `channel`, given one if it has none (`None` past
+    /// [`MAX_CHANNELS`]).
+    fn slot(&mut self, channel: Channel) -> Option<usize> {
+        if let Some(i) = self.channels.iter().position(|c| c.channel == channel) {
+            return Some(i);
+        }
+        if self.channels.len() == MAX_CHANNELS {
+            return None;
+        }
+        let slot = self.channels.len();
+        self.channels.push(ChannelCount { channel, values: 0, junk: 0, fault: None });
+        let at = self.order.partition_point(|&o| self.channels[o as usize].channel.index() < channel.index());
+        self.order.insert(at, slot as u8);
+        Some(slot)
     }
+
+    /// Adds (`sign` 1) or removes (−1) an entry's values from the counts.
+    fn count(&mut self, e: &Entry, add: bool) {
+        let mut bits = e.values;
+        while bits != 0 {
+            let slot = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let junk = u32::from(e.junk >> slot & 1 == 1);
+            let c = &mut self.channels[slot];
+            if add {
+                c.values += 1;
+                c.junk += junk;
+            } else {
+                c.values -= 1;
+                c.junk -= junk;
+            }
+        }
+        let n = e.junk.count_ones();
+        if add {
+            self.junk += n;
+        } else {
+            self.junk -= n;
+        }
+    }
+}
+
+/// What became of a device's pending deadline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decided {
+    /// The device fell silent at the deadline: the fault's start.
+    Silent(HealthEvent),
+    /// The device reported since: it waits again, at its new deadline.
+    Later(i64),
+    /// Nothing is pending for it any more.
+    Nothing,
 }
 
 /// The health of every device on this worker: the pure state machine of
@@ -231,24 +285,24 @@ impl Device {
 pub struct Health {
     spec: HealthSpec,
     devices: HashMap<DeviceId, Device>,
-    arrivals: u64,
 }
 
 impl Health {
     /// No device seen yet.
     pub fn new(spec: HealthSpec) -> Health {
-        Health { spec, devices: HashMap::default(), arrivals: 0 }
+        Health { spec, devices: HashMap::default() }
     }
 
     /// Applies one on-time reading stamped with dataflow time `time`,
-    /// pushing the events it causes. Returns the device's new silence
-    /// deadline.
+    /// pushing the events it causes. Returns the device's silence deadline
+    /// when the device has to be queued for it (it was not waiting already:
+    /// a device waits at one deadline at a time, see [`Health::decide`]).
     ///
     /// A reading stamped later than its device's deadline is itself the
     /// proof that the watermark passed the deadline while others reported:
     /// the silent fault starts (if the deadline's own decision has not come
     /// yet) and ends at this reading, whatever the batching.
-    pub fn apply(&mut self, r: &Enriched, time: u64, out: &mut Vec<HealthEvent>) -> i64 {
+    pub fn apply(&mut self, r: &Enriched, time: u64, out: &mut Vec<HealthEvent>) -> Option<i64> {
         let spec = &self.spec;
         let dev = self.devices.entry(r.device).or_default();
         if let (None, Some(newest)) = (dev.silent, dev.newest) {
@@ -276,71 +330,93 @@ impl Health {
         dev.newest = Some(newest);
         let floor = newest.saturating_sub(spec.window.ms());
         if r.ts > floor {
-            let values: SmallVec<[(Channel, bool); 6]> =
-                r.raw.iter().filter(|(_, v)| v.is_some()).map(|(c, _)| (*c, r.junk.contains(c))).collect();
-            for (c, junk) in &values {
-                let n = dev.count(*c);
-                n.values += 1;
-                n.junk += u32::from(*junk);
+            let mut e = Entry { ts: r.ts, values: 0, junk: 0 };
+            for (c, v) in r.raw.iter() {
+                let (Some(_), Some(slot)) = (v, dev.slot(*c)) else { continue };
+                e.values |= 1 << slot;
+                if r.junk.contains(c) {
+                    e.junk |= 1 << slot;
+                }
             }
-            self.arrivals += 1;
-            dev.window.insert((r.ts, self.arrivals), Entry { values });
+            dev.count(&e, true);
+            // Usually the newest: in place at the back.
+            match dev.window.back() {
+                Some(b) if b.ts > e.ts => {
+                    let at = dev.window.partition_point(|x| x.ts <= e.ts);
+                    dev.window.insert(at, e);
+                }
+                _ => dev.window.push_back(e),
+            }
         }
         // Readings no longer within the window of the newest ts.
-        while let Some(entry) = dev.window.first_entry() {
-            if entry.key().0 > floor {
-                break;
-            }
-            for (c, junk) in entry.remove().values {
-                let n = dev.count(c);
-                n.values -= 1;
-                n.junk -= u32::from(junk);
-            }
+        while let Some(e) = dev.window.front().copied().filter(|e| e.ts <= floor) {
+            dev.window.pop_front();
+            dev.count(&e, false);
         }
-        for n in dev.channels.iter_mut() {
-            if n.values == 0 {
-                continue;
-            }
-            let share = f64::from(n.junk) / f64::from(n.values);
-            let state = match n.fault {
-                None if n.values >= spec.min_readings && share >= spec.junk_rise => {
-                    n.fault = Some(r.ts);
-                    EventState::Start
+        if dev.junk > 0 || dev.open > 0 {
+            let Device { channels, order, open, .. } = dev;
+            for &slot in order.iter() {
+                let n = &mut channels[slot as usize];
+                if n.values == 0 {
+                    continue;
                 }
-                Some(_) if share <= spec.junk_fall => EventState::End,
-                _ => continue,
-            };
-            let start = n.fault.expect("set or open");
-            if state == EventState::End {
-                n.fault = None;
+                let share = f64::from(n.junk) / f64::from(n.values);
+                let state = match n.fault {
+                    None if n.values >= spec.min_readings && share >= spec.junk_rise => {
+                        n.fault = Some(r.ts);
+                        *open += 1;
+                        EventState::Start
+                    }
+                    Some(_) if share <= spec.junk_fall => EventState::End,
+                    _ => continue,
+                };
+                let start = n.fault.expect("set or open");
+                if state == EventState::End {
+                    n.fault = None;
+                    *open -= 1;
+                }
+                out.push(HealthEvent {
+                    event_id: format!("junk:{}:{}:{start}", r.device, n.channel),
+                    device_id: r.device,
+                    channel: Some(n.channel),
+                    kind: FaultKind::Junk,
+                    state,
+                    ts: r.ts,
+                    share: Some(share),
+                    readings: Some(n.values),
+                    last_ts: None,
+                    duration_ms: (state == EventState::End).then_some(r.ts - start),
+                });
             }
-            out.push(HealthEvent {
-                event_id: format!("junk:{}:{}:{start}", r.device, n.channel),
-                device_id: r.device,
-                channel: Some(n.channel),
-                kind: FaultKind::Junk,
-                state,
-                ts: r.ts,
-                share: Some(share),
-                readings: Some(n.values),
-                last_ts: None,
-                duration_ms: (state == EventState::End).then_some(r.ts - start),
-            });
         }
-        newest.saturating_add(spec.silence.ms())
+        let deadline = newest.saturating_add(spec.silence.ms());
+        match dev.scheduled {
+            Some(_) => None,
+            None => {
+                dev.scheduled = Some(deadline);
+                Some(deadline)
+            }
+        }
     }
 
-    /// The silent fault of `device` whose deadline `deadline` has passed,
-    /// if the deadline is still the device's current one.
-    pub fn fall_silent(&mut self, device: DeviceId, deadline: i64) -> Option<HealthEvent> {
+    /// Decides `device`'s wait at `deadline`, once the watermark has passed
+    /// it while others reported: the device falls silent if the deadline is
+    /// still its own, or waits again at its later one.
+    pub fn decide(&mut self, device: DeviceId, deadline: i64) -> Decided {
         let spec = &self.spec;
-        let dev = self.devices.get_mut(&device)?;
-        let newest = dev.newest?;
-        if dev.silent.is_some() || newest.saturating_add(spec.silence.ms()) != deadline {
-            return None;
+        let Some(dev) = self.devices.get_mut(&device) else { return Decided::Nothing };
+        dev.scheduled = None;
+        let Some(newest) = dev.newest else { return Decided::Nothing };
+        if dev.silent.is_some() {
+            return Decided::Nothing;
         }
-        dev.silent = Some(deadline);
-        Some(silent_start(device, deadline, newest))
+        let current = newest.saturating_add(spec.silence.ms());
+        if current > deadline {
+            dev.scheduled = Some(current);
+            return Decided::Later(current);
+        }
+        dev.silent = Some(current);
+        Decided::Silent(silent_start(device, current, newest))
     }
 }
 
@@ -409,7 +485,7 @@ fn operator<'s, C: Batch<Enriched>>(
             input.for_each(|cap, data| {
                 let Some(&time) = cap.least() else { return };
                 for r in data.records() {
-                    let deadline = health.apply(r, time, &mut out);
+                    let Some(deadline) = health.apply(r, time, &mut out) else { continue };
                     pending.entry(deadline).or_default().push(r.device);
                     let at = (deadline.max(0) as u64).max(time);
                     if held.as_ref().is_none_or(|h| at < *h.time()) {
@@ -440,8 +516,10 @@ fn operator<'s, C: Batch<Enriched>>(
                     let cap = held.delayed(&at.max(*held.time()));
                     let mut session = output.session(&cap);
                     for device in devices {
-                        if let Some(e) = health.fall_silent(device, deadline) {
-                            session.give(e);
+                        match health.decide(device, deadline) {
+                            Decided::Silent(e) => session.give(e),
+                            Decided::Later(d) => pending.entry(d).or_default().push(device),
+                            Decided::Nothing => {}
                         }
                     }
                 }
@@ -550,18 +628,22 @@ mod tests {
     fn a_device_falls_silent_at_its_deadline_and_recovers_at_its_next_reading() {
         let mut h = Health::new(spec());
         let mut out = Vec::new();
-        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
+        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out).unwrap();
         assert_eq!(deadline, 40 * MIN);
-        assert!(h.fall_silent(DeviceId::intern("d"), 39 * MIN).is_none(), "not its current deadline");
-        let e = h.fall_silent(DeviceId::intern("d"), deadline).unwrap();
+        // Waiting already: a later reading queues nothing; its decision
+        // at the old deadline sends the device to wait at the new one.
+        assert_eq!(h.apply(&reading("d", 12 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out), None);
+        assert_eq!(h.decide(DeviceId::intern("d"), deadline), Decided::Later(42 * MIN));
+        let deadline = 42 * MIN;
+        let Decided::Silent(e) = h.decide(DeviceId::intern("d"), deadline) else { panic!("falls silent") };
         assert_eq!(
             (e.kind, e.state, e.ts, e.last_ts, e.channel),
-            (FaultKind::Silent, EventState::Start, deadline, Some(10 * MIN), None)
+            (FaultKind::Silent, EventState::Start, deadline, Some(12 * MIN), None)
         );
-        assert!(h.fall_silent(DeviceId::intern("d"), deadline).is_none(), "already silent");
+        assert_eq!(h.decide(DeviceId::intern("d"), deadline), Decided::Nothing, "already silent");
         h.apply(&reading("d", 70 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].state, out[0].ts, out[0].duration_ms), (EventState::End, 70 * MIN, Some(30 * MIN)));
+        assert_eq!((out[0].state, out[0].ts, out[0].duration_ms), (EventState::End, 70 * MIN, Some(28 * MIN)));
         assert_eq!(out[0].event_id, e.event_id);
     }
 
@@ -571,15 +653,16 @@ mod tests {
     fn a_reading_stamped_past_the_deadline_starts_and_ends_the_fault_itself() {
         let mut h = Health::new(spec());
         let mut out = Vec::new();
-        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
+        let deadline = h.apply(&reading("d", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out).unwrap();
         // Back at 70 min, stamped at 55 min (> the 40 min deadline).
         h.apply(&reading("d", 70 * MIN, &[("pm25", Some(1.0))], &[]), (55 * MIN) as u64, &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!((out[0].state, out[0].ts, out[0].last_ts), (EventState::Start, deadline, Some(10 * MIN)));
         assert_eq!((out[1].state, out[1].ts, out[1].duration_ms), (EventState::End, 70 * MIN, Some(30 * MIN)));
         assert_eq!(out[0].event_id, out[1].event_id);
-        // The deadline's own decision, arriving later, adds nothing.
-        assert!(h.fall_silent(DeviceId::intern("d"), deadline).is_none());
+        // The deadline's own decision, arriving later, starts nothing: the
+        // device waits at its new deadline.
+        assert_eq!(h.decide(DeviceId::intern("d"), deadline), Decided::Later(100 * MIN));
         // Stamped at the deadline itself: the watermark has not passed it.
         out.clear();
         h.apply(&reading("e", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
