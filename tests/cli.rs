@@ -498,3 +498,41 @@ fn an_out_of_order_reading_from_before_a_rule_existed_does_not_end_its_event() {
     assert_eq!(events[0]["state"], "start");
     assert_eq!(events[0]["ts"], T0 + 11 * MIN);
 }
+
+/// An output that cannot be written fails the run: the error names the file
+/// and the operating system's reason, through the whole cause chain, and the
+/// run ends instead of waiting for a commit that cannot come.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_that_cannot_be_written_fails_the_run_naming_the_file_and_the_reason() {
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    let root = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/datasets/sample");
+    let out = root.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // Every write to /dev/full fails with ENOSPC.
+    let stats = out.join("stats.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &stats).unwrap();
+    let child = eddy()
+        .args(["replay", sample, "--out", out.to_str().unwrap(), "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run eddy");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let output = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(output) => output.expect("eddy ran"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("eddy replay did not end within 120 s after its output failed");
+        }
+    };
+    let err = text_of(&output.stderr);
+    assert!(!output.status.success(), "the run succeeded:\n{err}");
+    assert!(err.contains(&stats.display().to_string()), "the file is not named:\n{err}");
+    assert!(err.contains("No space left on device"), "the reason is not given:\n{err}");
+}

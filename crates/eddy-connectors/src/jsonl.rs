@@ -16,7 +16,7 @@ use serde::Serialize;
 use eddy_core::ids::Channel;
 use eddy_core::reading::{DeadLetter, Enriched, Reading, Values};
 use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
-use eddy_core::sink::BatchSink;
+use eddy_core::sink::{BatchSink, SinkError};
 
 use crate::error::{Error, Result};
 
@@ -25,7 +25,6 @@ pub struct JsonlFile {
     path: PathBuf,
     writer: Mutex<BufWriter<File>>,
     records: AtomicU64,
-    error: Mutex<Option<String>>,
 }
 
 impl JsonlFile {
@@ -36,7 +35,6 @@ impl JsonlFile {
             path: path.to_path_buf(),
             writer: Mutex::new(BufWriter::with_capacity(1 << 20, file)),
             records: AtomicU64::new(0),
-            error: Mutex::new(None),
         }))
     }
 
@@ -50,18 +48,15 @@ impl JsonlFile {
         &self.path
     }
 
-    /// The first write error, if any.
-    pub fn error(&self) -> Option<String> {
-        self.error.lock().clone()
-    }
-
-    fn append(&self, bytes: &[u8], records: u64, flush: bool) {
+    /// Appends whole lines (and flushes, if asked), returning the error
+    /// that names the file.
+    fn append(&self, bytes: &[u8], records: u64, flush: bool) -> Result<(), SinkError> {
         let mut w = self.writer.lock();
-        let r = w.write_all(bytes).and_then(|_| if flush { w.flush() } else { Ok(()) });
-        if let Err(e) = r {
-            self.error.lock().get_or_insert_with(|| format!("{}: {e}", self.path.display()));
-        }
+        w.write_all(bytes)
+            .and_then(|_| if flush { w.flush() } else { Ok(()) })
+            .map_err(|e| SinkError::new(self.path.display().to_string(), e))?;
         self.records.fetch_add(records, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Flushes and fsyncs the file.
@@ -91,42 +86,46 @@ impl JsonlSink {
         JsonlSink { file, buf: Vec::with_capacity(1 << 16), pending: 0 }
     }
 
-    fn encode_all<D: Encode>(&mut self, batch: &[D]) {
+    fn encode_all<D: Encode>(&mut self, batch: &[D]) -> Result<(), SinkError> {
         for d in batch {
             d.encode(&mut self.buf);
             self.buf.push(b'\n');
             self.pending += 1;
         }
         if self.buf.len() >= 1 << 20 {
-            self.drain(false);
+            self.drain(false)?;
         }
+        Ok(())
     }
 
-    fn drain(&mut self, flush: bool) {
+    fn drain(&mut self, flush: bool) -> Result<(), SinkError> {
         if !self.buf.is_empty() || flush {
-            self.file.append(&self.buf, self.pending, flush);
+            let r = self.file.append(&self.buf, self.pending, flush);
             self.buf.clear();
             self.pending = 0;
+            r?;
         }
+        Ok(())
     }
 }
 
 impl<D: Encode + 'static> BatchSink<D> for JsonlSink {
-    fn write(&mut self, batch: &mut Vec<D>) {
-        self.encode_all(batch);
+    fn write(&mut self, batch: &mut Vec<D>) -> Result<(), SinkError> {
+        let r = self.encode_all(batch);
         batch.clear();
+        r
     }
 
-    fn write_shared(&mut self, batch: &[D])
+    fn write_shared(&mut self, batch: &[D]) -> Result<(), SinkError>
     where
         D: Clone,
     {
-        self.encode_all(batch);
+        self.encode_all(batch)
     }
 
-    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        self.drain(true);
-        upto
+    fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+        self.drain(true)?;
+        Ok(upto)
     }
 }
 

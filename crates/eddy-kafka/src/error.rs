@@ -25,6 +25,9 @@ pub enum Error {
         /// The client's error.
         source: KafkaError,
     },
+    /// A record could not be produced.
+    #[error(transparent)]
+    Produce(#[from] crate::produce::ProduceError),
     /// A topic could not be created.
     #[error("kafka: cannot create topic {topic}: {reason}")]
     CreateTopic {

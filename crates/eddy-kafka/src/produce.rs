@@ -16,16 +16,27 @@ use parking_lot::Mutex;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
+/// A record the brokers would not take: its topic, and the client's error.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("producing to {topic}")]
+pub struct ProduceError {
+    /// The record's topic.
+    pub topic: String,
+    /// The client's error.
+    #[source]
+    pub source: KafkaError,
+}
+
 /// Collects delivery reports.
 #[derive(Default)]
 pub struct Reports {
-    done: Mutex<Vec<(u64, Option<String>)>>,
+    done: Mutex<Vec<(u64, Option<ProduceError>)>>,
 }
 
 impl ClientContext for Reports {}
@@ -34,7 +45,7 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        let err = result.as_ref().err().map(|(e, _)| e.to_string());
+        let err = result.as_ref().err().map(|(e, m)| ProduceError { topic: m.topic().to_string(), source: e.clone() });
         self.done.lock().push((seq as u64, err));
     }
 }
@@ -44,7 +55,7 @@ pub struct Producer {
     inner: BaseProducer<Reports>,
     next: u64,
     pending: BTreeSet<u64>,
-    error: Option<String>,
+    error: Option<ProduceError>,
 }
 
 impl Producer {
@@ -88,7 +99,7 @@ impl Producer {
                     self.collect();
                 }
                 Err((e, _)) => {
-                    self.error.get_or_insert_with(|| format!("producing to {topic}: {e}"));
+                    self.error.get_or_insert(ProduceError { topic: topic.to_string(), source: e });
                     return seq;
                 }
             }
@@ -140,8 +151,8 @@ impl Producer {
 
     /// The first delivery error, if any: a record that cannot be delivered
     /// (a fatal producer error; transient broker errors are retried).
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
+    pub fn error(&self) -> Option<&ProduceError> {
+        self.error.as_ref()
     }
 
     /// The number of partitions of `topic`.

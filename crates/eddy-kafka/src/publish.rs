@@ -142,7 +142,7 @@ pub fn publish(
             producer.poll();
             on_progress(progress);
             if let Some(e) = producer.error() {
-                return Err(Error::Other(format!("kafka: {e}")));
+                return Err(e.clone().into());
             }
         }
     }
@@ -162,12 +162,12 @@ pub fn publish(
 fn wait_acked(producer: &mut Producer) -> Result<()> {
     while !producer.flush(Duration::from_secs(1)) {
         if let Some(e) = producer.error() {
-            return Err(Error::Other(format!("kafka: {e}")));
+            return Err(e.clone().into());
         }
         tracing::info!("waiting for the brokers to acknowledge every record");
     }
     match producer.error() {
-        Some(e) => Err(Error::Other(format!("kafka: {e}"))),
+        Some(e) => Err(e.clone().into()),
         None => Ok(()),
     }
 }

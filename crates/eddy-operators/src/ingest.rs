@@ -131,6 +131,19 @@ impl Validator {
     }
 }
 
+/// The input could not be read: which input, where, and the I/O error.
+#[derive(Debug, thiserror::Error)]
+#[error("{input}: read error after {after}")]
+pub struct ReadError {
+    /// The input, as its source describes it.
+    pub input: String,
+    /// The last position read.
+    pub after: u64,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Settings of the ingest source.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
@@ -362,7 +375,7 @@ pub fn ingest_source<'s>(
                                 break;
                             }
                             Err(e) => {
-                                metrics.fail(format!("{}: read error after {}: {e}", src.describe(), next_pos.offset));
+                                metrics.fail(ReadError { input: src.describe(), after: next_pos.offset, source: e });
                                 finished = true;
                                 break;
                             }
@@ -517,7 +530,7 @@ mod tests {
     }
     use timely::dataflow::operators::Exchange;
 
-    use crate::sink::sink;
+    use crate::sink::{sink, BatchSink, Reporter, SinkError};
 
     /// Lines 100 ms of event time apart, from `dev-0`.
     struct Lines {
@@ -551,16 +564,17 @@ mod tests {
         got: Arc<parking_lot::Mutex<Vec<f64>>>,
     }
 
-    impl eddy_core::sink::BatchSink<Reading> for Slow {
-        fn write(&mut self, batch: &mut Vec<Reading>) {
+    impl BatchSink<Reading> for Slow {
+        fn write(&mut self, batch: &mut Vec<Reading>) -> Result<(), SinkError> {
             std::thread::sleep(Duration::from_millis(1));
             let read = Metrics::get(&self.metrics.lines);
             let done = self.consumed.fetch_add(batch.len() as u64, Ordering::SeqCst);
             self.most.fetch_max(read.saturating_sub(done), Ordering::SeqCst);
             self.got.lock().extend(batch.drain(..).map(|r| r.values[0].1.unwrap_or(f64::NAN)));
+            Ok(())
         }
-        fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-            upto
+        fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+            Ok(upto)
         }
     }
 
@@ -593,7 +607,7 @@ mod tests {
             worker.dataflow::<u64, _, _>(|scope| {
                 let s = ingest_source(scope, "ingest", input, cfg, Rc::default(), Arc::clone(&metrics));
                 let slow = Slow { metrics: Arc::clone(&metrics), consumed, most, got };
-                let (_, taken) = sink(s.readings.exchange(|_| 1), "slow", slow);
+                let (_, taken) = sink(s.readings.exchange(|_| 1), "slow", slow, Reporter::to(&metrics));
                 processed.borrow_mut().push(taken);
             });
         })

@@ -3,8 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+/// The error a run failed with, as an operator or a sink met it: shared
+/// (every worker may read it, and the runtime returns it), with its cause
+/// chain intact, so the caller can print each cause.
+pub type Failure = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Process-wide counters. Workers add; the runtime reads.
 #[derive(Debug, Default)]
@@ -24,7 +30,7 @@ pub struct Metrics {
     /// Junk readings per device id (non-late).
     pub junk_by_device: Mutex<HashMap<String, u64>>,
     /// The first fatal error a worker met (an I/O error, say).
-    pub error: Mutex<Option<String>>,
+    pub error: Mutex<Option<Failure>>,
 }
 
 impl Metrics {
@@ -38,12 +44,23 @@ impl Metrics {
         counter.load(Ordering::Relaxed)
     }
 
-    /// Records the first fatal error.
-    pub fn fail(&self, message: String) {
+    /// Records the first fatal error; later ones are dropped (they are
+    /// most often consequences of the first).
+    pub fn fail(&self, error: impl std::error::Error + Send + Sync + 'static) {
+        self.fail_with(Arc::new(error));
+    }
+
+    /// [`Metrics::fail`] with an error already shared.
+    pub fn fail_with(&self, error: Failure) {
         let mut e = self.error.lock();
         if e.is_none() {
-            *e = Some(message);
+            *e = Some(error);
         }
+    }
+
+    /// The first fatal error, if any.
+    pub fn failure(&self) -> Option<Failure> {
+        self.error.lock().clone()
     }
 }
 

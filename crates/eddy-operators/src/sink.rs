@@ -6,9 +6,16 @@
 //! frontier, so a probe on it (on every worker) tells the runtime which
 //! epochs every sink has made durable. That is what the commit ledger uses
 //! to advance a source's committed position.
+//!
+//! A sink that fails (its `write` or `commit` returns a [`SinkError`]) is
+//! called no more: the operator hands the error to its [`Reporter`], which
+//! fails the run with it, discards the rest of its input and releases its
+//! output, so that the dataflow still winds down and the run ends with the
+//! error rather than waiting for a commit that cannot come.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -17,7 +24,8 @@ use timely::dataflow::{Stream, StreamVec};
 use timely::progress::Antichain;
 
 use crate::batch::Batch;
-pub use eddy_core::sink::BatchSink;
+use crate::metrics::Metrics;
+pub use eddy_core::sink::{BatchSink, SinkError};
 
 /// How far a sink has taken its input in, durable or not: the least time of
 /// its input frontier, as of the sink's last activation (`u64::MAX` once the
@@ -32,7 +40,55 @@ impl Taken {
     }
 }
 
-/// Attaches `sink` to `stream`. The returned stream's frontier is the sink's
+/// Where a sink operator reports its sink's error: the run's [`Metrics`]
+/// (whose first failure fails the run), once connected. The runtime connects
+/// it when the sink is committed, before the dataflow runs; an error met
+/// while it is not connected waits here until it is.
+#[derive(Clone, Default)]
+pub struct Reporter(Rc<RefCell<Reporting>>);
+
+#[derive(Default)]
+struct Reporting {
+    metrics: Option<Arc<Metrics>>,
+    waiting: Option<SinkError>,
+}
+
+impl Reporter {
+    /// A reporter connected to `metrics`.
+    pub fn to(metrics: &Arc<Metrics>) -> Reporter {
+        let r = Reporter::default();
+        r.connect(metrics);
+        r
+    }
+
+    /// Reports to `metrics` from now on, and hands over an error met before.
+    pub fn connect(&self, metrics: &Arc<Metrics>) {
+        let mut r = self.0.borrow_mut();
+        if let Some(e) = r.waiting.take() {
+            metrics.fail(e);
+        }
+        r.metrics = Some(Arc::clone(metrics));
+    }
+
+    fn report(&self, error: SinkError) {
+        let mut r = self.0.borrow_mut();
+        match &r.metrics {
+            Some(m) => m.fail(error),
+            None => {
+                r.waiting.get_or_insert(error);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.0.borrow();
+        f.debug_struct("Reporter").field("connected", &r.metrics.is_some()).field("waiting", &r.waiting).finish()
+    }
+}
+
+/// Attaches `sink` to `stream`; its error goes to `report`. The returned stream's frontier is the sink's
 /// committed frontier; the [`Taken`] follows its input frontier.
 ///
 /// A batch that no other consumer shares goes to [`BatchSink::write`]; a
@@ -42,6 +98,7 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
     stream: Stream<'s, u64, C>,
     name: &str,
     mut sink: S,
+    report: Reporter,
 ) -> (StreamVec<'s, u64, ()>, Taken) {
     let scope = stream.scope();
     let taken = Taken::default();
@@ -51,23 +108,46 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
         let mut last = Antichain::from_elem(0u64);
         let mut pending = false;
         let activator = scope.activator_for(info.address);
+        let mut failed = false;
         move |(input, frontier), _output| {
             input.for_each(|cap, data| {
+                if failed {
+                    return;
+                }
                 if let Some(&t) = cap.least() {
                     sink.begin(t);
                 }
-                match data.get_mut() {
+                let written = match data.get_mut() {
                     Some(records) => sink.write(records),
                     None => match data.arc() {
                         Some(batch) => sink.write_arc(batch),
                         None => sink.write_shared(data.records()),
                     },
+                };
+                if let Err(e) = written {
+                    report.report(e);
+                    failed = true;
                 }
             });
             let f = frontier.frontier();
             seen.0.set(f.iter().copied().min().unwrap_or(u64::MAX));
+            if failed {
+                // The run has failed: hold nothing open.
+                held = None;
+                pending = false;
+                return;
+            }
             if f != last.borrow() || pending {
-                let durable = sink.commit(f.iter().copied().min());
+                let durable = match sink.commit(f.iter().copied().min()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        report.report(e);
+                        failed = true;
+                        held = None;
+                        pending = false;
+                        return;
+                    }
+                };
                 last = f.to_owned();
                 // Hold the output at what is durable, which may lag the input.
                 match (durable, held.as_mut()) {
@@ -85,4 +165,85 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
         }
     });
     (out, taken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use timely::dataflow::operators::{Input, Probe};
+
+    /// Fails its write at time 2 (as a full disk would), counting its calls.
+    struct FullAtTwo {
+        time: u64,
+        calls: Arc<AtomicU64>,
+    }
+
+    impl BatchSink<u64> for FullAtTwo {
+        fn begin(&mut self, time: u64) {
+            self.time = time;
+        }
+        fn write(&mut self, batch: &mut Vec<u64>) -> Result<(), SinkError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            batch.clear();
+            if self.time == 2 {
+                return Err(SinkError::new("out/stats.jsonl", std::io::Error::from_raw_os_error(28)));
+            }
+            Ok(())
+        }
+        fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Ok(upto)
+        }
+    }
+
+    #[test]
+    fn a_failed_sink_fails_the_run_with_its_error_and_holds_nothing_open() {
+        let metrics = Arc::new(Metrics::default());
+        let calls = Arc::new(AtomicU64::new(0));
+        let (m, c) = (Arc::clone(&metrics), Arc::clone(&calls));
+        let calls_after = timely::execute_directly(move |worker| {
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<u64>>();
+                let (out, _) = sink(stream, "sink", FullAtTwo { time: 0, calls: c.clone() }, Reporter::to(&m));
+                (input, out.probe().0)
+            });
+            let mut calls_at_failure = None;
+            for t in 0..6u64 {
+                input.advance_to(t);
+                input.send(t);
+                worker.step_while(|| probe.less_than(&t));
+                if calls_at_failure.is_none() && m.failure().is_some() {
+                    calls_at_failure = Some(c.load(Ordering::SeqCst));
+                }
+            }
+            drop(input);
+            // Bounded: a failed sink that held its output would hang the run.
+            for _ in 0..10_000 {
+                if probe.done() {
+                    break;
+                }
+                worker.step();
+            }
+            assert!(probe.done(), "the failed sink holds the dataflow open");
+            c.load(Ordering::SeqCst) - calls_at_failure.expect("the sink failed")
+        });
+        assert_eq!(calls_after, 0, "the sink is called no more after it failed");
+        let failure = metrics.failure().expect("the run failed");
+        assert_eq!(failure.to_string(), "cannot write out/stats.jsonl");
+        let cause = failure.source().expect("a cause").to_string();
+        assert!(cause.contains("No space left on device"), "{cause}");
+    }
+
+    #[test]
+    fn an_error_met_before_the_reporter_is_connected_is_handed_over() {
+        let report = Reporter::default();
+        report.report(SinkError::new("topic t", std::io::Error::other("first")));
+        report.report(SinkError::new("topic t", std::io::Error::other("second")));
+        let metrics = Arc::new(Metrics::default());
+        report.connect(&metrics);
+        let failure = metrics.failure().expect("handed over");
+        assert_eq!(failure.source().unwrap().to_string(), "first");
+    }
 }

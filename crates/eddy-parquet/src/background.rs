@@ -49,6 +49,8 @@ pub trait Writer: Send + 'static {
     fn uncommitted_rows(&self) -> u64;
     /// The writer id.
     fn writer_id(&self) -> &str;
+    /// What the writer writes, as an error names it; see [`BackupWriter::output`].
+    fn output(&self) -> String;
     /// The writer's [`BackupConfig::max_file_age`](crate::BackupConfig::max_file_age).
     fn max_file_age(&self) -> Duration;
 }
@@ -66,6 +68,9 @@ impl Writer for BackupWriter {
     }
     fn writer_id(&self) -> &str {
         BackupWriter::writer_id(self)
+    }
+    fn output(&self) -> String {
+        BackupWriter::output(self)
     }
     fn max_file_age(&self) -> Duration {
         self.config().max_file_age
@@ -85,6 +90,9 @@ impl Writer for RawArchiveWriter {
     }
     fn writer_id(&self) -> &str {
         RawArchiveWriter::writer_id(self)
+    }
+    fn output(&self) -> String {
+        RawArchiveWriter::output(self)
     }
     fn max_file_age(&self) -> Duration {
         self.config().max_file_age
@@ -121,7 +129,7 @@ struct Status {
     /// The last commit request done.
     done_seq: u64,
     /// The writer's first error.
-    error: Option<String>,
+    error: Option<Arc<Error>>,
     /// The thread has stopped (normally or not).
     exited: bool,
 }
@@ -276,8 +284,8 @@ impl<W: Writer> Background<W> {
     fn check(&self) -> Result<()> {
         let s = self.shared.lock();
         match (&s.error, s.exited) {
-            (Some(e), _) => Err(Error::Failed(e.clone())),
-            (None, true) => Err(Error::Failed("the writer thread stopped".into())),
+            (Some(e), _) => Err(Error::Failed(Arc::clone(e))),
+            (None, true) => Err(Error::Stopped),
             (None, false) => Ok(()),
         }
     }
@@ -305,7 +313,9 @@ impl<W: Writer> Background<W> {
         if sent {
             Ok(())
         } else {
-            Err(Error::Failed("the writer thread stopped".into()))
+            // The thread's error, if it left one, says why it stopped.
+            self.check()?;
+            Err(Error::Stopped)
         }
     }
 }
@@ -346,9 +356,7 @@ fn run<W: Writer>(mut writer: W, rx: Receiver<Msg<W::Row>>, shared: Arc<Shared>)
                 let claim = durable_after(ok, writer.uncommitted_rows(), upto);
                 let mut s = shared.lock();
                 if let Err(e) = r {
-                    if s.error.is_none() {
-                        s.error = Some(e.to_string());
-                    }
+                    keep_first(&mut s, e);
                 }
                 if ok && writer.uncommitted_rows() == 0 {
                     s.clean_rows = received;
@@ -365,9 +373,17 @@ fn run<W: Writer>(mut writer: W, rx: Receiver<Msg<W::Row>>, shared: Arc<Shared>)
 }
 
 fn fail(shared: &Shared, e: Error) {
-    let mut s = shared.lock();
+    keep_first(&mut shared.lock(), e);
+}
+
+/// Keeps the writer's first error (the writer returns it shared, as
+/// `Failed`, every time after).
+fn keep_first(s: &mut Status, e: Error) {
     if s.error.is_none() {
-        s.error = Some(e.to_string());
+        s.error = Some(match e {
+            Error::Failed(first) => first,
+            e => Arc::new(e),
+        });
     }
 }
 

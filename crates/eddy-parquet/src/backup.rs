@@ -12,11 +12,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use eddy_core::ids::Channel;
 use eddy_core::reading::{Context, Enriched};
-use eddy_core::sink::BatchSink;
+use eddy_core::sink::{BatchSink, SinkError};
 use parquet::schema::types::ColumnPath;
 
 use crate::config::{durable_after, BackupConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::meta::{META_CHANNEL, META_CONTEXT, META_FORMAT, META_RAW};
 use crate::part::{Core, Encoder, RowKey};
 
@@ -354,9 +354,15 @@ impl BackupWriter {
     }
 
     /// The first error this writer met, if any. After it the writer writes
-    /// and publishes nothing more.
-    pub fn error(&self) -> Option<String> {
-        self.core.error().map(str::to_string)
+    /// and publishes nothing more, and returns it again from every call.
+    pub fn error(&self) -> Option<&Error> {
+        self.core.error().map(|e| &**e)
+    }
+
+    /// What the writer writes, as its errors as a sink name it: the
+    /// directory and the writer id.
+    pub fn output(&self) -> String {
+        self.core.output()
     }
 
     /// The backup directory.
@@ -412,14 +418,13 @@ impl BackupWriter {
 }
 
 impl BatchSink<Enriched> for BackupWriter {
-    fn write(&mut self, batch: &mut Vec<Enriched>) {
-        // The error is recorded, logged and kept in `error()`.
-        let _ = self.try_write(batch);
+    fn write(&mut self, batch: &mut Vec<Enriched>) -> Result<(), SinkError> {
+        self.try_write(batch).map_err(|e| SinkError::new(self.output(), e))
     }
 
-    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        let r = self.try_commit(upto);
-        durable_after(r.is_ok(), self.uncommitted_rows(), upto)
+    fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+        self.try_commit(upto).map_err(|e| SinkError::new(self.output(), e))?;
+        Ok(durable_after(true, self.uncommitted_rows(), upto))
     }
 }
 

@@ -76,8 +76,9 @@ impl BackupConfig {
 
 /// What a writer's [`BatchSink::commit`](eddy_core::sink::BatchSink::commit) reports as durable after a commit:
 /// `upto` once everything written is published, `Some(0)` (no new claim)
-/// while rows wait for the next publication. A failed writer reports `upto`
-/// too, so that it does not hold the dataflow open; its error is in `error()`.
+/// while rows wait for the next publication. A failed writer (`ok` false)
+/// reports `upto` too, so that it does not hold the dataflow open; its
+/// error is returned to whoever drives it.
 pub fn durable_after(ok: bool, uncommitted_rows: u64, upto: Option<u64>) -> Option<u64> {
     if !ok || uncommitted_rows == 0 {
         upto

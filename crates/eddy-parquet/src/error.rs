@@ -1,6 +1,7 @@
 //! The crate's error type.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What went wrong, and on which file or directory.
 #[derive(Debug, thiserror::Error)]
@@ -51,10 +52,13 @@ pub enum Error {
     /// An invalid writer id or configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The writer failed earlier (this is its first error) and writes
-    /// nothing more.
-    #[error("writer stopped after an earlier error: {0}")]
-    Failed(String),
+    /// The writer failed earlier and writes nothing more. This is its
+    /// first error (shared: every later call returns it), displayed as it.
+    #[error(transparent)]
+    Failed(Arc<Error>),
+    /// A writer's thread stopped without an error (it panicked).
+    #[error("the writer thread stopped")]
+    Stopped,
 }
 
 /// `Result` with this crate's [`Error`].

@@ -124,9 +124,11 @@
 //! compresses, fsyncs and publishes, and the worker learns what is durable
 //! from the thread's claims, which never run ahead of the manifest.
 //!
-//! `BatchSink` methods return nothing, so a writer records its first error,
-//! logs it with `tracing`, exposes it through `error()`, and from then on
-//! fails closed: it writes and publishes nothing more.
+//! A writer fails closed: it keeps its first error, returns it (as a
+//! [`SinkError`](eddy_core::sink::SinkError) naming the directory and the
+//! writer, through `BatchSink`; as [`Error`] through `try_write` and
+//! `try_commit`), exposes it through `error()`, and from then on writes and
+//! publishes nothing more, returning the same error from every call.
 
 #![deny(missing_docs)]
 

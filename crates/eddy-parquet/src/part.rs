@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -141,7 +142,7 @@ pub(crate) struct Core<E: Encoder> {
     commit_seq: u64,
     tick: u64,
     first_open: Option<Instant>,
-    failed: Option<String>,
+    failed: Option<Arc<Error>>,
 }
 
 impl<E: Encoder> Core<E> {
@@ -193,33 +194,41 @@ impl<E: Encoder> Core<E> {
         &self.cfg
     }
 
+    /// The output, as a failed write names it: the directory and the writer.
+    pub(crate) fn output(&self) -> String {
+        format!("{} (writer {})", self.dir.display(), self.writer_id)
+    }
+
     /// The first error, if any.
-    pub(crate) fn error(&self) -> Option<&str> {
-        self.failed.as_deref()
+    pub(crate) fn error(&self) -> Option<&Arc<Error>> {
+        self.failed.as_ref()
     }
 
     /// `Err(Failed)` once an error was recorded.
     pub(crate) fn check_ok(&self) -> Result<()> {
         match &self.failed {
-            Some(e) => Err(Error::Failed(e.clone())),
+            Some(e) => Err(Error::Failed(Arc::clone(e))),
             None => Ok(()),
         }
     }
 
-    /// Records `r`'s error as the writer's first error (and logs it).
+    /// Records `r`'s error as the writer's first error, and returns it
+    /// shared (as [`Error::Failed`], which displays as the error itself).
     pub(crate) fn record<T>(&mut self, r: Result<T>) -> Result<T> {
-        if let Err(e) = &r {
-            if self.failed.is_none() && !matches!(e, Error::Failed(_)) {
-                tracing::error!(
+        match r {
+            Err(e) if self.failed.is_none() && !matches!(e, Error::Failed(_)) => {
+                tracing::debug!(
                     kind = self.kind,
                     writer = %self.writer_id,
                     error = %e,
                     "parquet writer failed; it writes nothing more"
                 );
-                self.failed = Some(e.to_string());
+                let e = Arc::new(e);
+                self.failed = Some(Arc::clone(&e));
+                Err(Error::Failed(e))
             }
+            r => r,
         }
-        r
     }
 
     /// Rows written but not yet published.

@@ -12,7 +12,7 @@ use arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType, UInt32Type, UInt64Type,
 };
 use arrow::error::ArrowError;
-use eddy_core::sink::BatchSink;
+use eddy_core::sink::{BatchSink, SinkError};
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
@@ -128,9 +128,15 @@ impl RawArchiveWriter {
     }
 
     /// The first error this writer met, if any. After it the writer writes
-    /// and publishes nothing more.
-    pub fn error(&self) -> Option<String> {
-        self.core.error().map(str::to_string)
+    /// and publishes nothing more, and returns it again from every call.
+    pub fn error(&self) -> Option<&Error> {
+        self.core.error().map(|e| &**e)
+    }
+
+    /// What the writer writes, as its errors as a sink name it: the
+    /// directory and the writer id.
+    pub fn output(&self) -> String {
+        self.core.output()
     }
 
     /// The raw archive directory.
@@ -175,13 +181,13 @@ impl RawArchiveWriter {
 }
 
 impl BatchSink<RawRecord> for RawArchiveWriter {
-    fn write(&mut self, batch: &mut Vec<RawRecord>) {
-        let _ = self.try_write(batch);
+    fn write(&mut self, batch: &mut Vec<RawRecord>) -> Result<(), SinkError> {
+        self.try_write(batch).map_err(|e| SinkError::new(self.output(), e))
     }
 
-    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        let r = self.try_commit(upto);
-        durable_after(r.is_ok(), self.uncommitted_rows(), upto)
+    fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+        self.try_commit(upto).map_err(|e| SinkError::new(self.output(), e))?;
+        Ok(durable_after(true, self.uncommitted_rows(), upto))
     }
 }
 

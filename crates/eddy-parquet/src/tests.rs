@@ -109,7 +109,7 @@ fn round_trip_write_commit_read() {
     b.late = true;
     let c = reading("dev-c", DAY0 + 500, 3, &[("temp", Some(-3.25))]);
     let rows = vec![a.clone(), b.clone(), c.clone()];
-    w.write(&mut rows.clone());
+    w.write(&mut rows.clone()).unwrap();
     assert_eq!(w.uncommitted_rows(), 3);
     // Nothing is visible before the commit.
     assert!(read_backup(&out).unwrap().is_empty());
@@ -189,8 +189,8 @@ fn every_codec_writes_files_that_read_back() {
         let rows: Vec<Enriched> = (0..500)
             .map(|i| reading(&format!("dev-{}", i % 7), DAY0 + i * 1000, i as u64, &[("pm25", Some(i as f64 / 4.0))]))
             .collect();
-        w.write(&mut rows.clone());
-        w.commit(None);
+        w.write(&mut rows.clone()).unwrap();
+        w.commit(None).unwrap();
         let got = read_backup(dir.path()).unwrap();
         assert_eq!(got.len(), rows.len(), "{codec:?}");
         for (g, e) in got.iter().zip(&rows) {
@@ -210,8 +210,8 @@ fn every_codec_writes_files_that_read_back() {
 fn ts_column_is_utc_millis() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BackupWriter::new(dir.path(), "w0", cfg()).unwrap();
-    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]);
-    w.commit(None);
+    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]).unwrap();
+    w.commit(None).unwrap();
     let path = committed_files(dir.path()).unwrap().remove(0);
     let b = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path).unwrap()).unwrap();
     let schema = b.schema();
@@ -235,9 +235,9 @@ fn rolling_by_rows_makes_several_files_all_in_the_manifest() {
     let mut w = BackupWriter::new(dir.path(), "w0", c).unwrap();
     let mut batch: Vec<Enriched> =
         (1..=35).map(|i| reading("d", DAY0 + i as i64, i, &[("pm25", Some(i as f64))])).collect();
-    w.write(&mut batch);
+    w.write(&mut batch).unwrap();
     assert!(batch.is_empty());
-    w.commit(Some(1));
+    w.commit(Some(1)).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     assert_eq!(m.entries.len(), 1);
     let rows: Vec<u64> = m.files().map(|f| f.rows).collect();
@@ -267,14 +267,14 @@ fn uncommitted_files_are_ignored_and_cleaned_up() {
     let out = dir.path();
     let slow = BackupConfig { max_file_age: Duration::from_secs(3600), ..BackupConfig::default() };
     let mut w = BackupWriter::new(out, "w0", slow).unwrap();
-    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]);
+    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]).unwrap();
     // The end of input always publishes.
-    w.commit(None);
+    w.commit(None).unwrap();
     let committed = committed_files(out).unwrap();
     assert_eq!(committed.len(), 1);
 
     // A second batch, not due at this commit: it stays a .tmp file.
-    w.write(&mut vec![reading("d", DAY0 + 5, 2, &[("pm25", Some(2.0))])]);
+    w.write(&mut vec![reading("d", DAY0 + 5, 2, &[("pm25", Some(2.0))])]).unwrap();
     assert_eq!(w.try_commit(Some(9)).unwrap(), None);
     assert_eq!(w.uncommitted_rows(), 1);
     // A renamed file that no manifest entry lists (a crash between rename
@@ -306,8 +306,8 @@ fn uncommitted_files_are_ignored_and_cleaned_up() {
 fn a_listed_file_that_is_missing_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BackupWriter::new(dir.path(), "w0", cfg()).unwrap();
-    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]);
-    w.commit(Some(1));
+    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]).unwrap();
+    w.commit(Some(1)).unwrap();
     let p = committed_files(dir.path()).unwrap().remove(0);
     fs::remove_file(&p).unwrap();
     let err = read_backup(dir.path()).unwrap_err().to_string();
@@ -320,13 +320,13 @@ fn schema_evolution_rolls_into_a_wider_file() {
     let mut w = BackupWriter::new(dir.path(), "w0", cfg()).unwrap();
     let first =
         vec![reading("d1", DAY0 + 1, 1, &[("pm25", Some(1.0))]), reading("d2", DAY0 + 2, 2, &[("co2", Some(410.0))])];
-    w.write(&mut first.clone());
+    w.write(&mut first.clone()).unwrap();
     // Same date, no commit in between: a new channel and a context column.
     let mut late_ch = reading("d1", DAY0 + 3, 3, &[("pm25", Some(2.0)), ("no2", Some(17.0))]);
     late_ch.context = Some(ctx(&[("site", "roof")]));
     let second = vec![late_ch.clone(), reading("d2", DAY0 + 4, 4, &[("pm25", Some(3.0))])];
-    w.write(&mut second.clone());
-    w.commit(Some(1));
+    w.write(&mut second.clone()).unwrap();
+    w.commit(Some(1)).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     let files: Vec<&FileEntry> = m.files().collect();
     assert_eq!(files.len(), 2);
@@ -355,8 +355,8 @@ fn schema_evolution_rolls_into_a_wider_file() {
 
     // A later commit: new files use the widest schema known so far, without
     // a roll.
-    w.write(&mut vec![reading("d3", DAY0 + 5, 5, &[("voc", Some(1.0))])]);
-    w.commit(Some(2));
+    w.write(&mut vec![reading("d3", DAY0 + 5, 5, &[("voc", Some(1.0))])]).unwrap();
+    w.commit(Some(2)).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     assert_eq!(m.entries.len(), 2);
     let last = &m.entries[1].files[0];
@@ -374,8 +374,8 @@ fn readings_around_midnight_go_to_their_dates() {
         reading("d", DAY0 + DAY_MS - 1, 4, &[("pm25", Some(4.0))]),
         reading("d", DAY0 + DAY_MS, 5, &[("pm25", Some(5.0))]),
     ];
-    w.write(&mut batch);
-    w.commit(Some(1));
+    w.write(&mut batch).unwrap();
+    w.commit(Some(1)).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     let mut by_date: Vec<(String, u64, i64, i64)> =
         m.files().map(|f| (f.path.split('/').next().unwrap().to_string(), f.rows, f.min_ts, f.max_ts)).collect();
@@ -402,16 +402,16 @@ fn committing_nothing_writes_no_manifest_entry() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BackupWriter::new(dir.path(), "w0", cfg()).unwrap();
     assert_eq!(w.try_commit(Some(0)).unwrap(), None);
-    w.commit(Some(1));
-    w.commit(None);
+    w.commit(Some(1)).unwrap();
+    w.commit(None).unwrap();
     assert!(Manifest::load(dir.path()).unwrap().entries.is_empty());
-    w.write(&mut Vec::new());
-    w.commit(Some(2));
+    w.write(&mut Vec::new()).unwrap();
+    w.commit(Some(2)).unwrap();
     assert!(Manifest::load(dir.path()).unwrap().entries.is_empty());
-    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]);
-    w.commit(Some(3));
-    w.commit(Some(4));
-    w.commit(None);
+    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]).unwrap();
+    w.commit(Some(3)).unwrap();
+    w.commit(Some(4)).unwrap();
+    w.commit(None).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     assert_eq!(m.entries.len(), 1);
     assert_eq!(m.entries[0].epoch, Some(3));
@@ -423,9 +423,9 @@ fn files_are_published_once_older_than_max_file_age() {
     let dir = tempfile::tempdir().unwrap();
     let c = BackupConfig { max_file_age: Duration::from_millis(100), ..BackupConfig::default() };
     let mut w = BackupWriter::new(dir.path(), "w0", c).unwrap();
-    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]);
+    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]).unwrap();
     assert_eq!(w.try_commit(Some(1)).unwrap(), None);
-    w.write(&mut vec![reading("d", DAY0 + 1, 2, &[("pm25", Some(1.0))])]);
+    w.write(&mut vec![reading("d", DAY0 + 1, 2, &[("pm25", Some(1.0))])]).unwrap();
     assert!(committed_files(dir.path()).unwrap().is_empty());
     std::thread::sleep(Duration::from_millis(120));
     assert!(w.try_commit(Some(2)).unwrap().is_some());
@@ -438,17 +438,21 @@ fn files_are_published_once_older_than_max_file_age() {
 fn the_writer_fails_closed_after_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BackupWriter::new(dir.path(), "w0", cfg()).unwrap();
-    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]);
+    w.write(&mut vec![reading("d", DAY0, 1, &[("pm25", Some(1.0))])]).unwrap();
     // The date directory disappears under the writer: the rename fails.
     fs::remove_dir_all(dir.path().join("date=2026-01-01")).unwrap();
-    w.commit(Some(1));
-    let err = w.error().expect("an error");
+    let failed = w.commit(Some(1)).expect_err("the commit fails");
+    let err = w.error().expect("an error").to_string();
     assert!(err.contains("date=2026-01-01"), "{err}");
+    // As a sink's error: the output, then the writer's error as its cause.
+    assert_eq!(failed.output, w.output());
+    assert_eq!(failed.source.to_string(), err);
     let mut batch = vec![reading("d", DAY0 + DAY_MS, 2, &[("pm25", Some(1.0))])];
-    w.write(&mut batch);
+    let again = w.write(&mut batch).expect_err("the writer stays failed");
+    assert_eq!(again.source.to_string(), err);
     assert!(batch.is_empty());
-    w.commit(None);
-    assert_eq!(w.error().unwrap(), err);
+    assert!(w.commit(None).is_err());
+    assert_eq!(w.error().unwrap().to_string(), err);
     assert!(matches!(w.try_commit(None), Err(Error::Failed(_))));
     assert!(Manifest::load(dir.path()).unwrap().entries.is_empty());
     assert!(!dir.path().join("date=2026-01-02").exists());
@@ -464,10 +468,10 @@ fn several_writers_share_a_directory() {
     let b = reading("b", DAY0, 20, &[("pm25", Some(2.0))]);
     let mut c = reading("c", DAY0, 30, &[("pm25", Some(3.0))]);
     c.pos.partition = 1;
-    w0.write(&mut vec![a, b]);
-    w1.write(&mut vec![c]);
-    w0.commit(Some(5));
-    w1.commit(Some(5));
+    w0.write(&mut vec![a, b]).unwrap();
+    w1.write(&mut vec![c]).unwrap();
+    w0.commit(Some(5)).unwrap();
+    w1.commit(Some(5)).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     assert_eq!(m.entries.len(), 2);
     assert_eq!(m.max_offset("w0", 0), Some(20));
@@ -479,8 +483,8 @@ fn several_writers_share_a_directory() {
     // A restarted writer with the same id never reuses a file name.
     let mut again = BackupWriter::new(dir.path(), "w0", cfg()).unwrap();
     assert_ne!(again.run_id(), w0.run_id());
-    again.write(&mut vec![reading("b", DAY0, 21, &[("pm25", Some(2.0))])]);
-    again.commit(Some(5));
+    again.write(&mut vec![reading("b", DAY0, 21, &[("pm25", Some(2.0))])]).unwrap();
+    again.commit(Some(5)).unwrap();
     assert_eq!(Manifest::load(dir.path()).unwrap().entries.len(), 3);
     assert_eq!(read_backup(dir.path()).unwrap().len(), 4);
 }
@@ -495,9 +499,9 @@ fn raw_archive_round_trip() {
         RawRecord { partition: 0, offset: 2, arrival_ms: DAY0, bytes: vec![0xff, 0xfe, b'{'] },
         RawRecord { partition: 1, offset: 1, arrival_ms: DAY0 + 1, bytes: Vec::new() },
     ];
-    w.write(&mut recs.clone());
+    w.write(&mut recs.clone()).unwrap();
     assert_eq!(read_raw_archive(&out).unwrap(), Vec::new());
-    w.commit(None);
+    w.commit(None).unwrap();
     assert!(w.error().is_none());
     assert_eq!(read_raw_archive(&out).unwrap(), recs);
     let m = Manifest::load(&out).unwrap();
@@ -547,8 +551,9 @@ fn replay_order_is_by_time_then_device() {
         reading("a", DAY0 + 7, 2, &[("pm25", Some(2.0))]),
         reading("b", DAY0 + 7, 3, &[("pm25", Some(3.0))]),
         reading("a", DAY0 + 1, 4, &[("pm25", Some(4.0))]),
-    ]);
-    w.commit(None);
+    ])
+    .unwrap();
+    w.commit(None).unwrap();
     let mut rows = read_backup(dir.path()).unwrap();
     sort_for_replay(&mut rows);
     let order: Vec<u64> = rows.iter().map(|r| r.pos.offset).collect();
@@ -564,8 +569,8 @@ fn too_many_dates_close_the_least_recently_used_file() {
     let mut w = BackupWriter::new(dir.path(), "w0", c).unwrap();
     let mut batch: Vec<Enriched> =
         (0..6u64).map(|i| reading("d", DAY0 + (i as i64 % 3) * DAY_MS, i + 1, &[("pm25", Some(1.0))])).collect();
-    w.write(&mut batch);
-    w.commit(Some(1));
+    w.write(&mut batch).unwrap();
+    w.commit(Some(1)).unwrap();
     let m = Manifest::load(dir.path()).unwrap();
     assert_eq!(m.rows(), 6);
     assert_eq!(m.files().count(), 6);
@@ -682,17 +687,17 @@ proptest! {
                         .map(|(i, s)| build(s, (written.len() + i + 1) as u64, &contexts))
                         .collect();
                     written.extend(batch.iter().cloned());
-                    w.write(&mut batch);
+                    w.write(&mut batch).unwrap();
                 }
                 Op::Commit => {
                     epoch += 1;
-                    w.commit(Some(epoch));
+                    w.commit(Some(epoch)).unwrap();
                     committed = written.len();
                 }
             }
         }
         if finish {
-            w.commit(None);
+            w.commit(None).unwrap();
             committed = written.len();
         }
         prop_assert!(w.error().is_none(), "{:?}", w.error());

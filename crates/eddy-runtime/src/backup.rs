@@ -16,9 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use eddy_core::reading::{Enriched, RawLine};
-use eddy_core::sink::BatchSink;
+use eddy_core::sink::{BatchSink, SinkError};
 use eddy_core::spec::BackupSpec;
-use eddy_operators::metrics::Metrics;
 use eddy_parquet::{Background, BackupConfig, BackupWriter, Manifest, RawArchiveWriter, RawRecord, Writer};
 
 use crate::error::{Error, Result};
@@ -121,11 +120,15 @@ impl Resume {
 
 /// A Parquet writer as a sink: skips what earlier runs committed, runs the
 /// writer on a thread of its own ([`Background`]: encoding, compression and
-/// the fsyncs of a commit never block the worker), and turns a write error
-/// into a failed run.
+/// the fsyncs of a commit never block the worker), and returns the writer's
+/// error, naming the directory and the writer, from the first call after it
+/// failed (a writer that could not be created, from the first call at all).
 pub struct ParquetSink<W: Writer> {
     writer: Option<Background<W>>,
-    metrics: Arc<Metrics>,
+    /// What the writer writes, for its errors.
+    output: String,
+    /// The error that kept the writer from starting, until it is returned.
+    failed: Option<eddy_parquet::Error>,
     committed: Arc<Committed>,
     raw: Vec<RawRecord>,
     /// The bench latency slot of a backup (not raw archive) sink.
@@ -133,93 +136,95 @@ pub struct ParquetSink<W: Writer> {
 }
 
 impl<W: Writer> ParquetSink<W> {
-    pub(crate) fn new(writer: eddy_parquet::Result<W>, metrics: Arc<Metrics>, committed: Arc<Committed>) -> Self {
-        let writer = writer.and_then(|w| {
+    pub(crate) fn new(writer: eddy_parquet::Result<W>, committed: Arc<Committed>) -> Self {
+        let output = writer.as_ref().map(|w| w.output()).unwrap_or_default();
+        let (writer, failed) = match writer.and_then(|w| {
             let name = format!("eddy-{}", w.writer_id());
             Background::spawn(w, &name)
-        });
-        let writer = match writer {
-            Ok(w) => Some(w),
-            Err(e) => {
-                metrics.fail(e.to_string());
-                None
-            }
+        }) {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(e)),
         };
         let latency_slot = if std::any::TypeId::of::<W>() == std::any::TypeId::of::<BackupWriter>() {
             eddy_operators::metrics::latency().register_backup()
         } else {
             None
         };
-        ParquetSink { writer, metrics, committed, raw: Vec::new(), latency_slot }
+        ParquetSink { writer, output, failed, committed, raw: Vec::new(), latency_slot }
     }
 
-    fn check<T>(&mut self, r: eddy_parquet::Result<T>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.metrics.fail(e.to_string());
-                self.writer = None;
-                None
+    /// The writer, or the error that kept it from starting.
+    fn writer(&mut self) -> Result<&mut Background<W>, SinkError> {
+        match self.writer {
+            Some(ref mut w) => Ok(w),
+            None => {
+                let e = self.failed.take().unwrap_or(eddy_parquet::Error::Stopped);
+                Err(self.error(e))
             }
         }
+    }
+
+    fn error(&self, e: eddy_parquet::Error) -> SinkError {
+        // A writer that could not be created names its directory itself.
+        let output = if self.output.is_empty() { "the Parquet output".to_string() } else { self.output.clone() };
+        SinkError::new(output, e)
     }
 
     /// Asks for a commit, returning the frontier through which the writes
     /// are durable: `upto` once nothing is left unpublished, `Some(0)` (no
     /// new claim) while rows wait for the next publication.
-    fn publish(&mut self, upto: Option<u64>) -> Option<u64> {
-        // A failed writer has already failed the run: it must not also hold
-        // the dataflow open.
-        let Some(w) = self.writer.as_mut() else { return upto };
-        let r = w.commit(upto);
-        self.check(r).unwrap_or(upto)
+    fn publish(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+        let r = self.writer()?.commit(upto);
+        r.map_err(|e| self.error(e))
     }
 
-    fn write_rows(&mut self, rows: &mut Vec<W::Row>) {
-        if let Some(w) = self.writer.as_mut() {
-            let r = w.write(rows);
-            self.check(r);
-        }
+    fn write_rows(&mut self, rows: &mut Vec<W::Row>) -> Result<(), SinkError> {
+        let r = match self.writer() {
+            Ok(w) => w.write(rows),
+            Err(e) => {
+                rows.clear();
+                return Err(e);
+            }
+        };
         rows.clear();
+        r.map_err(|e| self.error(e))
     }
 }
 
 impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
-    fn write(&mut self, batch: &mut Vec<Enriched>) {
+    fn write(&mut self, batch: &mut Vec<Enriched>) -> Result<(), SinkError> {
         let committed = Arc::clone(&self.committed);
         batch.retain(|e| !committed.has_reading(e));
-        self.write_rows(batch);
+        self.write_rows(batch)
     }
 
-    fn write_shared(&mut self, batch: &[Enriched]) {
+    fn write_shared(&mut self, batch: &[Enriched]) -> Result<(), SinkError> {
         // The rows go to the writer's thread, so they are copied; only
         // those the backup does not hold yet.
         let committed = Arc::clone(&self.committed);
         let mut rows: Vec<Enriched> = batch.iter().filter(|e| !committed.has_reading(e)).cloned().collect();
-        self.write_rows(&mut rows);
+        self.write_rows(&mut rows)
     }
 
-    fn write_arc(&mut self, batch: &Arc<Vec<Enriched>>) {
+    fn write_arc(&mut self, batch: &Arc<Vec<Enriched>>) -> Result<(), SinkError> {
         // The usual case, a batch the backup holds none of, goes to the
         // writer's thread as it is: no record is copied.
         if batch.iter().any(|e| self.committed.has_reading(e)) {
             return self.write_shared(batch);
         }
-        if let Some(w) = self.writer.as_mut() {
-            let r = w.write_shared(Arc::clone(batch));
-            self.check(r);
-        }
+        let r = self.writer()?.write_shared(Arc::clone(batch));
+        r.map_err(|e| self.error(e))
     }
 
-    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
-        let durable = self.publish(upto);
+    fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+        let durable = self.publish(upto)?;
         eddy_operators::metrics::latency().durable(self.latency_slot, durable);
-        durable
+        Ok(durable)
     }
 }
 
 impl BatchSink<RawLine> for ParquetSink<RawArchiveWriter> {
-    fn write(&mut self, batch: &mut Vec<RawLine>) {
+    fn write(&mut self, batch: &mut Vec<RawLine>) -> Result<(), SinkError> {
         let committed = Arc::clone(&self.committed);
         let mut raw = std::mem::take(&mut self.raw);
         raw.extend(batch.drain(..).filter(|r| !committed.has_line(r)).map(|r| RawRecord {
@@ -228,11 +233,12 @@ impl BatchSink<RawLine> for ParquetSink<RawArchiveWriter> {
             arrival_ms: r.arrival_ms,
             bytes: r.bytes,
         }));
-        self.write_rows(&mut raw);
+        let r = self.write_rows(&mut raw);
         self.raw = raw;
+        r
     }
 
-    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+    fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
         self.publish(upto)
     }
 }

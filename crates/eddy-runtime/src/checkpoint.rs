@@ -126,6 +126,11 @@ impl Ledger {
 
 impl Commits for Ledger {
     fn committed(&mut self, frontier: u64, _done: bool) -> Result<Next> {
+        // A failed run commits nothing more: a failed sink no longer holds
+        // its output back, so the frontier no longer says what is durable.
+        if self.metrics.failure().is_some() {
+            return Ok(Next::Run);
+        }
         self.advance(frontier);
         if self.last_write.elapsed() > Ledger::EVERY {
             self.write(false);
@@ -135,7 +140,9 @@ impl Commits for Ledger {
     }
 
     fn finish(&mut self) -> Result<()> {
-        self.finish_at(Position::line(Metrics::get(&self.metrics.lines) + 1));
+        if self.metrics.failure().is_none() {
+            self.finish_at(Position::line(Metrics::get(&self.metrics.lines) + 1));
+        }
         self.write(true);
         Ok(())
     }

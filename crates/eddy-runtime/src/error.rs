@@ -51,9 +51,9 @@ pub enum Error {
     #[error("timely: {0}")]
     Timely(String),
     /// A worker failed while running: the first failure an operator or a
-    /// sink reported.
-    #[error("the run failed: {0}")]
-    Worker(String),
+    /// sink reported, as it reported it (its causes follow it in the chain).
+    #[error("the run failed")]
+    Worker(#[source] eddy_operators::metrics::Failure),
 }
 
 /// The runtime's result type.

@@ -22,6 +22,7 @@
 //! them in place, so a record is not copied once per consumer.
 
 use std::hash::Hash;
+use std::sync::Arc;
 
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, StreamVec};
@@ -33,9 +34,10 @@ use eddy_core::sink::BatchSink;
 use eddy_operators::alerts::alerts;
 use eddy_operators::batch::{filter_shared, flat_map_shared, map_shared, share, unshare, SharedStream};
 use eddy_operators::enrich::enrich;
+use eddy_operators::metrics::Metrics;
 use eddy_operators::ordered::exchange_ordered;
 use eddy_operators::reference::Reference;
-use eddy_operators::sink::{sink, Taken};
+use eddy_operators::sink::{sink, Reporter, Taken};
 use eddy_operators::stats::{stats, StatsParams};
 use eddy_operators::windows::{window_aggregate, windows, Windowed};
 use eddy_state::window::WindowSpec;
@@ -53,16 +55,21 @@ impl<'s, D: Clone + 'static> Clone for Flow<'s, D> {
 }
 
 /// A sink's committed frontier: its stream carries no data, and advances as
-/// the sink commits. The job runner probes it for the commit ledger.
+/// the sink commits. The job runner probes it for the commit ledger, and
+/// connects the sink's error to the run's.
 pub struct Committed<'s> {
     pub(crate) stream: StreamVec<'s, u64, ()>,
     /// How far the sink has taken its input in, durable or not.
     pub(crate) processed: Option<Taken>,
+    /// Where the sink operator reports the sink's error.
+    pub(crate) report: Reporter,
 }
 
 impl<'s> Committed<'s> {
-    /// Adds this sink to a probe.
-    pub fn probe_with(self, probe: &ProbeHandle<u64>) {
+    /// Adds this sink to the runner's probe, and fails the run (`metrics`)
+    /// with the sink's error if it has one.
+    pub(crate) fn register(self, probe: &ProbeHandle<u64>, metrics: &Arc<Metrics>) {
+        self.report.connect(metrics);
         self.stream.probe_with(probe);
     }
 
@@ -154,8 +161,9 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
     /// Writes the records to `sink`, which commits each time the frontier advances.
     pub fn sink<S: BatchSink<D>>(self, sink_impl: S) -> Committed<'s> {
         let name = self.name("sink");
-        let (stream, processed) = sink(self.stream, &name, sink_impl);
-        Committed { stream, processed: Some(processed) }
+        let report = Reporter::default();
+        let (stream, processed) = sink(self.stream, &name, sink_impl, report.clone());
+        Committed { stream, processed: Some(processed), report }
     }
 }
 

@@ -254,7 +254,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
         let s = self.shared;
         let id = format!("w{}of{}", self.scope.index(), self.scope.peers());
         let writer = BackupWriter::new(&s.out.join("backup"), &id, backup_config(&s.spec.backup));
-        ParquetSink::new(writer, Arc::clone(&s.metrics), Arc::clone(&s.resume.backup))
+        ParquetSink::new(writer, Arc::clone(&s.resume.backup))
     }
 
     /// A sink writing raw lines to the raw archive (`OUT/raw/`), committed
@@ -263,7 +263,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
         let s = self.shared;
         let id = format!("raw-w{}", self.scope.index());
         let writer = RawArchiveWriter::new(&s.out.join("raw"), &id, backup_config(&s.spec.backup));
-        ParquetSink::new(writer, Arc::clone(&s.metrics), Arc::clone(&s.resume.raw))
+        ParquetSink::new(writer, Arc::clone(&s.resume.raw))
     }
 
     /// The reference data (devices, calibration, rules), as arrangements
@@ -317,7 +317,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
     /// workers wind down cleanly and [`run`] returns the error.
     pub fn build_with(&mut self, build: impl FnOnce(&mut Self) -> Result<()>) {
         if let Err(e) = build(self) {
-            self.shared.metrics.fail(e.to_string());
+            self.shared.metrics.fail(e);
         }
     }
 
@@ -327,7 +327,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
         if let Some(p) = committed.processed() {
             self.processed.borrow_mut().push(p.clone());
         }
-        committed.probe_with(&self.probe);
+        committed.register(&self.probe, &self.shared.metrics);
     }
 }
 
@@ -417,15 +417,12 @@ where
     for r in guards.join() {
         r.map_err(Error::Timely)?;
     }
-    if let Some(e) = metrics.error.lock().clone() {
+    if let Some(e) = metrics.failure() {
         return Err(Error::Worker(e));
     }
     let mut records = BTreeMap::new();
     for (name, f) in shared.files.lock().iter() {
         f.sync()?;
-        if let Some(e) = f.error() {
-            return Err(Error::Worker(e));
-        }
         records.insert(name.clone(), f.records());
     }
     // The Parquet outputs: rows committed in their manifests (earlier runs into
@@ -474,7 +471,7 @@ where
         match s.dataset.lines() {
             Ok(l) => Some(l),
             Err(e) => {
-                s.metrics.fail(e.to_string());
+                s.metrics.fail(e);
                 None
             }
         }
@@ -509,6 +506,6 @@ where
         drive(worker, &probe, park, &mut NoCommits)
     };
     if let Err(e) = result {
-        s.metrics.fail(e.to_string());
+        s.metrics.fail(e);
     }
 }

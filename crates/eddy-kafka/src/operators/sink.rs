@@ -12,8 +12,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-use eddy_operators::metrics::Metrics;
-use eddy_operators::sink::BatchSink;
+use eddy_operators::sink::{BatchSink, SinkError};
 
 use crate::codec::data_headers;
 use crate::produce::Producer;
@@ -36,7 +35,6 @@ pub struct KafkaSink<D> {
     topic: String,
     encoder: Encoder<D>,
     suppress_below: u64,
-    metrics: Arc<Metrics>,
     /// The time of the batches being written.
     time: u64,
     buf: Vec<u8>,
@@ -59,14 +57,12 @@ impl<D> KafkaSink<D> {
         topic: String,
         encoder: Encoder<D>,
         suppress_below: u64,
-        metrics: Arc<Metrics>,
     ) -> KafkaSink<D> {
         KafkaSink {
             producer,
             topic,
             encoder,
             suppress_below,
-            metrics,
             time: 0,
             buf: Vec::with_capacity(512),
             waiting: VecDeque::new(),
@@ -74,11 +70,11 @@ impl<D> KafkaSink<D> {
         }
     }
 
-    fn send(&mut self, batch: &[D]) {
+    fn send(&mut self, batch: &[D]) -> Result<(), SinkError> {
         let t = self.time;
         if t < self.suppress_below {
             tracing::debug!(topic = %self.topic, t, records = batch.len(), "not written again: below the resumed frontier");
-            return;
+            return Ok(());
         }
         let mut producer = self.producer.borrow_mut();
         for d in batch {
@@ -86,6 +82,17 @@ impl<D> KafkaSink<D> {
             (self.encoder.value)(d, &mut self.buf);
             let key = (self.encoder.key)(d);
             producer.send(&self.topic, None, key.as_deref().map(str::as_bytes), Some(&self.buf), data_headers(t));
+        }
+        self.check(&producer)
+    }
+
+    /// The producer's error, if it has one, as this sink's. The producer
+    /// is shared by the worker's sinks, so the error names the topic of the
+    /// record that failed, which may be another sink's.
+    fn check(&self, producer: &Producer) -> Result<(), SinkError> {
+        match producer.error() {
+            Some(e) => Err(SinkError::new(format!("topic {}", e.topic), e.source.clone())),
+            None => Ok(()),
         }
     }
 }
@@ -95,33 +102,32 @@ impl<D: 'static> BatchSink<D> for KafkaSink<D> {
         self.time = time;
     }
 
-    fn write(&mut self, batch: &mut Vec<D>) {
-        self.send(batch);
+    fn write(&mut self, batch: &mut Vec<D>) -> Result<(), SinkError> {
+        let r = self.send(batch);
         batch.clear();
+        r
     }
 
-    fn write_shared(&mut self, batch: &[D])
+    fn write_shared(&mut self, batch: &[D]) -> Result<(), SinkError>
     where
         D: Clone,
     {
-        self.send(batch);
+        self.send(batch)
     }
 
-    fn commit(&mut self, upto: Option<u64>) -> Option<u64> {
+    fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
         let mut producer = self.producer.borrow_mut();
         if self.waiting.back().is_none_or(|(f, _)| *f != upto) {
             self.waiting.push_back((upto, producer.next_seq()));
         }
         producer.poll();
-        if let Some(e) = producer.error() {
-            self.metrics.fail(format!("{}: {e}", self.topic));
-        }
+        self.check(&producer)?;
         let acked = producer.acked_below();
         while let Some((f, _)) = self.waiting.front().filter(|(_, seq)| *seq <= acked).copied() {
             self.waiting.pop_front();
             self.durable = f;
         }
-        self.durable
+        Ok(self.durable)
     }
 
     fn recommit_after(&self) -> Duration {

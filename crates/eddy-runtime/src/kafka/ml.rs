@@ -284,7 +284,8 @@ pub(super) fn build_enrich_in_loop(ctx: &mut Ctx<'_>) -> Result<()> {
     let sink = ctx.topic_sink(t.enriched(), encoder);
     let committed = Flow::new(enriched, &format!("sink.{}", t.enriched())).sink(sink);
     let (acked, acked_stream) = committed.stream.probe();
-    Committed { stream: acked_stream, processed: None }.probe_with(&ctx.probe);
+    Committed { stream: acked_stream, processed: None, report: committed.report }
+        .register(&ctx.probe, &ctx.shared.metrics);
     ctx.sink(dead, t.deadletter(), dead_encoder());
     ctx.topic_marks.push(TopicMark {
         topic: t.enriched(),
@@ -426,7 +427,7 @@ pub fn publish_model(cfg: &eddy_kafka::KafkaConfig, topics: &eddy_kafka::Topics,
         tracing::info!("waiting for the brokers to acknowledge the model");
     }
     match producer.error() {
-        Some(e) => Err(super::produced(&topics.models(), e)),
+        Some(e) => Err(super::produced(e)),
         None => Ok(()),
     }
 }

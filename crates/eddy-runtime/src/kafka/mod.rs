@@ -293,8 +293,8 @@ fn assigning(what: &str, source: rdkafka::error::KafkaError) -> Error {
 }
 
 /// The producer failed to deliver to `topic` (librdkafka's message).
-fn produced(topic: &str, message: &str) -> Error {
-    Error::Kafka(eddy_kafka::Error::Other(format!("kafka: producing to {topic}: {message}")))
+fn produced(e: &eddy_kafka::produce::ProduceError) -> Error {
+    Error::Kafka(e.clone().into())
 }
 
 fn kafka_err(e: eddy_kafka::Error) -> Error {
@@ -418,7 +418,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     let worker_shared = Arc::clone(&shared);
     let guards = timely::execute(config, move |worker| {
         if let Err(e) = run_worker(worker, &worker_shared) {
-            worker_shared.metrics.fail(e.to_string());
+            worker_shared.metrics.fail(e);
         }
         worker_shared.finished.fetch_add(1, Ordering::SeqCst);
     })
@@ -430,7 +430,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     for r in guards.join() {
         r.map_err(Error::Timely)?;
     }
-    if let Some(e) = metrics.error.lock().clone() {
+    if let Some(e) = metrics.failure() {
         return Err(Error::Worker(e));
     }
     Ok(RunSummary {
@@ -574,13 +574,12 @@ impl<'s> Ctx<'s> {
 
     fn sink<D: Clone + 'static>(&self, flow: Flow<'s, D>, topic: String, encoder: Encoder<D>) {
         let sink = self.topic_sink(topic, encoder);
-        flow.step(&format!("sink.{}", sink.topic())).sink(sink).probe_with(&self.probe);
+        flow.step(&format!("sink.{}", sink.topic())).sink(sink).register(&self.probe, &self.shared.metrics);
     }
 
     /// A sink writing to `topic` with the job's producer.
     fn topic_sink<D>(&self, topic: String, encoder: Encoder<D>) -> KafkaSink<D> {
-        let metrics = Arc::clone(&self.shared.metrics);
-        KafkaSink::new(Rc::clone(&self.producer), topic, encoder, self.shared.resume_from, metrics)
+        KafkaSink::new(Rc::clone(&self.producer), topic, encoder, self.shared.resume_from)
     }
 
     /// The reference arrangements: what the reference topics held at start,
@@ -687,14 +686,13 @@ pub struct TopicTarget {
     producer: Rc<RefCell<Producer>>,
     topic: String,
     resume_from: u64,
-    metrics: Arc<Metrics>,
 }
 
 impl TopicTarget {
     /// Writes `flow` to the topic.
     pub(crate) fn sink<'s, D: OutputRecord>(self, flow: Flow<'s, D>) -> Committed<'s> {
         let encoder = Encoder { value: Box::new(|d: &D, out: &mut Vec<u8>| d.encode(out)), key: Box::new(D::key) };
-        let sink = KafkaSink::new(self.producer, self.topic, encoder, self.resume_from, self.metrics);
+        let sink = KafkaSink::new(self.producer, self.topic, encoder, self.resume_from);
         flow.sink(sink)
     }
 }
@@ -736,12 +734,11 @@ impl<'s> Wiring<'s> for Ctx<'s> {
             producer: Rc::clone(&self.producer),
             topic: self.opts().topics.name(topic),
             resume_from: self.shared.resume_from,
-            metrics: Arc::clone(&self.shared.metrics),
         }))
     }
 
     fn commit(&mut self, committed: Committed<'s>) {
-        committed.probe_with(&self.probe);
+        committed.register(&self.probe, &self.shared.metrics);
     }
 }
 
@@ -758,16 +755,16 @@ fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
     });
     let id = format!("w{index}of{peers}");
     let writer = BackupWriter::new(&out.join("backup"), &id, backup_config(&opts.spec.backup));
-    let sink = ParquetSink::new(writer, Arc::clone(&ctx.shared.metrics), Default::default());
-    Flow::new(kept, "backup").sink(sink).probe_with(&ctx.probe);
+    let sink = ParquetSink::new(writer, Default::default());
+    Flow::new(kept, "backup").sink(sink).register(&ctx.probe, &ctx.shared.metrics);
     ctx.sink(dead, opts.topics.deadletter(), dead_encoder());
     if opts.spec.backup.raw_archive {
         let s = ctx.raw()?;
         let resume = ctx.shared.raw_resume.as_ref().map(|r| Arc::clone(&r.raw)).unwrap_or_default();
         let writer =
             RawArchiveWriter::new(&out.join("raw"), &format!("raw-w{index}"), backup_config(&opts.spec.backup));
-        let sink = ParquetSink::new(writer, Arc::clone(&ctx.shared.metrics), resume);
-        Flow::<RawLine>::new(s.raw, "backup").sink(sink).probe_with(&ctx.probe);
+        let sink = ParquetSink::new(writer, resume);
+        Flow::<RawLine>::new(s.raw, "backup").sink(sink).register(&ctx.probe, &ctx.shared.metrics);
     }
     Ok(())
 }
@@ -795,7 +792,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         Ok(i) => i,
         Err(e) => {
             // Keep stepping so the other workers can finish; report the error.
-            shared.metrics.fail(e.to_string());
+            shared.metrics.fail(e);
             Default::default()
         }
     };
@@ -858,6 +855,14 @@ impl Commits for KafkaCommits {
         let stop = &self.shared.stop;
         self.producer.borrow_mut().poll();
         let (mut frontier, mut done) = (frontier, done);
+        // A failed run commits nothing more: a failed sink no longer holds
+        // its output back (so that the dataflow can wind down), so the
+        // frontier no longer says what is durable. Its sources are asked to
+        // stop, so that the run ends with the error.
+        let failed = self.shared.metrics.failure().is_some();
+        if failed {
+            stop.requested.store(true, Ordering::Relaxed);
+        }
         // Stopping: once every source has stopped and every output below the
         // least stop time is durable, checkpoint there and leave.
         if stop.all_stopped() {
@@ -878,7 +883,7 @@ impl Commits for KafkaCommits {
         let values: Vec<u64> =
             if trusted { self.topic_marks.iter().map(|m| (m.value)(frontier)).collect() } else { Vec::new() };
         let moved = values.iter().zip(&self.topic_values).any(|(v, last)| v > last);
-        if (frontier > self.last_frontier || moved) && due && trusted {
+        if (frontier > self.last_frontier || moved) && due && trusted && !failed {
             self.last_frontier = self.last_frontier.max(frontier);
             if moved {
                 for (last, v) in self.topic_values.iter_mut().zip(&values) {
@@ -942,7 +947,7 @@ impl Marks {
         self.producer.send(&self.checkpoints, None, Some(self.group.as_bytes()), Some(&value), Default::default());
         self.producer.poll();
         match self.producer.error() {
-            Some(e) => Err(produced(&self.checkpoints, e)),
+            Some(e) => Err(produced(e)),
             None => Ok(()),
         }
     }
@@ -956,7 +961,7 @@ impl Marks {
         }
         self.producer.poll();
         match self.producer.error() {
-            Some(e) => Err(produced("the markers", e)),
+            Some(e) => Err(produced(e)),
             None => Ok(()),
         }
     }
