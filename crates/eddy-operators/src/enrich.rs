@@ -108,16 +108,142 @@ const OUT_BATCH: usize = 1024;
 /// in the same activation as the trace does, before any lookup. Compaction
 /// does not change the view as of any time a reading can ask for. The cache
 /// holds at most `MAX` devices per worker; past that it starts over.
-#[derive(Default)]
 struct ViewCache {
     map: HashMap<DeviceId, (u64, DeviceView)>,
+    max: usize,
 }
 
 impl ViewCache {
     const MAX: usize = 1 << 16;
 }
 
-/// The enrich operator: see the module docs.
+/// The enrich job's decisions, without timely: when a reading is ready for
+/// its lookup, the cache of device views, the lookups themselves, the output
+/// containers, and how far the reference trace may be compacted.
+///
+/// The trace is read through a `histories` function the operator passes in
+/// (for sorted, distinct devices, each one's history: [`histories`] on the
+/// trace), so the lookups can be tested on plain histories.
+pub struct Enricher {
+    retention_ms: i64,
+    views: ViewCache,
+}
+
+impl Enricher {
+    /// An enricher that keeps `retention_ms` of reference history behind
+    /// its readings (see [`lookup_time`]).
+    pub fn new(retention_ms: i64) -> Enricher {
+        Enricher::with_cache(retention_ms, ViewCache::MAX)
+    }
+
+    fn with_cache(retention_ms: i64, max: usize) -> Enricher {
+        Enricher { retention_ms, views: ViewCache { map: HashMap::default(), max } }
+    }
+
+    /// True when reading `r`, at dataflow time `t`, can be looked up: the
+    /// reference frontier (its least time `reference_low`, `None` once the
+    /// reference input has ended) has passed its lookup time.
+    pub fn ready(&self, r: &Reading, t: u64, reference_low: Option<u64>) -> bool {
+        reference_low.is_none_or(|low| low > lookup_time(r.ts, t, self.retention_ms))
+    }
+
+    /// A reference batch updates `device`: its view is read again.
+    pub fn updated(&mut self, device: &DeviceId) {
+        self.views.map.remove(device);
+    }
+
+    /// Before the ready readings are enriched: reads the views of their
+    /// `devices` that are not cached, through `histories`. Past the cache's
+    /// bound it starts over, with the views of these devices alone.
+    pub fn prepare(
+        &mut self,
+        devices: impl Iterator<Item = DeviceId> + Clone,
+        histories: impl FnOnce(&[DeviceId]) -> Vec<History<DeviceRef>>,
+    ) {
+        let map = &mut self.views.map;
+        let mut keys: Vec<DeviceId> = devices.clone().filter(|d| !map.contains_key(d)).collect();
+        keys.sort();
+        keys.dedup();
+        if map.len() + keys.len() > self.views.max {
+            map.clear();
+            keys = devices.collect();
+            keys.sort();
+            keys.dedup();
+        }
+        for (k, h) in keys.iter().zip(histories(&keys)) {
+            map.insert(*k, (max_time(&h), DeviceView::of(&h, u64::MAX)));
+        }
+    }
+
+    /// Enriches `batch`, at dataflow time `t`, in order; each reading's
+    /// device must have been [`Enricher::prepare`]d. A reading older than
+    /// its device's last update is looked up in its device's history
+    /// (through `histories`). The readings go to `give` in containers of at
+    /// most [`OUT_BATCH`], each only on-time or only late.
+    pub fn enrich(
+        &self,
+        t: u64,
+        batch: Vec<Reading>,
+        mut histories: impl FnMut(&[DeviceId]) -> Vec<History<DeviceRef>>,
+        mut give: impl FnMut(&mut Vec<Enriched>),
+    ) {
+        let views = &self.views.map;
+        let mut left = batch.len();
+        let mut run: Vec<Enriched> = Vec::new();
+        let mut push = |e: Enriched| {
+            if run.len() == OUT_BATCH || run.last().is_some_and(|l| l.late != e.late) {
+                give(&mut std::mem::take(&mut run));
+            }
+            if run.capacity() == 0 {
+                run.reserve_exact(left.min(OUT_BATCH));
+            }
+            run.push(e);
+            left -= 1;
+        };
+        let mut batch = batch.into_iter();
+        for n in 0.. {
+            if n % TOUCH_AHEAD == 0 {
+                // Bring the next readings' views into the cache together
+                // (see `TOUCH_AHEAD`).
+                for r in batch.as_slice().iter().take(TOUCH_AHEAD) {
+                    if let Some((_, view)) = views.get(&r.device) {
+                        std::hint::black_box(view.touch());
+                    }
+                }
+            }
+            let Some(r) = batch.next() else { break };
+            let time = lookup_time(r.ts, t, self.retention_ms);
+            let (latest, view) = &views[&r.device];
+            if time >= *latest {
+                push(enrich_reading(r, view));
+            } else {
+                // Older than the device's last update: its history, as of `time`.
+                let hist = histories(&[r.device]);
+                let view = hist.first().map(|h| DeviceView::of(h, time)).unwrap_or_default();
+                push(enrich_reading(r, &view));
+            }
+        }
+        if !run.is_empty() {
+            give(&mut run);
+        }
+    }
+
+    /// How far the reference trace may be compacted: the history no waiting
+    /// or future reading can ask for, given the least time of one (`low`)
+    /// and the reference frontier's least time; `None` when no reading can
+    /// come any more.
+    pub fn compaction(&self, low: Option<u64>, reference_low: Option<u64>) -> Option<u64> {
+        let low = low?;
+        let mut target = (low as i64).saturating_sub(self.retention_ms).max(0) as u64;
+        if let Some(r) = reference_low {
+            target = target.min(r);
+        }
+        Some(target)
+    }
+}
+
+/// The enrich operator: see the module docs. A timely shell over
+/// [`Enricher`]; readings wait in a [`Waiting`] stash.
 pub fn enrich<'s>(
     readings: StreamVec<'s, u64, Reading>,
     reference: Arranged<'s, DeviceTrace>,
@@ -132,9 +258,7 @@ pub fn enrich<'s>(
         name,
         move |_cap, _info| {
             let mut stash: Waiting<Reading> = Waiting::default();
-            // The view of each device as of the end of its history, kept
-            // between activations: see `ViewCache`.
-            let mut views = ViewCache::default();
+            let mut enricher = Enricher::new(retention_ms);
             move |(input, frontier), (refs, ref_frontier), output| {
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
@@ -146,7 +270,7 @@ pub fn enrich<'s>(
                     for batch in batches.iter().filter_map(|span| span.inner.as_ref()) {
                         let mut cursor = batch.cursor();
                         while let Some(key) = cursor.get_key(batch) {
-                            views.map.remove(key);
+                            enricher.updated(key);
                             cursor.step_key(batch);
                         }
                     }
@@ -154,85 +278,169 @@ pub fn enrich<'s>(
 
                 // The ready readings, in arrival order per device.
                 let rf = ref_frontier.frontier();
-                let ready = stash.take_ready_by(
-                    rf,
-                    |r| u64::from(r.device.index()),
-                    |r, t| !rf.less_equal(&lookup_time(r.ts, t, retention_ms)),
-                );
+                let ref_low = rf.iter().copied().min();
+                let ready =
+                    stash.take_ready_by(rf, |r| u64::from(r.device.index()), |r, t| enricher.ready(r, t, ref_low));
 
                 if !ready.is_empty() {
-                    let mut keys: Vec<DeviceId> = ready
-                        .iter()
-                        .flat_map(|(_, b)| b.iter().map(|r| r.device))
-                        .filter(|d| !views.map.contains_key(d))
-                        .collect();
-                    keys.sort();
-                    keys.dedup();
-                    if views.map.len() + keys.len() > ViewCache::MAX {
-                        views.map.clear();
-                        keys = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device)).collect();
-                        keys.sort();
-                        keys.dedup();
-                    }
-                    for (k, h) in keys.iter().zip(histories(&mut trace, &keys)) {
-                        views.map.insert(*k, (max_time(&h), DeviceView::of(&h, u64::MAX)));
-                    }
+                    let devices = ready.iter().flat_map(|(_, b)| b.iter().map(|r| r.device));
+                    enricher.prepare(devices, |keys| histories(&mut trace, keys));
                     for (cap, batch) in ready {
-                        let t = *cap.time();
                         let mut session = output.session(&cap);
-                        // Each container holds only on-time or only late
-                        // readings (see `OUT_BATCH`).
-                        let mut left = batch.len();
-                        let mut run: Vec<Enriched> = Vec::new();
-                        let mut give = |e: Enriched| {
-                            if run.len() == OUT_BATCH || run.last().is_some_and(|l| l.late != e.late) {
-                                session.give_container(&mut std::mem::take(&mut run));
-                            }
-                            if run.capacity() == 0 {
-                                run.reserve_exact(left.min(OUT_BATCH));
-                            }
-                            run.push(e);
-                            left -= 1;
-                        };
-                        let mut batch = batch.into_iter();
-                        for n in 0.. {
-                            if n % TOUCH_AHEAD == 0 {
-                                // Bring the next readings' views into the
-                                // cache together (see `TOUCH_AHEAD`).
-                                for r in batch.as_slice().iter().take(TOUCH_AHEAD) {
-                                    if let Some((_, view)) = views.map.get(&r.device) {
-                                        std::hint::black_box(view.touch());
-                                    }
-                                }
-                            }
-                            let Some(r) = batch.next() else { break };
-                            let time = lookup_time(r.ts, t, retention_ms);
-                            let (latest, view) = &views.map[&r.device];
-                            if time >= *latest {
-                                give(enrich_reading(r, view));
-                            } else {
-                                // Older than the device's last update: its history, as of `time`.
-                                let hist = histories(&mut trace, &[r.device]);
-                                let view = hist.first().map(|h| DeviceView::of(h, time)).unwrap_or_default();
-                                give(enrich_reading(r, &view));
-                            }
-                        }
-                        if !run.is_empty() {
-                            session.give_container(&mut run);
-                        }
+                        enricher.enrich(
+                            *cap.time(),
+                            batch,
+                            |keys| histories(&mut trace, keys),
+                            |c| session.give_container(c),
+                        );
                     }
                 }
 
                 // Let the trace forget history no pending or future reading can ask for.
-                let low = stash.low(frontier.frontier());
-                if let Some(low) = low {
-                    let mut target = (low as i64).saturating_sub(retention_ms).max(0) as u64;
-                    if let Some(r) = rf.iter().copied().min() {
-                        target = target.min(r);
-                    }
+                if let Some(target) = enricher.compaction(stash.low(frontier.frontier()), ref_low) {
                     compact_to(&mut trace, target);
                 }
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eddy_core::ids::Channel;
+    use eddy_core::reading::Position;
+    use eddy_core::reference::Num;
+    use smallvec::smallvec;
+    use std::cell::RefCell;
+
+    fn reading(device: DeviceId, ts: i64, v: f64, late: bool) -> Reading {
+        Reading {
+            device,
+            ts,
+            pos: Position::line(ts as u64),
+            values: smallvec![(Channel::PM25, Some(v))],
+            late,
+            junk: Default::default(),
+        }
+    }
+
+    fn gain(g: f64) -> DeviceRef {
+        DeviceRef::Calibration(Calibration { channel: Channel::PM25, valid_from: 0, gain: Num(g), offset: Num(0.0) })
+    }
+
+    /// Histories by device, and every lookup made in them.
+    struct Trace {
+        histories: HashMap<DeviceId, History<DeviceRef>>,
+        calls: RefCell<Vec<Vec<DeviceId>>>,
+    }
+
+    impl Trace {
+        fn new(histories: impl IntoIterator<Item = (DeviceId, History<DeviceRef>)>) -> Trace {
+            Trace { histories: histories.into_iter().collect(), calls: RefCell::default() }
+        }
+
+        fn lookup(&self, keys: &[DeviceId]) -> Vec<History<DeviceRef>> {
+            self.calls.borrow_mut().push(keys.to_vec());
+            keys.iter().map(|k| self.histories.get(k).cloned().unwrap_or_default()).collect()
+        }
+
+        fn calls(&self) -> Vec<Vec<DeviceId>> {
+            std::mem::take(&mut *self.calls.borrow_mut())
+        }
+    }
+
+    fn enrich_all(e: &Enricher, trace: &Trace, t: u64, batch: Vec<Reading>) -> Vec<Vec<Enriched>> {
+        let mut out = Vec::new();
+        e.enrich(t, batch, |k| trace.lookup(k), |c| out.push(std::mem::take(c)));
+        out
+    }
+
+    #[test]
+    fn a_reading_is_ready_once_the_reference_frontier_passes_its_lookup_time() {
+        let e = Enricher::new(1_000);
+        let r = reading(DeviceId::intern("enrich-ready"), 100_000, 1.0, false);
+        assert!(!e.ready(&r, 0, Some(100_000)));
+        assert!(e.ready(&r, 0, Some(100_001)));
+        assert!(e.ready(&r, 0, None), "the reference input has ended");
+        // Far behind its dataflow time: looked up no earlier than the
+        // retained history.
+        assert!(!e.ready(&r, 200_000, Some(199_000)));
+        assert!(e.ready(&r, 200_000, Some(199_001)));
+    }
+
+    #[test]
+    fn a_view_is_read_once_and_again_after_an_update_of_its_device() {
+        let (a, b) = (DeviceId::intern("enrich-cache-a"), DeviceId::intern("enrich-cache-b"));
+        let trace = Trace::new([(a, vec![(gain(2.0), 0, 1)])]);
+        let mut e = Enricher::new(1_000);
+        e.prepare([b, a, b].into_iter(), |k| trace.lookup(k));
+        let mut sorted = vec![a, b];
+        sorted.sort();
+        assert_eq!(trace.calls(), [sorted], "each device once, sorted");
+        e.prepare([a, b].into_iter(), |k| trace.lookup(k));
+        assert_eq!(trace.calls(), [Vec::<DeviceId>::new()], "cached");
+        e.updated(&a);
+        e.prepare([a, b].into_iter(), |k| trace.lookup(k));
+        assert_eq!(trace.calls(), [vec![a]]);
+        let out = enrich_all(&e, &trace, 0, vec![reading(a, 10, 5.0, false), reading(b, 10, 5.0, false)]);
+        let values: Vec<Option<f64>> = out.concat().iter().map(|r| r.values[0].1).collect();
+        assert_eq!(values, [Some(10.0), Some(5.0)]);
+        assert!(trace.calls().is_empty(), "no reading is older than its device's last update");
+    }
+
+    #[test]
+    fn the_cache_starts_over_past_its_bound() {
+        let ids: Vec<DeviceId> = (0..3).map(|i| DeviceId::intern(&format!("enrich-bound-{i}"))).collect();
+        let trace = Trace::new([]);
+        let mut e = Enricher::with_cache(1_000, 2);
+        e.prepare(ids[..2].iter().copied(), |k| trace.lookup(k));
+        e.prepare(ids[2..].iter().copied(), |k| trace.lookup(k));
+        e.prepare(ids[..1].iter().copied(), |k| trace.lookup(k));
+        assert_eq!(trace.calls()[1..], [vec![ids[2]], vec![ids[0]]]);
+        // A round of more devices than the bound is still looked up whole.
+        e.prepare(ids.iter().copied(), |k| trace.lookup(k));
+        assert_eq!(trace.calls(), [ids]);
+    }
+
+    /// A reading older than its device's last reference update sees the
+    /// history as of its `ts`, the others the view as of the end.
+    #[test]
+    fn a_reading_older_than_its_devices_last_update_sees_the_history_then() {
+        let d = DeviceId::intern("enrich-history");
+        let trace = Trace::new([(d, vec![(gain(2.0), 0, 1), (gain(2.0), 5_000, -1), (gain(3.0), 5_000, 1)])]);
+        let mut e = Enricher::new(60_000);
+        e.prepare([d].into_iter(), |k| trace.lookup(k));
+        trace.calls();
+        let batch = vec![reading(d, 6_000, 1.0, false), reading(d, 1_000, 1.0, false), reading(d, 5_000, 1.0, false)];
+        let out = enrich_all(&e, &trace, 0, batch);
+        let values: Vec<Option<f64>> = out.concat().iter().map(|r| r.values[0].1).collect();
+        assert_eq!(values, [Some(3.0), Some(2.0), Some(3.0)]);
+        assert_eq!(trace.calls(), [vec![d]]);
+    }
+
+    #[test]
+    fn containers_hold_only_on_time_or_only_late_readings_and_at_most_a_batch() {
+        let d = DeviceId::intern("enrich-containers");
+        let trace = Trace::new([]);
+        let mut e = Enricher::new(1_000);
+        e.prepare([d].into_iter(), |k| trace.lookup(k));
+        let late = [false, false, false, true, false, false];
+        let batch = late.iter().enumerate().map(|(i, l)| reading(d, i as i64, 1.0, *l)).collect();
+        let sizes: Vec<(usize, bool)> = enrich_all(&e, &trace, 0, batch).iter().map(|c| (c.len(), c[0].late)).collect();
+        assert_eq!(sizes, [(3, false), (1, true), (2, false)]);
+        let batch = (0..OUT_BATCH as i64 + 6).map(|i| reading(d, i, 1.0, false)).collect();
+        let sizes: Vec<usize> = enrich_all(&e, &trace, 0, batch).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [OUT_BATCH, 6]);
+        assert!(enrich_all(&e, &trace, 0, Vec::new()).is_empty(), "no container for no readings");
+    }
+
+    #[test]
+    fn the_trace_compacts_behind_the_readings_by_the_retention() {
+        let e = Enricher::new(1_000);
+        assert_eq!(e.compaction(None, Some(5)), None, "no reading can come");
+        assert_eq!(e.compaction(Some(10_000), None), Some(9_000));
+        assert_eq!(e.compaction(Some(10_000), Some(5_000)), Some(5_000));
+        assert_eq!(e.compaction(Some(500), Some(5_000)), Some(0));
+    }
 }

@@ -202,13 +202,44 @@ impl Backpressure {
     }
 }
 
-/// Moves the `lines` stamped with `t`, a time the source is leaving, to the
-/// lines in flight.
-fn in_flight(flight: &mut VecDeque<(u64, u64)>, total: &mut u64, lines: &mut u64, t: u64) {
-    if *lines > 0 {
-        flight.push_back((t, *lines));
-        *total += *lines;
-        *lines = 0;
+/// The lines a source has stamped and not yet seen reach every sink, for
+/// [`Backpressure`]: the lines stamped with each earlier time, oldest
+/// first, while some sink has not passed it; their sum; and the lines at
+/// the current time (which never count).
+#[derive(Debug, Default)]
+pub struct Flight {
+    times: VecDeque<(u64, u64)>,
+    total: u64,
+    now: u64,
+}
+
+impl Flight {
+    /// One more line at the current time.
+    pub fn line(&mut self) {
+        self.now += 1;
+    }
+
+    /// Moves the lines stamped with `t`, a time the source is leaving, to
+    /// the lines in flight.
+    pub fn leave(&mut self, t: u64) {
+        if self.now > 0 {
+            self.times.push_back((t, self.now));
+            self.total += self.now;
+            self.now = 0;
+        }
+    }
+
+    /// The lines in flight, once those of the oldest times that no longer
+    /// are (`in_flight(t)` false) are let go.
+    pub fn settle(&mut self, in_flight: impl Fn(u64) -> bool) -> u64 {
+        while let Some(&(t, n)) = self.times.front() {
+            if in_flight(t) {
+                break;
+            }
+            self.times.pop_front();
+            self.total -= n;
+        }
+        self.total
     }
 }
 
@@ -281,8 +312,187 @@ pub fn time_of(wm: Option<i64>, epoch_ms: i64) -> u64 {
     }
 }
 
-/// Builds the ingest source. `input` is `Some` on the worker that reads the
-/// input and `None` on the others.
+/// What [`IngestState::next`] read.
+// Returned once a line and matched at once, never stored: boxing the line
+// would cost an allocation a line.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Line {
+    /// A line, stamped with dataflow time `t`.
+    Read {
+        /// The line's time: the watermark before it, as an epoch.
+        t: u64,
+        /// True when `t` is later than the time of the lines before: an
+        /// epoch begins at `pos`, and what was stamped before goes out first.
+        new_epoch: bool,
+        /// Where the line was read.
+        pos: Position,
+        /// The line as received, when raw lines are kept.
+        raw: Option<RawLine>,
+        /// The line, classified.
+        record: Classified,
+    },
+    /// Paced: the next line is not due yet. It is kept, and read again
+    /// after this long.
+    Wait(Duration),
+    /// The input is exhausted.
+    End,
+    /// The input failed; nothing more is read from it.
+    Failed(std::io::Error),
+}
+
+/// The ingest job's file source, without timely: reads lines from a
+/// [`LineSource`], paces them, stamps each with the watermark before it (as
+/// an epoch), classifies it with the [`Validator`], and counts the lines in
+/// flight for [`Backpressure`].
+///
+/// [`ingest_source`] is a timely shell over it: it sends what
+/// [`IngestState::next`] reads at the time it says, moves its capabilities
+/// to each new epoch (and to [`IngestState::advance`]'s time after a
+/// batch), and records where each epoch began.
+pub struct IngestState {
+    src: Box<dyn LineSource>,
+    late: LateTracker,
+    validator: Validator,
+    epoch_ms: i64,
+    speed: Option<f64>,
+    pace_tick: Duration,
+    raw: bool,
+    line: Vec<u8>,
+    /// A line read before it was due (paced): the next one returned.
+    held: Option<(Position, Vec<u8>)>,
+    /// Pacing: when the first line was read, and its `ts`.
+    pace: Option<(Instant, i64)>,
+    next_pos: Position,
+    /// The time lines are stamped with now.
+    time: u64,
+    last_bytes: u64,
+    /// The bound on lines in flight and those lines (unpaced runs only).
+    backpressure: Option<(Backpressure, Flight)>,
+}
+
+impl IngestState {
+    /// A source over `src`, at time 0, that has read nothing.
+    pub fn new(src: Box<dyn LineSource>, cfg: &IngestConfig) -> IngestState {
+        IngestState {
+            src,
+            late: LateTracker::new(cfg.lateness_ms),
+            validator: Validator::new(cfg.ranges.clone()),
+            epoch_ms: cfg.epoch_ms,
+            speed: cfg.speed,
+            pace_tick: cfg.pace_tick,
+            raw: cfg.raw,
+            line: Vec::with_capacity(1024),
+            held: None,
+            pace: None,
+            next_pos: Position::line(1),
+            time: 0,
+            last_bytes: 0,
+            backpressure: cfg.backpressure.clone().filter(|_| cfg.speed.is_none()).map(|bp| (bp, Flight::default())),
+        }
+    }
+
+    /// True while as many lines as the [`Backpressure`] bound allows are
+    /// in flight: nothing is to be read now.
+    pub fn backpressured(&mut self) -> bool {
+        match &mut self.backpressure {
+            Some((bp, flight)) => flight.settle(|t| bp.in_flight(t)) >= bp.max_lines,
+            None => false,
+        }
+    }
+
+    /// Reads the next line (the one held back by pacing, if any). `now`
+    /// tells the time for pacing; `arrival_ms` is the wall-clock time the
+    /// raw line is stamped with.
+    pub fn next(&mut self, now: impl Fn() -> Instant, arrival_ms: i64) -> Line {
+        let (pos, is_held) = match self.held.take() {
+            Some((pos, bytes)) => {
+                self.line = bytes;
+                (pos, true)
+            }
+            None => {
+                self.line.clear();
+                match self.src.next_line(&mut self.line) {
+                    Ok(Some(pos)) => (pos, false),
+                    Ok(None) => return Line::End,
+                    Err(e) => return Line::Failed(e),
+                }
+            }
+        };
+        let parsed = parse_line(&self.line);
+        if let (Ok(p), Some(speed), false) = (&parsed, self.speed, is_held) {
+            let (origin, first_ts) = *self.pace.get_or_insert((now(), p.ts));
+            let due = origin + Duration::from_secs_f64(((p.ts - first_ts).max(0) as f64 / 1000.0) / speed);
+            let now = now();
+            if due > now {
+                self.held = Some((pos, std::mem::take(&mut self.line)));
+                return Line::Wait((due - now).max(self.pace_tick));
+            }
+        }
+        self.next_pos = Position { partition: pos.partition, offset: pos.offset + 1 };
+        // The record's time is the watermark before this line.
+        let t = time_of(self.late.watermark(), self.epoch_ms);
+        let new_epoch = self.enter(t);
+        if let Some((_, flight)) = &mut self.backpressure {
+            flight.line();
+        }
+        let raw = self.raw.then(|| RawLine { pos, arrival_ms, bytes: self.line.clone() });
+        let record = self.validator.classify(parsed, &self.line, pos, &mut self.late, i64::MIN);
+        Line::Read { t, new_epoch, pos, raw, record }
+    }
+
+    /// Moves to time `t` if it is later than the current one; true if so.
+    fn enter(&mut self, t: u64) -> bool {
+        if t <= self.time {
+            return false;
+        }
+        if let Some((_, flight)) = &mut self.backpressure {
+            flight.leave(self.time);
+        }
+        self.time = t;
+        true
+    }
+
+    /// After a batch: the time the watermark has reached, if it is later
+    /// than the lines' so far, so that the frontier advances even if no
+    /// more lines arrive for a while. The epoch begins at [`Self::next_pos`].
+    pub fn advance(&mut self) -> Option<u64> {
+        let t = time_of(self.late.watermark(), self.epoch_ms);
+        self.enter(t).then_some(t)
+    }
+
+    /// The time lines are stamped with now.
+    pub fn time(&self) -> u64 {
+        self.time
+    }
+
+    /// The position after the last line read.
+    pub fn next_pos(&self) -> Position {
+        self.next_pos
+    }
+
+    /// The input, for error messages.
+    pub fn describe(&self) -> String {
+        self.src.describe()
+    }
+
+    /// The largest `ts` read so far.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.late.max_ts()
+    }
+
+    /// Adds what was classified and the bytes read since the last report to
+    /// `metrics`.
+    pub fn report(&mut self, metrics: &Metrics) {
+        self.validator.report(metrics);
+        let bytes = self.src.bytes_read();
+        Metrics::add(&metrics.bytes, bytes - self.last_bytes);
+        self.last_bytes = bytes;
+    }
+}
+
+/// Builds the ingest source, a timely shell over [`IngestState`]. `input`
+/// is `Some` on the worker that reads the input and `None` on the others.
 pub fn ingest_source<'s>(
     scope: Scope<'s, u64>,
     name: &str,
@@ -307,30 +517,18 @@ pub fn ingest_source<'s>(
         let mut cap_raw = caps.pop();
         let mut cap_d = caps.pop();
         let mut cap_r = caps.pop();
-        let mut input = input;
-        let mut late = LateTracker::new(cfg.lateness_ms);
-        let mut validator = Validator::new(cfg.ranges.clone());
-        let mut line = Vec::with_capacity(1024);
-        let mut held: Option<(Position, Vec<u8>)> = None;
-        let mut pace: Option<(Instant, i64)> = None;
-        let mut next_pos = Position::line(1);
+        let mut source = input.map(|src| IngestState::new(src, &cfg));
         let mut buf_r: Vec<Reading> = Vec::new();
         let mut buf_d: Vec<DeadLetter> = Vec::new();
         let mut buf_raw: Vec<RawLine> = Vec::new();
-        let mut last_bytes = 0u64;
         // Bench latency marks: the epoch being counted and its readings so far.
         let (mut lat_t, mut lat_n) = (u64::MAX, 0u64);
-        // Backpressure: lines stamped with each earlier time, oldest first,
-        // while some sink has not passed it; their sum; lines at the current time.
-        let backpressure = cfg.backpressure.clone().filter(|_| cfg.speed.is_none());
-        let mut flight: VecDeque<(u64, u64)> = VecDeque::new();
-        let (mut flight_lines, mut lines_now) = (0u64, 0u64);
 
         move |_frontiers| {
             let (Some(cr), Some(cd), Some(craw)) = (cap_r.as_mut(), cap_d.as_mut(), cap_raw.as_mut()) else {
                 return;
             };
-            let Some(src) = input.as_mut() else {
+            let Some(src) = source.as_mut() else {
                 cap_r = None;
                 cap_d = None;
                 cap_raw = None;
@@ -338,19 +536,10 @@ pub fn ingest_source<'s>(
                 progress.notify();
                 return;
             };
-            if let Some(bp) = &backpressure {
-                while let Some(&(t, n)) = flight.front() {
-                    if bp.in_flight(t) {
-                        break;
-                    }
-                    flight.pop_front();
-                    flight_lines -= n;
-                }
-                if flight_lines >= bp.max_lines {
-                    // The sinks' frontiers move as other operators run; look again shortly.
-                    activator.activate_after(BACKPRESSURE_POLL);
-                    return;
-                }
+            if src.backpressured() {
+                // The sinks' frontiers move as other operators run; look again shortly.
+                activator.activate_after(BACKPRESSURE_POLL);
+                return;
             }
             let mut handle_r = out_r.activate();
             let mut handle_d = out_d.activate();
@@ -361,83 +550,59 @@ pub fn ingest_source<'s>(
             let mut wait: Option<Duration> = None;
 
             for _ in 0..cfg.batch_lines {
-                let (pos, is_held) = match held.take() {
-                    Some((pos, bytes)) => {
-                        line = bytes;
-                        (pos, true)
-                    }
-                    None => {
-                        line.clear();
-                        match src.next_line(&mut line) {
-                            Ok(Some(pos)) => (pos, false),
-                            Ok(None) => {
-                                finished = true;
-                                break;
+                match src.next(Instant::now, arrival_ms) {
+                    Line::Read { t, new_epoch, pos, raw, record } => {
+                        if new_epoch {
+                            flush(&mut handle_r, cr, &mut buf_r);
+                            flush(&mut handle_d, cd, &mut buf_d);
+                            flush(&mut handle_raw, craw, &mut buf_raw);
+                            cr.downgrade(&t);
+                            cd.downgrade(&t);
+                            craw.downgrade(&t);
+                            progress.epochs.borrow_mut().push_back((t, pos));
+                        }
+                        if lat.on() && t != lat_t {
+                            if lat_t != u64::MAX {
+                                lat.ingested(lat_t, lat_n);
                             }
-                            Err(e) => {
-                                metrics.fail(ReadError { input: src.describe(), after: next_pos.offset, source: e });
-                                finished = true;
-                                break;
+                            lat.ingested(t, 0);
+                            (lat_t, lat_n) = (t, 0);
+                        }
+                        if let Some(raw) = raw {
+                            buf_raw.push(raw);
+                        }
+                        match record {
+                            Classified::Reading(r) => {
+                                lat_n += 1;
+                                buf_r.push(r);
                             }
+                            Classified::Dead(d) => buf_d.push(d),
                         }
                     }
-                };
-                let parsed = parse_line(&line);
-                if let (Ok(p), Some(speed), false) = (&parsed, cfg.speed, is_held) {
-                    let (origin, first_ts) = *pace.get_or_insert((Instant::now(), p.ts));
-                    let due = origin + Duration::from_secs_f64(((p.ts - first_ts).max(0) as f64 / 1000.0) / speed);
-                    let now = Instant::now();
-                    if due > now {
-                        held = Some((pos, std::mem::take(&mut line)));
-                        wait = Some((due - now).max(cfg.pace_tick));
+                    Line::Wait(d) => {
+                        wait = Some(d);
                         break;
                     }
-                }
-                next_pos = Position { partition: pos.partition, offset: pos.offset + 1 };
-                // The record's time is the watermark before this line.
-                let t = time_of(late.watermark(), cfg.epoch_ms);
-                if t > *cr.time() {
-                    flush(&mut handle_r, cr, &mut buf_r);
-                    flush(&mut handle_d, cd, &mut buf_d);
-                    flush(&mut handle_raw, craw, &mut buf_raw);
-                    in_flight(&mut flight, &mut flight_lines, &mut lines_now, *cr.time());
-                    cr.downgrade(&t);
-                    cd.downgrade(&t);
-                    craw.downgrade(&t);
-                    progress.epochs.borrow_mut().push_back((t, pos));
-                }
-                lines_now += 1;
-                if lat.on() && t != lat_t {
-                    if lat_t != u64::MAX {
-                        lat.ingested(lat_t, lat_n);
+                    Line::End => {
+                        finished = true;
+                        break;
                     }
-                    lat.ingested(t, 0);
-                    (lat_t, lat_n) = (t, 0);
-                }
-                if cfg.raw {
-                    buf_raw.push(RawLine { pos, arrival_ms, bytes: line.clone() });
-                }
-                match validator.classify(parsed, &line, pos, &mut late, i64::MIN) {
-                    Classified::Reading(r) => {
-                        lat_n += 1;
-                        buf_r.push(r);
+                    Line::Failed(e) => {
+                        metrics.fail(ReadError { input: src.describe(), after: src.next_pos().offset, source: e });
+                        finished = true;
+                        break;
                     }
-                    Classified::Dead(d) => buf_d.push(d),
                 }
             }
             flush(&mut handle_r, cr, &mut buf_r);
             flush(&mut handle_d, cd, &mut buf_d);
             flush(&mut handle_raw, craw, &mut buf_raw);
-            progress.max_ts.set(late.max_ts());
+            progress.max_ts.set(src.max_ts());
             if lat_n > 0 {
                 lat.ingested(lat_t, lat_n);
                 lat_n = 0;
             }
-
-            validator.report(&metrics);
-            let bytes = src.bytes_read();
-            Metrics::add(&metrics.bytes, bytes - last_bytes);
-            last_bytes = bytes;
+            src.report(&metrics);
 
             if finished {
                 drop(handle_r);
@@ -446,18 +611,14 @@ pub fn ingest_source<'s>(
                 cap_r = None;
                 cap_d = None;
                 cap_raw = None;
-                input = None;
+                source = None;
                 progress.done.set(true);
             } else {
-                // Let the frontier advance to the current watermark even if no
-                // more lines arrive for a while.
-                let t = time_of(late.watermark(), cfg.epoch_ms);
-                if t > *cr.time() {
-                    in_flight(&mut flight, &mut flight_lines, &mut lines_now, *cr.time());
+                if let Some(t) = src.advance() {
                     cr.downgrade(&t);
                     cd.downgrade(&t);
                     craw.downgrade(&t);
-                    progress.epochs.borrow_mut().push_back((t, next_pos));
+                    progress.epochs.borrow_mut().push_back((t, src.next_pos()));
                 }
                 match wait {
                     Some(d) => activator.activate_after(d),
@@ -528,6 +689,202 @@ mod tests {
         v.report(&m);
         assert_eq!(Metrics::get(&m.lines), 6, "counts are taken once");
     }
+
+    /// Lines from a list, then the end or, with `fail`, an error.
+    struct List {
+        lines: VecDeque<Vec<u8>>,
+        n: u64,
+        bytes: u64,
+        fail: bool,
+    }
+
+    impl List {
+        fn boxed(lines: &[String], fail: bool) -> Box<dyn LineSource> {
+            Box::new(List { lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(), n: 0, bytes: 0, fail })
+        }
+    }
+
+    impl LineSource for List {
+        fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<Position>> {
+            match self.lines.pop_front() {
+                Some(l) => {
+                    self.bytes += l.len() as u64 + 1;
+                    buf.extend_from_slice(&l);
+                    self.n += 1;
+                    Ok(Some(Position::line(self.n)))
+                }
+                None if self.fail => Err(std::io::Error::other("gone")),
+                None => Ok(None),
+            }
+        }
+        fn bytes_read(&self) -> u64 {
+            self.bytes
+        }
+        fn describe(&self) -> String {
+            "a list".into()
+        }
+    }
+
+    fn config() -> IngestConfig {
+        IngestConfig {
+            lateness_ms: 1_000,
+            epoch_ms: 1_000,
+            ranges: Ranges::default(),
+            speed: None,
+            batch_lines: 64,
+            pace_tick: Duration::from_millis(1),
+            raw: false,
+            backpressure: None,
+        }
+    }
+
+    fn at(ts: i64) -> String {
+        format!(r#"{{"device_id":"ingest-machine","ts":{ts},"pm25":1}}"#)
+    }
+
+    /// (time, new epoch, line number, what) of a read line.
+    fn read(s: &mut IngestState) -> (u64, bool, Position, &'static str) {
+        match s.next(Instant::now, 0) {
+            Line::Read { t, new_epoch, pos, record, .. } => {
+                let what = match record {
+                    Classified::Reading(r) if r.late => "late",
+                    Classified::Reading(_) => "ok",
+                    Classified::Dead(_) => "dead",
+                };
+                (t, new_epoch, pos, what)
+            }
+            other => panic!("a line, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_input_ends_at_once() {
+        let mut s = IngestState::new(List::boxed(&[], false), &config());
+        assert!(matches!(s.next(Instant::now, 0), Line::End));
+        assert_eq!(s.advance(), None);
+        assert_eq!((s.time(), s.max_ts(), s.next_pos()), (0, None, Position::line(1)));
+        let m = Metrics::default();
+        s.report(&m);
+        assert_eq!(Metrics::get(&m.lines), 0);
+    }
+
+    /// Each line is stamped with the watermark before it, as an epoch; a
+    /// new epoch begins at the first line stamped later; an out-of-order
+    /// line beyond the lateness is late, and it and a dead letter are
+    /// stamped like any other line.
+    #[test]
+    fn each_line_is_stamped_with_the_watermark_before_it() {
+        let lines = [at(5_000), at(5_500), at(6_200), at(3_000), "not json".to_string(), at(6_300)];
+        let mut s = IngestState::new(List::boxed(&lines, false), &config());
+        let got: Vec<_> = (0..lines.len()).map(|_| read(&mut s)).collect();
+        let line = Position::line;
+        assert_eq!(
+            got,
+            [
+                (0, false, line(1), "ok"),
+                (4_000, true, line(2), "ok"),
+                (4_000, false, line(3), "ok"),
+                (5_000, true, line(4), "late"),
+                (5_000, false, line(5), "dead"),
+                (5_000, false, line(6), "ok"),
+            ]
+        );
+        assert!(matches!(s.next(Instant::now, 0), Line::End));
+        // The watermark after the last line is in the current epoch.
+        assert_eq!(s.advance(), None);
+        assert_eq!((s.max_ts(), s.next_pos()), (Some(6_300), line(7)));
+        let m = Metrics::default();
+        s.report(&m);
+        assert_eq!([&m.lines, &m.valid, &m.late, &m.deadletter].map(Metrics::get), [6, 5, 1, 1]);
+        assert_eq!(Metrics::get(&m.bytes), lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>());
+    }
+
+    #[test]
+    fn the_time_advances_to_the_watermark_after_a_batch() {
+        let mut s = IngestState::new(List::boxed(&[at(5_000), at(9_000)], false), &config());
+        assert_eq!(read(&mut s).0, 0);
+        assert_eq!(s.advance(), Some(4_000), "the watermark after the line");
+        assert_eq!((s.time(), s.next_pos()), (4_000, Position::line(2)));
+        assert_eq!(s.advance(), None);
+        assert_eq!(read(&mut s), (4_000, false, Position::line(2), "ok"));
+        assert_eq!(s.advance(), Some(8_000));
+    }
+
+    #[test]
+    fn a_read_error_fails_the_input_after_the_lines_read() {
+        let mut s = IngestState::new(List::boxed(&[at(5_000)], true), &config());
+        read(&mut s);
+        let Line::Failed(e) = s.next(Instant::now, 0) else { panic!("failed") };
+        assert_eq!(e.to_string(), "gone");
+        assert_eq!((s.describe(), s.next_pos()), ("a list".to_string(), Position::line(2)));
+    }
+
+    /// Paced, a line that is not due yet is held, at least a tick, and
+    /// returned by the next call, without reading on.
+    #[test]
+    fn pacing_holds_a_line_until_it_is_due() {
+        let cfg = IngestConfig { speed: Some(2.0), raw: true, ..config() };
+        let mut s = IngestState::new(List::boxed(&[at(10_000), at(10_001), at(14_000)], false), &cfg);
+        let start = Instant::now();
+        let now = Cell::new(start);
+        assert!(matches!(s.next(|| now.get(), 7), Line::Read { .. }));
+        // Due half a millisecond after the first: the tick.
+        assert!(matches!(s.next(|| now.get(), 7), Line::Wait(d) if d == Duration::from_millis(1)));
+        assert!(matches!(s.next(|| now.get(), 7), Line::Read { pos, .. } if pos == Position::line(2)));
+        // 4 s of event time at twice the pace: due 2 s after the first.
+        assert!(matches!(s.next(|| now.get(), 7), Line::Wait(d) if d == Duration::from_secs(2)));
+        now.set(start + Duration::from_secs(2));
+        let Line::Read { pos, raw, .. } = s.next(|| now.get(), 7) else { panic!("due") };
+        assert_eq!(pos, Position::line(3));
+        assert_eq!(raw, Some(RawLine { pos, arrival_ms: 7, bytes: at(14_000).into_bytes() }));
+        assert!(matches!(s.next(|| now.get(), 7), Line::End));
+    }
+
+    #[test]
+    fn lines_at_the_current_time_are_never_in_flight() {
+        let mut f = Flight::default();
+        f.line();
+        f.line();
+        assert_eq!(f.settle(|_| true), 0);
+        f.leave(0);
+        f.line();
+        f.leave(5);
+        f.leave(6);
+        assert_eq!(f.settle(|_| true), 3);
+        assert_eq!(f.settle(|t| t > 0), 1, "every sink passed time 0");
+        assert_eq!(f.settle(|_| false), 0);
+    }
+
+    #[test]
+    fn backpressure_stops_reading_past_the_bound_unless_paced() {
+        // A sink that has taken nothing in: every earlier time is in flight.
+        let processed = Rc::new(RefCell::new(vec![Taken::default()]));
+        let bp = Backpressure { processed, max_lines: 2 };
+        let lines = [at(5_000), at(5_100), at(5_200), at(7_000)];
+        let mut s =
+            IngestState::new(List::boxed(&lines, false), &IngestConfig { backpressure: Some(bp.clone()), ..config() });
+        for _ in 0..lines.len() {
+            assert!(!s.backpressured());
+            read(&mut s);
+        }
+        // Time 0 holds a line, time 4,000 three, and the source is at 6,000.
+        assert_eq!(s.advance(), Some(6_000));
+        assert!(s.backpressured());
+        let cfg = IngestConfig { backpressure: Some(bp), speed: Some(1e9), ..config() };
+        let mut s = IngestState::new(List::boxed(&lines, false), &cfg);
+        // A clock that moves on a second each time it is read: every line is due.
+        let clock = Cell::new(Instant::now());
+        let tick = || {
+            clock.set(clock.get() + Duration::from_secs(1));
+            clock.get()
+        };
+        for _ in 0..lines.len() {
+            assert!(matches!(s.next(tick, 0), Line::Read { .. }));
+        }
+        s.advance();
+        assert!(!s.backpressured(), "a paced source is not bounded");
+    }
+
     use timely::dataflow::operators::Exchange;
 
     use crate::sink::{sink, BatchSink, Reporter, SinkError};

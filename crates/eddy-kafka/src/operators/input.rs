@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
+
+use crate::codec::{envelope, Envelope};
 
 /// What a source has read and not yet seen committed: per partition, runs
 /// of `(first offset, dataflow time)` in offset order. Once a job's outputs
@@ -62,6 +64,32 @@ impl Unsettled {
             }
         }
         out
+    }
+}
+
+/// A record as a source takes it: where it was read, its envelope and its
+/// payload.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its envelope headers, read.
+    pub envelope: Result<Envelope, String>,
+    /// Its payload (empty if none).
+    pub payload: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    /// The record of a message from the consumer.
+    pub(crate) fn of(m: &'a BorrowedMessage<'_>) -> Record<'a> {
+        Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            envelope: envelope(m.headers()),
+            payload: m.payload().unwrap_or_default(),
+        }
     }
 }
 
@@ -143,10 +171,10 @@ impl Stop {
 impl Input {
     /// The next record already fetched, if any. A consumer error (a broker
     /// gone, say) is logged and ends the batch; the client retries.
-    pub(crate) fn next(&self) -> Option<rdkafka::message::BorrowedMessage<'_>> {
+    pub(crate) fn next(&self) -> Option<BorrowedMessage<'_>> {
         loop {
             match self.consumer.poll(Duration::ZERO)? {
-                Ok(m) if self.floor.get(&m.partition()).is_some_and(|f| m.offset() < *f) => continue,
+                Ok(m) if before_resume(&self.floor, m.partition(), m.offset()) => continue,
                 Ok(m) => return Some(m),
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error; retrying");
@@ -155,6 +183,12 @@ impl Input {
             }
         }
     }
+}
+
+/// True for a record below its partition's resume position (`floor`): fetched
+/// again (see [`RESUME_REWIND`]), but read and committed before.
+fn before_resume(floor: &BTreeMap<i32, i64>, partition: i32, offset: i64) -> bool {
+    floor.get(&partition).is_some_and(|f| offset < *f)
 }
 
 #[cfg(test)]
@@ -174,6 +208,15 @@ mod tests {
         assert_eq!(u.settle(5), BTreeMap::new());
         assert_eq!(u.settle(6), BTreeMap::from([(0, 12)]));
         assert_eq!(u.settle(u64::MAX), BTreeMap::from([(0, 13)]));
+    }
+
+    #[test]
+    fn a_resumed_partition_skips_the_records_below_its_committed_offset() {
+        let floor = BTreeMap::from([(0, 100), (2, 0)]);
+        assert!(before_resume(&floor, 0, 99));
+        assert!(!before_resume(&floor, 0, 100), "the committed offset is the next to read");
+        assert!(!before_resume(&floor, 1, 0), "a partition without a committed offset is read whole");
+        assert!(!before_resume(&floor, 2, 0));
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod reference;
 mod sink;
 mod typed;
 
-pub use input::{Input, Stop, Unsettled, RESUME_REWIND};
+pub use input::{Input, Record, Stop, Unsettled, RESUME_REWIND};
 pub use models::model_source;
 pub use raw::{raw_source, RawConfig, RawStreams};
 pub use reference::{live_reference, AdapterGate};
