@@ -24,10 +24,9 @@
 //! `{"event_id","device_id","channel","kind","state","ts",…}`; see
 //! [`HealthEvent`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use timely::dataflow::channels::pact::Pipeline;
@@ -207,12 +206,55 @@ struct Entry {
     junk: u64,
 }
 
+/// A device's readings in the window, oldest first, kept inline in the
+/// device's state (a window of an hour at a reading every five minutes is
+/// twelve entries): the live entries are `entries[start..]`, so dropping
+/// the oldest is a move of `start`, and the dead prefix is cut away only
+/// when the inline space runs out.
+#[derive(Clone, Debug, Default)]
+struct Window {
+    entries: SmallVec<[Entry; 16]>,
+    start: usize,
+}
+
+impl Window {
+    fn live(&self) -> &[Entry] {
+        &self.entries[self.start..]
+    }
+
+    /// Adds `e` after the entries with a `ts` at or before its own.
+    fn insert(&mut self, e: Entry) {
+        if self.start > 0 && self.entries.len() == self.entries.inline_size() {
+            self.entries.drain(..self.start);
+            self.start = 0;
+        }
+        match self.entries.last() {
+            Some(b) if self.start < self.entries.len() && b.ts > e.ts => {
+                let at = self.start + self.live().partition_point(|x| x.ts <= e.ts);
+                self.entries.insert(at, e);
+            }
+            _ => self.entries.push(e),
+        }
+    }
+
+    /// Drops the oldest entry if its `ts` is at or before `floor`.
+    fn pop_through(&mut self, floor: i64) -> Option<Entry> {
+        let e = *self.entries.get(self.start).filter(|e| e.ts <= floor)?;
+        self.start += 1;
+        if self.start == self.entries.len() {
+            self.entries.clear();
+            self.start = 0;
+        }
+        Some(e)
+    }
+}
+
 /// A device's health state.
 #[derive(Clone, Debug, Default)]
 struct Device {
     newest: Option<i64>,
     /// Readings in the window, in `ts` order (arrival order among equals).
-    window: VecDeque<Entry>,
+    window: Window,
     /// The channels the device has sent, by slot (the order first seen).
     channels: SmallVec<[ChannelCount; 6]>,
     /// The slots in channel order: the order faults are judged in.
@@ -284,13 +326,31 @@ pub enum Decided {
 /// the job, fed one reading at a time.
 pub struct Health {
     spec: HealthSpec,
-    devices: HashMap<DeviceId, Device>,
+    /// The devices this worker has seen, in the order first seen; `slots`
+    /// maps a device's interned index to its place here (`u32::MAX`: none).
+    /// A lookup is one read of a small dense array, where a hash map's
+    /// probe cost a cache miss of its own on a large fleet.
+    devices: Vec<Device>,
+    slots: Vec<u32>,
 }
 
 impl Health {
     /// No device seen yet.
     pub fn new(spec: HealthSpec) -> Health {
-        Health { spec, devices: HashMap::default() }
+        Health { spec, devices: Vec::new(), slots: Vec::new() }
+    }
+
+    /// `device`'s state in `devices`, made empty if it has none.
+    fn device_mut<'d>(devices: &'d mut Vec<Device>, slots: &mut Vec<u32>, device: DeviceId) -> &'d mut Device {
+        let i = device.index() as usize;
+        if i >= slots.len() {
+            slots.resize(i + 1, u32::MAX);
+        }
+        if slots[i] == u32::MAX {
+            slots[i] = devices.len() as u32;
+            devices.push(Device::default());
+        }
+        &mut devices[slots[i] as usize]
     }
 
     /// Applies one on-time reading stamped with dataflow time `time`,
@@ -304,7 +364,7 @@ impl Health {
     /// yet) and ends at this reading, whatever the batching.
     pub fn apply(&mut self, r: &Enriched, time: u64, out: &mut Vec<HealthEvent>) -> Option<i64> {
         let spec = &self.spec;
-        let dev = self.devices.entry(r.device).or_default();
+        let dev = Health::device_mut(&mut self.devices, &mut self.slots, r.device);
         if let (None, Some(newest)) = (dev.silent, dev.newest) {
             let deadline = newest.saturating_add(spec.silence.ms());
             if (deadline.max(0) as u64) < time {
@@ -339,18 +399,10 @@ impl Health {
                 }
             }
             dev.count(&e, true);
-            // Usually the newest: in place at the back.
-            match dev.window.back() {
-                Some(b) if b.ts > e.ts => {
-                    let at = dev.window.partition_point(|x| x.ts <= e.ts);
-                    dev.window.insert(at, e);
-                }
-                _ => dev.window.push_back(e),
-            }
+            dev.window.insert(e);
         }
         // Readings no longer within the window of the newest ts.
-        while let Some(e) = dev.window.front().copied().filter(|e| e.ts <= floor) {
-            dev.window.pop_front();
+        while let Some(e) = dev.window.pop_through(floor) {
             dev.count(&e, false);
         }
         if dev.junk > 0 || dev.open > 0 {
@@ -404,7 +456,8 @@ impl Health {
     /// still its own, or waits again at its later one.
     pub fn decide(&mut self, device: DeviceId, deadline: i64) -> Decided {
         let spec = &self.spec;
-        let Some(dev) = self.devices.get_mut(&device) else { return Decided::Nothing };
+        let slot = self.slots.get(device.index() as usize).copied().unwrap_or(u32::MAX);
+        let Some(dev) = self.devices.as_mut_slice().get_mut(slot as usize) else { return Decided::Nothing };
         dev.scheduled = None;
         let Some(newest) = dev.newest else { return Decided::Nothing };
         if dev.silent.is_some() {
@@ -553,6 +606,38 @@ mod tests {
             calibrated: ChannelList::new(),
             context: None,
             junk: junk.iter().map(|c| Channel::intern(c)).collect(),
+        }
+    }
+
+    /// The inline window against a plain sorted list, over a long run of
+    /// mostly in-order readings, some late ones and a moving floor.
+    #[test]
+    fn the_inline_window_keeps_what_a_sorted_list_keeps() {
+        let mut w = Window::default();
+        let mut model: Vec<Entry> = Vec::new();
+        let mut seed = 7u64;
+        let mut newest = 0i64;
+        for i in 0..5_000u64 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let jitter = (seed >> 33) % 10;
+            // One reading in ten is up to 40 behind the newest.
+            let ts = if jitter == 0 { newest - ((seed >> 40) % 40) as i64 } else { newest + 5 };
+            newest = newest.max(ts);
+            let e = Entry { ts, values: i, junk: 0 };
+            w.insert(e);
+            let at = model.partition_point(|x| x.ts <= ts);
+            model.insert(at, e);
+            let floor = newest - 60;
+            let mut popped = Vec::new();
+            while let Some(e) = w.pop_through(floor) {
+                popped.push(e.values);
+            }
+            let cut = model.iter().take_while(|e| e.ts <= floor).count();
+            let expected: Vec<u64> = model.drain(..cut).map(|e| e.values).collect();
+            assert_eq!(popped, expected, "popped at step {i}");
+            let live: Vec<(i64, u64)> = w.live().iter().map(|e| (e.ts, e.values)).collect();
+            let want: Vec<(i64, u64)> = model.iter().map(|e| (e.ts, e.values)).collect();
+            assert_eq!(live, want, "window at step {i}");
         }
     }
 
