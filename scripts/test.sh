@@ -7,6 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The test builds need about 4 GB in target/ (more on a first build): say so
+# up front rather than let the linker die of a full disk.
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -lt $((6 * 1024 * 1024)) ]; then
+  echo "test.sh: warning: only $((free_kb / 1024)) MB free on $(df -P . | awk 'NR==2 {print $6}'); the build wants about 6 GB" >&2
+fi
+
 # Independent readers of the Parquet backup (DuckDB, pyarrow),
 # and a Kafka client eddy did not write (confluent-kafka), in a venv.
 if ! .venv/bin/python -c 'import duckdb, pyarrow, confluent_kafka' >/dev/null 2>&1; then
