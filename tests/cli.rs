@@ -85,7 +85,7 @@ fn late_readings_are_classified_against_the_largest_earlier_ts() {
     let mut late_ts: Vec<i64> = late.iter().map(|r| r["ts"].as_i64().unwrap()).collect();
     late_ts.sort();
     assert_eq!(late_ts, vec![T0 + 19 * MIN, T0 + 45 * MIN]);
-    assert_eq!(late[0]["line_no"].as_u64().is_some(), true);
+    assert!(late[0]["line_no"].as_u64().is_some());
     let enriched = d.output("enriched");
     assert_eq!(enriched.len(), 4);
     assert!(enriched.iter().all(|e| e["ts"] != T0 + 19 * MIN && e["ts"] != T0 + 45 * MIN));

@@ -484,7 +484,7 @@ fn check_field_order(title: &str, exp: &[Value], act: &[Value], key: impl Fn(&Va
             let mut f = Vec::new();
             key_order("", x, y, &mut f);
             if !f.is_empty() {
-                r.records(&format!("{k}"), &f, Some(x), Some(y));
+                r.records(&k.to_string(), &f, Some(x), Some(y));
                 break;
             }
         }

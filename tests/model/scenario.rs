@@ -557,7 +557,7 @@ fn bad_line(b: &Bad, clock: i64) -> Vec<u8> {
                 format!("{{\"device_id\":\"\",\"ts\":{clock}}}"),
                 format!("{{\"device_id\":7,\"ts\":{clock}}}"),
                 format!("{{\"device_id\":null,\"ts\":{clock},\"pm25\":1}}"),
-                format!("{{\"device_id\":[\"d-1\"],\"ts\":\"x\"}}"),
+                "{\"device_id\":[\"d-1\"],\"ts\":\"x\"}".to_string(),
                 format!("{{\"device_id\":{{\"id\":1}},\"ts\":{clock},\"pm25\":\"x\"}}"),
                 "{\"device_id\":true}".into(),
             ],

@@ -11,6 +11,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 
+/// The next offset to read, by (topic, partition).
+pub type Offsets = BTreeMap<(String, i32), i64>;
+
 /// A consumer in group `group` that never commits on its own: the job
 /// commits offsets once its outputs are durable.
 pub fn consumer(cfg: &KafkaConfig, group: &str) -> Result<BaseConsumer> {

@@ -452,7 +452,7 @@ where
     write_json(&opts.out.join("summary.json"), &summary)?;
     // Bench instrumentation (EDDY_BENCH_STAGES / EDDY_BENCH_LATENCY): OUT/bench.json.
     eddy_operators::metrics::write_bench_report(&opts.out, started.elapsed())
-        .map_err(|e| eddy_connectors::Error::io(&opts.out.join("bench.json"), e))?;
+        .map_err(|e| eddy_connectors::Error::io(opts.out.join("bench.json"), e))?;
     Ok(summary)
 }
 

@@ -71,7 +71,7 @@ impl AdapterGate {
 pub fn live_reference<'s>(
     scope: Scope<'s, u64>,
     name: &str,
-    consumer: Option<(BaseConsumer, BTreeMap<(String, i32), i64>)>,
+    consumer: Option<(BaseConsumer, crate::consume::Offsets)>,
     watch: timely::dataflow::ProbeHandle<u64>,
     ahead_ms: u64,
     progress: Rc<SourceProgress>,
@@ -175,7 +175,7 @@ pub fn live_reference<'s>(
 
 /// True when `consumer` has read every record its partitions hold now:
 /// `next` is the next offset to read of every partition it was assigned.
-fn caught_up(consumer: &BaseConsumer, next: &BTreeMap<(String, i32), i64>) -> bool {
+fn caught_up(consumer: &BaseConsumer, next: &crate::consume::Offsets) -> bool {
     use rdkafka::consumer::Consumer;
     next.iter().all(|((topic, partition), at)| {
         let Ok((low, high)) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5)) else {

@@ -17,12 +17,17 @@ use eddy_operators::sink::{BatchSink, SinkError};
 use crate::codec::data_headers;
 use crate::produce::Producer;
 
+/// Appends a record's value to a buffer.
+pub type ValueFn<D> = Box<dyn Fn(&D, &mut Vec<u8>)>;
+/// A record's key.
+pub type KeyFn<D> = Box<dyn Fn(&D) -> Option<Arc<str>>>;
+
 /// How a sink writes one record to Kafka.
 pub struct Encoder<D> {
     /// Appends the record's value.
-    pub value: Box<dyn Fn(&D, &mut Vec<u8>)>,
+    pub value: ValueFn<D>,
     /// The record's key (its `device_id`), if it has one.
-    pub key: Box<dyn Fn(&D) -> Option<Arc<str>>>,
+    pub key: KeyFn<D>,
 }
 
 /// A Kafka topic as a [`BatchSink`]: each record with its dataflow time in

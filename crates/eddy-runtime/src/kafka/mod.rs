@@ -268,7 +268,7 @@ struct Shared {
     ml: ml::MlShared,
     resume_from: u64,
     updates: Vec<RefUpdate>,
-    ref_offsets: BTreeMap<(String, i32), i64>,
+    ref_offsets: consume::Offsets,
     partitions: i32,
     backup_floor: BTreeMap<u64, Vec<u64>>,
     raw_resume: Option<Resume>,
@@ -284,7 +284,7 @@ pub fn read_checkpoint(cfg: &KafkaConfig, topics: &Topics, group: &str) -> Resul
         .iter()
         .filter(|m| m.key() == Some(group.as_bytes()))
         .filter_map(|m| m.payload().and_then(|p| serde_json::from_slice::<JobCheckpoint>(p).ok()))
-        .last())
+        .next_back())
 }
 
 /// A consumer could not be assigned its partitions of `what`.
@@ -305,7 +305,7 @@ fn kafka_err(e: eddy_kafka::Error) -> Error {
 /// with the offset to go on from in each partition that had records.
 /// A record without a value (a tombstone) is skipped: a delete must say from
 /// when it applies, as `{"op":"delete",…}`.
-pub fn read_reference(cfg: &KafkaConfig, topics: &Topics) -> Result<(Vec<RefUpdate>, BTreeMap<(String, i32), i64>)> {
+pub fn read_reference(cfg: &KafkaConfig, topics: &Topics) -> Result<(Vec<RefUpdate>, consume::Offsets)> {
     let mut out = Vec::new();
     let mut next = BTreeMap::new();
     for topic in topics.reference() {
@@ -604,7 +604,7 @@ impl<'s> Ctx<'s> {
 
     /// The live reference consumer, and the offset each of its partitions
     /// was assigned at.
-    fn reference_consumer(&self) -> Result<(rdkafka::consumer::BaseConsumer, BTreeMap<(String, i32), i64>)> {
+    fn reference_consumer(&self) -> Result<(rdkafka::consumer::BaseConsumer, consume::Offsets)> {
         let opts = self.opts();
         let consumer = consume::consumer(&opts.kafka, &format!("{}.reference", opts.group())).map_err(kafka_err)?;
         let mut tpl = TopicPartitionList::new();
