@@ -249,64 +249,96 @@ impl Window {
     }
 }
 
-/// A device's health state.
+/// A device's health state. The fields every reading touches come first
+/// (`repr(C)` keeps them together); the per-channel counts are kept only
+/// while there is something to judge (see [`Device::counted`]).
 #[derive(Clone, Debug, Default)]
+#[repr(C)]
 struct Device {
     newest: Option<i64>,
-    /// Readings in the window, in `ts` order (arrival order among equals).
-    window: Window,
-    /// The channels the device has sent, by slot (the order first seen).
-    channels: SmallVec<[ChannelCount; 6]>,
-    /// The slots in channel order: the order faults are judged in.
-    order: SmallVec<[u8; 6]>,
-    /// Junk values in the window, every channel together, and open junk
-    /// faults: while both are 0 there is nothing to judge.
-    junk: u32,
-    open: u32,
     /// The deadline of an open silent fault.
     silent: Option<i64>,
     /// The deadline the device waits in the operator's queue at, if it does.
     scheduled: Option<i64>,
+    /// Junk values in the window, every channel together, and open junk
+    /// faults: while both are 0 there is nothing to judge.
+    junk: u32,
+    open: u32,
+    /// True while `channels` holds the window's counts. A clean device (no
+    /// junk in its window, no open fault) does not keep them: they are
+    /// counted again from the window when junk comes.
+    counted: bool,
+    /// The channel of each slot (the order first seen).
+    ids: SmallVec<[Channel; 8]>,
+    /// Readings in the window, in `ts` order (arrival order among equals).
+    window: Window,
+    /// The counts and open fault of each slot.
+    channels: SmallVec<[ChannelCount; 6]>,
+    /// The slots in channel order: the order faults are judged in.
+    order: SmallVec<[u8; 6]>,
 }
 
 impl Device {
     /// The slot of `channel`, given one if it has none (`None` past
     /// [`MAX_CHANNELS`]).
     fn slot(&mut self, channel: Channel) -> Option<usize> {
-        if let Some(i) = self.channels.iter().position(|c| c.channel == channel) {
+        if let Some(i) = self.ids.iter().position(|c| *c == channel) {
             return Some(i);
         }
-        if self.channels.len() == MAX_CHANNELS {
+        if self.ids.len() == MAX_CHANNELS {
             return None;
         }
-        let slot = self.channels.len();
+        let slot = self.ids.len();
+        self.ids.push(channel);
         self.channels.push(ChannelCount { channel, values: 0, junk: 0, fault: None });
-        let at = self.order.partition_point(|&o| self.channels[o as usize].channel.index() < channel.index());
+        let at = self.order.partition_point(|&o| self.ids[o as usize].index() < channel.index());
         self.order.insert(at, slot as u8);
         Some(slot)
     }
 
-    /// Adds (`sign` 1) or removes (−1) an entry's values from the counts.
+    /// Adds an entry to the window's counts, or removes one.
     fn count(&mut self, e: &Entry, add: bool) {
-        let mut bits = e.values;
-        while bits != 0 {
-            let slot = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let junk = u32::from(e.junk >> slot & 1 == 1);
-            let c = &mut self.channels[slot];
-            if add {
-                c.values += 1;
-                c.junk += junk;
-            } else {
-                c.values -= 1;
-                c.junk -= junk;
-            }
-        }
         let n = e.junk.count_ones();
         if add {
             self.junk += n;
         } else {
             self.junk -= n;
+        }
+        if self.counted {
+            count_channels(&mut self.channels, e, add);
+        }
+    }
+
+    /// Makes `channels` hold the window's counts, if it does not.
+    fn recount(&mut self) {
+        if self.counted {
+            return;
+        }
+        for c in self.channels.iter_mut() {
+            c.values = 0;
+            c.junk = 0;
+        }
+        for e in self.window.live() {
+            count_channels(&mut self.channels, e, true);
+        }
+        self.counted = true;
+    }
+}
+
+/// Adds (or removes) an entry's values to (from) the per-slot counts.
+fn count_channels(channels: &mut [ChannelCount], e: &Entry, add: bool) {
+    let mut bits = e.values;
+    while bits != 0 {
+        let slot = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        let junk = u32::from(e.junk >> slot & 1 == 1);
+        let c = &mut channels[slot];
+        if add {
+            c.values += 1;
+            c.junk += junk;
+        } else {
+            c.values -= 1;
+            c.junk -= junk;
         }
     }
 }
@@ -405,7 +437,10 @@ impl Health {
         while let Some(e) = dev.window.pop_through(floor) {
             dev.count(&e, false);
         }
-        if dev.junk > 0 || dev.open > 0 {
+        if dev.junk == 0 && dev.open == 0 {
+            dev.counted = false;
+        } else {
+            dev.recount();
             let Device { channels, order, open, .. } = dev;
             for &slot in order.iter() {
                 let n = &mut channels[slot as usize];
