@@ -35,8 +35,8 @@ use crate::sink::Taken;
 
 /// The ingest job's rule for one line, shared by every source of raw lines
 /// (a dataset file, the Kafka raw topic): validation, the lateness rule and
-/// the junk rule, with the counts the run reports. Pure: the sources only
-/// read lines and stamp times.
+/// the junk rule, with the counts the run reports. Pure: [`RawIngest`]
+/// stamps the lines' times, and the sources only read them.
 #[derive(Clone, Debug)]
 pub struct Validator {
     ranges: Ranges,
@@ -312,7 +312,143 @@ pub fn time_of(wm: Option<i64>, epoch_ms: i64) -> u64 {
     }
 }
 
-/// What [`IngestState::next`] read.
+/// Where raw lines come from: a dataset file, or the records of the Kafka
+/// raw topic. A source reads its lines and keeps the lateness rule of each
+/// (one rule for a file, one per partition for a topic); [`RawIngest`]
+/// does the rest, the same for every source.
+pub trait RawSource {
+    /// Reads the next raw line into `buf` (empty on entry) and tells where it
+    /// was read, or why there is none now.
+    fn next_raw(&mut self, buf: &mut Vec<u8>) -> Next;
+
+    /// The source's watermark now: the least over its live partitions;
+    /// `None` while one of them has no reading yet.
+    fn watermark(&self) -> Option<i64>;
+
+    /// The lateness rule of the line read at `pos`.
+    fn lateness(&mut self, pos: Position) -> &mut LateTracker;
+
+    /// The line at `pos` goes out at time `t`: what the source's positions
+    /// for checkpoints are made of.
+    fn stamped(&mut self, pos: Position, t: u64);
+
+    /// The bytes read so far.
+    fn bytes_read(&self) -> u64;
+
+    /// The input, for error messages.
+    fn describe(&self) -> String;
+}
+
+/// What [`RawSource::next_raw`] read.
+#[derive(Debug)]
+pub enum Next {
+    /// A line, read at this position.
+    Line(Position),
+    /// Nothing to read now; look again after this long.
+    Wait(Duration),
+    /// The input is exhausted.
+    End,
+    /// The input failed; nothing more is read from it.
+    Failed(std::io::Error),
+}
+
+/// The ingest job's rule for a raw line, whatever its [`RawSource`]: it
+/// stamps the line with the source's watermark before it (as an epoch, never
+/// earlier than the lines before), validates and classifies it with the
+/// [`Validator`] (a reading below that time is late), keeps it as a raw line
+/// if asked, and gives a reading the time of its own partition's watermark
+/// (never below the line's). With one partition, both times are the same.
+#[derive(Debug)]
+pub struct RawIngest {
+    validator: Validator,
+    epoch_ms: i64,
+    raw: bool,
+    /// The time lines are stamped with now.
+    time: u64,
+    max_ts: Option<i64>,
+    /// The bytes the source had read at the last report.
+    reported_bytes: u64,
+}
+
+impl RawIngest {
+    /// At time 0, with nothing read; keeps raw lines if `raw`.
+    pub fn new(ranges: Ranges, epoch_ms: i64, raw: bool) -> RawIngest {
+        RawIngest { validator: Validator::new(ranges), epoch_ms, raw, time: 0, max_ts: None, reported_bytes: 0 }
+    }
+
+    /// Reads the next line of `src` and ingests it (see [`Self::line`]).
+    /// `arrival_ms` is the wall-clock time its raw line is stamped with.
+    pub fn next<S: RawSource + ?Sized>(&mut self, src: &mut S, buf: &mut Vec<u8>, arrival_ms: i64) -> Line {
+        buf.clear();
+        match src.next_raw(buf) {
+            Next::Line(pos) => self.line(src, buf, parse_line(buf), pos, arrival_ms),
+            Next::Wait(d) => Line::Wait(d),
+            Next::End => Line::End,
+            Next::Failed(e) => Line::Failed(e),
+        }
+    }
+
+    /// Ingests `bytes`, read by `src` at `pos` and parsed as `parsed`.
+    pub fn line<S: RawSource + ?Sized>(
+        &mut self,
+        src: &mut S,
+        bytes: &[u8],
+        parsed: Result<Parsed, Rejection>,
+        pos: Position,
+        arrival_ms: i64,
+    ) -> Line {
+        // The line's time is the source's watermark before it.
+        let t = time_of(src.watermark(), self.epoch_ms).max(self.time);
+        let new_epoch = t > self.time;
+        self.time = t;
+        src.stamped(pos, t);
+        let late = src.lateness(pos);
+        // The reading's own time: its partition's watermark before it, as an
+        // epoch (never below the line's). Stamped with the source's
+        // watermark alone, a reading of a partition read far ahead of the
+        // others would carry a time far below its `ts`, and hold back every
+        // job downstream that waits for reference data as of its `ts`
+        // (enrich, alerts).
+        let reading_time = time_of(late.watermark(), self.epoch_ms).max(t);
+        let raw = self.raw.then(|| RawLine { pos, arrival_ms, bytes: bytes.to_vec() });
+        let record = self.validator.classify(parsed, bytes, pos, late, t as i64);
+        if let Classified::Reading(r) = &record {
+            self.max_ts = self.max_ts.max(Some(r.ts));
+        }
+        Line::Read { t, new_epoch, pos, raw, record, reading_time }
+    }
+
+    /// After a batch: the time the source's watermark `wm` has reached, if
+    /// it is later than the lines' so far (which moves to it), so that the
+    /// frontier advances even if no more lines arrive for a while.
+    pub fn advance(&mut self, wm: Option<i64>) -> Option<u64> {
+        let t = time_of(wm, self.epoch_ms);
+        (t > self.time).then(|| {
+            self.time = t;
+            t
+        })
+    }
+
+    /// The time lines are stamped with now.
+    pub fn time(&self) -> u64 {
+        self.time
+    }
+
+    /// The largest `ts` of a reading so far.
+    pub fn max_ts(&self) -> Option<i64> {
+        self.max_ts
+    }
+
+    /// Adds what was classified since the last report, and the bytes read
+    /// since (the source has read `bytes_read` in all), to `metrics`.
+    pub fn report(&mut self, metrics: &Metrics, bytes_read: u64) {
+        self.validator.report(metrics);
+        Metrics::add(&metrics.bytes, bytes_read - self.reported_bytes);
+        self.reported_bytes = bytes_read;
+    }
+}
+
+/// What a raw-line source read: see [`RawIngest`].
 // Returned once a line and matched at once, never stored: boxing the line
 // would cost an allocation a line.
 #[allow(clippy::large_enum_variant)]
@@ -320,7 +456,8 @@ pub fn time_of(wm: Option<i64>, epoch_ms: i64) -> u64 {
 pub enum Line {
     /// A line, stamped with dataflow time `t`.
     Read {
-        /// The line's time: the watermark before it, as an epoch.
+        /// The line's time: the source's watermark before it, as an epoch;
+        /// the time of its raw line and of a dead letter.
         t: u64,
         /// True when `t` is later than the time of the lines before: an
         /// epoch begins at `pos`, and what was stamped before goes out first.
@@ -331,9 +468,12 @@ pub enum Line {
         raw: Option<RawLine>,
         /// The line, classified.
         record: Classified,
+        /// A reading's own time: its partition's watermark before it, as an
+        /// epoch, never below `t` (`t` itself for a source of one partition).
+        reading_time: u64,
     },
-    /// Paced: the next line is not due yet. It is kept, and read again
-    /// after this long.
+    /// Nothing to read now (paced: the next line is not due yet, and is
+    /// kept); look again after this long.
     Wait(Duration),
     /// The input is exhausted.
     End,
@@ -341,32 +481,62 @@ pub enum Line {
     Failed(std::io::Error),
 }
 
+/// A dataset file as a [`RawSource`]: its lines, one lateness rule, and the
+/// position after the last line stamped.
+struct FileLines {
+    src: Box<dyn LineSource>,
+    late: LateTracker,
+    next_pos: Position,
+}
+
+impl RawSource for FileLines {
+    fn next_raw(&mut self, buf: &mut Vec<u8>) -> Next {
+        match self.src.next_line(buf) {
+            Ok(Some(pos)) => Next::Line(pos),
+            Ok(None) => Next::End,
+            Err(e) => Next::Failed(e),
+        }
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.late.watermark()
+    }
+
+    fn lateness(&mut self, _pos: Position) -> &mut LateTracker {
+        &mut self.late
+    }
+
+    fn stamped(&mut self, pos: Position, _t: u64) {
+        self.next_pos = Position { partition: pos.partition, offset: pos.offset + 1 };
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.src.bytes_read()
+    }
+
+    fn describe(&self) -> String {
+        self.src.describe()
+    }
+}
+
 /// The ingest job's file source, without timely: reads lines from a
-/// [`LineSource`], paces them, stamps each with the watermark before it (as
-/// an epoch), classifies it with the [`Validator`], and counts the lines in
-/// flight for [`Backpressure`].
+/// [`LineSource`] (as a [`RawSource`]), paces them, ingests each with
+/// [`RawIngest`], and counts the lines in flight for [`Backpressure`].
 ///
 /// [`ingest_source`] is a timely shell over it: it sends what
 /// [`IngestState::next`] reads at the time it says, moves its capabilities
 /// to each new epoch (and to [`IngestState::advance`]'s time after a
 /// batch), and records where each epoch began.
 pub struct IngestState {
-    src: Box<dyn LineSource>,
-    late: LateTracker,
-    validator: Validator,
-    epoch_ms: i64,
+    file: FileLines,
+    ingest: RawIngest,
     speed: Option<f64>,
     pace_tick: Duration,
-    raw: bool,
     line: Vec<u8>,
     /// A line read before it was due (paced): the next one returned.
     held: Option<(Position, Vec<u8>)>,
     /// Pacing: when the first line was read, and its `ts`.
     pace: Option<(Instant, i64)>,
-    next_pos: Position,
-    /// The time lines are stamped with now.
-    time: u64,
-    last_bytes: u64,
     /// The bound on lines in flight and those lines (unpaced runs only).
     backpressure: Option<(Backpressure, Flight)>,
 }
@@ -375,19 +545,13 @@ impl IngestState {
     /// A source over `src`, at time 0, that has read nothing.
     pub fn new(src: Box<dyn LineSource>, cfg: &IngestConfig) -> IngestState {
         IngestState {
-            src,
-            late: LateTracker::new(cfg.lateness_ms),
-            validator: Validator::new(cfg.ranges.clone()),
-            epoch_ms: cfg.epoch_ms,
+            file: FileLines { src, late: LateTracker::new(cfg.lateness_ms), next_pos: Position::line(1) },
+            ingest: RawIngest::new(cfg.ranges.clone(), cfg.epoch_ms, cfg.raw),
             speed: cfg.speed,
             pace_tick: cfg.pace_tick,
-            raw: cfg.raw,
             line: Vec::with_capacity(1024),
             held: None,
             pace: None,
-            next_pos: Position::line(1),
-            time: 0,
-            last_bytes: 0,
             backpressure: cfg.backpressure.clone().filter(|_| cfg.speed.is_none()).map(|bp| (bp, Flight::default())),
         }
     }
@@ -412,10 +576,11 @@ impl IngestState {
             }
             None => {
                 self.line.clear();
-                match self.src.next_line(&mut self.line) {
-                    Ok(Some(pos)) => (pos, false),
-                    Ok(None) => return Line::End,
-                    Err(e) => return Line::Failed(e),
+                match self.file.next_raw(&mut self.line) {
+                    Next::Line(pos) => (pos, false),
+                    Next::Wait(d) => return Line::Wait(d),
+                    Next::End => return Line::End,
+                    Next::Failed(e) => return Line::Failed(e),
                 }
             }
         };
@@ -429,65 +594,53 @@ impl IngestState {
                 return Line::Wait((due - now).max(self.pace_tick));
             }
         }
-        self.next_pos = Position { partition: pos.partition, offset: pos.offset + 1 };
-        // The record's time is the watermark before this line.
-        let t = time_of(self.late.watermark(), self.epoch_ms);
-        let new_epoch = self.enter(t);
-        if let Some((_, flight)) = &mut self.backpressure {
+        let before = self.ingest.time();
+        let read = self.ingest.line(&mut self.file, &self.line, parsed, pos, arrival_ms);
+        if let (Some((_, flight)), Line::Read { new_epoch, .. }) = (&mut self.backpressure, &read) {
+            if *new_epoch {
+                flight.leave(before);
+            }
             flight.line();
         }
-        let raw = self.raw.then(|| RawLine { pos, arrival_ms, bytes: self.line.clone() });
-        let record = self.validator.classify(parsed, &self.line, pos, &mut self.late, i64::MIN);
-        Line::Read { t, new_epoch, pos, raw, record }
-    }
-
-    /// Moves to time `t` if it is later than the current one; true if so.
-    fn enter(&mut self, t: u64) -> bool {
-        if t <= self.time {
-            return false;
-        }
-        if let Some((_, flight)) = &mut self.backpressure {
-            flight.leave(self.time);
-        }
-        self.time = t;
-        true
+        read
     }
 
     /// After a batch: the time the watermark has reached, if it is later
     /// than the lines' so far, so that the frontier advances even if no
     /// more lines arrive for a while. The epoch begins at [`Self::next_pos`].
     pub fn advance(&mut self) -> Option<u64> {
-        let t = time_of(self.late.watermark(), self.epoch_ms);
-        self.enter(t).then_some(t)
+        let before = self.ingest.time();
+        let t = self.ingest.advance(self.file.watermark())?;
+        if let Some((_, flight)) = &mut self.backpressure {
+            flight.leave(before);
+        }
+        Some(t)
     }
 
     /// The time lines are stamped with now.
     pub fn time(&self) -> u64 {
-        self.time
+        self.ingest.time()
     }
 
     /// The position after the last line read.
     pub fn next_pos(&self) -> Position {
-        self.next_pos
+        self.file.next_pos
     }
 
     /// The input, for error messages.
     pub fn describe(&self) -> String {
-        self.src.describe()
+        self.file.describe()
     }
 
     /// The largest `ts` read so far.
     pub fn max_ts(&self) -> Option<i64> {
-        self.late.max_ts()
+        self.ingest.max_ts()
     }
 
     /// Adds what was classified and the bytes read since the last report to
     /// `metrics`.
     pub fn report(&mut self, metrics: &Metrics) {
-        self.validator.report(metrics);
-        let bytes = self.src.bytes_read();
-        Metrics::add(&metrics.bytes, bytes - self.last_bytes);
-        self.last_bytes = bytes;
+        self.ingest.report(metrics, self.file.bytes_read());
     }
 }
 
@@ -503,12 +656,7 @@ pub fn ingest_source<'s>(
 ) -> IngestStreams<'s> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
-    let (out_r, readings) = builder.new_output::<Vec<Reading>>();
-    let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
-    let (out_raw, raw) = builder.new_output::<Vec<RawLine>>();
-    let mut out_r = OutputBuilder::<u64, CapacityContainerBuilder<Vec<Reading>>>::from(out_r);
-    let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
-    let mut out_raw = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RawLine>>>::from(out_raw);
+    let (RawOutputs { mut out_r, mut out_d, mut out_raw }, streams) = RawOutputs::new(&mut builder);
     let activator = scope.activator_for(info.address);
     let lat = latency();
     lat.set_peers(scope.peers());
@@ -544,14 +692,13 @@ pub fn ingest_source<'s>(
             let mut handle_r = out_r.activate();
             let mut handle_d = out_d.activate();
             let mut handle_raw = out_raw.activate();
-            let arrival_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let arrival_ms = wall_clock_ms();
             let mut finished = false;
             let mut wait: Option<Duration> = None;
 
             for _ in 0..cfg.batch_lines {
                 match src.next(Instant::now, arrival_ms) {
-                    Line::Read { t, new_epoch, pos, raw, record } => {
+                    Line::Read { t, new_epoch, pos, raw, record, .. } => {
                         if new_epoch {
                             flush(&mut handle_r, cr, &mut buf_r);
                             flush(&mut handle_d, cd, &mut buf_d);
@@ -629,7 +776,40 @@ pub fn ingest_source<'s>(
         }
     });
 
-    IngestStreams { readings, dead, raw }
+    streams
+}
+
+/// The outputs of a raw-line source's operator: readings, dead letters and
+/// raw lines, as [`IngestStreams`] carries them on.
+pub struct RawOutputs {
+    /// Readings.
+    pub out_r: OutputBuilder<u64, CapacityContainerBuilder<Vec<Reading>>>,
+    /// Dead letters.
+    pub out_d: OutputBuilder<u64, CapacityContainerBuilder<Vec<DeadLetter>>>,
+    /// Raw lines.
+    pub out_raw: OutputBuilder<u64, CapacityContainerBuilder<Vec<RawLine>>>,
+}
+
+impl RawOutputs {
+    /// Adds the three outputs to `builder`, in this order (their
+    /// capabilities come in the same order).
+    pub fn new<'s>(builder: &mut OperatorBuilder<'s, u64>) -> (RawOutputs, IngestStreams<'s>) {
+        let (out_r, readings) = builder.new_output::<Vec<Reading>>();
+        let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
+        let (out_raw, raw) = builder.new_output::<Vec<RawLine>>();
+        let outputs = RawOutputs {
+            out_r: OutputBuilder::from(out_r),
+            out_d: OutputBuilder::from(out_d),
+            out_raw: OutputBuilder::from(out_raw),
+        };
+        (outputs, IngestStreams { readings, dead, raw })
+    }
+}
+
+/// The wall-clock time in epoch milliseconds, which a raw line is stamped
+/// with as its arrival (0 if the clock is before 1970).
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn flush<D: 'static>(

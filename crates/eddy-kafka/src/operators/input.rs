@@ -93,6 +93,25 @@ impl<'a> Record<'a> {
     }
 }
 
+/// What a [`Record`] is read from: a message from the consumer, or a record
+/// itself.
+pub trait AsRecord {
+    /// Calls `f` with the record.
+    fn with_record<R>(self, f: impl FnOnce(Record<'_>) -> R) -> R;
+}
+
+impl AsRecord for BorrowedMessage<'_> {
+    fn with_record<R>(self, f: impl FnOnce(Record<'_>) -> R) -> R {
+        f(Record::of(&self))
+    }
+}
+
+impl AsRecord for Record<'_> {
+    fn with_record<R>(self, f: impl FnOnce(Record<'_>) -> R) -> R {
+        f(self)
+    }
+}
+
 /// A worker's consumer and what it has read.
 pub struct Input {
     /// The consumer (manually assigned partitions).

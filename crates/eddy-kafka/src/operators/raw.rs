@@ -5,17 +5,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::Scope;
 
-use eddy_core::reading::{DeadLetter, Position, RawLine, Reading};
-use eddy_core::validate::{parse_line, LateTracker, Ranges};
-use eddy_operators::ingest::{time_of, Classified, SourceProgress, Validator};
+use eddy_core::reading::Position;
+use eddy_core::validate::{LateTracker, Ranges};
+use eddy_operators::ingest::{
+    wall_clock_ms, Classified, IngestStreams, Line, Next, RawIngest, RawOutputs, RawSource, SourceProgress,
+};
 use eddy_operators::metrics::Metrics;
 
+use super::input::AsRecord;
 use super::{Input, Record, Stop, Unsettled, BATCH};
 use crate::codec::Envelope;
 
@@ -32,104 +33,41 @@ pub struct RawConfig {
     pub idle_timeout: Duration,
 }
 
+/// How long a source that polled nothing waits before it polls again.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
 struct RawPartition {
     late: LateTracker,
     last_seen: Instant,
     ended: bool,
 }
 
-/// What [`RawState::record`] made of a record.
-// Returned once a record and matched at once, never stored: boxing it would
-// cost an allocation a record.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum RawRecord {
-    /// Nothing to send: a marker, or a record of a partition not assigned.
-    Skip,
-    /// A data record.
-    Read {
-        /// The source's time before it (the job's watermark, as an epoch):
-        /// the time of the raw line and of a dead letter. Never earlier than
-        /// the time before.
-        t: u64,
-        /// The record as received.
-        raw: RawLine,
-        /// The record, classified.
-        record: Classified,
-        /// A reading's own time: its partition's watermark before it, as an
-        /// epoch, never below `t`.
-        reading_time: u64,
-    },
-}
-
-/// The raw source's decisions, without timely or a consumer: the lateness
-/// rule per partition, which partitions are idle or ended, the job's
-/// watermark over the live ones, and each record's times and
-/// classification (see [`raw_source`]).
-pub struct RawState {
+/// The partitions of `P.raw` a source reads: each one's lateness rule,
+/// when it was last seen and whether it has ended; and the bytes read.
+struct Partitions {
     parts: BTreeMap<i32, RawPartition>,
-    validator: Validator,
-    max_ts: Option<i64>,
-    bytes: u64,
-    epoch_ms: i64,
     idle_timeout: Duration,
-    /// The source's time: no record is stamped earlier.
-    time: u64,
+    bytes: u64,
 }
 
-impl RawState {
-    /// A source over `partitions` that has read nothing, at time 0; each
-    /// partition counts as seen at `started`.
-    pub fn new(partitions: &[i32], cfg: &RawConfig, started: Instant) -> RawState {
-        let parts = partitions
-            .iter()
-            .map(|p| (*p, RawPartition { late: LateTracker::new(cfg.lateness_ms), last_seen: started, ended: false }))
-            .collect();
-        RawState {
-            parts,
-            validator: Validator::new(cfg.ranges.clone()),
-            max_ts: None,
-            bytes: 0,
-            epoch_ms: cfg.epoch_ms,
-            idle_timeout: cfg.idle_timeout,
-            time: 0,
-        }
-    }
-
-    /// Takes a record received `now`; records what was read in
-    /// `unsettled`. `arrival_ms` is the wall-clock time its raw line is
-    /// stamped with.
-    pub fn record(&mut self, m: Record<'_>, now: Instant, arrival_ms: i64, unsettled: &mut Unsettled) -> RawRecord {
+impl Partitions {
+    /// Takes a record received `now`: a data record of an assigned partition
+    /// goes to `buf`, and its position is returned. A marker settles at once
+    /// (and the end marker ends its partition).
+    fn take(&mut self, m: Record<'_>, now: Instant, unsettled: &mut Unsettled, buf: &mut Vec<u8>) -> Option<Position> {
         let Record { partition, offset, envelope, payload } = m;
-        let Some(part) = self.parts.get_mut(&partition) else { return RawRecord::Skip };
+        let part = self.parts.get_mut(&partition)?;
         part.last_seen = now;
         if let Ok(Envelope::Marker(wm)) = envelope {
             if wm == u64::MAX {
                 part.ended = true;
             }
             unsettled.skip(partition, offset);
-            return RawRecord::Skip;
+            return None;
         }
-        let pos = Position { partition: partition as u32, offset: offset as u64 };
-        // The record's time is the job's watermark before it.
-        let t = time_of(self.watermark(now), self.epoch_ms).max(self.time);
-        self.time = t;
-        unsettled.read(partition, offset, t);
         self.bytes += payload.len() as u64;
-        let raw = RawLine { pos, arrival_ms, bytes: payload.to_vec() };
-        let part = self.parts.get_mut(&partition).expect("checked above");
-        // The reading's own time: its partition's watermark before it, as an
-        // epoch (never below the job's). Stamped with the job's watermark
-        // alone, a reading of a partition read far ahead of the others would
-        // carry a time far below its `ts`, and hold back every job
-        // downstream that waits for reference data as of its `ts` (enrich,
-        // alerts).
-        let reading_time = time_of(part.late.watermark(), self.epoch_ms).max(t);
-        let record = self.validator.classify(parse_line(payload), payload, pos, &mut part.late, t as i64);
-        if let Classified::Reading(r) = &record {
-            self.max_ts = self.max_ts.max(Some(r.ts));
-        }
-        RawRecord::Read { t, raw, record, reading_time }
+        buf.extend_from_slice(payload);
+        Some(Position { partition: partition as u32, offset: offset as u64 })
     }
 
     /// The least watermark over live partitions; `None` while one of them
@@ -153,44 +91,151 @@ impl RawState {
             None
         }
     }
+}
+
+/// The records of `P.raw` as a [`RawSource`]: polled with `poll`, at most
+/// `limit` of them, all received `now`; what is read is recorded in
+/// `unsettled`, for the offsets to commit.
+struct Records<'a, F> {
+    poll: F,
+    parts: &'a mut Partitions,
+    unsettled: &'a mut Unsettled,
+    now: Instant,
+    polled: usize,
+    limit: usize,
+}
+
+impl<F, M> RawSource for Records<'_, F>
+where
+    F: FnMut() -> Option<M>,
+    M: AsRecord,
+{
+    fn next_raw(&mut self, buf: &mut Vec<u8>) -> Next {
+        while self.polled < self.limit {
+            let Some(m) = (self.poll)() else {
+                // Nothing fetched: poll again at once after a batch, shortly otherwise.
+                return Next::Wait(if self.polled > 0 { Duration::ZERO } else { IDLE_POLL });
+            };
+            self.polled += 1;
+            if let Some(pos) = m.with_record(|r| self.parts.take(r, self.now, self.unsettled, buf)) {
+                return Next::Line(pos);
+            }
+        }
+        Next::Wait(Duration::ZERO)
+    }
+
+    fn watermark(&self) -> Option<i64> {
+        self.parts.watermark(self.now)
+    }
+
+    fn lateness(&mut self, pos: Position) -> &mut LateTracker {
+        &mut self.parts.parts.get_mut(&(pos.partition as i32)).expect("a line of an assigned partition").late
+    }
+
+    fn stamped(&mut self, pos: Position, t: u64) {
+        self.unsettled.read(pos.partition as i32, pos.offset as i64, t);
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.parts.bytes
+    }
+
+    fn describe(&self) -> String {
+        "the raw topic".into()
+    }
+}
+
+/// A batch of records being read: see [`RawState::read`].
+pub struct Batch<'a, F> {
+    records: Records<'a, F>,
+    ingest: &'a mut RawIngest,
+    line: &'a mut Vec<u8>,
+}
+
+impl<F, M> Batch<'_, F>
+where
+    F: FnMut() -> Option<M>,
+    M: AsRecord,
+{
+    /// The next record, ingested; `arrival_ms` is the wall-clock time its raw
+    /// line is stamped with. [`Line::Wait`] once the batch is over; never
+    /// the end (the end markers end the source, see [`RawState::done`]).
+    pub fn next(&mut self, arrival_ms: i64) -> Line {
+        self.ingest.next(&mut self.records, self.line, arrival_ms)
+    }
+}
+
+/// The raw source's decisions, without timely or a consumer: the lateness
+/// rule per partition, which partitions are idle or ended, the job's
+/// watermark over the live ones, and the records as a [`RawSource`] for the
+/// ingest rule the file ingest shares ([`RawIngest`]: each record's times
+/// and classification; see [`raw_source`]).
+pub struct RawState {
+    parts: Partitions,
+    ingest: RawIngest,
+    line: Vec<u8>,
+}
+
+impl RawState {
+    /// A source over `partitions` that has read nothing, at time 0; each
+    /// partition counts as seen at `started`.
+    pub fn new(partitions: &[i32], cfg: &RawConfig, started: Instant) -> RawState {
+        let parts = partitions
+            .iter()
+            .map(|p| (*p, RawPartition { late: LateTracker::new(cfg.lateness_ms), last_seen: started, ended: false }))
+            .collect();
+        RawState {
+            parts: Partitions { parts, idle_timeout: cfg.idle_timeout, bytes: 0 },
+            ingest: RawIngest::new(cfg.ranges.clone(), cfg.epoch_ms, true),
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Reads the records `poll` gives, at most `limit` of them, received
+    /// `now`; records what was read in `unsettled`.
+    pub fn read<'a, F, M>(
+        &'a mut self,
+        poll: F,
+        now: Instant,
+        unsettled: &'a mut Unsettled,
+        limit: usize,
+    ) -> Batch<'a, F>
+    where
+        F: FnMut() -> Option<M>,
+        M: AsRecord,
+    {
+        Batch {
+            records: Records { poll, parts: &mut self.parts, unsettled, now, polled: 0, limit },
+            ingest: &mut self.ingest,
+            line: &mut self.line,
+        }
+    }
 
     /// True once every partition has ended.
     pub fn done(&self) -> bool {
-        self.parts.values().all(|p| p.ended)
+        self.parts.parts.values().all(|p| p.ended)
     }
 
     /// After a batch: the job's watermark `now`, as an epoch, if it is later
     /// than the source's time (which moves to it).
     pub fn advance(&mut self, now: Instant) -> Option<u64> {
-        let t = time_of(self.watermark(now), self.epoch_ms);
-        (t > self.time).then(|| {
-            self.time = t;
-            t
-        })
+        self.ingest.advance(self.parts.watermark(now))
     }
 
     /// The largest `ts` of a reading so far.
     pub fn max_ts(&self) -> Option<i64> {
-        self.max_ts
+        self.ingest.max_ts()
     }
 
     /// Adds what was classified and the bytes read since the last report to
     /// `metrics`.
     pub fn report(&mut self, metrics: &Metrics) {
-        self.validator.report(metrics);
-        Metrics::add(&metrics.bytes, std::mem::take(&mut self.bytes));
+        self.ingest.report(metrics, self.parts.bytes);
     }
 }
 
-/// The outputs of the raw source.
-pub struct RawStreams<'s> {
-    /// Valid readings, late ones flagged.
-    pub readings: StreamVec<'s, u64, Reading>,
-    /// Rejected records, with partition and offset.
-    pub dead: StreamVec<'s, u64, DeadLetter>,
-    /// Every record as received.
-    pub raw: StreamVec<'s, u64, RawLine>,
-}
+/// The outputs of the raw source: those of the file ingest.
+pub type RawStreams<'s> = IngestStreams<'s>;
 
 /// The ingest job's source over `P.raw`: validates each record as the file
 /// ingest does, with the lateness rule kept **per partition**. The job's
@@ -213,12 +258,7 @@ pub fn raw_source<'s>(
 ) -> RawStreams<'s> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
-    let (out_r, readings) = builder.new_output::<Vec<Reading>>();
-    let (out_d, dead) = builder.new_output::<Vec<DeadLetter>>();
-    let (out_raw, raw) = builder.new_output::<Vec<RawLine>>();
-    let mut out_r = OutputBuilder::<u64, CapacityContainerBuilder<Vec<Reading>>>::from(out_r);
-    let mut out_d = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DeadLetter>>>::from(out_d);
-    let mut out_raw = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RawLine>>>::from(out_raw);
+    let (RawOutputs { mut out_r, mut out_d, mut out_raw }, streams) = RawOutputs::new(&mut builder);
     let activator = scope.activator_for(info.address);
 
     builder.build(move |mut caps| {
@@ -246,29 +286,31 @@ pub fn raw_source<'s>(
             let mut hd = out_d.activate();
             let mut hraw = out_raw.activate();
             let now = Instant::now();
-            let arrival_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            let mut got = 0;
+            let arrival_ms = wall_clock_ms();
             let mut unsettled = input.unsettled.borrow_mut();
-            while got < BATCH {
-                let Some(m) = input.next() else { break };
-                got += 1;
-                let RawRecord::Read { t, raw, record, reading_time } =
-                    state.record(Record::of(&m), now, arrival_ms, &mut unsettled)
-                else {
-                    continue;
-                };
-                if t > *cr.time() {
-                    cr.downgrade(&t);
-                    cd.downgrade(&t);
-                    craw.downgrade(&t);
+            let mut batch = state.read(|| input.next(), now, &mut unsettled, BATCH);
+            let wait = loop {
+                match batch.next(arrival_ms) {
+                    Line::Read { t, raw, record, reading_time, .. } => {
+                        if t > *cr.time() {
+                            cr.downgrade(&t);
+                            cd.downgrade(&t);
+                            craw.downgrade(&t);
+                        }
+                        if let Some(raw) = raw {
+                            hraw.session(&*craw).give(raw);
+                        }
+                        match record {
+                            Classified::Reading(r) => hr.session(&cr.delayed(&reading_time)).give(r),
+                            Classified::Dead(d) => hd.session(&*cd).give(d),
+                        }
+                    }
+                    Line::Wait(d) => break d,
+                    // The records neither end nor fail: a consumer error is
+                    // retried by the client, and the end markers end the source.
+                    Line::End | Line::Failed(_) => break Duration::ZERO,
                 }
-                hraw.session(&*craw).give(raw);
-                match record {
-                    Classified::Reading(r) => hr.session(&cr.delayed(&reading_time)).give(r),
-                    Classified::Dead(d) => hd.session(&*cd).give(d),
-                }
-            }
+            };
             drop(unsettled);
             state.report(&metrics);
             progress.set_max_ts(state.max_ts());
@@ -284,19 +326,44 @@ pub fn raw_source<'s>(
                 cd.downgrade(&t);
                 craw.downgrade(&t);
             }
-            if got > 0 {
+            if wait.is_zero() {
                 activator.activate();
             } else {
-                activator.activate_after(Duration::from_millis(20));
+                activator.activate_after(wait);
             }
         }
     });
-    RawStreams { readings, dead, raw }
+    streams
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy_core::reading::RawLine;
+
+    /// What [`RawState`] made of one record.
+    // Matched at once, never stored.
+    #[allow(clippy::large_enum_variant)]
+    #[derive(Debug)]
+    enum RawRecord {
+        /// Nothing to send: a marker, or a record of a partition not assigned.
+        Skip,
+        /// A data record, with its times.
+        Read { t: u64, raw: RawLine, record: Classified, reading_time: u64 },
+    }
+
+    impl RawState {
+        /// Takes one record received `now`, as the operator does.
+        fn record(&mut self, m: Record<'_>, now: Instant, arrival_ms: i64, unsettled: &mut Unsettled) -> RawRecord {
+            let mut m = Some(m);
+            match self.read(move || m.take(), now, unsettled, 1).next(arrival_ms) {
+                Line::Read { t, raw: Some(raw), record, reading_time, .. } => {
+                    RawRecord::Read { t, raw, record, reading_time }
+                }
+                _ => RawRecord::Skip,
+            }
+        }
+    }
 
     fn config() -> RawConfig {
         RawConfig {
