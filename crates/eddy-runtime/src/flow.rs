@@ -21,7 +21,9 @@
 //! and the verbs that only read records (sinks, statistics, windows, alerts) read
 //! them in place, so a record is not copied once per consumer.
 
+use std::cell::RefCell;
 use std::hash::Hash;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::dataflow::operators::Probe;
@@ -46,11 +48,14 @@ use eddy_state::window::WindowSpec;
 pub struct Flow<'s, D> {
     stream: SharedStream<'s, D>,
     step: String,
+    /// The on-time part of `stream`, once a verb asked for it: every job
+    /// that reads this flow (and its clones) shares one filter.
+    on_time: Rc<RefCell<Option<SharedStream<'s, D>>>>,
 }
 
 impl<'s, D: Clone + 'static> Clone for Flow<'s, D> {
     fn clone(&self) -> Self {
-        Flow { stream: self.stream.clone(), step: self.step.clone() }
+        Flow { stream: self.stream.clone(), step: self.step.clone(), on_time: Rc::clone(&self.on_time) }
     }
 }
 
@@ -84,7 +89,7 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
     /// Wraps a timely stream; `step` prefixes the names of the operators.
     pub fn new(stream: StreamVec<'s, u64, D>, step: &str) -> Self {
         let stream = share(stream, &format!("{step}.share"));
-        Flow { stream, step: step.to_string() }
+        Flow { stream, step: step.to_string(), on_time: Rc::default() }
     }
 
     /// The records as a timely stream of plain batches, for operators of
@@ -114,13 +119,13 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
     /// Transforms every record.
     pub fn map<D2: Clone + 'static>(self, f: impl FnMut(D) -> D2 + 'static) -> Flow<'s, D2> {
         let name = self.name("map");
-        Flow { stream: map_shared(self.stream, &name, f), step: self.step }
+        Flow { stream: map_shared(self.stream, &name, f), step: self.step, on_time: Rc::default() }
     }
 
     /// Keeps the records for which `f` is true.
     pub fn filter(self, f: impl FnMut(&D) -> bool + 'static) -> Self {
         let name = self.name("filter");
-        Flow { stream: filter_shared(self.stream, &name, f), step: self.step }
+        Flow { stream: filter_shared(self.stream, &name, f), step: self.step, on_time: Rc::default() }
     }
 
     /// Maps each record to any number of records.
@@ -130,7 +135,7 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
         I::Item: Clone + 'static,
     {
         let name = self.name("flat_map");
-        Flow { stream: flat_map_shared(self.stream, &name, f), step: self.step }
+        Flow { stream: flat_map_shared(self.stream, &name, f), step: self.step, on_time: Rc::default() }
     }
 
     /// Calls `f` on every record, passing it on unchanged.
@@ -150,7 +155,7 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
         let name = self.name("key_by");
         let plain = unshare(self.stream, &format!("{name}.unshare"));
         let routed = exchange_ordered(plain, &name, key);
-        Flow { stream: share(routed, &format!("{name}.share")), step: self.step }
+        Flow { stream: share(routed, &format!("{name}.share")), step: self.step, on_time: Rc::default() }
     }
 
     /// Groups records into event-time windows; finish with [`WindowedFlow::aggregate`].
@@ -204,8 +209,20 @@ impl<'s> Flow<'s, Reading> {
 
 impl<'s> Flow<'s, Enriched> {
     /// Drops late readings: what statistics, windows and alerts consume.
+    /// The jobs that read one flow share one filter: the first call builds
+    /// it, the others (on the flow or its clones) reuse it.
     pub fn on_time(self) -> Self {
-        self.filter(|e| !e.late)
+        let built = self.on_time.borrow().clone();
+        let stream = match built {
+            Some(s) => s,
+            None => {
+                let name = self.name("on_time");
+                let s = filter_shared(self.stream, &name, |e: &Enriched| !e.late);
+                *self.on_time.borrow_mut() = Some(s.clone());
+                s
+            }
+        };
+        Flow { stream: stream.clone(), step: self.step, on_time: Rc::new(RefCell::new(Some(stream))) }
     }
 
     /// Incremental statistics per (device, channel). Input: on-time readings.

@@ -529,23 +529,45 @@ pub fn health<'s>(on_time: Flow<'s, Enriched>, spec: HealthSpec, name: &str) -> 
     let readings = on_time.into_shared();
     // Every worker learns the times at which any worker got readings: the
     // "other devices go on reporting" of a silent fault.
-    let beats = heartbeats(readings.clone(), &format!("{name}.beats")).broadcast();
+    let every = (spec.silence.ms() / 180).max(1) as u64;
+    let beats = heartbeats(readings.clone(), every, &format!("{name}.beats")).broadcast();
     operator(readings, beats, spec, name)
 }
 
-/// Each time this worker's readings reach a time later than any before,
-/// that time.
-fn heartbeats<'s, C: Batch<Enriched>>(readings: Stream<'s, u64, C>, name: &str) -> StreamVec<'s, u64, u64> {
-    readings.unary(Pipeline, name, |_cap, _info| {
+/// The newest time at which this worker got readings, sent at most once
+/// every `every` of dataflow time (and when the input ends): a beat per
+/// epoch was a broadcast, and a progress update, per epoch per worker.
+/// The beat's capability is held meanwhile, so a deadline is decided (by
+/// the newest beat after it) at most `every` later, never differently.
+fn heartbeats<'s, C: Batch<Enriched>>(readings: Stream<'s, u64, C>, every: u64, name: &str) -> StreamVec<'s, u64, u64> {
+    readings.unary_frontier(Pipeline, name, move |_cap, _info| {
         let mut newest: Option<u64> = None;
-        move |input, output| {
+        let mut sent: Option<u64> = None;
+        // A capability at or below `newest` while it is unsent.
+        let mut held: Option<Capability<u64>> = None;
+        move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
                 if !data.records().is_empty() && newest.is_none_or(|n| t > n) {
                     newest = Some(t);
-                    output.session(&cap).give(t);
+                    if held.is_none() {
+                        held = Some(cap.delayed(&t, 0));
+                    }
                 }
             });
+            let (Some(n), Some(h)) = (newest, held.as_ref()) else { return };
+            let frontier = frontier.frontier();
+            // Send when the beat is `every` past the last one, when the input
+            // has moved `every` past it (no newer readings are coming soon),
+            // or when the input has ended.
+            let due = sent.is_none_or(|s| n >= s.saturating_add(every))
+                || !frontier.less_equal(&n.saturating_add(every))
+                || frontier.is_empty();
+            if due {
+                output.session(&h.delayed(&n)).give(n);
+                sent = Some(n);
+                held = None;
+            }
         }
     })
 }
@@ -600,15 +622,20 @@ fn operator<'s, C: Batch<Enriched>>(
                 }
                 let devices = pending.pop_first().map(|(_, d)| d).unwrap_or_default();
                 if passed {
-                    let held = held.as_ref().expect("held at or below the least pending deadline");
-                    let cap = held.delayed(&at.max(*held.time()));
-                    let mut session = output.session(&cap);
                     for device in devices {
                         match health.decide(device, deadline) {
-                            Decided::Silent(e) => session.give(e),
+                            Decided::Silent(e) => out.push(e),
                             Decided::Later(d) => pending.entry(d).or_default().push(device),
                             Decided::Nothing => {}
                         }
+                    }
+                    // A capability only for a deadline that starts a fault:
+                    // most find their device reported since, and a capability
+                    // at each of their (millisecond) times would cost the
+                    // progress tracker more than the decisions themselves.
+                    if !out.is_empty() {
+                        let held = held.as_ref().expect("held at or below the least pending deadline");
+                        output.session(&held.delayed(&at.max(*held.time()))).give_iterator(out.drain(..));
                     }
                 }
             }
