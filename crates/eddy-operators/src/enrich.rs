@@ -179,7 +179,7 @@ impl Enricher {
     /// device must have been [`Enricher::prepare`]d. A reading older than
     /// its device's last update is looked up in its device's history
     /// (through `histories`). The readings go to `give` in containers of at
-    /// most [`OUT_BATCH`], each only on-time or only late.
+    /// most `OUT_BATCH`, each only on-time or only late.
     pub fn enrich(
         &self,
         t: u64,

@@ -4,7 +4,7 @@
 //! module is one step of the pipeline:
 //!
 //! * [`ingest`]: the source that validates lines and stamps dataflow time;
-//! * [`reference`]: reference data as differential arrangements;
+//! * [`reference`](mod@reference): reference data as differential arrangements;
 //! * [`enrich`]: calibration and context, looked up as of each reading's time;
 //! * [`stats`], [`windows`], [`alerts`]: the statistics, windows and alerts jobs;
 //! * [`sink`]: writing a stream out, committing per epoch;

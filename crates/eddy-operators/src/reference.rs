@@ -71,7 +71,7 @@ pub fn reference<'s>(
     reference_with_feedback(scope, name, updates, progress, None)
 }
 
-/// [`reference`], plus reference updates fed back from the dataflow itself
+/// [`reference()`], plus reference updates fed back from the dataflow itself
 /// (e.g. live updates, or the calibration adapter's through a timely
 /// feedback edge), delivered on the worker that holds `updates` (worker 0).
 ///

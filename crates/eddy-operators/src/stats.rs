@@ -2,7 +2,7 @@
 //!
 //! Values are applied in each device's arrival order, epoch by epoch as the
 //! frontier passes them, and never reloaded: the state per key is one
-//! [`ChannelStats`] of constant size. A key's snapshot is emitted each time
+//! [`ChannelStats`](eddy_state::stats::ChannelStats) of constant size. A key's snapshot is emitted each time
 //! one of its tumbling windows (of `snapshot_every`) closes, and once more at
 //! the end of input. A snapshot for the window ending at `e` reflects exactly
 //! the readings stamped with a dataflow time before `e` (every non-late

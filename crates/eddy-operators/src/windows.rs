@@ -187,7 +187,7 @@ fn add_channels(aggs: &mut DeviceAggs, e: &Enriched) {
 /// channel), with less memory per key: the open windows hold one map entry
 /// per device (its channels' aggregates in one allocation) rather than one
 /// per (device, channel), and a closing window is sent at most
-/// [`CLOSE_CHUNK`] records per activation, its memory freed as it goes.
+/// `CLOSE_CHUNK` records per activation, its memory freed as it goes.
 pub fn windows<'s, C: Batch<Enriched>>(
     enriched: Stream<'s, u64, C>,
     spec: WindowSpec,

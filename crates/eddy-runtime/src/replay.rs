@@ -2,7 +2,7 @@
 //!
 //! The jobs (ingest, enrich, stats, windows, alerts) are built into one
 //! timely dataflow per worker and wired by in-process topics: each topic is a
-//! [`Flow`](crate::flow::Flow) from one job to the next. Each job's part is
+//! [`Flow`] from one job to the next. Each job's part is
 //! the same code that runs it alone (see `docs/architecture.md`).
 
 use eddy_core::reading::{Enriched, Reading};

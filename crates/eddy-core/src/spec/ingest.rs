@@ -21,8 +21,8 @@ pub struct RangeSpec {
     pub max: Option<f64>,
 }
 
-/// The default valid ranges: pm25 [0,1000], co2 [0,10000], voc [0,100000],
-/// temp [−40,85], hum [0,100].
+/// The default valid ranges: pm25 `[0,1000]`, co2 `[0,10000]`, voc `[0,100000]`,
+/// temp `[−40,85]`, hum `[0,100]`.
 pub fn default_ranges() -> BTreeMap<String, RangeSpec> {
     [("pm25", 0.0, 1000.0), ("co2", 0.0, 10000.0), ("voc", 0.0, 100000.0), ("temp", -40.0, 85.0), ("hum", 0.0, 100.0)]
         .into_iter()
@@ -58,8 +58,8 @@ pub struct IngestSpec {
     /// Default `"1s"`.
     #[serde(default = "d_epoch")]
     pub epoch: Millis,
-    /// Start from the default ranges (pm25 [0,1000], co2 [0,10000],
-    /// voc [0,100000], temp [−40,85], hum [0,100]). Default true.
+    /// Start from the default ranges (pm25 `[0,1000]`, co2 `[0,10000]`,
+    /// voc `[0,100000]`, temp `[−40,85]`, hum `[0,100]`). Default true.
     #[serde(default = "d_true")]
     pub default_ranges: bool,
     /// Valid ranges by channel, `{ min = …, max = … }`; they replace the
