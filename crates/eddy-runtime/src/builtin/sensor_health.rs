@@ -423,10 +423,22 @@ impl Health {
         let floor = newest.saturating_sub(spec.window.ms());
         if r.ts > floor {
             let mut e = Entry { ts: r.ts, values: 0, junk: 0 };
-            for (c, v) in r.raw.iter() {
-                let (Some(_), Some(slot)) = (v, dev.slot(*c)) else { continue };
+            let any_junk = !r.junk.is_empty();
+            for (i, (c, v)) in r.raw.iter().enumerate() {
+                if v.is_none() {
+                    continue;
+                }
+                // A device usually sends its channels in one order: the
+                // reading's i-th channel is then slot i.
+                let slot = match dev.ids.get(i) {
+                    Some(id) if id == c => i,
+                    _ => match dev.slot(*c) {
+                        Some(slot) => slot,
+                        None => continue,
+                    },
+                };
                 e.values |= 1 << slot;
-                if r.junk.contains(c) {
+                if any_junk && r.junk.contains(c) {
                     e.junk |= 1 << slot;
                 }
             }
