@@ -222,9 +222,12 @@ impl Window {
         &self.entries[self.start..]
     }
 
-    /// Adds `e` after the entries with a `ts` at or before its own.
+    /// Adds `e` after the entries with a `ts` at or before its own. The dead
+    /// prefix is cut away when the storage is full or when it is at least
+    /// half of it, so a window of any length takes at most twice its size.
     fn insert(&mut self, e: Entry) {
-        if self.start > 0 && self.entries.len() == self.entries.inline_size() {
+        let len = self.entries.len();
+        if self.start > 0 && (len == self.entries.capacity() || self.start * 2 >= len) {
             self.entries.drain(..self.start);
             self.start = 0;
         }
@@ -713,6 +716,20 @@ mod tests {
             let want: Vec<(i64, u64)> = model.iter().map(|e| (e.ts, e.values)).collect();
             assert_eq!(live, want, "window at step {i}");
         }
+    }
+
+    /// A device that reports far more often than the window's inline room
+    /// (a reading a second, an hour's window) keeps only about twice its
+    /// live readings, however long it runs.
+    #[test]
+    fn a_long_window_keeps_its_storage_bounded() {
+        let mut w = Window::default();
+        for ts in 0..100_000i64 {
+            w.insert(Entry { ts, values: 1, junk: 0 });
+            while w.pop_through(ts - 3_600).is_some() {}
+            assert!(w.entries.len() <= 2 * 3_600 + 2, "{} entries at {ts}", w.entries.len());
+        }
+        assert_eq!(w.live().len(), 3_600);
     }
 
     fn spec() -> HealthSpec {
