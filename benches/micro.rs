@@ -61,6 +61,7 @@ fn reading(i: usize) -> Reading {
         pos: Position::line(i as u64),
         values: p.values,
         late: false,
+        future: false,
         junk: Default::default(),
     }
 }

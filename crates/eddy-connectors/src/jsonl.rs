@@ -437,6 +437,7 @@ mod tests {
             ts: 5,
             pos: Position::line(3),
             late: false,
+            future: false,
             values: [(Channel::PM25, Some(11.0)), (Channel::CO2, None), (Channel::HUM, None)].into_iter().collect(),
             raw: [(Channel::PM25, Some(10.0)), (Channel::CO2, None), (Channel::HUM, Some(140.0))].into_iter().collect(),
             calibrated: [Channel::PM25].into_iter().collect(),

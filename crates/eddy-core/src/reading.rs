@@ -224,6 +224,12 @@ pub struct Reading {
     /// True when it arrived later than the lateness allows: it is kept for
     /// the late output and the backup, and left out of statistics, windows and alerts.
     pub late: bool,
+    /// True when its `ts` is further ahead of the fleet clock than
+    /// `max_future` allows (see [`crate::clock`]): it is kept for the future
+    /// output and the backup, and left out of everything else. Never both
+    /// late and future.
+    #[serde(default)]
+    pub future: bool,
     /// Channels whose raw value lies outside the channel's valid range.
     pub junk: ChannelList,
 }
@@ -239,12 +245,18 @@ impl Clone for Reading {
             pos: self.pos,
             values: Values::from_slice(&self.values),
             late: self.late,
+            future: self.future,
             junk: ChannelList::from_slice(&self.junk),
         }
     }
 }
 
 impl Reading {
+    /// Neither late nor future: it reaches statistics, windows and alerts.
+    pub fn on_time(&self) -> bool {
+        !self.late && !self.future
+    }
+
     /// True when `channel` is junk in this reading.
     pub fn is_junk(&self, channel: Channel) -> bool {
         self.junk.contains(&channel)
@@ -264,6 +276,10 @@ pub struct Enriched {
     /// Late readings are enriched too (the backup keeps them), but only
     /// non-late ones reach statistics, windows and alerts.
     pub late: bool,
+    /// Future readings are enriched too, as of their dataflow time (the
+    /// backup keeps them), and reach nothing else.
+    #[serde(default)]
+    pub future: bool,
     /// Calibrated values, in the order received. `None` where the value was
     /// null or junk: such a value is excluded from everything downstream.
     pub values: Values,
@@ -286,6 +302,7 @@ impl Clone for Enriched {
             ts: self.ts,
             pos: self.pos,
             late: self.late,
+            future: self.future,
             values: Values::from_slice(&self.values),
             raw: Values::from_slice(&self.raw),
             calibrated: ChannelList::from_slice(&self.calibrated),
@@ -296,6 +313,11 @@ impl Clone for Enriched {
 }
 
 impl Enriched {
+    /// Neither late nor future.
+    pub fn on_time(&self) -> bool {
+        !self.late && !self.future
+    }
+
     /// The usable (non-null, non-junk, calibrated) values.
     pub fn usable(&self) -> impl Iterator<Item = (Channel, f64)> + Clone + '_ {
         self.values.iter().filter_map(|(c, v)| v.map(|v| (*c, v)))
@@ -447,6 +469,7 @@ mod tests {
                 pos: Position { partition: 2, offset: 9 },
                 values: values.clone(),
                 late: n % 2 == 0,
+                future: n % 3 == 0,
                 junk: junk.clone(),
             };
             assert_eq!(r.clone(), r);
@@ -455,6 +478,7 @@ mod tests {
                 ts: r.ts,
                 pos: r.pos,
                 late: !r.late,
+                future: !r.future,
                 raw: values.iter().rev().copied().collect(),
                 values,
                 calibrated: junk.iter().rev().copied().collect(),

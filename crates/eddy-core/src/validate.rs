@@ -15,7 +15,8 @@ use crate::reading::{ChannelList, Values};
 
 /// Field names that cannot be channels: they are the reading's own fields,
 /// or fields of the enriched output.
-pub const RESERVED_FIELDS: [&str; 8] = ["device_id", "ts", "raw", "device", "junk", "late", "line_no", "calibrated"];
+pub const RESERVED_FIELDS: [&str; 9] =
+    ["device_id", "ts", "raw", "device", "junk", "late", "future", "line_no", "calibrated"];
 
 /// Largest accepted `ts`: 2^53 − 1, the largest integer every JSON reader keeps exact.
 pub const MAX_TS: i64 = (1 << 53) - 1;
@@ -516,57 +517,6 @@ fn parse_full(line: &[u8]) -> Result<Parsed, Rejection> {
     }
 }
 
-/// The lateness rule, applied to valid readings in arrival order.
-///
-/// A reading is late when its `ts` is more than `lateness_ms` below the
-/// largest `ts` among earlier valid readings. The watermark is that largest
-/// `ts` minus the lateness: every reading that is not late has `ts >= watermark`.
-#[derive(Clone, Debug)]
-pub struct LateTracker {
-    lateness_ms: i64,
-    max_ts: Option<i64>,
-}
-
-impl LateTracker {
-    /// A tracker that has seen nothing.
-    pub fn new(lateness_ms: i64) -> Self {
-        LateTracker { lateness_ms, max_ts: None }
-    }
-
-    /// Classifies a valid reading with event time `ts`, then records it.
-    /// Returns true when it is late.
-    pub fn observe(&mut self, ts: i64) -> bool {
-        match self.max_ts {
-            Some(max) if max.saturating_sub(ts) > self.lateness_ms => true,
-            Some(max) => {
-                if ts > max {
-                    self.max_ts = Some(ts);
-                }
-                false
-            }
-            None => {
-                self.max_ts = Some(ts);
-                false
-            }
-        }
-    }
-
-    /// The largest `ts` seen.
-    pub fn max_ts(&self) -> Option<i64> {
-        self.max_ts
-    }
-
-    /// The watermark: no reading at or after it is late. `None` before any reading.
-    pub fn watermark(&self) -> Option<i64> {
-        self.max_ts.map(|m| m.saturating_sub(self.lateness_ms))
-    }
-
-    /// Restores the tracker from a checkpoint.
-    pub fn restore(&mut self, max_ts: Option<i64>) {
-        self.max_ts = max_ts;
-    }
-}
-
 /// Valid ranges per channel; a value outside its channel's range is junk.
 #[derive(Clone, Debug, Default)]
 pub struct Ranges {
@@ -742,17 +692,6 @@ mod tests {
                 None => proptest::prop_assert!(full.is_err() || ts > MAX_TS as u64 || exp.is_some_and(|e| e.abs() > 16) || fd + 9 > 18),
             }
         }
-    }
-
-    #[test]
-    fn lateness_is_relative_to_the_largest_earlier_ts() {
-        let mut t = LateTracker::new(10);
-        assert!(!t.observe(100));
-        assert!(!t.observe(90)); // exactly the lateness below: not late
-        assert!(t.observe(89));
-        assert!(!t.observe(120));
-        assert!(t.observe(100));
-        assert_eq!(t.watermark(), Some(110));
     }
 
     #[test]

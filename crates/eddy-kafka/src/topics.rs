@@ -4,8 +4,9 @@
 //! | topic | written by | records | key |
 //! |-------|-----------|---------|-----|
 //! | `P.raw` | `eddy publish`, devices | raw frames as received (any bytes) | `device_id` when readable |
-//! | `P.readings` | ingest | valid readings, late ones flagged | `device_id` |
+//! | `P.readings` | ingest | valid readings, late and future ones flagged | `device_id` |
 //! | `P.late` | ingest | late readings (as `late.jsonl`) | `device_id` |
+//! | `P.future` | ingest | future readings (as `future.jsonl`) | `device_id` |
 //! | `P.deadletter` | ingest | rejected frames with partition, offset, reason | none |
 //! | `P.enriched` | enrich | calibrated readings with context | `device_id` |
 //! | `P.stats` | stats | statistics snapshots (as `stats.jsonl`) | `device_id` |
@@ -60,6 +61,10 @@ impl Topics {
     /// Late readings.
     pub fn late(&self) -> String {
         self.name("late")
+    }
+    /// Future readings.
+    pub fn future(&self) -> String {
+        self.name("future")
     }
     /// Rejected frames.
     pub fn deadletter(&self) -> String {

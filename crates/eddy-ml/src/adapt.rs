@@ -268,7 +268,7 @@ pub fn adapter<'s>(
                 let Some(cap) = cap.retain_least(0) else { return };
                 let time = *cap.time() as i64;
                 let mut out = Vec::new();
-                for r in data.iter().filter(|r| !r.late) {
+                for r in data.iter().filter(|r| r.on_time()) {
                     let Some(v) = r.value(channel) else { continue };
                     let (s, end) = state.entry(r.device).or_insert_with(|| (ChannelStats::new(&stats), i64::MIN));
                     let this_end = snapshot_end(r.ts, every_ms);
@@ -295,7 +295,8 @@ pub fn adapter<'s>(
 /// `ts`, while the feedback edge holds the reference frontier at most one
 /// loop delay above the stamp. After re-stamping every reading has
 /// `ts < time + lateness + epoch`, so a loop delay of `lateness + epoch`
-/// never holds a reading back. Times only move forward, each reading's
+/// never holds a reading back (a future reading keeps its stamp, which
+/// enrich looks it up at). Times only move forward, each reading's
 /// position relative to the frontier is kept (`ts ≥ time` for on-time ones),
 /// and the order of each worker's output follows its input.
 pub fn restamp<'s>(
@@ -311,7 +312,9 @@ pub fn restamp<'s>(
                 let mut run: Vec<Reading> = Vec::new();
                 let mut run_time = least;
                 for r in data.drain(..) {
-                    let own = (r.ts - lateness_ms).div_euclid(epoch_ms) * epoch_ms;
+                    // A future reading keeps its time: enrich looks it up
+                    // as of that time, not its `ts`.
+                    let own = if r.future { 0 } else { (r.ts - lateness_ms).div_euclid(epoch_ms) * epoch_ms };
                     let t = least.max(own.max(0) as u64);
                     if t != run_time && !run.is_empty() {
                         output.session(&cap.delayed(&run_time, 0)).give_iterator(run.drain(..));

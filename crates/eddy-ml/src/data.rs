@@ -41,7 +41,7 @@ pub fn get(cols: &[(String, Option<f64>)], channel: &str) -> Option<f64> {
 /// in event-time order (ties by input position).
 pub fn series(rows: &[BackupRow], channel: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
     let mut by_dev: BTreeMap<String, Vec<(i64, u64, f64)>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| !r.late) {
+    for r in rows.iter().filter(|r| !r.late && !r.future) {
         if let Some(v) = get(&r.values, channel) {
             by_dev.entry(r.device_id.clone()).or_default().push((r.ts, r.pos.offset, v));
         }

@@ -195,7 +195,7 @@ pub fn score_with<'s>(
                 let Some(l) = live.as_ref() else { continue };
                 let rule = &l.model.rule;
                 let mut out = Vec::new();
-                for r in batch.iter().filter(|r| !r.late) {
+                for r in batch.iter().filter(|r| r.on_time()) {
                     let Some(v) = r.value(l.channel) else { continue };
                     let (h, state) = devices.entry(r.device).or_default();
                     h.push(r.ts, v);

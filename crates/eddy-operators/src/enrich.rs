@@ -33,6 +33,17 @@ pub fn lookup_time(ts: i64, t: u64, retention_ms: i64) -> u64 {
     ts.max(floor) as u64
 }
 
+/// The reference time reading `r`, at dataflow time `t`, is looked up at:
+/// [`lookup_time`], or `t` itself for a future reading (its `ts` is not to
+/// be trusted, and the reference data as of it may never be known).
+pub fn lookup_time_of(r: &Reading, t: u64, retention_ms: i64) -> u64 {
+    if r.future {
+        t
+    } else {
+        lookup_time(r.ts, t, retention_ms)
+    }
+}
+
 /// The reference data of one device as of a time.
 #[derive(Default)]
 pub struct DeviceView {
@@ -86,6 +97,7 @@ pub fn enrich_reading(r: Reading, view: &DeviceView) -> Enriched {
         ts: r.ts,
         pos: r.pos,
         late: r.late,
+        future: r.future,
         values,
         raw: r.values,
         calibrated,
@@ -95,7 +107,7 @@ pub fn enrich_reading(r: Reading, view: &DeviceView) -> Enriched {
 }
 
 /// Readings per output container, at most. A container holds only on-time
-/// or only late readings: the backup reads every reading and the other jobs
+/// or only late and future readings: the backup reads every reading and the other jobs
 /// only the on-time ones, so `on_time` then passes a shared batch on whole
 /// or drops it, and never copies records out of a batch that the backup's
 /// writer thread still holds.
@@ -144,7 +156,7 @@ impl Enricher {
     /// reference frontier (its least time `reference_low`, `None` once the
     /// reference input has ended) has passed its lookup time.
     pub fn ready(&self, r: &Reading, t: u64, reference_low: Option<u64>) -> bool {
-        reference_low.is_none_or(|low| low > lookup_time(r.ts, t, self.retention_ms))
+        reference_low.is_none_or(|low| low > lookup_time_of(r, t, self.retention_ms))
     }
 
     /// A reference batch updates `device`: its view is read again.
@@ -191,7 +203,7 @@ impl Enricher {
         let mut left = batch.len();
         let mut run: Vec<Enriched> = Vec::new();
         let mut push = |e: Enriched| {
-            if run.len() == OUT_BATCH || run.last().is_some_and(|l| l.late != e.late) {
+            if run.len() == OUT_BATCH || run.last().is_some_and(|l| l.on_time() != e.on_time()) {
                 give(&mut std::mem::take(&mut run));
             }
             if run.capacity() == 0 {
@@ -212,7 +224,7 @@ impl Enricher {
                 }
             }
             let Some(r) = batch.next() else { break };
-            let time = lookup_time(r.ts, t, self.retention_ms);
+            let time = lookup_time_of(&r, t, self.retention_ms);
             let (latest, view) = &views[&r.device];
             if time >= *latest {
                 push(enrich_reading(r, view));
@@ -321,6 +333,7 @@ mod tests {
             pos: Position::line(ts as u64),
             values: smallvec![(Channel::PM25, Some(v))],
             late,
+            future: false,
             junk: Default::default(),
         }
     }

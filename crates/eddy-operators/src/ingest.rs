@@ -27,15 +27,16 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::Activator;
 
+use eddy_core::clock::{Admitted, ClockConfig, EventClock};
 use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
-use eddy_core::validate::{parse_line, LateTracker, Parsed, Ranges, Rejection};
+use eddy_core::validate::{parse_line, Parsed, Ranges, Rejection};
 
 use crate::metrics::{latency, Metrics};
 use crate::sink::Taken;
 
 /// The ingest job's rule for one line, shared by every source of raw lines
-/// (a dataset file, the Kafka raw topic): validation, the lateness rule and
-/// the junk rule, with the counts the run reports. Pure: [`RawIngest`]
+/// (a dataset file, the Kafka raw topic): validation, the event-time rules
+/// (an [`EventClock`]) and the junk rule, with the counts the run reports. Pure: [`RawIngest`]
 /// stamps the lines' times, and the sources only read them.
 #[derive(Clone, Debug)]
 pub struct Validator {
@@ -52,6 +53,8 @@ pub struct Counts {
     pub valid: u64,
     /// Late readings.
     pub late: u64,
+    /// Future readings.
+    pub future: u64,
     /// Dead letters.
     pub dead: u64,
     /// Non-late readings with at least one junk value.
@@ -63,10 +66,15 @@ pub struct Counts {
 /// One classified line.
 #[derive(Clone, Debug)]
 pub enum Classified {
-    /// A valid reading, late or not, with its junk channels.
+    /// A valid reading, on time, late or future, with its junk channels.
     Reading(Reading),
     /// A line that failed validation.
     Dead(DeadLetter),
+    /// A valid reading, held while the event clock warms up.
+    Held,
+    /// A valid reading that ended the event clock's warm-up: every reading
+    /// held, this one last, classified, in arrival order.
+    Released(Vec<Reading>),
 }
 
 impl Validator {
@@ -75,33 +83,39 @@ impl Validator {
         Validator { ranges, counts: Counts::default() }
     }
 
-    /// Classifies the line at `pos` (`bytes`, parsed as `parsed`): a reading
-    /// is late when `late` says so or its `ts` is below `floor` (a source's
-    /// time that has passed it; `i64::MIN` for none).
+    /// Classifies the line at `pos` (`bytes`, parsed as `parsed`) with the
+    /// event-time rules of `clock`: a reading below `floor` (a source's time
+    /// that has passed it; `i64::MIN` for none) is late as well.
     pub fn classify(
         &mut self,
         parsed: Result<Parsed, Rejection>,
         bytes: &[u8],
         pos: Position,
-        late: &mut LateTracker,
+        clock: &mut EventClock,
         floor: i64,
     ) -> Classified {
         self.counts.lines += 1;
         match parsed {
             Ok(p) => {
                 self.counts.valid += 1;
-                let is_late = late.observe(p.ts) | (p.ts < floor);
                 let junk = self.ranges.junk_of(&p.values);
-                if is_late {
-                    self.counts.late += 1;
-                } else if !junk.is_empty() {
-                    self.counts.junk += 1;
-                    match self.counts.junk_by_device.iter_mut().find(|(d, _)| *d == p.device) {
-                        Some((_, n)) => *n += 1,
-                        None => self.counts.junk_by_device.push((p.device, 1)),
+                let r = Reading { device: p.device, ts: p.ts, pos, values: p.values, late: false, future: false, junk };
+                match clock.admit(r, floor) {
+                    Admitted::One(r) => {
+                        self.count(&r);
+                        Classified::Reading(r)
+                    }
+                    Admitted::Held => Classified::Held,
+                    Admitted::Released(mut rs) if rs.len() == 1 => {
+                        let r = rs.pop().expect("one reading");
+                        self.count(&r);
+                        Classified::Reading(r)
+                    }
+                    Admitted::Released(rs) => {
+                        rs.iter().for_each(|r| self.count(r));
+                        Classified::Released(rs)
                     }
                 }
-                Classified::Reading(Reading { device: p.device, ts: p.ts, pos, values: p.values, late: is_late, junk })
             }
             Err(reason) => {
                 self.counts.dead += 1;
@@ -114,12 +128,36 @@ impl Validator {
         }
     }
 
+    /// The input has ended: the readings `clock` still holds, classified
+    /// (below `floor`: late).
+    pub fn finish(&mut self, clock: &mut EventClock, floor: i64) -> Vec<Reading> {
+        let rs = clock.finish(floor);
+        rs.iter().for_each(|r| self.count(r));
+        rs
+    }
+
+    /// Counts a classified reading: late, future, or on time with junk.
+    fn count(&mut self, r: &Reading) {
+        if r.late {
+            self.counts.late += 1;
+        } else if r.future {
+            self.counts.future += 1;
+        } else if !r.junk.is_empty() {
+            self.counts.junk += 1;
+            match self.counts.junk_by_device.iter_mut().find(|(d, _)| *d == r.device) {
+                Some((_, n)) => *n += 1,
+                None => self.counts.junk_by_device.push((r.device, 1)),
+            }
+        }
+    }
+
     /// Adds the counts so far to `metrics`, and starts counting from zero.
     pub fn report(&mut self, metrics: &Metrics) {
         let c = std::mem::take(&mut self.counts);
         Metrics::add(&metrics.lines, c.lines);
         Metrics::add(&metrics.valid, c.valid);
         Metrics::add(&metrics.late, c.late);
+        Metrics::add(&metrics.future, c.future);
         Metrics::add(&metrics.deadletter, c.dead);
         Metrics::add(&metrics.junk, c.junk);
         if !c.junk_by_device.is_empty() {
@@ -147,8 +185,8 @@ pub struct ReadError {
 /// Settings of the ingest source.
 #[derive(Clone, Debug)]
 pub struct IngestConfig {
-    /// See `IngestSpec::lateness`.
-    pub lateness_ms: i64,
+    /// The event-time rules (`IngestSpec::clock`).
+    pub clock: ClockConfig,
     /// See `IngestSpec::epoch`.
     pub epoch_ms: i64,
     /// The junk rule.
@@ -313,8 +351,8 @@ pub fn time_of(wm: Option<i64>, epoch_ms: i64) -> u64 {
 }
 
 /// Where raw lines come from: a dataset file, or the records of the Kafka
-/// raw topic. A source reads its lines and keeps the lateness rule of each
-/// (one rule for a file, one per partition for a topic); [`RawIngest`]
+/// raw topic. A source reads its lines and keeps the event clock of each
+/// (one clock for a file, one per partition for a topic); [`RawIngest`]
 /// does the rest, the same for every source.
 pub trait RawSource {
     /// Reads the next raw line into `buf` (empty on entry) and tells where it
@@ -325,8 +363,8 @@ pub trait RawSource {
     /// `None` while one of them has no reading yet.
     fn watermark(&self) -> Option<i64>;
 
-    /// The lateness rule of the line read at `pos`.
-    fn lateness(&mut self, pos: Position) -> &mut LateTracker;
+    /// The event clock of the line read at `pos`.
+    fn clock(&mut self, pos: Position) -> &mut EventClock;
 
     /// The line at `pos` goes out at time `t`: what the source's positions
     /// for checkpoints are made of.
@@ -402,20 +440,36 @@ impl RawIngest {
         let new_epoch = t > self.time;
         self.time = t;
         src.stamped(pos, t);
-        let late = src.lateness(pos);
+        let clock = src.clock(pos);
         // The reading's own time: its partition's watermark before it, as an
         // epoch (never below the line's). Stamped with the source's
         // watermark alone, a reading of a partition read far ahead of the
         // others would carry a time far below its `ts`, and hold back every
         // job downstream that waits for reference data as of its `ts`
         // (enrich, alerts).
-        let reading_time = time_of(late.watermark(), self.epoch_ms).max(t);
+        let reading_time = time_of(clock.watermark(), self.epoch_ms).max(t);
         let raw = self.raw.then(|| RawLine { pos, arrival_ms, bytes: bytes.to_vec() });
-        let record = self.validator.classify(parsed, bytes, pos, late, t as i64);
-        if let Classified::Reading(r) = &record {
-            self.max_ts = self.max_ts.max(Some(r.ts));
+        let record = self.validator.classify(parsed, bytes, pos, clock, t as i64);
+        match &record {
+            Classified::Reading(r) => self.saw(r),
+            Classified::Released(rs) => rs.iter().for_each(|r| self.saw(r)),
+            Classified::Dead(_) | Classified::Held => {}
         }
         Line::Read { t, new_epoch, pos, raw, record, reading_time }
+    }
+
+    /// An input (or a partition of a topic) has ended: the readings its
+    /// `clock` still holds, classified, to go out at [`Self::time`].
+    pub fn finish(&mut self, clock: &mut EventClock) -> Vec<Reading> {
+        let rs = self.validator.finish(clock, self.time as i64);
+        rs.iter().for_each(|r| self.saw(r));
+        rs
+    }
+
+    fn saw(&mut self, r: &Reading) {
+        if !r.future {
+            self.max_ts = self.max_ts.max(Some(r.ts));
+        }
     }
 
     /// After a batch: the time the source's watermark `wm` has reached, if
@@ -434,7 +488,7 @@ impl RawIngest {
         self.time
     }
 
-    /// The largest `ts` of a reading so far.
+    /// The largest `ts` of a reading that is not future so far.
     pub fn max_ts(&self) -> Option<i64> {
         self.max_ts
     }
@@ -481,11 +535,11 @@ pub enum Line {
     Failed(std::io::Error),
 }
 
-/// A dataset file as a [`RawSource`]: its lines, one lateness rule, and the
+/// A dataset file as a [`RawSource`]: its lines, one event clock, and the
 /// position after the last line stamped.
 struct FileLines {
     src: Box<dyn LineSource>,
-    late: LateTracker,
+    clock: EventClock,
     next_pos: Position,
 }
 
@@ -499,11 +553,11 @@ impl RawSource for FileLines {
     }
 
     fn watermark(&self) -> Option<i64> {
-        self.late.watermark()
+        self.clock.watermark()
     }
 
-    fn lateness(&mut self, _pos: Position) -> &mut LateTracker {
-        &mut self.late
+    fn clock(&mut self, _pos: Position) -> &mut EventClock {
+        &mut self.clock
     }
 
     fn stamped(&mut self, pos: Position, _t: u64) {
@@ -545,7 +599,7 @@ impl IngestState {
     /// A source over `src`, at time 0, that has read nothing.
     pub fn new(src: Box<dyn LineSource>, cfg: &IngestConfig) -> IngestState {
         IngestState {
-            file: FileLines { src, late: LateTracker::new(cfg.lateness_ms), next_pos: Position::line(1) },
+            file: FileLines { src, clock: EventClock::new(cfg.clock), next_pos: Position::line(1) },
             ingest: RawIngest::new(cfg.ranges.clone(), cfg.epoch_ms, cfg.raw),
             speed: cfg.speed,
             pace_tick: cfg.pace_tick,
@@ -603,6 +657,12 @@ impl IngestState {
             flight.line();
         }
         read
+    }
+
+    /// The input has ended: the readings still held for the event clock's
+    /// warm-up, classified, to go out at [`Self::time`].
+    pub fn finish(&mut self) -> Vec<Reading> {
+        self.ingest.finish(&mut self.file.clock)
     }
 
     /// After a batch: the time the watermark has reached, if it is later
@@ -724,6 +784,11 @@ pub fn ingest_source<'s>(
                                 buf_r.push(r);
                             }
                             Classified::Dead(d) => buf_d.push(d),
+                            Classified::Held => {}
+                            Classified::Released(rs) => {
+                                lat_n += rs.len() as u64;
+                                buf_r.extend(rs);
+                            }
                         }
                     }
                     Line::Wait(d) => {
@@ -731,10 +796,12 @@ pub fn ingest_source<'s>(
                         break;
                     }
                     Line::End => {
+                        buf_r.extend(src.finish());
                         finished = true;
                         break;
                     }
                     Line::Failed(e) => {
+                        buf_r.extend(src.finish());
                         metrics.fail(ReadError { input: src.describe(), after: src.next_pos().offset, source: e });
                         finished = true;
                         break;
@@ -831,7 +898,7 @@ mod tests {
     fn the_validator_counts_every_line_once_and_junk_only_on_time() {
         let ranges = Ranges::new([("pm25", Some(0.0), Some(1000.0))]);
         let mut v = Validator::new(ranges);
-        let mut late = LateTracker::new(600_000);
+        let mut late = EventClock::new(no_warmup(600_000));
         let lines: [&[u8]; 5] = [
             br#"{"device_id":"a","ts":3600000,"pm25":5000}"#, // junk
             br#"{"device_id":"a","ts":3600001,"pm25":5}"#,
@@ -853,6 +920,7 @@ mod tests {
                     assert_eq!(d.pos, Position::line(4));
                     kinds.push("dead")
                 }
+                other => panic!("no warm-up: {other:?}"),
             }
         }
         assert_eq!(kinds, ["junk", "ok", "late", "dead", "ok"]);
@@ -868,6 +936,12 @@ mod tests {
         assert_eq!(m.junk_by_device.lock().get("a"), Some(&1));
         v.report(&m);
         assert_eq!(Metrics::get(&m.lines), 6, "counts are taken once");
+    }
+
+    /// The event-time rules without the fleet clock's warm-up or the future
+    /// rule: the lateness alone.
+    fn no_warmup(lateness_ms: i64) -> ClockConfig {
+        ClockConfig { quorum: 1, warmup: 0, ..ClockConfig::new(lateness_ms) }
     }
 
     /// Lines from a list, then the end or, with `fail`, an error.
@@ -907,7 +981,7 @@ mod tests {
 
     fn config() -> IngestConfig {
         IngestConfig {
-            lateness_ms: 1_000,
+            clock: no_warmup(1_000),
             epoch_ms: 1_000,
             ranges: Ranges::default(),
             speed: None,
@@ -930,6 +1004,7 @@ mod tests {
                     Classified::Reading(r) if r.late => "late",
                     Classified::Reading(_) => "ok",
                     Classified::Dead(_) => "dead",
+                    Classified::Held | Classified::Released(_) => "clock",
                 };
                 (t, new_epoch, pos, what)
             }
@@ -1129,7 +1204,7 @@ mod tests {
             let (metrics, consumed, most, got) = (Arc::clone(&m), Arc::clone(&c), Arc::clone(&mo), Arc::clone(&g));
             let processed = Rc::new(RefCell::new(Vec::new()));
             let cfg = IngestConfig {
-                lateness_ms: 0,
+                clock: no_warmup(0),
                 epoch_ms: 1000,
                 ranges: Ranges::default(),
                 speed: None,

@@ -23,9 +23,11 @@ pub struct Metrics {
     pub valid: AtomicU64,
     /// Valid readings classified late.
     pub late: AtomicU64,
+    /// Valid readings classified future.
+    pub future: AtomicU64,
     /// Lines sent to the dead-letter output.
     pub deadletter: AtomicU64,
-    /// Non-late valid readings with at least one junk channel.
+    /// On-time valid readings with at least one junk channel.
     pub junk: AtomicU64,
     /// Junk readings per device id (non-late).
     pub junk_by_device: Mutex<HashMap<String, u64>>,

@@ -450,6 +450,7 @@ mod tests {
             ts,
             pos: Position::line(line),
             late: false,
+            future: false,
             raw: values.clone(),
             values,
             calibrated: Default::default(),

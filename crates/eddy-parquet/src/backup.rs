@@ -21,7 +21,7 @@ use crate::meta::{META_CHANNEL, META_CONTEXT, META_FORMAT, META_RAW};
 use crate::part::{Core, Encoder, RowKey};
 
 /// Column names that channels and context keys cannot take.
-const FIXED_COLUMNS: [&str; 6] = ["device_id", "ts", "late", "junk", "src_partition", "src_offset"];
+const FIXED_COLUMNS: [&str; 7] = ["device_id", "ts", "late", "future", "junk", "src_partition", "src_offset"];
 
 /// The columns of a backup file: its channels and context keys.
 #[derive(Debug)]
@@ -78,11 +78,12 @@ impl Layout {
             fields.push(tagged(col.clone(), DataType::Utf8, META_CONTEXT, k));
         }
         fields.push(Field::new("late", DataType::Boolean, false));
+        fields.push(Field::new("future", DataType::Boolean, false));
         fields.push(Field::new("junk", junk_type(), false));
         fields.push(Field::new("src_partition", DataType::UInt32, false));
         fields.push(Field::new("src_offset", DataType::UInt64, false));
         let schema =
-            Schema::new(fields).with_metadata(HashMap::from([(META_FORMAT.to_string(), "backup/1".to_string())]));
+            Schema::new(fields).with_metadata(HashMap::from([(META_FORMAT.to_string(), "backup/2".to_string())]));
 
         let max_idx = channels.iter().map(|c| usize::from(c.index()) + 1).max().unwrap_or(0);
         let mut channel_slot = vec![NONE; max_idx];
@@ -199,6 +200,7 @@ pub(crate) struct BackupEncoder {
     raw: Vec<Float64Builder>,
     context: Vec<StringBuilder>,
     late: BooleanBuilder,
+    future: BooleanBuilder,
     junk: ListBuilder<StringBuilder>,
     partition: UInt32Builder,
     offset: UInt64Builder,
@@ -220,6 +222,7 @@ impl BackupEncoder {
             raw: (0..n).map(|_| Float64Builder::new()).collect(),
             context: (0..m).map(|_| StringBuilder::new()).collect(),
             late: BooleanBuilder::new(),
+            future: BooleanBuilder::new(),
             junk: ListBuilder::new(StringBuilder::new()).with_field(junk_item()),
             partition: UInt32Builder::new(),
             offset: UInt64Builder::new(),
@@ -306,6 +309,7 @@ impl Encoder for BackupEncoder {
             }
         }
         self.late.append_value(row.late);
+        self.future.append_value(row.future);
         for c in row.junk.iter() {
             c.with_name(|n| self.junk.values().append_value(n));
         }
@@ -329,6 +333,7 @@ impl Encoder for BackupEncoder {
             cols.push(Arc::new(b.finish()));
         }
         cols.push(Arc::new(self.late.finish()));
+        cols.push(Arc::new(self.future.finish()));
         cols.push(Arc::new(self.junk.finish()));
         cols.push(Arc::new(self.partition.finish()));
         cols.push(Arc::new(self.offset.finish()));
@@ -465,6 +470,7 @@ mod tests {
                 "ctx_pm25",
                 "site",
                 "late",
+                "future",
                 "junk",
                 "src_partition",
                 "src_offset"

@@ -31,6 +31,9 @@ pub struct BackupRow {
     pub context: Vec<(String, String)>,
     /// Whether the reading was late.
     pub late: bool,
+    /// Whether the reading was future (false in files without the column,
+    /// written before it existed).
+    pub future: bool,
     /// Its junk channels.
     pub junk: Vec<String>,
     /// Where it was read from (`src_partition`, `src_offset`).
@@ -91,7 +94,7 @@ fn role(field: &arrow::datatypes::Field) -> Role {
     // A file rewritten by another tool may have lost the field metadata:
     // fall back to the names.
     let name = field.name().as_str();
-    if matches!(name, "device_id" | "ts" | "late" | "junk" | "src_partition" | "src_offset") {
+    if matches!(name, "device_id" | "ts" | "late" | "future" | "junk" | "src_partition" | "src_offset") {
         return Role::Other;
     }
     match field.data_type() {
@@ -141,6 +144,7 @@ fn decode_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<BackupRow>) -> R
         Some(a) => Some(cast_to(path, "late", a, &DataType::Boolean)?),
         None => None,
     };
+    let future = batch.column_by_name("future").filter(|a| a.data_type() == &DataType::Boolean);
     let junk = batch.column_by_name("junk");
 
     let mut values = Vec::new();
@@ -162,6 +166,10 @@ fn decode_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<BackupRow>) -> R
     let offset = offset.as_primitive_opt::<UInt64Type>().ok_or_else(|| bad("src_offset"))?;
     let late = match &late {
         Some(a) => Some(a.as_boolean_opt().ok_or_else(|| bad("late"))?),
+        None => None,
+    };
+    let future = match future {
+        Some(a) => Some(a.as_boolean_opt().ok_or_else(|| bad("future"))?),
         None => None,
     };
     let junk = match junk {
@@ -206,6 +214,7 @@ fn decode_batch(path: &Path, batch: &RecordBatch, out: &mut Vec<BackupRow>) -> R
                 .map(|(k, a)| (k.clone(), a.value(i).to_string()))
                 .collect(),
             late: late.is_some_and(|l| !l.is_null(i) && l.value(i)),
+            future: future.is_some_and(|l| !l.is_null(i) && l.value(i)),
             junk,
             pos: Position { partition: partition.value(i), offset: offset.value(i) },
         });

@@ -205,10 +205,15 @@ impl<'s> Flow<'s, Reading> {
     pub fn late(self) -> Self {
         self.filter(|r| r.late)
     }
+
+    /// Only the future readings.
+    pub fn future(self) -> Self {
+        self.filter(|r| r.future)
+    }
 }
 
 impl<'s> Flow<'s, Enriched> {
-    /// Drops late readings: what statistics, windows and alerts consume.
+    /// Drops late and future readings: what statistics, windows and alerts consume.
     /// The jobs that read one flow share one filter: the first call builds
     /// it, the others (on the flow or its clones) reuse it.
     pub fn on_time(self) -> Self {
@@ -217,7 +222,7 @@ impl<'s> Flow<'s, Enriched> {
             Some(s) => s,
             None => {
                 let name = self.name("on_time");
-                let s = filter_shared(self.stream, &name, |e: &Enriched| !e.late);
+                let s = filter_shared(self.stream, &name, Enriched::on_time);
                 *self.on_time.borrow_mut() = Some(s.clone());
                 s
             }

@@ -122,14 +122,16 @@ pub struct Summary {
     pub valid: u64,
     /// Valid readings classified late.
     pub late: u64,
+    /// Valid readings classified future: too far ahead of the fleet clock.
+    pub future: u64,
     /// Lines that failed validation.
     pub deadletter: u64,
-    /// Non-late valid readings with at least one junk channel.
+    /// On-time valid readings with at least one junk channel.
     pub junk: u64,
     /// Records written to each output; for `backup` and `raw`, the rows
     /// their manifests hold.
     pub records: BTreeMap<String, u64>,
-    /// Non-late junk readings per device.
+    /// On-time junk readings per device.
     pub junk_by_device: BTreeMap<String, u64>,
     /// Input lines read.
     pub lines: u64,
@@ -218,7 +220,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
     pub fn ingest(&mut self) -> Ingest<'s> {
         let spec = &self.shared.spec.ingest;
         let cfg = IngestConfig {
-            lateness_ms: spec.lateness.ms(),
+            clock: spec.clock(),
             epoch_ms: spec.epoch.ms(),
             ranges: spec.ranges(),
             speed: self.shared.speed,
@@ -439,6 +441,7 @@ where
     let summary = Summary {
         valid: Metrics::get(&metrics.valid),
         late: Metrics::get(&metrics.late),
+        future: Metrics::get(&metrics.future),
         deadletter: Metrics::get(&metrics.deadletter),
         junk: Metrics::get(&metrics.junk),
         records,

@@ -28,7 +28,7 @@ pub use crate::job::{JobOptions as ReplayOptions, Progress, Summary};
 
 /// The core pipeline's outputs, by name: each is `OUT/<name>.jsonl`. The
 /// component jobs add theirs ([`JobInstance::outputs`]).
-pub const OUTPUTS: [&str; 3] = ["enriched", "late", "deadletter"];
+pub const OUTPUTS: [&str; 4] = ["enriched", "late", "future", "deadletter"];
 
 /// The scoring job's output (`OUT/forecasts.jsonl`), written when a model is given.
 pub const FORECASTS: &str = "forecasts";
@@ -130,9 +130,12 @@ pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) -> Result<
     let readings = ingest.readings;
     let all_readings = readings.clone();
 
-    // ingest → late, deadletter (and the raw archive: every line as received)
+    // ingest → late, future, deadletter (and the raw archive: every line as received)
     if outputs.wants("late") {
         job.commit(readings.clone().late().sink(job.jsonl("late")?));
+    }
+    if outputs.wants("future") {
+        job.commit(readings.clone().future().sink(job.jsonl("future")?));
     }
     if outputs.wants("deadletter") {
         job.commit(ingest.dead.sink(job.jsonl("deadletter")?));

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{d_true, JobKind, SpecError};
+use crate::clock::ClockConfig;
 use crate::duration::Millis;
 use crate::validate::Ranges;
 
@@ -34,6 +35,18 @@ fn d_lateness() -> Millis {
     Millis(10 * 60_000)
 }
 
+fn d_max_future() -> Millis {
+    Millis(ClockConfig::MAX_FUTURE_MS)
+}
+
+fn d_quorum() -> usize {
+    ClockConfig::QUORUM
+}
+
+fn d_warmup() -> usize {
+    ClockConfig::WARMUP
+}
+
 fn d_epoch() -> Millis {
     Millis::SECOND
 }
@@ -48,10 +61,23 @@ pub struct IngestSpec {
     /// profiles (defaults to the kind).
     #[serde(default)]
     pub name: Option<String>,
-    /// How far below the largest `ts` seen so far a reading may be before it
-    /// is late. Default `"10m"`.
+    /// How far below the largest `ts` among accepted readings a reading may
+    /// be before it is late. Default `"10m"`.
     #[serde(default = "d_lateness")]
     pub lateness: Millis,
+    /// How far ahead of the fleet clock a reading may be before it is set
+    /// aside as future (see `docs/formats.md`, "Event time"). Default `"1h"`.
+    #[serde(default = "d_max_future")]
+    pub max_future: Millis,
+    /// The fleet clock is the `quorum`-th largest of the devices' latest
+    /// `ts`: it tolerates `quorum − 1` devices whose clocks run ahead. 1
+    /// turns the future rule off. Default 3.
+    #[serde(default = "d_quorum")]
+    pub quorum: usize,
+    /// Readings held, at most, while the fleet clock warms up (until
+    /// `2·quorum − 1` devices are seen). Default 1000.
+    #[serde(default = "d_warmup")]
+    pub warmup: usize,
     /// The length of an epoch of event time: the granularity at which the
     /// watermark advances the dataflow's frontier and sinks commit. It must
     /// divide the window size and slide and the statistics snapshot period.
@@ -76,6 +102,16 @@ impl IngestSpec {
         r
     }
 
+    /// The event-time rules' settings.
+    pub fn clock(&self) -> ClockConfig {
+        ClockConfig {
+            lateness_ms: self.lateness.ms(),
+            max_future_ms: self.max_future.ms(),
+            quorum: self.quorum,
+            warmup: self.warmup,
+        }
+    }
+
     /// The junk rule as a lookup table.
     pub fn ranges(&self) -> Ranges {
         let eff = self.effective_ranges();
@@ -87,6 +123,12 @@ impl IngestSpec {
     pub(super) fn check(&self, file: &str) -> Result<(), SpecError> {
         if self.epoch.ms() <= 0 {
             return Err(SpecError::key(file, "epoch", "must be at least 1ms"));
+        }
+        if self.max_future.ms() <= 0 {
+            return Err(SpecError::key(file, "max_future", "must be at least 1ms"));
+        }
+        if self.quorum == 0 {
+            return Err(SpecError::key(file, "quorum", "must be at least 1"));
         }
         for (c, r) in &self.ranges {
             if let (Some(lo), Some(hi)) = (r.min, r.max) {

@@ -9,8 +9,9 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Scope;
 
-use eddy_core::reading::Position;
-use eddy_core::validate::{LateTracker, Ranges};
+use eddy_core::clock::{ClockConfig, EventClock};
+use eddy_core::reading::{Position, Reading};
+use eddy_core::validate::Ranges;
 use eddy_operators::ingest::{
     wall_clock_ms, Classified, IngestStreams, Line, Next, RawIngest, RawOutputs, RawSource, SourceProgress,
 };
@@ -23,8 +24,8 @@ use crate::codec::Envelope;
 /// Settings of the raw source.
 #[derive(Clone, Debug)]
 pub struct RawConfig {
-    /// See `IngestSpec::lateness`.
-    pub lateness_ms: i64,
+    /// The event-time rules (`IngestSpec::clock`), kept per partition.
+    pub clock: ClockConfig,
     /// See `IngestSpec::epoch`.
     pub epoch_ms: i64,
     /// The junk rule.
@@ -37,7 +38,7 @@ pub struct RawConfig {
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
 struct RawPartition {
-    late: LateTracker,
+    clock: EventClock,
     last_seen: Instant,
     ended: bool,
 }
@@ -71,16 +72,19 @@ impl Partitions {
     }
 
     /// The least watermark over live partitions; `None` while one of them
-    /// has no reading yet (or every one is idle or ended).
+    /// has no reading yet (or every one is idle or ended). A partition whose
+    /// clock holds readings for its warm-up is never idle: the source's time
+    /// must not pass them before they go out.
     fn watermark(&self, now: Instant) -> Option<i64> {
         let mut wm: Option<i64> = None;
         let mut any = false;
         for p in self.parts.values() {
-            if p.ended || now.duration_since(p.last_seen) > self.idle_timeout {
+            let idle = now.duration_since(p.last_seen) > self.idle_timeout && !p.clock.holding();
+            if p.ended || idle {
                 continue;
             }
             any = true;
-            match p.late.watermark() {
+            match p.clock.watermark() {
                 Some(w) => wm = Some(wm.map_or(w, |m: i64| m.min(w))),
                 None => return None,
             }
@@ -128,8 +132,8 @@ where
         self.parts.watermark(self.now)
     }
 
-    fn lateness(&mut self, pos: Position) -> &mut LateTracker {
-        &mut self.parts.parts.get_mut(&(pos.partition as i32)).expect("a line of an assigned partition").late
+    fn clock(&mut self, pos: Position) -> &mut EventClock {
+        &mut self.parts.parts.get_mut(&(pos.partition as i32)).expect("a line of an assigned partition").clock
     }
 
     fn stamped(&mut self, pos: Position, t: u64) {
@@ -182,7 +186,7 @@ impl RawState {
     pub fn new(partitions: &[i32], cfg: &RawConfig, started: Instant) -> RawState {
         let parts = partitions
             .iter()
-            .map(|p| (*p, RawPartition { late: LateTracker::new(cfg.lateness_ms), last_seen: started, ended: false }))
+            .map(|p| (*p, RawPartition { clock: EventClock::new(cfg.clock), last_seen: started, ended: false }))
             .collect();
         RawState {
             parts: Partitions { parts, idle_timeout: cfg.idle_timeout, bytes: 0 },
@@ -209,6 +213,16 @@ impl RawState {
             ingest: &mut self.ingest,
             line: &mut self.line,
         }
+    }
+
+    /// The readings held by the clocks of partitions that have ended,
+    /// classified, to go out at the source's time.
+    pub fn release_ended(&mut self) -> Vec<Reading> {
+        let mut out = Vec::new();
+        for p in self.parts.parts.values_mut().filter(|p| p.ended && p.clock.holding()) {
+            out.extend(self.ingest.finish(&mut p.clock));
+        }
+        out
     }
 
     /// True once every partition has ended.
@@ -303,6 +317,10 @@ pub fn raw_source<'s>(
                         match record {
                             Classified::Reading(r) => hr.session(&cr.delayed(&reading_time)).give(r),
                             Classified::Dead(d) => hd.session(&*cd).give(d),
+                            Classified::Held => {}
+                            Classified::Released(mut rs) => {
+                                hr.session(&cr.delayed(&reading_time)).give_container(&mut rs)
+                            }
                         }
                     }
                     Line::Wait(d) => break d,
@@ -312,6 +330,10 @@ pub fn raw_source<'s>(
                 }
             };
             drop(unsettled);
+            let mut released = state.release_ended();
+            if !released.is_empty() {
+                hr.session(&*cr).give_container(&mut released);
+            }
             state.report(&metrics);
             progress.set_max_ts(state.max_ts());
 
@@ -367,7 +389,7 @@ mod tests {
 
     fn config() -> RawConfig {
         RawConfig {
-            lateness_ms: 1_000,
+            clock: ClockConfig { quorum: 1, warmup: 0, ..ClockConfig::new(1_000) },
             epoch_ms: 1_000,
             ranges: Ranges::default(),
             idle_timeout: Duration::from_secs(10),

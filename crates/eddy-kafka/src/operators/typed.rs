@@ -279,6 +279,7 @@ mod tests {
             pos: Position { partition: 0, offset },
             values: [(Channel::PM25, Some(1.0))].into_iter().collect(),
             late: false,
+            future: false,
             junk: Default::default(),
         }
     }

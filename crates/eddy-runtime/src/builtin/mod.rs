@@ -17,9 +17,9 @@ use crate::component::{CoreJob, Registry};
 /// The ingest job.
 pub const INGEST: CoreJob = CoreJob {
     kind: JobKind::Ingest,
-    about: "Validates raw lines, classifies late readings and junk values, stamps event time.",
+    about: "Validates raw lines, classifies late and future readings and junk values, stamps event time.",
     inputs: &["raw"],
-    outputs: &["readings", "late", "deadletter"],
+    outputs: &["readings", "late", "future", "deadletter"],
 };
 
 /// The enrich job.

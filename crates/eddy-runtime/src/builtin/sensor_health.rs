@@ -678,6 +678,7 @@ mod tests {
             ts,
             pos: Position::line(1),
             late: false,
+            future: false,
             values: values.clone(),
             raw: values,
             calibrated: ChannelList::new(),

@@ -199,7 +199,7 @@ impl RunOptions {
             RunJob::Core(k) => *k,
         };
         match kind {
-            JobKind::Ingest => vec![t.readings(), t.late(), t.deadletter()],
+            JobKind::Ingest => vec![t.readings(), t.late(), t.future(), t.deadletter()],
             JobKind::Enrich => vec![t.enriched(), t.deadletter()],
             JobKind::Backup => vec![t.deadletter()],
             JobKind::Adapter => vec![t.calibration(), t.deadletter()],
@@ -556,7 +556,7 @@ impl<'s> Ctx<'s> {
         let input = self.input(&raw_topic, partitions, true)?;
         let spec = &self.opts().spec.ingest;
         let cfg = RawConfig {
-            lateness_ms: spec.lateness.ms(),
+            clock: spec.clock(),
             epoch_ms: spec.epoch.ms(),
             ranges: spec.ranges(),
             idle_timeout: self.opts().idle_timeout,
@@ -659,6 +659,7 @@ fn build(ctx: &mut Ctx<'_>) -> Result<()> {
             let step = opts.job_name();
             let readings = Flow::new(s.readings, &step);
             ctx.sink(readings.clone().late(), t.late(), as_jsonl(|r: &Reading| Some(r.device.name())));
+            ctx.sink(readings.clone().future(), t.future(), as_jsonl(|r: &Reading| Some(r.device.name())));
             ctx.sink(readings, t.readings(), as_serde(|r: &Reading| Some(r.device.name())));
             ctx.sink(Flow::new(s.dead, &step), t.deadletter(), dead_encoder());
         }
