@@ -53,7 +53,8 @@ impl Bytes {
 impl fmt::Display for Bytes {
     /// In the largest unit that divides it: `1MiB`, `1536KiB`, `100B`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (unit, m) = UNITS.iter().find(|(_, m)| self.0 != 0 && self.0 % m == 0).copied().unwrap_or(("B", 1));
+        let (unit, m) =
+            UNITS.iter().find(|(_, m)| self.0 != 0 && self.0.is_multiple_of(*m)).copied().unwrap_or(("B", 1));
         write!(f, "{}{unit}", self.0 / m)
     }
 }
