@@ -66,6 +66,104 @@ fn every_dead_letter_reason_is_reported_with_line_and_original_text() {
     assert_eq!(summary["records"]["enriched"], 1, "the run goes on after bad lines");
 }
 
+/// Replaces lines `at` (1-based) of `lines` with `by`.
+fn with_lines(lines: &[String], at: &[usize], by: &str) -> Vec<String> {
+    let mut l = lines.to_vec();
+    for i in at {
+        l[i - 1] = by.to_string();
+    }
+    l
+}
+
+/// A 2 MiB line and a 129-byte `device_id` between valid lines: two dead
+/// letters with their reasons and line numbers, the long one holding its
+/// first 1 KiB (in the raw archive too), and every other output exactly as
+/// when the two lines are ordinary bad lines.
+#[test]
+fn a_2_mib_line_and_a_129_byte_device_id_are_dead_letters_and_the_rest_is_unaffected() {
+    let head = format!(r#"{{"device_id":"d1","ts":{},"pm25":5,"note":""#, T0 + 2 * MIN);
+    let long = format!("{head}{}\"}}", "x".repeat((2 << 20) - head.len() - 2));
+    assert_eq!(long.len(), 2 << 20);
+    let lines: Vec<String> = vec![
+        reading("d1", T0, &[("pm25", json!(10))]),
+        reading("d2", T0 + MIN, &[("pm25", json!(2000)), ("co2", json!(500))]),
+        long.clone(),
+        reading("d1", T0 + 3 * MIN, &[("pm25", json!(12))]),
+        reading(&"d".repeat(129), T0 + 3 * MIN, &[("pm25", json!(1))]),
+        reading(&"e".repeat(128), T0 + 4 * MIN, &[("pm25", json!(3))]),
+        reading("d2", T0 + 70 * MIN, &[("pm25", json!(30))]),
+    ];
+    let d = Data::new();
+    d.readings(&lines);
+    let summary = d.replay(1);
+    assert_eq!((&summary["lines"], &summary["valid"], &summary["deadletter"]), (&json!(7), &json!(5), &json!(2)));
+    let dead = d.output("deadletter");
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    assert_eq!(dead[0]["line_no"], 3);
+    assert_eq!(
+        dead[0]["reason"],
+        "line_too_long: the line is 2097152 bytes long, more than the limit of 1048576 bytes (max_line)"
+    );
+    assert_eq!(dead[0]["line"], long[..1024]);
+    assert_eq!(dead[1]["line_no"], 5);
+    assert_eq!(dead[1]["reason"], "invalid_device_id: field `device_id` is longer than 128 bytes (129 bytes)");
+    assert_eq!(dead[1]["line"], lines[4].as_str());
+    // 128 bytes is a valid id.
+    assert_eq!(d.output("enriched").iter().filter(|r| r["device_id"] == "e".repeat(128).as_str()).count(), 1);
+    // The raw archive keeps every line at its position, the long one cut.
+    let raw = eddy::parquet::read_raw_archive(&d.out().join("raw")).unwrap();
+    let raw: Vec<(u64, Vec<u8>)> = raw.into_iter().map(|r| (r.offset, r.bytes)).collect();
+    assert_eq!(raw.len(), 7);
+    for (i, (offset, bytes)) in raw.iter().enumerate() {
+        assert_eq!(*offset, i as u64 + 1);
+        let want = if i == 2 { &long.as_bytes()[..1024] } else { lines[i].as_bytes() };
+        assert_eq!(&bytes[..], want, "raw line {offset}");
+    }
+    // The same dataset with two ordinary bad lines in their places gives the same outputs.
+    let control = Data::new();
+    control.readings(&with_lines(&lines, &[3, 5], "not json"));
+    control.replay(1);
+    let (mut got, mut want) = (output_sets(&d.out()), output_sets(&control.out()));
+    assert_eq!(want.remove("deadletter").map(|d| d.len()), Some(2));
+    got.remove("deadletter");
+    assert_eq!(got, want);
+}
+
+/// `max_line` comes from the ingest spec: a line of exactly the limit is
+/// read, one byte more is a dead letter holding the first `max_line` bytes
+/// (the limit is below 1 KiB); the `\r` of a CRLF line does not count.
+#[test]
+fn max_line_comes_from_the_spec() {
+    let exactly = |n: usize, ts: i64| {
+        let base = reading("d1", ts, &[("p", json!(1))]).len() - 1;
+        reading("d1", ts, &[(&"p".repeat(n - base), json!(1))])
+    };
+    let lines = vec![
+        exactly(200, T0),
+        exactly(201, T0 + MIN),
+        format!("{}\r", exactly(200, T0 + 2 * MIN)),
+        reading("d1", T0 + 3 * MIN, &[("pm25", json!(4))]),
+    ];
+    assert_eq!((lines[0].len(), lines[1].len(), lines[2].len()), (200, 201, 201));
+    let spec = [("ingest.toml", "kind = \"ingest\"\nmax_line = \"200B\"\n")];
+    let d = Data::new();
+    d.readings(&lines);
+    let summary = d.replay_with_specs(&spec);
+    assert_eq!((&summary["valid"], &summary["deadletter"]), (&json!(3), &json!(1)));
+    let dead = d.output("deadletter");
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["line_no"], 2);
+    assert_eq!(
+        dead[0]["reason"],
+        "line_too_long: the line is 201 bytes long, more than the limit of 200 bytes (max_line)"
+    );
+    assert_eq!(dead[0]["line"], lines[1][..200]);
+    // The default limit reads them all.
+    let default = Data::new();
+    default.readings(&lines);
+    assert_eq!(default.replay(1)["deadletter"], 0);
+}
+
 #[test]
 fn late_readings_are_classified_against_the_largest_earlier_ts() {
     let d = Data::new();
@@ -232,6 +330,7 @@ fn spec_errors_name_the_file_and_the_key() {
         ),
         ("thing.toml", "kind = \"teleport\"\n", "key `kind`"),
         ("ingest.toml", "kind = \"ingest\"\nepoch = \"7m\"\n", "not a multiple of the ingest epoch"),
+        ("ingest.toml", "kind = \"ingest\"\nmax_line = 0\n", "key `max_line`: must be at least 1 byte"),
     ];
     for (file, text, needle) in cases {
         for f in std::fs::read_dir(&jobs).unwrap() {

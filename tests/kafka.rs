@@ -455,6 +455,58 @@ fn undecodable_records_go_to_the_dead_letter_topic_with_partition_offset_and_rea
     assert!(windows.iter().any(|(_, w)| w.contains("\"d1\"")), "{windows:?}");
 }
 
+/// Over Kafka as in replay: a record of `P.raw` longer than the ingest
+/// spec's `max_line` is a `line_too_long` dead letter holding its first
+/// 1 KiB, a 129-byte `device_id` is `invalid_device_id`, and the readings
+/// around them go on.
+#[test]
+fn a_record_longer_than_max_line_and_a_129_byte_device_id_are_dead_letters_over_kafka() {
+    let data = Data::new();
+    let head = format!(r#"{{"device_id":"d1","ts":{},"pm25":5,"note":""#, T0 + 2 * MIN);
+    let long = format!("{head}{}\"}}", "x".repeat(20_000));
+    let lines = vec![
+        reading("d1", T0, &[("pm25", serde_json::json!(10))]),
+        long.clone(),
+        reading(&"d".repeat(129), T0 + MIN, &[("pm25", serde_json::json!(1))]),
+        reading("d1", T0 + 3 * MIN, &[("pm25", serde_json::json!(12))]),
+    ];
+    data.readings(&lines);
+    // Replay with the same spec (written to ROOT/jobs/ingest.toml): what Kafka must match.
+    let summary = data.replay_with_specs(&[("ingest.toml", "kind = \"ingest\"\nmax_line = \"8KiB\"\n")]);
+    assert_eq!(summary["deadletter"], 2);
+    let spec = data.root.path().join("jobs").join("ingest.toml");
+
+    let p = prefix("max-line");
+    let ingest = eddy()
+        .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", &p, "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publish(&data.dir(), &p, &[]);
+    finish(ingest, "ingest");
+
+    let mut dead: Vec<serde_json::Value> =
+        topic(&p, "deadletter").iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    dead.sort_by_key(|d| d["pos"]["offset"].as_u64());
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    // One partition: offsets are line numbers minus one.
+    assert_eq!(dead[0]["pos"], serde_json::json!({"partition": 0, "offset": 1}));
+    let reason =
+        format!("line_too_long: the line is {} bytes long, more than the limit of 8192 bytes (max_line)", long.len());
+    assert_eq!(dead[0]["reason"], reason.as_str());
+    assert_eq!(dead[0]["line"], long[..1024]);
+    assert_eq!(dead[1]["pos"], serde_json::json!({"partition": 0, "offset": 2}));
+    assert_eq!(dead[1]["reason"], "invalid_device_id: field `device_id` is longer than 128 bytes (129 bytes)");
+    assert_eq!(dead[1]["line"], lines[2].as_str());
+    // The same dead letters as replay's.
+    let replayed = data.output("deadletter");
+    for (k, r) in dead.iter().zip(&replayed) {
+        assert_eq!((&k["reason"], &k["line"]), (&r["reason"], &r["line"]));
+    }
+    assert_eq!(topic(&p, "readings").len(), 2, "the readings around them");
+}
+
 fn python() -> PathBuf {
     std::env::var("EDDY_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");

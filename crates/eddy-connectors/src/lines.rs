@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 
-use eddy_core::reading::{LineSource, Position};
+use eddy_core::reading::{read_line_within, Kept, LineSource, Position};
 
 use crate::error::{Error, Result};
 
@@ -54,15 +54,15 @@ impl FileLines {
 
 impl LineSource for FileLines {
     fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<Position>> {
-        let n = self.reader.read_until(b'\n', buf)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-        }
+        Ok(self.next_line_within(buf, usize::MAX)?.map(|(pos, _)| pos))
+    }
+
+    /// Streams the line (plain or gzip alike): a line longer than `max` is
+    /// read to its end without being held, and still counts as one line.
+    fn next_line_within(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<(Position, Kept)>> {
+        let Some(kept) = read_line_within(&mut self.reader, buf, max)? else { return Ok(None) };
         self.line_no += 1;
-        Ok(Some(Position::line(self.line_no)))
+        Ok(Some((Position::line(self.line_no), kept)))
     }
 
     fn bytes_read(&self) -> u64 {
@@ -98,6 +98,36 @@ mod tests {
             }
             assert_eq!(lines, vec![(1, "a\r".into()), (2, "b".into()), (3, "".into()), (4, "last".into())]);
             assert!(f.bytes_read() > 0);
+        }
+    }
+
+    /// A line longer than the limit, plain or gzip: its prefix and length,
+    /// and the lines around it keep their numbers.
+    #[test]
+    fn a_line_longer_than_the_limit_is_cut_plain_and_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "y".repeat(300_000);
+        let text = format!("a\n{long}\r\nb\n");
+        let plain = dir.path().join("r.jsonl");
+        std::fs::write(&plain, &text).unwrap();
+        let gz = dir.path().join("r.jsonl.gz");
+        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(text.as_bytes()).unwrap();
+        enc.finish().unwrap();
+        for p in [plain, gz] {
+            let mut f = FileLines::open(&p).unwrap();
+            let mut lines = Vec::new();
+            let mut buf = Vec::new();
+            while let Some((pos, kept)) = f.next_line_within(&mut buf, 100_000).unwrap() {
+                lines.push((pos.offset, buf.len(), kept));
+                buf.clear();
+            }
+            assert_eq!(
+                lines,
+                vec![(1, 1, Kept::Whole), (2, 1024, Kept::Prefix { len: 300_000 }), (3, 1, Kept::Whole)],
+                "{}",
+                p.display()
+            );
         }
     }
 }

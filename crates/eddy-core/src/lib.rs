@@ -22,10 +22,12 @@ pub mod reading;
 pub mod records;
 pub mod reference;
 pub mod sink;
+pub mod size;
 pub mod spec;
 pub mod validate;
 
 pub use duration::Millis;
 pub use ids::{Channel, DeviceId};
 pub use reading::{Context, DeadLetter, Enriched, Position, Reading, Values};
+pub use size::Bytes;
 pub use spec::{JobKind, JobSpec, PipelineSpec, SpecError};

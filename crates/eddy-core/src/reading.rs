@@ -347,6 +347,22 @@ pub trait LineSource {
     /// the caller has cleared, and returns its position; `Ok(None)` at the end.
     fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Option<Position>>;
 
+    /// [`Self::next_line`] for a line of at most `max` bytes (without its
+    /// terminator, `\n` or `\r\n`): a longer one is read to its end but
+    /// only its first bytes are kept in `buf` ([`Kept::Prefix`]), and the
+    /// next call reads the next line.
+    ///
+    /// The default reads the whole line and cuts it, which suits sources
+    /// that hold their lines in memory anyway; a source that streams its
+    /// lines (a file) overrides it so that a long line is never held whole
+    /// ([`read_line_within`]).
+    fn next_line_within(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<(Position, Kept)>> {
+        let Some(pos) = self.next_line(buf)? else { return Ok(None) };
+        let (keep, kept) = bound(buf, max);
+        buf.truncate(keep);
+        Ok(Some((pos, kept)))
+    }
+
     /// Bytes consumed so far (for progress reporting).
     fn bytes_read(&self) -> u64;
 
@@ -361,8 +377,125 @@ pub struct RawLine {
     pub pos: Position,
     /// When it was read, wall-clock epoch ms.
     pub arrival_ms: i64,
-    /// Its bytes, without the line terminator.
+    /// Its bytes, without the line terminator. For a line longer than the
+    /// ingest's `max_line` (a `line_too_long` dead letter), only its first
+    /// bytes ([`Kept::Prefix`]): the rest was never held.
     pub bytes: Vec<u8>,
+}
+
+/// How many bytes of a line longer than the limit are kept: for its dead
+/// letter and its raw archive row (fewer when the limit itself is lower).
+pub const LINE_PREFIX: usize = 1024;
+
+/// What a bounded read ([`LineSource::next_line_within`]) kept of a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// The whole line: it is within the limit.
+    Whole,
+    /// The line is longer than the limit: only its first bytes are kept (at
+    /// most [`LINE_PREFIX`], and at most the limit, cut before a UTF-8
+    /// character that would not fit).
+    Prefix {
+        /// The line's length in bytes, without its terminator (`\n` or `\r\n`).
+        len: u64,
+    },
+}
+
+/// The length of `line` for the limit: without a trailing `\r` (the
+/// first half of a `\r\n` terminator).
+fn content_len(len: u64, ends_with_cr: bool) -> u64 {
+    len - u64::from(ends_with_cr)
+}
+
+/// The first bytes of a line kept when it is too long: `n` bytes of
+/// `line`, or fewer so as not to cut a UTF-8 character (when `line` is
+/// UTF-8 there).
+fn prefix_len(line: &[u8], n: usize) -> usize {
+    if line.len() <= n {
+        return line.len();
+    }
+    let mut cut = n;
+    // Back over at most three continuation bytes to the start of the character.
+    while cut > 0 && n - cut < 3 && line[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    if line[cut] & 0xC0 == 0x80 {
+        n
+    } else {
+        cut
+    }
+}
+
+/// For a line held whole (a Kafka record, a line in memory): how many of
+/// its bytes to keep under the limit `max`, and what that is.
+pub fn bound(line: &[u8], max: usize) -> (usize, Kept) {
+    let len = content_len(line.len() as u64, line.last() == Some(&b'\r'));
+    if len > max as u64 {
+        (prefix_len(line, LINE_PREFIX.min(max)), Kept::Prefix { len })
+    } else {
+        (line.len(), Kept::Whole)
+    }
+}
+
+/// Reads a line from `r` into `buf` (appending; without its `\n`), as
+/// `read_until(b'\n', buf)` does, but never holds more than `max + 1` bytes
+/// of it: a line longer than `max` bytes (without its terminator, `\n` or
+/// `\r\n`) is read on to its end without being kept, and only its first
+/// bytes are left in `buf` ([`Kept::Prefix`]). `Ok(None)` at the end of `r`.
+pub fn read_line_within<R: std::io::BufRead + ?Sized>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<Kept>> {
+    let start = buf.len();
+    // The line so far: its length, whether it ends with `\r`, whether
+    // anything was read at all, and whether it is already past the limit.
+    let (mut len, mut ends_with_cr, mut any, mut over) = (0u64, false, false, false);
+    // One byte more than the limit: the `\r` of a `\r\n` terminator.
+    let room = max.saturating_add(1);
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (part, newline) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], true),
+            None => (chunk, false),
+        };
+        if let Some(&last) = part.last() {
+            ends_with_cr = last == b'\r';
+        }
+        len += part.len() as u64;
+        if !over {
+            let free = room - (buf.len() - start);
+            if part.len() <= free {
+                buf.extend_from_slice(part);
+            } else {
+                buf.extend_from_slice(&part[..free]);
+                over = true;
+            }
+        }
+        let used = part.len() + usize::from(newline);
+        r.consume(used);
+        if newline {
+            break;
+        }
+    }
+    if !any {
+        return Ok(None);
+    }
+    let len = content_len(len, ends_with_cr);
+    if len > max as u64 {
+        let keep = prefix_len(&buf[start..], LINE_PREFIX.min(max));
+        buf.truncate(start + keep);
+        return Ok(Some(Kept::Prefix { len }));
+    }
+    Ok(Some(Kept::Whole))
 }
 
 #[cfg(test)]
@@ -452,6 +585,107 @@ mod tests {
             };
             use std::hash::Hash;
             prop_assert_eq!(hash(&|h| ra.hash(h)), hash(&|h| a.hash(h)));
+        }
+    }
+
+    /// What a bounded read must give: the line as `read_until` reads it, cut by [`bound`].
+    fn reference_lines(input: &[u8], max: usize) -> Vec<(Vec<u8>, Kept)> {
+        let mut r = input;
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            if std::io::BufRead::read_until(&mut r, b'\n', &mut buf).unwrap() == 0 {
+                return out;
+            }
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            let (keep, kept) = bound(&buf, max);
+            buf.truncate(keep);
+            out.push((buf, kept));
+        }
+    }
+
+    fn bounded_lines(input: &[u8], max: usize, capacity: usize) -> Vec<(Vec<u8>, Kept)> {
+        let mut r = std::io::BufReader::with_capacity(capacity, input);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(kept) = read_line_within(&mut r, &mut buf, max).unwrap() {
+            out.push((std::mem::take(&mut buf), kept));
+        }
+        out
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_keeps_its_prefix_and_the_next_is_read() {
+        let long = "x".repeat(3000);
+        let input = format!("short\n{long}\r\n0123456789\r\n01234567890\n\nlast");
+        let got = bounded_lines(input.as_bytes(), 10, 64);
+        let want: Vec<(Vec<u8>, Kept)> = vec![
+            (b"short".to_vec(), Kept::Whole),
+            (b"xxxxxxxxxx".to_vec(), Kept::Prefix { len: 3000 }),
+            // Exactly the limit, and its `\r`: whole.
+            (b"0123456789\r".to_vec(), Kept::Whole),
+            (b"0123456789".to_vec(), Kept::Prefix { len: 11 }),
+            (b"".to_vec(), Kept::Whole),
+            (b"last".to_vec(), Kept::Whole),
+        ];
+        assert_eq!(got, want);
+        // With a larger limit, the prefix is LINE_PREFIX bytes.
+        let got = bounded_lines(input.as_bytes(), 2048, 100);
+        assert_eq!(got[1], (vec![b'x'; LINE_PREFIX], Kept::Prefix { len: 3000 }));
+        assert_eq!(got.len(), 6);
+    }
+
+    #[test]
+    fn the_prefix_is_not_cut_inside_a_character() {
+        // 'é' is two bytes: 1023 bytes of 'x' then 'é' would cut it in two.
+        let line = format!("{}é{}", "x".repeat(1023), "y".repeat(5000));
+        let (keep, kept) = bound(line.as_bytes(), 2000);
+        assert_eq!((keep, kept), (1023, Kept::Prefix { len: line.len() as u64 }));
+        // Invalid UTF-8 is cut where it falls.
+        let bad = vec![0x80u8; 3000];
+        assert_eq!(bound(&bad, 2000).0, LINE_PREFIX);
+        // Four-byte characters.
+        let emoji = "😀".repeat(600);
+        let keep = bound(emoji.as_bytes(), 2000).0;
+        assert_eq!(keep, 1024);
+        assert!(std::str::from_utf8(&emoji.as_bytes()[..keep]).is_ok());
+        let odd = format!("x{emoji}");
+        let keep = bound(odd.as_bytes(), 2000).0;
+        assert_eq!(keep, 1021);
+        assert!(std::str::from_utf8(&odd.as_bytes()[..keep]).is_ok());
+    }
+
+    /// A line of 64 MiB under a 1 MiB limit: the buffer never grows past
+    /// about the limit, and the line after it is read whole.
+    #[test]
+    fn a_huge_line_is_never_held_whole() {
+        use std::io::Read;
+        let huge = std::io::repeat(b'x').take(64 << 20);
+        let input = huge.chain(&b"\n{\"device_id\":\"d\",\"ts\":1}\n"[..]);
+        let mut r = std::io::BufReader::with_capacity(1 << 16, input);
+        let mut buf = Vec::new();
+        assert_eq!(read_line_within(&mut r, &mut buf, 1 << 20).unwrap(), Some(Kept::Prefix { len: 64 << 20 }));
+        assert_eq!(buf.len(), LINE_PREFIX);
+        assert!(buf.capacity() <= 3 << 20, "the buffer grew to {} bytes", buf.capacity());
+        buf.clear();
+        assert_eq!(read_line_within(&mut r, &mut buf, 1 << 20).unwrap(), Some(Kept::Whole));
+        assert_eq!(buf, br#"{"device_id":"d","ts":1}"#);
+        buf.clear();
+        assert_eq!(read_line_within(&mut r, &mut buf, 1 << 20).unwrap(), None);
+    }
+
+    proptest! {
+        /// Whatever the lines, the limit and the reader's buffer, a bounded
+        /// read gives what reading whole lines and cutting them gives.
+        #[test]
+        fn bounded_reads_agree_with_whole_lines(
+            input in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\n', b'\r', 0xC3, 0xA9]), 0..200),
+            max in 0usize..30,
+            capacity in 1usize..16,
+        ) {
+            prop_assert_eq!(bounded_lines(&input, max, capacity), reference_lines(&input, max));
         }
     }
 

@@ -21,6 +21,11 @@ pub const RESERVED_FIELDS: [&str; 9] =
 /// Largest accepted `ts`: 2^53 − 1, the largest integer every JSON reader keeps exact.
 pub const MAX_TS: i64 = (1 << 53) - 1;
 
+/// Longest accepted `device_id`, in bytes of UTF-8. Every device id is
+/// interned for the whole run (and keyed on by every job), so a hostile line
+/// must not be able to make one of any size.
+pub const MAX_DEVICE_ID: usize = 128;
+
 /// Why a line was rejected. [`Rejection::reason`] renders it for the dead-letter output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -36,6 +41,8 @@ pub enum Rejection {
     MissingDeviceId,
     /// `device_id` is not a non-empty string.
     InvalidDeviceId(String),
+    /// `device_id` is longer than [`MAX_DEVICE_ID`] bytes: its length.
+    DeviceIdTooLong(usize),
     /// No `ts` field.
     MissingTs,
     /// `ts` is not an integer in range.
@@ -51,6 +58,14 @@ pub enum Rejection {
     ReservedField(String),
     /// The same field twice.
     DuplicateField(String),
+    /// The line is longer than the ingest's `max_line`; it was not parsed
+    /// (nor ever held whole in memory).
+    LineTooLong {
+        /// Its length in bytes, without its line terminator.
+        len: u64,
+        /// The limit, in bytes.
+        max: u64,
+    },
 }
 
 impl Rejection {
@@ -62,12 +77,13 @@ impl Rejection {
             Rejection::InvalidJson(_) => "invalid_json",
             Rejection::NotAnObject(_) => "not_an_object",
             Rejection::MissingDeviceId => "missing_device_id",
-            Rejection::InvalidDeviceId(_) => "invalid_device_id",
+            Rejection::InvalidDeviceId(_) | Rejection::DeviceIdTooLong(_) => "invalid_device_id",
             Rejection::MissingTs => "missing_ts",
             Rejection::InvalidTs(_) => "invalid_ts",
             Rejection::InvalidValue { .. } => "invalid_value",
             Rejection::ReservedField(_) => "reserved_field",
             Rejection::DuplicateField(_) => "duplicate_field",
+            Rejection::LineTooLong { .. } => "line_too_long",
         }
     }
 
@@ -89,6 +105,9 @@ impl fmt::Display for Rejection {
             Rejection::InvalidDeviceId(d) => {
                 write!(f, "{code}: field `device_id` must be a non-empty string, found {d}")
             }
+            Rejection::DeviceIdTooLong(len) => {
+                write!(f, "{code}: field `device_id` is longer than {MAX_DEVICE_ID} bytes ({len} bytes)")
+            }
             Rejection::MissingTs => write!(f, "{code}: field `ts` is missing"),
             Rejection::InvalidTs(d) => write!(
                 f,
@@ -101,6 +120,9 @@ impl fmt::Display for Rejection {
                 write!(f, "{code}: field `{name}` is reserved and cannot be a channel")
             }
             Rejection::DuplicateField(name) => write!(f, "{code}: field `{name}` appears twice"),
+            Rejection::LineTooLong { len, max } => {
+                write!(f, "{code}: the line is {len} bytes long, more than the limit of {max} bytes (max_line)")
+            }
         }
     }
 }
@@ -250,6 +272,7 @@ impl<'de> Visitor<'de> for TopVisitor {
                         continue;
                     }
                     device = Some(match field {
+                        Field::Str(s) if s.len() > MAX_DEVICE_ID => Err(Rejection::DeviceIdTooLong(s.len())),
                         Field::Str(s) if !s.is_empty() => Ok(DeviceId::intern(&s)),
                         other => Err(Rejection::InvalidDeviceId(other.kind())),
                     });
@@ -315,7 +338,8 @@ impl<'de> Visitor<'de> for TopVisitor {
 /// Parses one input line into a reading, or says why it is rejected.
 ///
 /// A trailing `\r` is ignored. Rules, in order: the line must be UTF-8 and
-/// not blank; it must be a JSON object; `device_id` must be a non-empty string;
+/// not blank; it must be a JSON object; `device_id` must be a non-empty string
+/// of at most [`MAX_DEVICE_ID`] bytes;
 /// `ts` must be an integer in `0..=MAX_TS`; every other field is a channel whose
 /// value must be a number or null, whose name is not reserved, and which
 /// appears once.
@@ -381,7 +405,8 @@ fn parse_fast(line: &[u8]) -> Option<Parsed> {
                     }
                     v1 += 1;
                 }
-                if v1 == v0 || v1 >= n {
+                // Too long: the full parser says why.
+                if v1 == v0 || v1 >= n || v1 - v0 > MAX_DEVICE_ID {
                     return None;
                 }
                 device = Some(DeviceId::intern(std::str::from_utf8(&line[v0..v1]).ok()?));
@@ -602,6 +627,42 @@ mod tests {
         assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":[1]}"#), "invalid_value");
         assert_eq!(code(r#"{"device_id":"d","ts":1,"junk":1}"#), "reserved_field");
         assert_eq!(code(r#"{"device_id":"d","ts":1,"pm25":1,"pm25":2}"#), "duplicate_field");
+        assert_eq!(code(&format!(r#"{{"device_id":"{}","ts":1}}"#, "d".repeat(129))), "invalid_device_id");
+        assert_eq!(Rejection::LineTooLong { len: 2, max: 1 }.code(), "line_too_long");
+    }
+
+    /// A `device_id` of up to 128 bytes is valid, a longer one is not, in
+    /// both parsers, whatever else the line holds; the length is counted in
+    /// bytes of the decoded string (an escape counts as what it stands for).
+    #[test]
+    fn a_device_id_longer_than_128_bytes_is_invalid_in_both_parsers() {
+        let line = |id: &str| format!(r#"{{"device_id":"{id}","ts":1767225600000,"pm25":1.5}}"#);
+        let ok = "d".repeat(MAX_DEVICE_ID);
+        let p = parse_line(line(&ok).as_bytes()).unwrap();
+        assert_eq!(p.device.name().len(), 128);
+        assert!(parse_fast(line(&ok).as_bytes()).is_some(), "128 bytes take the fast path");
+        // 64 two-byte characters: 128 bytes.
+        assert!(parse_line(line(&"é".repeat(64)).as_bytes()).is_ok());
+        // An escape decodes to one byte: 128 bytes once decoded.
+        assert!(parse_line(line(&format!("\\u0041{}", "d".repeat(127))).as_bytes()).is_ok());
+        let too_long = [
+            ("d".repeat(129), 129),
+            ("é".repeat(65), 130),
+            (format!("{}é", "d".repeat(127)), 129),
+            (format!("\\u00e9{}", "d".repeat(127)), 129),
+        ];
+        for (id, len) in too_long {
+            let l = line(&id);
+            assert!(parse_fast(l.as_bytes()).is_none(), "{l}");
+            let r = parse_full(l.as_bytes()).unwrap_err();
+            assert_eq!(r, parse_line(l.as_bytes()).unwrap_err());
+            assert_eq!(r, Rejection::DeviceIdTooLong(len), "{l}");
+            assert_eq!(r.code(), "invalid_device_id");
+        }
+        let r = parse_line(line(&"x".repeat(5000)).as_bytes()).unwrap_err();
+        assert_eq!(r.reason(), "invalid_device_id: field `device_id` is longer than 128 bytes (5000 bytes)");
+        // device_id is checked before ts, as for any bad device_id.
+        assert_eq!(code(&format!(r#"{{"ts":"x","device_id":"{}"}}"#, "d".repeat(200))), "invalid_device_id");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::scheduling::Activator;
 
 use eddy_core::clock::{Admitted, ClockConfig, EventClock};
-use eddy_core::reading::{DeadLetter, LineSource, Position, RawLine, Reading};
+use eddy_core::reading::{DeadLetter, Kept, LineSource, Position, RawLine, Reading};
 use eddy_core::validate::{parse_line, Parsed, Ranges, Rejection};
 
 use crate::metrics::{latency, Metrics};
@@ -203,6 +203,9 @@ pub struct IngestConfig {
     pub pace_tick: Duration,
     /// Also emit every line as received (for the raw archive).
     pub raw: bool,
+    /// See `IngestSpec::max_line`: a longer line is a `line_too_long` dead
+    /// letter, and only its first bytes are read into memory.
+    pub max_line: usize,
     /// Bounds the lines read ahead of what the job's sinks have taken in
     /// (unpaced runs only); `None` reads as fast as the input allows.
     pub backpressure: Option<Backpressure>,
@@ -382,6 +385,17 @@ pub trait RawSource {
 pub enum Next {
     /// A line, read at this position.
     Line(Position),
+    /// A line longer than the source's limit, read at this position: only
+    /// its first bytes are in the buffer (see [`Kept::Prefix`]). It is a
+    /// `line_too_long` dead letter.
+    TooLong {
+        /// Where it was read.
+        pos: Position,
+        /// Its length in bytes, without its terminator.
+        len: u64,
+        /// The limit it broke, in bytes.
+        max: u64,
+    },
     /// Nothing to read now; look again after this long.
     Wait(Duration),
     /// The input is exhausted.
@@ -420,6 +434,9 @@ impl RawIngest {
         buf.clear();
         match src.next_raw(buf) {
             Next::Line(pos) => self.line(src, buf, parse_line(buf), pos, arrival_ms),
+            Next::TooLong { pos, len, max } => {
+                self.line(src, buf, Err(Rejection::LineTooLong { len, max }), pos, arrival_ms)
+            }
             Next::Wait(d) => Line::Wait(d),
             Next::End => Line::End,
             Next::Failed(e) => Line::Failed(e),
@@ -541,12 +558,14 @@ struct FileLines {
     src: Box<dyn LineSource>,
     clock: EventClock,
     next_pos: Position,
+    max_line: usize,
 }
 
 impl RawSource for FileLines {
     fn next_raw(&mut self, buf: &mut Vec<u8>) -> Next {
-        match self.src.next_line(buf) {
-            Ok(Some(pos)) => Next::Line(pos),
+        match self.src.next_line_within(buf, self.max_line) {
+            Ok(Some((pos, Kept::Whole))) => Next::Line(pos),
+            Ok(Some((pos, Kept::Prefix { len }))) => Next::TooLong { pos, len, max: self.max_line as u64 },
             Ok(None) => Next::End,
             Err(e) => Next::Failed(e),
         }
@@ -599,7 +618,12 @@ impl IngestState {
     /// A source over `src`, at time 0, that has read nothing.
     pub fn new(src: Box<dyn LineSource>, cfg: &IngestConfig) -> IngestState {
         IngestState {
-            file: FileLines { src, clock: EventClock::new(cfg.clock), next_pos: Position::line(1) },
+            file: FileLines {
+                src,
+                clock: EventClock::new(cfg.clock),
+                next_pos: Position::line(1),
+                max_line: cfg.max_line,
+            },
             ingest: RawIngest::new(cfg.ranges.clone(), cfg.epoch_ms, cfg.raw),
             speed: cfg.speed,
             pace_tick: cfg.pace_tick,
@@ -623,22 +647,26 @@ impl IngestState {
     /// tells the time for pacing; `arrival_ms` is the wall-clock time the
     /// raw line is stamped with.
     pub fn next(&mut self, now: impl Fn() -> Instant, arrival_ms: i64) -> Line {
-        let (pos, is_held) = match self.held.take() {
+        let (pos, is_held, too_long) = match self.held.take() {
             Some((pos, bytes)) => {
                 self.line = bytes;
-                (pos, true)
+                (pos, true, None)
             }
             None => {
                 self.line.clear();
                 match self.file.next_raw(&mut self.line) {
-                    Next::Line(pos) => (pos, false),
+                    Next::Line(pos) => (pos, false, None),
+                    Next::TooLong { pos, len, max } => (pos, false, Some(Rejection::LineTooLong { len, max })),
                     Next::Wait(d) => return Line::Wait(d),
                     Next::End => return Line::End,
                     Next::Failed(e) => return Line::Failed(e),
                 }
             }
         };
-        let parsed = parse_line(&self.line);
+        let parsed = match too_long {
+            Some(r) => Err(r),
+            None => parse_line(&self.line),
+        };
         if let (Ok(p), Some(speed), false) = (&parsed, self.speed, is_held) {
             let (origin, first_ts) = *self.pace.get_or_insert((now(), p.ts));
             let due = origin + Duration::from_secs_f64(((p.ts - first_ts).max(0) as f64 / 1000.0) / speed);
@@ -988,6 +1016,7 @@ mod tests {
             batch_lines: 64,
             pace_tick: Duration::from_millis(1),
             raw: false,
+            max_line: 1 << 20,
             backpressure: None,
         }
     }
@@ -1052,6 +1081,35 @@ mod tests {
         s.report(&m);
         assert_eq!([&m.lines, &m.valid, &m.late, &m.deadletter].map(Metrics::get), [6, 5, 1, 1]);
         assert_eq!(Metrics::get(&m.bytes), lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>());
+    }
+
+    /// A line longer than `max_line` is a dead letter with its prefix (its
+    /// raw line too), counted as one line at its own position; the next
+    /// line is read normally.
+    #[test]
+    fn a_line_longer_than_max_line_is_a_dead_letter_with_its_prefix() {
+        let long = format!(r#"{{"device_id":"d","ts":5200,"pm25":1,"x":"{}"}}"#, "y".repeat(5000));
+        let lines = [at(5_000), long.clone(), at(5_500)];
+        let cfg = IngestConfig { max_line: 200, raw: true, ..config() };
+        let mut s = IngestState::new(List::boxed(&lines, false), &cfg);
+        assert_eq!(read(&mut s), (0, false, Position::line(1), "ok"));
+        let Line::Read { pos, raw, record: Classified::Dead(d), .. } = s.next(Instant::now, 0) else {
+            panic!("a dead letter")
+        };
+        assert_eq!((pos, d.pos), (Position::line(2), Position::line(2)));
+        assert_eq!(
+            d.reason,
+            format!(
+                "line_too_long: the line is {} bytes long, more than the limit of 200 bytes (max_line)",
+                long.len()
+            )
+        );
+        assert_eq!(d.line, long[..200]);
+        assert_eq!(raw.unwrap().bytes, long.as_bytes()[..200]);
+        assert_eq!(read(&mut s), (4_000, false, Position::line(3), "ok"));
+        let m = Metrics::default();
+        s.report(&m);
+        assert_eq!([&m.lines, &m.valid, &m.deadletter].map(Metrics::get), [3, 2, 1]);
     }
 
     #[test]
@@ -1211,6 +1269,7 @@ mod tests {
                 batch_lines: 64,
                 pace_tick: Duration::from_millis(1),
                 raw: false,
+                max_line: 1 << 20,
                 backpressure: backpressure
                     .map(|max_lines| Backpressure { processed: Rc::clone(&processed), max_lines }),
             };

@@ -227,6 +227,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
             batch_lines: 1024,
             pace_tick: PACE_TICK,
             raw: self.shared.spec.backup.enabled && self.shared.spec.backup.raw_archive,
+            max_line: spec.max_line.as_usize(),
             backpressure: Some(Backpressure {
                 processed: Rc::clone(&self.processed),
                 max_lines: Backpressure::MAX_LINES,

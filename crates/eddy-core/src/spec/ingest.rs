@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{d_true, JobKind, SpecError};
 use crate::clock::ClockConfig;
 use crate::duration::Millis;
+use crate::size::Bytes;
 use crate::validate::Ranges;
 
 /// A channel's valid range; a missing bound is unbounded.
@@ -51,6 +52,10 @@ fn d_epoch() -> Millis {
     Millis::SECOND
 }
 
+fn d_max_line() -> Bytes {
+    Bytes::MIB
+}
+
 /// `kind = "ingest"`: validation and routing of raw lines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +89,11 @@ pub struct IngestSpec {
     /// Default `"1s"`.
     #[serde(default = "d_epoch")]
     pub epoch: Millis,
+    /// The longest line read, in bytes without its terminator: a longer
+    /// line (or Kafka record) is a `line_too_long` dead letter, read on to
+    /// its end without ever being held whole. Default `"1MiB"`.
+    #[serde(default = "d_max_line")]
+    pub max_line: Bytes,
     /// Start from the default ranges (pm25 `[0,1000]`, co2 `[0,10000]`,
     /// voc `[0,100000]`, temp `[−40,85]`, hum `[0,100]`). Default true.
     #[serde(default = "d_true")]
@@ -118,8 +128,9 @@ impl IngestSpec {
         Ranges::new(eff.iter().map(|(c, r)| (c.as_str(), r.min, r.max)))
     }
 
-    /// Checks the values of the spec on its own: a positive epoch, and ranges
-    /// whose bounds are numbers with `min <= max`.
+    /// Checks the values of the spec on its own: a positive epoch,
+    /// `max_future` and `max_line`, a quorum of at least 1, and ranges whose
+    /// bounds are numbers with `min <= max`.
     pub(super) fn check(&self, file: &str) -> Result<(), SpecError> {
         if self.epoch.ms() <= 0 {
             return Err(SpecError::key(file, "epoch", "must be at least 1ms"));
@@ -129,6 +140,9 @@ impl IngestSpec {
         }
         if self.quorum == 0 {
             return Err(SpecError::key(file, "quorum", "must be at least 1"));
+        }
+        if self.max_line.bytes() == 0 {
+            return Err(SpecError::key(file, "max_line", "must be at least 1 byte"));
         }
         for (c, r) in &self.ranges {
             if let (Some(lo), Some(hi)) = (r.min, r.max) {

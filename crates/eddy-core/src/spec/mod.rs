@@ -408,6 +408,7 @@ mod tests {
     fn builtin_specs_parse_and_have_the_documented_defaults() {
         let p = PipelineSpec::builtin();
         assert_eq!(p.ingest.lateness, Millis(600_000));
+        assert_eq!(p.ingest.max_line, crate::Bytes(1_048_576));
         assert_eq!(p.windows.size, Millis::HOUR);
         assert_eq!(p.stats.alpha, 0.1);
         assert_eq!(p.alerts.rules.len(), 2);
@@ -427,6 +428,21 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("kind"));
         let e = JobSpec::from_toml("kind = \"windows\"\nsize = \"1x\"\n", "w.toml").unwrap_err();
         assert!(e.to_string().contains("unknown unit"), "{e}");
+    }
+
+    #[test]
+    fn max_line_must_be_positive() {
+        let e = JobSpec::from_toml("kind = \"ingest\"\nmax_line = 0\n", "ml.toml").unwrap_err();
+        assert_eq!(e.to_string(), "ml.toml: key `max_line`: must be at least 1 byte");
+        let e = JobSpec::from_toml("kind = \"ingest\"\nmax_line = \"0KiB\"\n", "ml.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("max_line"));
+        let e = JobSpec::from_toml("kind = \"ingest\"\nmax_line = \"1MB\"\n", "ml.toml").unwrap_err();
+        assert!(e.to_string().starts_with("ml.toml: ") && e.to_string().contains("unknown unit"), "{e}");
+        let JobSpec::Ingest(s) = JobSpec::from_toml("kind = \"ingest\"\nmax_line = \"4KiB\"\n", "ml.toml").unwrap()
+        else {
+            panic!("an ingest spec")
+        };
+        assert_eq!(s.max_line.bytes(), 4096);
     }
 
     #[test]

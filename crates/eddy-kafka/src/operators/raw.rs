@@ -10,7 +10,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Scope;
 
 use eddy_core::clock::{ClockConfig, EventClock};
-use eddy_core::reading::{Position, Reading};
+use eddy_core::reading::{bound, Kept, Position, Reading};
 use eddy_core::validate::Ranges;
 use eddy_operators::ingest::{
     wall_clock_ms, Classified, IngestStreams, Line, Next, RawIngest, RawOutputs, RawSource, SourceProgress,
@@ -32,6 +32,9 @@ pub struct RawConfig {
     pub ranges: Ranges,
     /// A partition without records for this long stops holding the watermark back.
     pub idle_timeout: Duration,
+    /// See `IngestSpec::max_line`: a longer record is a `line_too_long`
+    /// dead letter, and only its first bytes are copied.
+    pub max_line: usize,
 }
 
 /// How long a source that polled nothing waits before it polls again.
@@ -49,13 +52,15 @@ struct Partitions {
     parts: BTreeMap<i32, RawPartition>,
     idle_timeout: Duration,
     bytes: u64,
+    max_line: usize,
 }
 
 impl Partitions {
     /// Takes a record received `now`: a data record of an assigned partition
-    /// goes to `buf`, and its position is returned. A marker settles at once
+    /// goes to `buf` (only its first bytes when it is longer than
+    /// `max_line`), and what it is is returned. A marker settles at once
     /// (and the end marker ends its partition).
-    fn take(&mut self, m: Record<'_>, now: Instant, unsettled: &mut Unsettled, buf: &mut Vec<u8>) -> Option<Position> {
+    fn take(&mut self, m: Record<'_>, now: Instant, unsettled: &mut Unsettled, buf: &mut Vec<u8>) -> Option<Next> {
         let Record { partition, offset, envelope, payload } = m;
         let part = self.parts.get_mut(&partition)?;
         part.last_seen = now;
@@ -67,8 +72,13 @@ impl Partitions {
             return None;
         }
         self.bytes += payload.len() as u64;
-        buf.extend_from_slice(payload);
-        Some(Position { partition: partition as u32, offset: offset as u64 })
+        let (keep, kept) = bound(payload, self.max_line);
+        buf.extend_from_slice(&payload[..keep]);
+        let pos = Position { partition: partition as u32, offset: offset as u64 };
+        Some(match kept {
+            Kept::Whole => Next::Line(pos),
+            Kept::Prefix { len } => Next::TooLong { pos, len, max: self.max_line as u64 },
+        })
     }
 
     /// The least watermark over live partitions; `None` while one of them
@@ -121,8 +131,8 @@ where
                 return Next::Wait(if self.polled > 0 { Duration::ZERO } else { IDLE_POLL });
             };
             self.polled += 1;
-            if let Some(pos) = m.with_record(|r| self.parts.take(r, self.now, self.unsettled, buf)) {
-                return Next::Line(pos);
+            if let Some(next) = m.with_record(|r| self.parts.take(r, self.now, self.unsettled, buf)) {
+                return next;
             }
         }
         Next::Wait(Duration::ZERO)
@@ -189,7 +199,7 @@ impl RawState {
             .map(|p| (*p, RawPartition { clock: EventClock::new(cfg.clock), last_seen: started, ended: false }))
             .collect();
         RawState {
-            parts: Partitions { parts, idle_timeout: cfg.idle_timeout, bytes: 0 },
+            parts: Partitions { parts, idle_timeout: cfg.idle_timeout, bytes: 0, max_line: cfg.max_line },
             ingest: RawIngest::new(cfg.ranges.clone(), cfg.epoch_ms, true),
             line: Vec::with_capacity(1024),
         }
@@ -393,6 +403,7 @@ mod tests {
             epoch_ms: 1_000,
             ranges: Ranges::default(),
             idle_timeout: Duration::from_secs(10),
+            max_line: 1 << 20,
         }
     }
 
@@ -478,5 +489,33 @@ mod tests {
         s.report(&m);
         let bytes = (at(10_000).len() + at(12_000).len() + 4) as u64;
         assert_eq!([&m.lines, &m.valid, &m.deadletter, &m.bytes].map(Metrics::get), [3, 2, 1, bytes]);
+    }
+
+    /// A record longer than `max_line` is a `line_too_long` dead letter and
+    /// raw line holding its prefix; the next record is read normally.
+    #[test]
+    fn a_record_longer_than_max_line_is_a_dead_letter_with_its_prefix() {
+        let now = Instant::now();
+        let cfg = RawConfig { max_line: 100, ..config() };
+        let (mut s, mut u) = (RawState::new(&[0], &cfg, now), Unsettled::default());
+        read(&mut s, 0, 0, &at(10_000), now, &mut u);
+        let long = format!(r#"{{"device_id":"d","ts":10500,"x":"{}"}}"#, "é".repeat(3000)).into_bytes();
+        let rec = Record { partition: 0, offset: 1, envelope: Ok(Envelope::Data(None)), payload: &long };
+        let RawRecord::Read { raw, record: Classified::Dead(d), .. } = s.record(rec, now, 0, &mut u) else {
+            panic!("a dead letter")
+        };
+        assert_eq!(d.pos, Position { partition: 0, offset: 1 });
+        let reason = format!(
+            "line_too_long: the line is {} bytes long, more than the limit of 100 bytes (max_line)",
+            long.len()
+        );
+        assert_eq!(d.reason, reason);
+        // 100 bytes would cut an 'é' in two.
+        assert_eq!(d.line.len(), 99);
+        assert_eq!(raw.bytes, long[..99]);
+        read(&mut s, 0, 2, &at(11_000), now, &mut u);
+        let m = Metrics::default();
+        s.report(&m);
+        assert_eq!([&m.lines, &m.valid, &m.deadletter].map(Metrics::get), [3, 2, 1]);
     }
 }

@@ -560,6 +560,7 @@ impl<'s> Ctx<'s> {
             epoch_ms: spec.epoch.ms(),
             ranges: spec.ranges(),
             idle_timeout: self.opts().idle_timeout,
+            max_line: spec.max_line.as_usize(),
         };
         Ok(raw_source(
             self.scope,
