@@ -1112,6 +1112,67 @@ mod tests {
         assert_eq!([&m.lines, &m.valid, &m.deadletter].map(Metrics::get), [3, 2, 1]);
     }
 
+    /// The event clock's warm-up: readings are held (their lines still
+    /// stamped, dead letters and raw lines going out at once) until enough
+    /// devices are seen; then they come out classified, a rogue first line
+    /// as future. What is still held at the end of the input comes out with
+    /// [`IngestState::finish`].
+    #[test]
+    fn the_warm_up_holds_readings_and_releases_them_classified() {
+        let dev = |d: &str, ts: i64| format!(r#"{{"device_id":"{d}","ts":{ts},"pm25":1}}"#);
+        const T: i64 = 1_767_225_600_000;
+        let lines = [
+            dev("warm-rogue", 4_102_444_800_000),
+            dev("warm-a", T),
+            "not json".to_string(),
+            dev("warm-b", T + 1_000),
+            dev("warm-a", T + 2_000),
+        ];
+        let cfg = IngestConfig { clock: ClockConfig { quorum: 2, ..ClockConfig::new(60_000) }, ..config() };
+        let mut s = IngestState::new(List::boxed(&lines, false), &cfg);
+        let mut got = Vec::new();
+        loop {
+            match s.next(Instant::now, 0) {
+                Line::Read { t, record, .. } => got.push(match record {
+                    Classified::Held => (t, vec!["held"]),
+                    Classified::Dead(_) => (t, vec!["dead"]),
+                    Classified::Reading(r) => (t, vec![if r.future { "future" } else { "ok" }]),
+                    Classified::Released(rs) => {
+                        (t, rs.iter().map(|r| if r.future { "future" } else { "ok" }).collect())
+                    }
+                }),
+                Line::End => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        // Three devices (2 * quorum - 1) end the warm-up, at line 4.
+        assert_eq!(
+            got,
+            [
+                (0, vec!["held"]),
+                (0, vec!["held"]),
+                (0, vec!["dead"]),
+                (0, vec!["future", "ok", "ok"]),
+                ((T + 1_000 - 60_000) as u64, vec!["ok"]),
+            ]
+        );
+        assert!(s.finish().is_empty());
+        assert_eq!(s.max_ts(), Some(T + 2_000), "a future reading is not the largest ts");
+        let m = Metrics::default();
+        s.report(&m);
+        assert_eq!([&m.lines, &m.valid, &m.future, &m.late, &m.deadletter].map(Metrics::get), [5, 4, 1, 0, 1]);
+
+        // Fewer devices than the warm-up waits for: the end releases them.
+        // With two devices there is no telling which clock is wrong: the
+        // future rule waits for three, and the lateness rule alone applies.
+        let mut s = IngestState::new(List::boxed(&lines[..2], false), &cfg);
+        assert!(matches!(s.next(Instant::now, 0), Line::Read { record: Classified::Held, .. }));
+        assert!(matches!(s.next(Instant::now, 0), Line::Read { record: Classified::Held, .. }));
+        assert!(matches!(s.next(Instant::now, 0), Line::End));
+        let rs = s.finish();
+        assert_eq!(rs.iter().map(|r| (r.future, r.late)).collect::<Vec<_>>(), [(false, false), (false, true)]);
+    }
+
     #[test]
     fn the_time_advances_to_the_watermark_after_a_batch() {
         let mut s = IngestState::new(List::boxed(&[at(5_000), at(9_000)], false), &config());
