@@ -4,27 +4,30 @@
 //! file, or one partition of the raw topic) in arrival order. It keeps:
 //!
 //! * each device's **latest** `ts`: the `ts` of its most recent valid
-//!   reading (late and future ones included);
-//! * the **fleet clock**: the k-th largest of the devices' latest `ts`, with
-//!   `k = min(quorum, ceil(n / 2))` for `n` devices seen, never decreasing.
-//!   Devices whose clocks run ahead move it only when `k` of them agree at
-//!   once; a device that sent one wrong `ts` counts as ahead only until its
-//!   next reading;
+//!   reading that was not late (held readings during the warm-up count
+//!   all);
+//! * the **fleet clock**: the `quorum`-th largest of the devices' latest
+//!   `ts`, never decreasing, once `2·quorum − 1` devices have been seen.
+//!   Devices whose clocks run ahead move it only when `quorum` of them agree
+//!   at once; a device that sent one wrong `ts` counts as ahead only until
+//!   its next reading, and a device that resends old readings does not pull
+//!   it down;
 //! * the largest `ts` among accepted readings, the base of the
 //!   **watermark** (that `ts` minus the lateness), as before the fleet clock.
 //!
-//! A reading is **future** when at least three devices have been seen and its
-//! `ts` is more than `max_future` ahead of the fleet clock: it is set aside
-//! and moves neither the watermark nor any job's state. Otherwise it is
-//! **late** when its `ts` is more than the lateness below the largest accepted
-//! `ts`, and **on time** else. So a fleet whose devices stay within
-//! `max_future` of each other is classified exactly as it would be without
-//! the future rule.
+//! A reading is **future** when the fleet clock runs and its `ts` is more
+//! than `max_future` ahead of it: it is set aside and moves neither the
+//! watermark nor any job's state. Otherwise it is **late** when its `ts` is
+//! more than the lateness below the largest accepted `ts`, and **on time**
+//! else. So a fleet whose devices stay within `max_future` of each other is
+//! classified exactly as it would be without the future rule. Fleets of
+//! fewer than `2·quorum − 1` devices, and a quorum of 1, have no fleet clock.
 //!
 //! **Warm-up.** Until the clock has seen `2·quorum − 1` devices (or held
 //! `warmup` readings, or the input ends), there is no fleet clock: readings
-//! are held, in arrival order, and classified when the warm-up ends. So a
-//! wrong clock on the very first line of the input is caught like any other.
+//! are held, in arrival order, and classified when the warm-up ends, each
+//! with the watermark it would have had. So a wrong clock on the very first
+//! line of the input is caught like any other.
 //!
 //! ```
 //! use eddy_core::clock::{Admitted, ClockConfig, EventClock};
@@ -45,7 +48,7 @@
 //! assert!(matches!(clock.admit(reading("rogue", 4_102_444_800_000), i64::MIN), Admitted::Held));
 //! assert!(matches!(clock.admit(reading("a", 1_767_225_600_000), i64::MIN), Admitted::Held));
 //! let Admitted::Released(rs) = clock.admit(reading("b", 1_767_225_601_000), i64::MIN) else { panic!() };
-//! assert_eq!(rs.iter().map(|r| r.future).collect::<Vec<_>>(), [true, false, false]);
+//! assert_eq!(rs.iter().map(|(_, r)| r.future).collect::<Vec<_>>(), [true, false, false]);
 //! assert_eq!(clock.watermark(), Some(1_767_225_601_000 - 600_000));
 //! ```
 
@@ -89,8 +92,9 @@ pub enum Admitted {
     /// Held while the clock warms up.
     Held,
     /// The warm-up ended with this reading: every reading held, this one
-    /// last, classified, in arrival order.
-    Released(Vec<Reading>),
+    /// last, classified, in arrival order, each with the watermark before it
+    /// (what it would have been stamped with, had it not been held).
+    Released(Vec<(Option<i64>, Reading)>),
 }
 
 /// The event-time rules of one input, applied to its valid readings in
@@ -133,25 +137,34 @@ impl EventClock {
     /// below `floor` (a time its source has passed; `i64::MIN` for none) is
     /// late as well.
     pub fn admit(&mut self, r: Reading, floor: i64) -> Admitted {
-        self.see(&r);
-        match &mut self.held {
-            Some(held) => {
-                held.push(r);
-                if self.devices >= 2 * self.cfg.quorum - 1 || held.len() >= self.cfg.warmup {
-                    Admitted::Released(self.release(floor))
-                } else {
-                    Admitted::Held
-                }
-            }
-            None => {
-                self.tick();
-                Admitted::One(self.classify(r, floor))
-            }
+        self.count(&r);
+        if self.held.is_some() {
+            self.see(&r);
+            let full = self.devices >= self.full();
+            let held = self.held.as_mut().expect("warming up");
+            held.push(r);
+            return if full || held.len() >= self.cfg.warmup {
+                Admitted::Released(self.release(floor))
+            } else {
+                Admitted::Held
+            };
         }
+        let r = self.classify(r, floor);
+        if !r.late {
+            self.see(&r);
+            self.tick();
+        }
+        Admitted::One(r)
     }
 
-    /// The input has ended: the readings still held, classified.
-    pub fn finish(&mut self, floor: i64) -> Vec<Reading> {
+    /// The devices the fleet clock waits for: `2·quorum − 1`.
+    fn full(&self) -> usize {
+        2 * self.cfg.quorum - 1
+    }
+
+    /// The input has ended: the readings still held, classified, each with
+    /// the watermark before it.
+    pub fn finish(&mut self, floor: i64) -> Vec<(Option<i64>, Reading)> {
         match self.held {
             Some(_) => self.release(floor),
             None => Vec::new(),
@@ -181,15 +194,20 @@ impl EventClock {
 
     /// Ends the warm-up: the fleet clock starts, and the held readings are
     /// classified.
-    fn release(&mut self, floor: i64) -> Vec<Reading> {
+    fn release(&mut self, floor: i64) -> Vec<(Option<i64>, Reading)> {
         let held = self.held.take().unwrap_or_default();
         self.tick();
-        held.into_iter().map(|r| self.classify(r, floor)).collect()
+        held.into_iter()
+            .map(|r| {
+                let wm = self.watermark();
+                (wm, self.classify(r, floor))
+            })
+            .collect()
     }
 
     fn classify(&mut self, mut r: Reading, floor: i64) -> Reading {
         let fleet = self.fleet.unwrap_or(i64::MAX);
-        r.future = self.devices >= 3 && r.ts > fleet.saturating_add(self.cfg.max_future_ms);
+        r.future = r.ts > fleet.saturating_add(self.cfg.max_future_ms);
         r.late = false;
         if !r.future {
             let late = self.max_ts.is_some_and(|m| m.saturating_sub(r.ts) > self.cfg.lateness_ms);
@@ -201,10 +219,9 @@ impl EventClock {
         r
     }
 
-    /// Records a reading's `ts` as its device's latest.
-    fn see(&mut self, r: &Reading) {
-        let i = r.device.index();
-        let slot = i as usize;
+    /// Counts a reading's device, if new.
+    fn count(&mut self, r: &Reading) {
+        let slot = r.device.index() as usize;
         if self.seen.len() <= slot {
             self.seen.resize(slot + 1, false);
         }
@@ -212,6 +229,11 @@ impl EventClock {
             self.seen[slot] = true;
             self.devices += 1;
         }
+    }
+
+    /// Records a reading's `ts` as its device's latest.
+    fn see(&mut self, r: &Reading) {
+        let i = r.device.index();
         let ahead = self.fleet.is_none_or(|f| r.ts > f);
         match (self.above.iter().position(|&(d, _)| d == i), ahead) {
             (Some(p), true) => self.above[p].1 = r.ts,
@@ -223,12 +245,13 @@ impl EventClock {
         }
     }
 
-    /// Moves the fleet clock to the k-th largest latest `ts`, `k = min(quorum,
-    /// ceil(n / 2))`, if that is later. Only devices above the clock can
-    /// make it later, and only once `k` of them are.
+    /// Moves the fleet clock to the `quorum`-th largest latest `ts`, if that
+    /// is later, once `2·quorum − 1` devices have been seen (never with a
+    /// quorum of 1). Only devices above the clock can make it later, and
+    /// only once `quorum` of them are.
     fn tick(&mut self) {
-        let k = self.cfg.quorum.min(self.devices.div_ceil(2));
-        if k == 0 || self.above.len() < k {
+        let k = self.cfg.quorum;
+        if k < 2 || self.devices < self.full() || self.above.len() < k {
             return;
         }
         self.above.sort_unstable_by_key(|&(_, ts)| std::cmp::Reverse(ts));
@@ -270,10 +293,10 @@ mod tests {
             match clock.admit(at(d, ts), i64::MIN) {
                 Admitted::One(r) => out.push(r),
                 Admitted::Held => {}
-                Admitted::Released(rs) => out.extend(rs),
+                Admitted::Released(rs) => out.extend(rs.into_iter().map(|(_, r)| r)),
             }
         }
-        out.extend(clock.finish(i64::MIN));
+        out.extend(clock.finish(i64::MIN).into_iter().map(|(_, r)| r));
         out.into_iter()
             .map(|r| {
                 let class = if r.future {
@@ -353,7 +376,7 @@ mod tests {
         assert!(matches!(clock.admit(at("clk-p", NOW + 1), i64::MIN), Admitted::Held));
         let Admitted::Released(rs) = clock.admit(at("clk-q", NOW + 2), i64::MIN) else { panic!("released") };
         assert_eq!(rs.len(), 3);
-        assert_eq!(clock.fleet(), Some(NOW + 2), "two devices: the larger");
+        assert_eq!(clock.fleet(), None, "two devices: no fleet clock");
         // One device: no warm-up limit reached, the end releases it.
         let mut clock = EventClock::new(ClockConfig::new(60_000));
         assert!(matches!(clock.admit(at("clk-r", NOW), i64::MIN), Admitted::Held));
@@ -415,7 +438,7 @@ mod tests {
     fn a_reading_below_the_floor_is_late() {
         let mut clock = EventClock::new(ClockConfig { warmup: 1, ..ClockConfig::new(60_000) });
         let Admitted::Released(rs) = clock.admit(at("clk-x", NOW), NOW + 1) else { panic!("released") };
-        assert!(rs[0].late);
+        assert!(rs[0].1.late);
         assert_eq!(clock.max_ts(), Some(NOW), "late by the floor alone: still the largest accepted ts");
     }
 }

@@ -41,6 +41,7 @@ use crate::sink::Taken;
 #[derive(Clone, Debug)]
 pub struct Validator {
     ranges: Ranges,
+    epoch_ms: i64,
     counts: Counts,
 }
 
@@ -73,14 +74,17 @@ pub enum Classified {
     /// A valid reading, held while the event clock warms up.
     Held,
     /// A valid reading that ended the event clock's warm-up: every reading
-    /// held, this one last, classified, in arrival order.
-    Released(Vec<Reading>),
+    /// held, this one last, classified, in arrival order, each with its time
+    /// (the watermark before it, as if it had not been held; never earlier
+    /// than the line's).
+    Released(Vec<(u64, Reading)>),
 }
 
 impl Validator {
-    /// A validator with the junk rule `ranges`.
-    pub fn new(ranges: Ranges) -> Validator {
-        Validator { ranges, counts: Counts::default() }
+    /// A validator with the junk rule `ranges`, stamping readings released
+    /// by a clock in epochs of `epoch_ms`.
+    pub fn new(ranges: Ranges, epoch_ms: i64) -> Validator {
+        Validator { ranges, epoch_ms, counts: Counts::default() }
     }
 
     /// Classifies the line at `pos` (`bytes`, parsed as `parsed`) with the
@@ -107,14 +111,11 @@ impl Validator {
                     }
                     Admitted::Held => Classified::Held,
                     Admitted::Released(mut rs) if rs.len() == 1 => {
-                        let r = rs.pop().expect("one reading");
+                        let (_, r) = rs.pop().expect("one reading");
                         self.count(&r);
                         Classified::Reading(r)
                     }
-                    Admitted::Released(rs) => {
-                        rs.iter().for_each(|r| self.count(r));
-                        Classified::Released(rs)
-                    }
+                    Admitted::Released(rs) => Classified::Released(self.stamp(rs, floor)),
                 }
             }
             Err(reason) => {
@@ -129,11 +130,23 @@ impl Validator {
     }
 
     /// The input has ended: the readings `clock` still holds, classified
-    /// (below `floor`: late).
-    pub fn finish(&mut self, clock: &mut EventClock, floor: i64) -> Vec<Reading> {
+    /// (below `floor`: late), with their times.
+    pub fn finish(&mut self, clock: &mut EventClock, floor: i64) -> Vec<(u64, Reading)> {
         let rs = clock.finish(floor);
-        rs.iter().for_each(|r| self.count(r));
-        rs
+        self.stamp(rs, floor)
+    }
+
+    /// Counts released readings and gives each the time it would have had
+    /// without the warm-up: the watermark before it, as an epoch, but no
+    /// earlier than `floor` (the time they go out at).
+    fn stamp(&mut self, rs: Vec<(Option<i64>, Reading)>, floor: i64) -> Vec<(u64, Reading)> {
+        let floor = floor.max(0) as u64;
+        rs.into_iter()
+            .map(|(wm, r)| {
+                self.count(&r);
+                (time_of(wm, self.epoch_ms).max(floor), r)
+            })
+            .collect()
     }
 
     /// Counts a classified reading: late, future, or on time with junk.
@@ -425,7 +438,14 @@ pub struct RawIngest {
 impl RawIngest {
     /// At time 0, with nothing read; keeps raw lines if `raw`.
     pub fn new(ranges: Ranges, epoch_ms: i64, raw: bool) -> RawIngest {
-        RawIngest { validator: Validator::new(ranges), epoch_ms, raw, time: 0, max_ts: None, reported_bytes: 0 }
+        RawIngest {
+            validator: Validator::new(ranges, epoch_ms),
+            epoch_ms,
+            raw,
+            time: 0,
+            max_ts: None,
+            reported_bytes: 0,
+        }
     }
 
     /// Reads the next line of `src` and ingests it (see [`Self::line`]).
@@ -469,17 +489,18 @@ impl RawIngest {
         let record = self.validator.classify(parsed, bytes, pos, clock, t as i64);
         match &record {
             Classified::Reading(r) => self.saw(r),
-            Classified::Released(rs) => rs.iter().for_each(|r| self.saw(r)),
+            Classified::Released(rs) => rs.iter().for_each(|(_, r)| self.saw(r)),
             Classified::Dead(_) | Classified::Held => {}
         }
         Line::Read { t, new_epoch, pos, raw, record, reading_time }
     }
 
     /// An input (or a partition of a topic) has ended: the readings its
-    /// `clock` still holds, classified, to go out at [`Self::time`].
-    pub fn finish(&mut self, clock: &mut EventClock) -> Vec<Reading> {
+    /// `clock` still holds, classified, each with its time (never before
+    /// [`Self::time`]).
+    pub fn finish(&mut self, clock: &mut EventClock) -> Vec<(u64, Reading)> {
         let rs = self.validator.finish(clock, self.time as i64);
-        rs.iter().for_each(|r| self.saw(r));
+        rs.iter().for_each(|(_, r)| self.saw(r));
         rs
     }
 
@@ -688,8 +709,8 @@ impl IngestState {
     }
 
     /// The input has ended: the readings still held for the event clock's
-    /// warm-up, classified, to go out at [`Self::time`].
-    pub fn finish(&mut self) -> Vec<Reading> {
+    /// warm-up, classified, each with its time (never before [`Self::time`]).
+    pub fn finish(&mut self) -> Vec<(u64, Reading)> {
         self.ingest.finish(&mut self.file.clock)
     }
 
@@ -815,7 +836,7 @@ pub fn ingest_source<'s>(
                             Classified::Held => {}
                             Classified::Released(rs) => {
                                 lat_n += rs.len() as u64;
-                                buf_r.extend(rs);
+                                release(&mut handle_r, cr, &mut buf_r, rs);
                             }
                         }
                     }
@@ -824,12 +845,12 @@ pub fn ingest_source<'s>(
                         break;
                     }
                     Line::End => {
-                        buf_r.extend(src.finish());
+                        release(&mut handle_r, cr, &mut buf_r, src.finish());
                         finished = true;
                         break;
                     }
                     Line::Failed(e) => {
-                        buf_r.extend(src.finish());
+                        release(&mut handle_r, cr, &mut buf_r, src.finish());
                         metrics.fail(ReadError { input: src.describe(), after: src.next_pos().offset, source: e });
                         finished = true;
                         break;
@@ -917,6 +938,26 @@ fn flush<D: 'static>(
     }
 }
 
+/// Sends readings released by an event clock, each at its own time, after
+/// what `buf` holds (at `cap`'s time): a device's readings keep their order.
+pub fn release(
+    handle: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<Reading>>>,
+    cap: &Capability<u64>,
+    buf: &mut Vec<Reading>,
+    released: Vec<(u64, Reading)>,
+) {
+    flush(handle, cap, buf);
+    let mut released = released.into_iter().peekable();
+    while let Some((t, r)) = released.next() {
+        let at = cap.delayed(&t);
+        let mut session = handle.session(&at);
+        session.give(r);
+        while let Some((_, r)) = released.next_if(|(next, _)| *next == t) {
+            session.give(r);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -925,7 +966,7 @@ mod tests {
     #[test]
     fn the_validator_counts_every_line_once_and_junk_only_on_time() {
         let ranges = Ranges::new([("pm25", Some(0.0), Some(1000.0))]);
-        let mut v = Validator::new(ranges);
+        let mut v = Validator::new(ranges, 1_000);
         let mut late = EventClock::new(no_warmup(600_000));
         let lines: [&[u8]; 5] = [
             br#"{"device_id":"a","ts":3600000,"pm25":5000}"#, // junk
@@ -1138,7 +1179,11 @@ mod tests {
                     Classified::Dead(_) => (t, vec!["dead"]),
                     Classified::Reading(r) => (t, vec![if r.future { "future" } else { "ok" }]),
                     Classified::Released(rs) => {
-                        (t, rs.iter().map(|r| if r.future { "future" } else { "ok" }).collect())
+                        // Each at the watermark before it: none before the
+                        // rogue (future) and the first on-time one.
+                        let times: Vec<u64> = rs.iter().map(|(rt, _)| *rt).collect();
+                        assert_eq!(times, [0, 0, (T - 60_000) as u64]);
+                        (t, rs.iter().map(|(_, r)| if r.future { "future" } else { "ok" }).collect())
                     }
                 }),
                 Line::End => break,
@@ -1170,7 +1215,9 @@ mod tests {
         assert!(matches!(s.next(Instant::now, 0), Line::Read { record: Classified::Held, .. }));
         assert!(matches!(s.next(Instant::now, 0), Line::End));
         let rs = s.finish();
-        assert_eq!(rs.iter().map(|r| (r.future, r.late)).collect::<Vec<_>>(), [(false, false), (false, true)]);
+        assert_eq!(rs.iter().map(|(_, r)| (r.future, r.late)).collect::<Vec<_>>(), [(false, false), (false, true)]);
+        // Each with the time it would have had unheld: the second after the first's watermark.
+        assert_eq!(rs.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [0, 4_102_444_740_000]);
     }
 
     #[test]

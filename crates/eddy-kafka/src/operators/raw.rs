@@ -226,8 +226,8 @@ impl RawState {
     }
 
     /// The readings held by the clocks of partitions that have ended,
-    /// classified, to go out at the source's time.
-    pub fn release_ended(&mut self) -> Vec<Reading> {
+    /// classified, each with its time (never before the source's).
+    pub fn release_ended(&mut self) -> Vec<(u64, Reading)> {
         let mut out = Vec::new();
         for p in self.parts.parts.values_mut().filter(|p| p.ended && p.clock.holding()) {
             out.extend(self.ingest.finish(&mut p.clock));
@@ -328,8 +328,10 @@ pub fn raw_source<'s>(
                             Classified::Reading(r) => hr.session(&cr.delayed(&reading_time)).give(r),
                             Classified::Dead(d) => hd.session(&*cd).give(d),
                             Classified::Held => {}
-                            Classified::Released(mut rs) => {
-                                hr.session(&cr.delayed(&reading_time)).give_container(&mut rs)
+                            Classified::Released(rs) => {
+                                for (t, r) in rs {
+                                    hr.session(&cr.delayed(&t.max(reading_time))).give(r);
+                                }
                             }
                         }
                     }
@@ -340,9 +342,8 @@ pub fn raw_source<'s>(
                 }
             };
             drop(unsettled);
-            let mut released = state.release_ended();
-            if !released.is_empty() {
-                hr.session(&*cr).give_container(&mut released);
+            for (t, r) in state.release_ended() {
+                hr.session(&cr.delayed(&t)).give(r);
             }
             state.report(&metrics);
             progress.set_max_ts(state.max_ts());
