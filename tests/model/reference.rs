@@ -32,7 +32,7 @@ use serde_json::{json, Map, Value};
 pub const MAX_TS: i64 = (1i64 << 53) - 1;
 
 /// Field names that cannot be channels (the documented list).
-pub const RESERVED: [&str; 8] = ["device_id", "ts", "raw", "device", "junk", "late", "line_no", "calibrated"];
+pub const RESERVED: [&str; 9] = ["device_id", "ts", "raw", "device", "junk", "late", "future", "line_no", "calibrated"];
 
 /// `valid_from` of a calibration version that is valid since forever.
 pub const FOREVER: i64 = i64::MIN;
@@ -359,10 +359,12 @@ fn is_junk(cfg: &Config, channel: &str, v: f64) -> bool {
 }
 
 /// The event-time state of one input (one readings file), as the rule in
-/// `docs/formats.md` defines it:
+/// `docs/formats.md` 2.2 defines it:
 ///
-/// * `latest[d]`: the largest `ts` among all valid readings of device `d` so
-///   far (late and future ones included); `n` devices;
+/// * `latest[d]`: the `ts` of the most recent valid reading of device `d`
+///   (late and future ones included; not its largest `ts`, so a device that
+///   sent one wrong `ts` is forgotten at its next reading: docs/decisions.md);
+///   `n` devices;
 /// * the fleet clock `Q`: `None` until the warm-up ends, then the largest
 ///   k-th largest `latest` value seen, `k = min(quorum, ceil(n / 2))`;
 /// * `M`: the largest `ts` among accepted readings (neither late nor future).
@@ -409,8 +411,7 @@ impl<'c> EventClock<'c> {
     }
 
     fn see(&mut self, r: &Reading) {
-        let l = self.latest.entry(r.device.clone()).or_insert(r.ts);
-        *l = (*l).max(r.ts);
+        self.latest.insert(r.device.clone(), r.ts);
     }
 
     /// Steps (2) to (4) of the steady-state rule (`latest` and `Q` are up to date).
@@ -961,6 +962,9 @@ struct OnTime {
     usable: Vec<(String, f64)>,
 }
 
+/// A usable value with its dataflow time and `ts`: `(t, ts, value)`.
+type TimedValue = (i64, i64, f64);
+
 /// Runs the model.
 pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
     let (dead, readings, lines) = ingest(cfg, &files.readings);
@@ -1030,7 +1034,7 @@ pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
     }
 
     // Statistics: per key, values (t, ts, v) in arrival order.
-    let mut keys: BTreeMap<(String, String), Vec<(i64, i64, f64)>> = BTreeMap::new();
+    let mut keys: BTreeMap<(String, String), Vec<TimedValue>> = BTreeMap::new();
     for r in &on_time {
         for (c, v) in &r.usable {
             keys.entry((r.device.clone(), c.clone())).or_default().push((r.t, r.ts, *v));
@@ -1085,6 +1089,7 @@ struct Open {
     rule: Rule,
 }
 
+#[allow(clippy::too_many_arguments)] // one per field of the record
 fn event(
     id: &str,
     device: &str,

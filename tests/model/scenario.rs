@@ -684,7 +684,7 @@ fn bad_line(b: &Bad, clock: i64) -> Vec<u8> {
             ],
         ),
         Bad::Reserved(k) => {
-            let f = ["raw", "junk", "late", "line_no", "calibrated", "device"][*k as usize % 6];
+            let f = ["raw", "junk", "late", "line_no", "calibrated", "device", "future"][*k as usize % 7];
             let v = ["1", "null", "[]", "{}", "\"x\"", "false"][(*k as usize / 6) % 6];
             format!("{{\"device_id\":{d},\"ts\":{clock},\"pm25\":5,\"{f}\":{v}}}").into_bytes()
         }
