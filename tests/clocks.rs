@@ -433,9 +433,10 @@ mod kafka {
         sorted(eddy::parquet::read_backup(&out.join("backup")).unwrap().iter().map(row_text).collect())
     }
 
-    /// The dataset with rogues through the chain (one `P.raw` partition)
-    /// computes what its replay computes, and what the fleet gets is what
-    /// the replay without rogues gives it.
+    /// The dataset with rogues through the chain (one `P.raw` partition),
+    /// every job at `-w 1` and then at `-w 2`, computes what its replay
+    /// computes, and what the fleet gets is what the replay without rogues
+    /// gives it.
     #[test]
     fn rogue_clocks_through_the_kafka_chain_match_replay() {
         let tmp = tempfile::tempdir().unwrap();
@@ -447,30 +448,35 @@ mod kafka {
         run(&clean, &co, 2);
         run(&rogue, &ro, 2);
 
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let p = format!("t{}-clocks-{nanos}", std::process::id());
-        let kout = tmp.path().join("kafka-out");
         let _ = kafka();
-        let mut jobs: Vec<(&str, Child)> =
-            ["ingest", "enrich", "stats", "windows", "alerts"].iter().map(|j| (*j, start(j, &p, &[]))).collect();
-        jobs.push(("backup", start("backup", &p, &["--out", kout.to_str().unwrap()])));
-        eddy_ok(&["publish", rogue.to_str().unwrap(), "--brokers", &brokers(), "--prefix", &p, "-q"]);
-        let until = Instant::now() + Duration::from_secs(600);
-        for (name, child) in jobs {
-            finish(child, name, until);
-        }
+        for w in ["1", "2"] {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let p = format!("t{}-clocks-w{w}-{nanos}", std::process::id());
+            let kout = tmp.path().join(format!("kafka-out-w{w}"));
+            let mut jobs: Vec<(&str, Child)> = ["ingest", "enrich", "stats", "windows", "alerts"]
+                .iter()
+                .map(|j| (*j, start(j, &p, &["-w", w])))
+                .collect();
+            jobs.push(("backup", start("backup", &p, &["-w", w, "--out", kout.to_str().unwrap()])));
+            eddy_ok(&["publish", rogue.to_str().unwrap(), "--brokers", &brokers(), "--prefix", &p, "-q"]);
+            let until = Instant::now() + Duration::from_secs(600);
+            for (name, child) in jobs {
+                finish(child, &format!("{name} -w {w}"), until);
+            }
 
-        assert_same(topic(&p, "stats"), file_lines(&ro, "stats"), "stats");
-        assert_same(topic(&p, "windows.1h"), file_lines(&ro, "windows"), "windows");
-        assert_same(topic(&p, "events"), file_lines(&ro, "events"), "events");
-        assert_same(keys(topic(&p, "late")), keys(file_lines(&ro, "late")), "late");
-        assert_same(keys(topic(&p, "future")), keys(file_lines(&ro, "future")), "future");
-        let future: Vec<String> =
-            rogues.iter().filter(|r| r.future).map(|r| format!("\"{}\"|{}", r.device, r.ts)).collect();
-        assert_same(keys(topic(&p, "future")), sorted(future), "future: the rogue readings ahead");
-        assert_same(backup_rows(&kout), backup_rows(&ro), "backup");
-        // What the fleet gets over Kafka is what it gets without rogues.
-        assert_same(topic(&p, "windows.1h"), file_lines(&co, "windows"), "windows vs replay without rogues");
-        assert_same(topic(&p, "events"), file_lines(&co, "events"), "events vs replay without rogues");
+            let what = |x: &str| format!("{x} (jobs at -w {w})");
+            assert_same(topic(&p, "stats"), file_lines(&ro, "stats"), &what("stats"));
+            assert_same(topic(&p, "windows.1h"), file_lines(&ro, "windows"), &what("windows"));
+            assert_same(topic(&p, "events"), file_lines(&ro, "events"), &what("events"));
+            assert_same(keys(topic(&p, "late")), keys(file_lines(&ro, "late")), &what("late"));
+            assert_same(keys(topic(&p, "future")), keys(file_lines(&ro, "future")), &what("future"));
+            let future: Vec<String> =
+                rogues.iter().filter(|r| r.future).map(|r| format!("\"{}\"|{}", r.device, r.ts)).collect();
+            assert_same(keys(topic(&p, "future")), sorted(future), &what("future: the rogue readings ahead"));
+            assert_same(backup_rows(&kout), backup_rows(&ro), &what("backup"));
+            // What the fleet gets over Kafka is what it gets without rogues.
+            assert_same(topic(&p, "windows.1h"), file_lines(&co, "windows"), &what("windows vs replay without rogues"));
+            assert_same(topic(&p, "events"), file_lines(&co, "events"), &what("events vs replay without rogues"));
+        }
     }
 }
