@@ -300,6 +300,9 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
         format!(r#"{{"device_id":"d1","ts":{t},"pm25":1,"pm25":2,"co2":"x"}}"#),
         format!(r#"{{"ts":{t},"ts":{t},"device_id":"d1","raw":1}}"#),
         format!(r#"{{"pm25":null,"device_id":"d1","pm25":null,"ts":{t}}}"#),
+        // device_id: at most 128 bytes (not characters); 128 is valid.
+        format!(r#"{{"pm25":"x","device_id":"{}","ts":{t}}}"#, "é".repeat(65)),
+        format!(r#"{{"device_id":"{}","ts":{t},"pm25":3}}"#, "é".repeat(64)),
     ];
     let files = small_dataset(&lines, &[]);
     let cfg = Config::documented_defaults();
@@ -319,7 +322,8 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
             "invalid_value",
             "duplicate_field",
             "duplicate_field",
-            "duplicate_field"
+            "duplicate_field",
+            "invalid_device_id"
         ],
         "the model encodes the documented precedence"
     );

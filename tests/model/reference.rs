@@ -300,7 +300,8 @@ pub fn classify(line: &[u8]) -> Result<ParsedLine, &'static str> {
     // Precedence: device_id, then ts, then the first bad channel field.
     let device = match get("device_id") {
         None => return Err("missing_device_id"),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        // At most 128 bytes of UTF-8 (formats.md 2.1).
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
         Some(_) => return Err("invalid_device_id"),
     };
     let ts = match get("ts") {

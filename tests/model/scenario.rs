@@ -650,6 +650,9 @@ fn bad_line(b: &Bad, clock: i64) -> Vec<u8> {
                 "{\"device_id\":[\"d-1\"],\"ts\":\"x\"}".to_string(),
                 format!("{{\"device_id\":{{\"id\":1}},\"ts\":{clock},\"pm25\":\"x\"}}"),
                 "{\"device_id\":true}".into(),
+                // Longer than 128 bytes: in bytes (65 two-byte letters), not characters.
+                format!("{{\"device_id\":\"{}\",\"ts\":{clock}}}", "d".repeat(129)),
+                format!("{{\"pm25\":1,\"device_id\":\"{}\",\"ts\":\"x\"}}", "é".repeat(65)),
             ],
         ),
         Bad::MissingTs(k) => pick(
