@@ -6,14 +6,17 @@
 //! * `pipeline_matches_reference_model_at_1_and_2_workers`: random small
 //!   datasets (disorder, late readings, nulls, junk, extra channels,
 //!   malformed lines of every kind, calibration versions, thresholds,
-//!   reference updates mid-stream, four spec presets), every output compared
+//!   reference updates mid-stream, rogue device clocks, four spec presets
+//!   with their own quorum, warm-up and `max_future`), every output compared
 //!   with the model, record by record, plus the documented line order;
 //! * `generated_fleet_matches_reference_model`: the same on an `eddy gen` fleet;
 //! * `output_record_sets_do_not_depend_on_worker_count`: -w 1, 2 and 4;
 //! * `paced_and_gzipped_replays_give_the_same_records`: `--speed` and `.gz`;
 //! * `windows_and_final_stats_match_two_pass_recomputation_from_enriched`;
 //! * focused cases: dead-letter precedence and field order, the thresholds of
-//!   a `rule_removed` end, same-`ts` reference changes, extreme timestamps.
+//!   a `rule_removed` end, same-`ts` reference changes, extreme timestamps,
+//!   the event-time warm-up and fleet clock, and the sample dataset with one
+//!   reading dated 2100 (the example of issue 19).
 //!
 //! On a mismatch, the failure names the output, the key and the first
 //! differing fields, with the expected and the actual line; the random test
@@ -131,7 +134,7 @@ fn generated_fleet_matches_reference_model() {
 
 /// The sorted lines of every output file.
 fn record_sets(out: &Path) -> Vec<(String, Vec<String>)> {
-    ["enriched", "late", "deadletter", "stats", "windows", "events", "health"]
+    ["enriched", "late", "future", "deadletter", "stats", "windows", "events", "health"]
         .iter()
         .map(|name| {
             let text = std::fs::read_to_string(out.join(format!("{name}.jsonl"))).unwrap();
@@ -152,13 +155,14 @@ fn output_record_sets_do_not_depend_on_worker_count() {
     let out1 = tmp.path().join("out-w1");
     let (s1, _) = run_pipeline(&ds, &out1, &spec, 1);
     let sets1 = record_sets(&out1);
-    assert!(sets1.iter().all(|(_, lines)| !lines.is_empty()), "every output has records");
+    // A fleet whose clocks are fine has no future readings.
+    assert!(sets1.iter().all(|(name, lines)| lines.is_empty() == (name == "future")), "every other output has records");
     let mut diffs = Vec::new();
     for w in [2, 4] {
         let out = tmp.path().join(format!("out-w{w}"));
         let (s, _) = run_pipeline(&ds, &out, &spec, w);
         diffs.extend(diff_record_sets(&sets1, &record_sets(&out), &format!("-w 1 vs -w {w}")));
-        let counts = |s: &Summary| (s.valid, s.late, s.deadletter, s.junk, s.lines, s.bytes);
+        let counts = |s: &Summary| (s.valid, s.late, s.future, s.deadletter, s.junk, s.lines, s.bytes);
         if counts(&s1) != counts(&s) || s1.records != s.records || s1.junk_by_device != s.junk_by_device {
             diffs.push(format!("summary at -w 1: {s1:?}\nsummary at -w {w}: {s:?}"));
         }
@@ -167,7 +171,7 @@ fn output_record_sets_do_not_depend_on_worker_count() {
 }
 
 /// Windows and the final statistics snapshot of each key, recomputed with
-/// two-pass arithmetic from `enriched.jsonl` (every non-late reading, in
+/// two-pass arithmetic from `enriched.jsonl` (every on-time reading, in
 /// each device's arrival order), agree within 1e-9 relative.
 #[test]
 fn windows_and_final_stats_match_two_pass_recomputation_from_enriched() {
@@ -296,6 +300,9 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
         format!(r#"{{"device_id":"d1","ts":{t},"pm25":1,"pm25":2,"co2":"x"}}"#),
         format!(r#"{{"ts":{t},"ts":{t},"device_id":"d1","raw":1}}"#),
         format!(r#"{{"pm25":null,"device_id":"d1","pm25":null,"ts":{t}}}"#),
+        // device_id: at most 128 bytes (not characters); 128 is valid.
+        format!(r#"{{"pm25":"x","device_id":"{}","ts":{t}}}"#, "é".repeat(65)),
+        format!(r#"{{"device_id":"{}","ts":{t},"pm25":3}}"#, "é".repeat(64)),
     ];
     let files = small_dataset(&lines, &[]);
     let cfg = Config::documented_defaults();
@@ -315,7 +322,8 @@ fn dead_letter_reason_follows_rule_precedence_not_field_order() {
             "invalid_value",
             "duplicate_field",
             "duplicate_field",
-            "duplicate_field"
+            "duplicate_field",
+            "invalid_device_id"
         ],
         "the model encodes the documented precedence"
     );
@@ -489,5 +497,164 @@ fn same_ts_reference_changes_apply_in_file_order() {
     assert_eq!(pm25, [10.0, 10.0, 31.0, 31.0], "the model: gain 3, offset 1 from {u}");
     if let Err(e) = check_against_model(&files, &PipelineSpec::builtin(), &cfg, &[1, 2]) {
         panic!("{e}");
+    }
+}
+
+/// A dataset of `readings` lines run with an ingest spec of its own: the
+/// model's verdicts (`L` late, `F` future, `.` on time, per valid reading in
+/// line order) are `verdicts`, and the pipeline agrees with the model.
+fn check_event_time(ingest_toml: &str, cfg: &Config, lines: &[String], verdicts: &str) {
+    let files = small_dataset(lines, &[]);
+    let expected = reference::run(cfg, &files);
+    let (_, readings, _) = reference::ingest(cfg, &files.readings);
+    let got: String = readings
+        .iter()
+        .map(|r| {
+            if r.future {
+                'F'
+            } else if r.late {
+                'L'
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    assert_eq!(got, verdicts, "the model's verdicts (L late, F future, . on time)");
+    assert_eq!(expected.summary.future as usize, verdicts.matches('F').count());
+    let spec = scenario::spec_of(&[("ingest.toml", ingest_toml)]);
+    if let Err(e) = check_against_model(&files, &spec, cfg, &[1, 2]) {
+        panic!("{e}");
+    }
+}
+
+/// The warm-up and the fleet clock, on the documented defaults (quorum 3:
+/// the warm-up ends at the fifth device). A first line dated 75 years
+/// ahead is held, then set aside as future, and moves nothing; a clock 3 h
+/// ahead is future; a clock in 1970 is late; the others' late readings stay late.
+#[test]
+fn warm_up_and_fleet_clock_set_rogue_clocks_aside_from_the_first_line() {
+    let t = scenario::T0;
+    let m = 60_000;
+    let y75 = 75 * 365 * 24 * 60 * m;
+    let lines = vec![
+        reading_at("rogue-future", t + y75),
+        reading_at("a", t),
+        reading_at("b", t + 1000),
+        reading_at("c", t + 2000),
+        reading_at("a", t + m),
+        reading_at("d", t + 3000), // the fifth device: the warm-up ends here
+        reading_at("rogue-1970", 5_000),
+        reading_at("b", t + 2 * m),
+        reading_at("rogue-ahead", t + 2 * m + 3 * 60 * m),
+        reading_at("c", t + 3 * m),
+        reading_at("rogue-future", t + y75 + m),
+        reading_at("a", t + 4 * m),
+        reading_at("rogue-1970", 65_000),
+        reading_at("b", t + 20 * m),
+        reading_at("d", t + 5 * m), // 15 min below b: late
+    ];
+    check_event_time("kind = \"ingest\"\n", &Config::documented_defaults(), &lines, "F.....L.F.F.L.L");
+}
+
+/// The bounds of the rule with a spec of its own (quorum 2, a warm-up of
+/// four readings, `max_future` 5 min): the warm-up ends on its count with
+/// two devices (k = 1, nothing is future below three devices); a reading
+/// exactly `max_future` ahead of the fleet clock is on time, one ms more is
+/// future; one device far ahead is future, two devices that agree move the
+/// fleet clock (k = 2), and the watermark follows them.
+#[test]
+fn fleet_clock_bounds_follow_the_model() {
+    let t = scenario::T0;
+    let m = 60_000;
+    let mut cfg = Config::documented_defaults();
+    cfg.max_future_ms = 5 * m;
+    cfg.quorum = 2;
+    cfg.warmup = 4;
+    let lines = vec![
+        reading_at("a", t),
+        reading_at("a", t + 1000),
+        reading_at("b", t + 2000),
+        reading_at("b", t + 3000), // the fourth reading: the warm-up ends, Q = t + 3 s
+        reading_at("c", t + 5 * m + 3000),
+        reading_at("c", t + 5 * m + 4000),
+        reading_at("a", t + m),
+        reading_at("d", t + 60 * m),
+        reading_at("d", t + 61 * m),
+        reading_at("e", t + 62 * m), // d and e agree: Q = t + 61 min
+        reading_at("a", t + 2 * m),
+    ];
+    let ingest = "kind = \"ingest\"\nmax_future = \"5m\"\nquorum = 2\nwarmup = 4\n";
+    check_event_time(ingest, &cfg, &lines, ".....F.FF.L");
+}
+
+/// A device's latest `ts` is its most recent one (docs/decisions.md): with
+/// quorum 2, a device that sent one reading 75 years ahead is forgotten at
+/// its next reading, so a second device's glitch later does not make two
+/// devices "agree" on 2100 (with the largest `ts`, it would move the fleet
+/// clock and make every later reading late).
+#[test]
+fn a_device_that_sent_one_wrong_ts_is_forgotten_at_its_next_reading() {
+    let t = scenario::T0;
+    let m = 60_000;
+    let y75 = 75 * 365 * 24 * 60 * m;
+    let mut cfg = Config::documented_defaults();
+    cfg.quorum = 2;
+    let lines = vec![
+        reading_at("a", t),
+        reading_at("b", t + 1000),
+        reading_at("c", t + 2000), // the third device: the warm-up ends
+        reading_at("a", t + y75),
+        reading_at("a", t + m),
+        reading_at("b", t + y75 + 1000),
+        reading_at("c", t + 2 * m),
+        reading_at("b", t + 3 * m),
+    ];
+    check_event_time("kind = \"ingest\"\nquorum = 2\n", &cfg, &lines, "...F.F..");
+}
+
+/// The input ends during the warm-up (three devices, the defaults): the held
+/// readings are classified then, a first line 75 years ahead included.
+#[test]
+fn input_ending_in_the_warm_up_is_classified_at_its_end() {
+    let t = scenario::T0;
+    let m = 60_000;
+    let lines = vec![
+        reading_at("rogue-future", t + 75 * 365 * 24 * 60 * m),
+        reading_at("a", t),
+        reading_at("b", t + 1000),
+        reading_at("b", 5_000),
+        reading_at("a", t + m),
+    ];
+    check_event_time("kind = \"ingest\"\n", &Config::documented_defaults(), &lines, "F..L.");
+}
+
+/// A reading line with a pm25 and a co2 value (alerts start and end).
+fn reading_at(device: &str, ts: i64) -> String {
+    format!(r#"{{"device_id":"{device}","ts":{ts},"pm25":{},"co2":{}}}"#, 20 + ts % 31, 700 + ts % 601)
+}
+
+/// The example of issue 19: the sample dataset with one copy of one of its
+/// readings dated 2100 (appended, and as the first line). With the rule
+/// before the fleet clock, almost every reading came out late; now the copy
+/// is future and the model and the pipeline agree on everything else.
+#[test]
+fn sample_with_a_reading_dated_2100_follows_the_model() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample");
+    let files = DatasetFiles::read(&sample).unwrap();
+    let text = String::from_utf8(files.readings.clone()).unwrap();
+    let first = text.lines().next().unwrap();
+    let mut rogue: Value = serde_json::from_str(first).unwrap();
+    rogue["ts"] = serde_json::json!(4_102_444_800_000i64);
+    let cfg = Config::documented_defaults();
+    let base = reference::run(&cfg, &files);
+    for (name, readings) in [("appended", format!("{text}{rogue}\n")), ("first line", format!("{rogue}\n{text}"))] {
+        let f = DatasetFiles { readings: readings.into_bytes(), ..files.clone() };
+        let expected = reference::run(&cfg, &f);
+        assert_eq!(expected.summary.future, 1, "{name}");
+        assert_eq!(expected.summary.late, base.summary.late, "{name}: late readings");
+        assert_eq!(expected.enriched.len(), base.enriched.len(), "{name}: enriched readings");
+        if let Err(e) = check_against_model(&f, &PipelineSpec::builtin(), &cfg, &[2]) {
+            panic!("{name}: {e}");
+        }
     }
 }

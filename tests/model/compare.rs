@@ -19,6 +19,8 @@ pub struct Actual {
     pub deadletter: Vec<Value>,
     /// late.jsonl
     pub late: Vec<Value>,
+    /// future.jsonl
+    pub future: Vec<Value>,
     /// enriched.jsonl
     pub enriched: Vec<Value>,
     /// stats.jsonl
@@ -48,6 +50,7 @@ pub fn read_outputs(out: &Path) -> Actual {
     Actual {
         deadletter: read_jsonl(&out.join("deadletter.jsonl")),
         late: read_jsonl(&out.join("late.jsonl")),
+        future: read_jsonl(&out.join("future.jsonl")),
         enriched: read_jsonl(&out.join("enriched.jsonl")),
         stats: read_jsonl(&out.join("stats.jsonl")),
         windows: read_jsonl(&out.join("windows.jsonl")),
@@ -202,6 +205,8 @@ pub fn compare(exp: &Expected, act: &Actual) -> Result<(), String> {
     push(compare_deadletter(&exp.deadletter, &act.deadletter));
     push(compare_keyed("late.jsonl (by line_no)", &exp.late, &act.late, |v| v["line_no"].as_u64().unwrap_or(0)));
     push(check_field_order("late.jsonl", &exp.late, &act.late, |v| v["line_no"].to_string()));
+    push(compare_keyed("future.jsonl (by line_no)", &exp.future, &act.future, |v| v["line_no"].as_u64().unwrap_or(0)));
+    push(check_field_order("future.jsonl", &exp.future, &act.future, |v| v["line_no"].to_string()));
     push(check_field_order("enriched.jsonl", &exp.enriched, &act.enriched, |v| {
         format!("{} {}", v["device_id"], v["ts"])
     }));
@@ -244,6 +249,7 @@ fn compare_summary(exp: &Counts, act: &Value) -> Result<(), String> {
         ("lines", exp.lines),
         ("valid", exp.valid),
         ("late", exp.late),
+        ("future", exp.future),
         ("deadletter", exp.deadletter),
         ("junk", exp.junk),
     ] {
@@ -331,14 +337,14 @@ fn compare_events(exp: &[Value], act: &[Value]) -> Result<(), String> {
 }
 
 /// The documented order of lines (docs/formats.md, "Determinism and order"):
-/// dead letters and late readings in line order; a key's windows in the
+/// dead letters, late and future readings in line order; a key's windows in the
 /// order they closed; a device's events in the order its readings were
 /// processed, and on one reading the ends of removed rules first, then the
 /// rules in `rule_id` order. (Per-device order of enriched and per-key order
 /// of stats are checked by the record comparison.)
 fn check_order(exp: &Expected, act: &Actual) -> Result<(), String> {
     let mut r = Report::new("order of lines");
-    for (name, lines) in [("deadletter", &act.deadletter), ("late", &act.late)] {
+    for (name, lines) in [("deadletter", &act.deadletter), ("late", &act.late), ("future", &act.future)] {
         let nos: Vec<u64> = lines.iter().map(|v| v["line_no"].as_u64().unwrap_or(0)).collect();
         if let Some(w) = nos.windows(2).find(|w| w[0] >= w[1]) {
             r.add(format!("{name}.jsonl is not in line order: line {} before line {}", w[0], w[1]));
@@ -401,6 +407,7 @@ fn check_record_counts(act: &Actual) -> Result<(), String> {
     for (name, n) in [
         ("deadletter", act.deadletter.len()),
         ("late", act.late.len()),
+        ("future", act.future.len()),
         ("enriched", act.enriched.len()),
         ("stats", act.stats.len()),
         ("windows", act.windows.len()),
@@ -460,7 +467,8 @@ fn key_order(path: &str, e: &Value, a: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// The documented field order of `enriched.jsonl` and `late.jsonl` lines:
+/// The documented field order of `enriched.jsonl`, `late.jsonl` and
+/// `future.jsonl` lines:
 /// `device_id`, `ts`, the channels in the order received, then the fixed
 /// fields; `raw` in channel order; `device` in `devices.csv` column order
 /// or the update row's field order. Records are paired in sequence (the

@@ -10,14 +10,18 @@
 //! `crates/eddy-state/src/stats.rs`):
 //!
 //! * lines are validated in order; the first broken rule names the reason;
-//! * a valid reading is late when the largest `ts` among earlier valid
-//!   readings exceeds its `ts` by more than the lateness; its dataflow time
-//!   `t` is that largest `ts` minus the lateness, floored to the epoch;
+//! * event time (see [`ingest`]): a fleet clock `Q`, the k-th largest of the
+//!   devices' latest `ts` (after a warm-up that holds the first readings);
+//!   a reading more than `max_future` ahead of `Q` is **future** (set aside,
+//!   it moves nothing); otherwise it is late when the largest `ts` `M` among
+//!   earlier accepted readings exceeds its `ts` by more than the lateness;
+//!   a line's dataflow time `t` is `M` minus the lateness, floored to the
+//!   epoch (0 while there is no `M`);
 //! * a channel value outside its inclusive range is junk (null downstream);
 //! * reference data (spec rules, CSV tables at time 0, updates at their `ts`)
 //!   is looked up as of each reading's `ts`;
-//! * statistics, windows and alerts see the usable values of non-late
-//!   readings, in arrival order.
+//! * statistics, windows and alerts see the usable values of on-time
+//!   readings (neither late nor future), in arrival order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,7 +32,7 @@ use serde_json::{json, Map, Value};
 pub const MAX_TS: i64 = (1i64 << 53) - 1;
 
 /// Field names that cannot be channels (the documented list).
-pub const RESERVED: [&str; 8] = ["device_id", "ts", "raw", "device", "junk", "late", "line_no", "calibrated"];
+pub const RESERVED: [&str; 9] = ["device_id", "ts", "raw", "device", "junk", "late", "future", "line_no", "calibrated"];
 
 /// `valid_from` of a calibration version that is valid since forever.
 pub const FOREVER: i64 = i64::MIN;
@@ -53,6 +57,12 @@ pub struct RuleRow {
 pub struct Config {
     /// ingest.lateness
     pub lateness_ms: i64,
+    /// ingest.max_future: how far ahead of the fleet clock a reading may be.
+    pub max_future_ms: i64,
+    /// ingest.quorum: the fleet clock is the k-th largest latest `ts`, k = min(quorum, ceil(n/2)).
+    pub quorum: usize,
+    /// ingest.warmup: at most this many readings are held before the fleet clock starts.
+    pub warmup: usize,
     /// ingest.epoch
     pub epoch_ms: i64,
     /// Effective ranges: channel -> (min, max), inclusive; missing bounds infinite.
@@ -92,6 +102,9 @@ impl Config {
         .collect();
         Config {
             lateness_ms: 600_000,
+            max_future_ms: 3_600_000,
+            quorum: 3,
+            warmup: 1000,
             epoch_ms: 1_000,
             ranges,
             retention_ms: 6 * 3_600_000,
@@ -175,6 +188,8 @@ pub struct Expected {
     pub deadletter: Vec<Value>,
     /// `late.jsonl` records, by line number.
     pub late: Vec<Value>,
+    /// `future.jsonl` records (encoded like `late.jsonl`), by line number.
+    pub future: Vec<Value>,
     /// `enriched.jsonl` records, in arrival order.
     pub enriched: Vec<Value>,
     /// `stats.jsonl` records: per key in emission order, with the trend
@@ -193,13 +208,15 @@ pub struct Expected {
 pub struct Counts {
     /// Input lines.
     pub lines: u64,
-    /// Valid readings (late included).
+    /// Valid readings (late and future included).
     pub valid: u64,
     /// Late readings.
     pub late: u64,
+    /// Future readings (not late, not junk).
+    pub future: u64,
     /// Dead letters.
     pub deadletter: u64,
-    /// Non-late readings with a junk channel.
+    /// On-time readings with a junk channel.
     pub junk: u64,
     /// The same, per device.
     pub junk_by_device: BTreeMap<String, u64>,
@@ -224,6 +241,8 @@ pub struct Reading {
     pub values: Vec<(String, Option<f64>)>,
     /// Late?
     pub late: bool,
+    /// Future (too far ahead of the fleet clock)? Never also late.
+    pub future: bool,
     /// Junk channels, in field order.
     pub junk: Vec<String>,
 }
@@ -281,7 +300,8 @@ pub fn classify(line: &[u8]) -> Result<ParsedLine, &'static str> {
     // Precedence: device_id, then ts, then the first bad channel field.
     let device = match get("device_id") {
         None => return Err("missing_device_id"),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        // At most 128 bytes of UTF-8 (formats.md 2.1).
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
         Some(_) => return Err("invalid_device_id"),
     };
     let ts = match get("ts") {
@@ -339,21 +359,117 @@ fn is_junk(cfg: &Config, channel: &str, v: f64) -> bool {
     }
 }
 
-/// Dead letters and readings (late ones included), in arrival order.
+/// The event-time state of one input (one readings file), as the rule in
+/// `docs/formats.md` 2.2 defines it:
+///
+/// * `latest[d]`: the `ts` of the most recent valid reading of device `d`
+///   (late and future ones included; not its largest `ts`, so a device that
+///   sent one wrong `ts` is forgotten at its next reading: docs/decisions.md);
+///   `n` devices;
+/// * the fleet clock `Q`: `None` until the warm-up ends, then the largest
+///   k-th largest `latest` value seen, `k = min(quorum, ceil(n / 2))`;
+/// * `M`: the largest `ts` among accepted readings (neither late nor future).
+///
+/// During the warm-up each valid reading updates `latest` and is held. The
+/// warm-up ends right after the reading that makes `n >= 2·quorum − 1`, or
+/// that makes the held count reach `warmup`, or at the end of the input; the
+/// held readings are then classified in arrival order.
+struct EventClock<'c> {
+    cfg: &'c Config,
+    latest: BTreeMap<String, i64>,
+    q: Option<i64>,
+    m: Option<i64>,
+    /// Indexes of held readings; `None` once the warm-up is over.
+    held: Option<Vec<usize>>,
+}
+
+impl<'c> EventClock<'c> {
+    fn new(cfg: &'c Config) -> Self {
+        EventClock { cfg, latest: BTreeMap::new(), q: None, m: None, held: Some(Vec::new()) }
+    }
+
+    /// The dataflow time of the next line: the watermark `M − lateness`
+    /// floored to the epoch, 0 while there is none (or it is negative).
+    fn time(&self) -> i64 {
+        match self.m {
+            Some(m) if m - self.cfg.lateness_ms > 0 => {
+                (m - self.cfg.lateness_ms) / self.cfg.epoch_ms * self.cfg.epoch_ms
+            }
+            _ => 0,
+        }
+    }
+
+    /// `k = min(quorum, ceil(n / 2))`, and the k-th largest `latest` value.
+    fn kth_largest(&self) -> Option<i64> {
+        let n = self.latest.len();
+        let k = self.cfg.quorum.min(n.div_ceil(2));
+        if k == 0 {
+            return None;
+        }
+        let mut v: Vec<i64> = self.latest.values().copied().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        Some(v[k - 1])
+    }
+
+    fn see(&mut self, r: &Reading) {
+        self.latest.insert(r.device.clone(), r.ts);
+    }
+
+    /// Steps (2) to (4) of the steady-state rule (`latest` and `Q` are up to date).
+    fn classify(&mut self, r: &mut Reading) {
+        let q = self.q.expect("the fleet clock runs after the warm-up");
+        r.future = self.latest.len() >= 3 && r.ts > q.saturating_add(self.cfg.max_future_ms);
+        r.late = !r.future && self.m.is_some_and(|m| m - r.ts > self.cfg.lateness_ms);
+        if !r.future && !r.late {
+            self.m = Some(self.m.map_or(r.ts, |m| m.max(r.ts)));
+        }
+    }
+
+    /// Ends the warm-up: starts the clock and classifies the held readings,
+    /// which take the dataflow time `t`.
+    fn end_warmup(&mut self, out: &mut [Reading], t: i64) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        self.q = self.kth_largest();
+        for i in held {
+            out[i].t = t;
+            self.classify(&mut out[i]);
+        }
+    }
+
+    /// A valid reading, pushed onto `out` (classified now, or later if held).
+    fn push(&mut self, mut r: Reading, out: &mut Vec<Reading>) {
+        self.see(&r);
+        match &mut self.held {
+            Some(held) => {
+                held.push(out.len());
+                let t = r.t;
+                out.push(r);
+                let held = held.len();
+                let quorum_seen = self.latest.len() + 1 >= 2 * self.cfg.quorum;
+                if quorum_seen || held >= self.cfg.warmup {
+                    self.end_warmup(out, t);
+                }
+            }
+            None => {
+                self.q = self.q.max(self.kth_largest());
+                self.classify(&mut r);
+                out.push(r);
+            }
+        }
+    }
+}
+
+/// Dead letters and readings (late and future ones included), in arrival order.
 pub fn ingest(cfg: &Config, readings: &[u8]) -> (Vec<Value>, Vec<Reading>, u64) {
     let mut dead = Vec::new();
     let mut out = Vec::new();
-    let mut max_ts: Option<i64> = None;
+    let mut clock = EventClock::new(cfg);
     let lines = split_lines(readings);
     for (i, line) in lines.iter().enumerate() {
         let line_no = i as u64 + 1;
-        let t = match max_ts {
-            Some(m) if m - cfg.lateness_ms > 0 => {
-                let wm = m - cfg.lateness_ms;
-                wm / cfg.epoch_ms * cfg.epoch_ms
-            }
-            _ => 0,
-        };
+        let t = clock.time();
         match classify(line) {
             Err(code) => dead.push(json!({
                 "line_no": line_no,
@@ -361,20 +477,29 @@ pub fn ingest(cfg: &Config, readings: &[u8]) -> (Vec<Value>, Vec<Reading>, u64) 
                 "code": code,
             })),
             Ok(p) => {
-                let late = max_ts.is_some_and(|m| m - p.ts > cfg.lateness_ms);
-                if !late {
-                    max_ts = Some(max_ts.map_or(p.ts, |m| m.max(p.ts)));
-                }
                 let junk = p
                     .values
                     .iter()
                     .filter(|(c, v)| v.is_some_and(|v| is_junk(cfg, c, v)))
                     .map(|(c, _)| c.clone())
                     .collect();
-                out.push(Reading { line_no, t, device: p.device, ts: p.ts, values: p.values, late, junk });
+                let r = Reading {
+                    line_no,
+                    t,
+                    device: p.device,
+                    ts: p.ts,
+                    values: p.values,
+                    late: false,
+                    future: false,
+                    junk,
+                };
+                clock.push(r, &mut out);
             }
         }
     }
+    // End of input while warming up: the held readings at the current time.
+    let t = clock.time();
+    clock.end_warmup(&mut out, t);
     (dead, out, lines.len() as u64)
 }
 
@@ -829,7 +954,7 @@ pub fn window_starts(cfg: &Config, ts: i64) -> Vec<i64> {
 // The whole pipeline
 // ---------------------------------------------------------------------------
 
-/// An enriched (non-late) reading, kept for the downstream stages.
+/// An enriched on-time reading, kept for the downstream stages.
 struct OnTime {
     t: i64,
     device: String,
@@ -837,6 +962,9 @@ struct OnTime {
     /// Usable calibrated values, in field order.
     usable: Vec<(String, f64)>,
 }
+
+/// A usable value with its dataflow time and `ts`: `(t, ts, value)`.
+type TimedValue = (i64, i64, f64);
 
 /// Runs the model.
 pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
@@ -851,8 +979,8 @@ pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
 
     let mut on_time = Vec::new();
     for r in &readings {
-        if r.late {
-            exp.summary.late += 1;
+        if r.late || r.future {
+            // Late and future readings are set aside, in the same encoding.
             let mut m = Map::new();
             m.insert("device_id".into(), json!(r.device));
             m.insert("ts".into(), json!(r.ts));
@@ -861,7 +989,13 @@ pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
             }
             m.insert("line_no".into(), json!(r.line_no));
             m.insert("junk".into(), json!(r.junk));
-            exp.late.push(Value::Object(m));
+            if r.future {
+                exp.summary.future += 1;
+                exp.future.push(Value::Object(m));
+            } else {
+                exp.summary.late += 1;
+                exp.late.push(Value::Object(m));
+            }
             continue;
         }
         if !r.junk.is_empty() {
@@ -901,7 +1035,7 @@ pub fn run(cfg: &Config, files: &DatasetFiles) -> Expected {
     }
 
     // Statistics: per key, values (t, ts, v) in arrival order.
-    let mut keys: BTreeMap<(String, String), Vec<(i64, i64, f64)>> = BTreeMap::new();
+    let mut keys: BTreeMap<(String, String), Vec<TimedValue>> = BTreeMap::new();
     for r in &on_time {
         for (c, v) in &r.usable {
             keys.entry((r.device.clone(), c.clone())).or_default().push((r.t, r.ts, *v));
@@ -956,6 +1090,7 @@ struct Open {
     rule: Rule,
 }
 
+#[allow(clippy::too_many_arguments)] // one per field of the record
 fn event(
     id: &str,
     device: &str,

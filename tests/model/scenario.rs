@@ -2,6 +2,10 @@
 //! one), readings in a disordered arrival order with late ones, nulls, junk
 //! values and extra channels, malformed lines of every kind, calibration
 //! versions, thresholds, and reference updates in the middle of the stream.
+//! Half of the datasets also have rogue clocks: devices whose readings are
+//! far in the future (up to about 75 years), a few hours ahead, or in 1970,
+//! sometimes on the very first line; their readings are inserted between the
+//! others, which keep their own distributions.
 //!
 //! A [`Scenario`] is a plain description (so proptest can shrink it);
 //! [`Scenario::render`] turns it into dataset files, a job spec and the
@@ -13,11 +17,13 @@ use proptest::prelude::*;
 
 use eddy::core::PipelineSpec;
 
-use super::reference::{Config, DatasetFiles, RuleRow};
+use super::reference::{Config, DatasetFiles, RuleRow, MAX_TS};
 
 /// 2026-01-01T00:00:00Z.
 pub const T0: i64 = 1_767_225_600_000;
 const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const YEAR: i64 = 365 * 24 * HOUR + 6 * HOUR;
 
 /// Device ids; the last one is in no `devices.csv` (it may be upserted later).
 pub const DEVICES: [&str; 9] = ["d-1", "d-2", "dév-3", "d-4", "d-5", "d-6", "ghost-7", " ", "q\"\\é"];
@@ -26,6 +32,8 @@ const GHOST: usize = 6;
 const BLANK: usize = 7;
 /// A device id with a quote, a backslash and a non-ASCII letter; in no reference data.
 const ODD: usize = 8;
+/// The ids of rogue devices that are not fleet devices (in no reference data).
+const ROGUE_IDS: [&str; 3] = ["rogue-a", "rogue-b", "rogue-c"];
 const STANDARD: [&str; 5] = ["pm25", "co2", "voc", "temp", "hum"];
 const EXTRA: [&str; 4] = ["ref_pm25", "x_noise", "pm10", "µg/m³ \"x\""];
 /// Channels that get calibration rows.
@@ -171,6 +179,39 @@ pub enum UpdTime {
     AtReading(usize),
 }
 
+/// A device clock that is wrong.
+#[derive(Clone, Debug)]
+pub enum RogueClock {
+    /// `ts = clock + offset`, offset from two days to about 75 years.
+    Far(i64),
+    /// `ts = clock + offset`, offset from 20 min to 5 h: future or not,
+    /// depending on `max_future`.
+    Ahead(i64),
+    /// Reset to 1970: `ts = base + (clock − start)`.
+    Epoch1970(i64),
+}
+
+/// A device with a wrong clock.
+#[derive(Clone, Debug)]
+pub struct Rogue {
+    /// Its clock.
+    pub clock: RogueClock,
+    /// `None`: an id of its own ([`ROGUE_IDS`]); `Some(i)`: fleet device `i`,
+    /// whose other readings keep a good clock.
+    pub dev: Option<usize>,
+}
+
+/// A reading of a rogue device.
+#[derive(Clone, Debug)]
+pub struct RogueLine {
+    /// Where it goes: a fraction of the other lines before it.
+    pub at: f64,
+    /// Which rogue (mod their count).
+    pub rogue: usize,
+    /// Its values (its device, step and timing are not used, only a jitter).
+    pub reading: ReadingSpec,
+}
+
 /// A whole dataset plus the job spec preset.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -190,6 +231,12 @@ pub struct Scenario {
     pub updates: Vec<(UpdTime, UpdKind)>,
     /// Does the file end with `\n`?
     pub final_newline: bool,
+    /// Devices with wrong clocks (often none).
+    pub rogues: Vec<Rogue>,
+    /// Their readings (ignored without rogues).
+    pub rogue_lines: Vec<RogueLine>,
+    /// The first rogue line is the first line of the file.
+    pub rogue_first: bool,
 }
 
 fn val() -> impl Strategy<Value = Val> {
@@ -328,6 +375,20 @@ fn update(devices: usize) -> impl Strategy<Value = (UpdTime, UpdKind)> {
     (time, kind)
 }
 
+fn rogue(devices: usize) -> impl Strategy<Value = Rogue> {
+    let clock = prop_oneof![
+        2 => prop_oneof![3 => 2 * 24 * HOUR..=75 * YEAR, 1 => Just(75 * YEAR)].prop_map(RogueClock::Far),
+        2 => (20 * MIN..=5 * HOUR).prop_map(RogueClock::Ahead),
+        2 => prop_oneof![Just(0i64), 0..YEAR].prop_map(RogueClock::Epoch1970),
+    ];
+    let dev = prop_oneof![3 => Just(None), 1 => (0..devices).prop_map(Some)];
+    (clock, dev).prop_map(|(clock, dev)| Rogue { clock, dev })
+}
+
+fn rogue_line(devices: usize) -> impl Strategy<Value = RogueLine> {
+    (0.0f64..1.0, 0usize..3, reading(devices)).prop_map(|(at, rogue, reading)| RogueLine { at, rogue, reading })
+}
+
 prop_compose! {
     /// A random scenario.
     pub fn scenario()(devices in 1usize..=6)(
@@ -338,13 +399,28 @@ prop_compose! {
         thresholds in proptest::collection::vec(rule_spec(devices), 0..5),
         updates in proptest::collection::vec(update(devices), 0..20),
         final_newline in proptest::bool::weighted(0.8),
+        rogues in prop_oneof![
+            1 => Just(Vec::new()),
+            1 => proptest::collection::vec(rogue(devices), 1..=3),
+        ],
+        rogue_lines in proptest::collection::vec(rogue_line(devices), 1..30),
+        rogue_first in proptest::bool::weighted(0.4),
         devices in Just(devices),
     ) -> Scenario {
-        Scenario { preset, start, devices, lines, calibration, thresholds, updates, final_newline }
+        Scenario {
+            preset, start, devices, lines, calibration, thresholds, updates, final_newline,
+            rogues, rogue_lines, rogue_first,
+        }
     }
 }
 
-/// A job spec preset: (spec files, model configuration).
+/// A job spec preset: (spec files, model configuration). The event-time
+/// settings: 0 the defaults (quorum 3, a warm-up of 1000 readings, so small
+/// datasets with few devices are held to their end); 1 quorum 1 (the fleet
+/// clock is the largest `ts`: the warm-up ends at the first reading and
+/// nothing is ever future, which is the rule before rogue clocks); 2 quorum 4
+/// and a warm-up of 7 readings; 3 quorum 2, a warm-up of 25 readings and a
+/// small `max_future`.
 pub fn preset(n: usize) -> (PipelineSpec, Config) {
     let d = Config::documented_defaults();
     match n {
@@ -354,6 +430,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
                 (
                     "ingest.toml",
                     "kind = \"ingest\"\nlateness = \"5m\"\nepoch = \"1m\"\n\
+                     max_future = \"30m\"\nquorum = 1\n\
                      [ranges]\npm25 = { max = 100 }\nx_noise = { min = -10, max = 10 }\n",
                 ),
                 ("enrich.toml", "kind = \"enrich\"\nreference_retention = \"3h\"\n"),
@@ -374,6 +451,8 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
             let mut cfg = d;
             cfg.lateness_ms = 5 * MIN;
             cfg.epoch_ms = MIN;
+            cfg.max_future_ms = 30 * MIN;
+            cfg.quorum = 1;
             cfg.ranges.insert("pm25".into(), (f64::NEG_INFINITY, 100.0));
             cfg.ranges.insert("x_noise".into(), (-10.0, 10.0));
             cfg.retention_ms = 3 * 60 * MIN;
@@ -407,6 +486,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
                 (
                     "ingest.toml",
                     "kind = \"ingest\"\nlateness = \"2m\"\nepoch = \"250ms\"\n\
+                     max_future = \"2h\"\nquorum = 4\nwarmup = 7\n\
                      default_ranges = false\n[ranges]\ntemp = { min = -40, max = 85 }\n",
                 ),
                 (
@@ -420,6 +500,9 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
             let mut cfg = d;
             cfg.lateness_ms = 2 * MIN;
             cfg.epoch_ms = 250;
+            cfg.max_future_ms = 2 * HOUR;
+            cfg.quorum = 4;
+            cfg.warmup = 7;
             cfg.ranges.clear();
             cfg.ranges.insert("temp".into(), (-40.0, 85.0));
             cfg.alpha = 1.0;
@@ -434,7 +517,11 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
         }
         _ => {
             let files = [
-                ("ingest.toml", "kind = \"ingest\"\nlateness = \"0s\"\nepoch = \"1ms\"\n"),
+                (
+                    "ingest.toml",
+                    "kind = \"ingest\"\nlateness = \"0s\"\nepoch = \"1ms\"\n\
+                     max_future = \"5m\"\nquorum = 2\nwarmup = 25\n",
+                ),
                 (
                     "stats.toml",
                     "kind = \"stats\"\ntrend_span = \"10m\"\ntrend_buckets = 3\n\
@@ -445,6 +532,9 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
             let mut cfg = d;
             cfg.lateness_ms = 0;
             cfg.epoch_ms = 1;
+            cfg.max_future_ms = 5 * MIN;
+            cfg.quorum = 2;
+            cfg.warmup = 25;
             cfg.trend_span_ms = 10 * MIN;
             cfg.trend_buckets = 3;
             cfg.snapshot_every_ms = 7 * MIN;
@@ -455,7 +545,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
     }
 }
 
-fn spec_of(files: &[(&str, &str)]) -> PipelineSpec {
+pub fn spec_of(files: &[(&str, &str)]) -> PipelineSpec {
     let files: Vec<(String, String)> = files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
     PipelineSpec::from_files(&files, true).expect("the preset specs are valid")
 }
@@ -560,6 +650,9 @@ fn bad_line(b: &Bad, clock: i64) -> Vec<u8> {
                 "{\"device_id\":[\"d-1\"],\"ts\":\"x\"}".to_string(),
                 format!("{{\"device_id\":{{\"id\":1}},\"ts\":{clock},\"pm25\":\"x\"}}"),
                 "{\"device_id\":true}".into(),
+                // Longer than 128 bytes: in bytes (65 two-byte letters), not characters.
+                format!("{{\"device_id\":\"{}\",\"ts\":{clock}}}", "d".repeat(129)),
+                format!("{{\"pm25\":1,\"device_id\":\"{}\",\"ts\":\"x\"}}", "é".repeat(65)),
             ],
         ),
         Bad::MissingTs(k) => pick(
@@ -594,7 +687,7 @@ fn bad_line(b: &Bad, clock: i64) -> Vec<u8> {
             ],
         ),
         Bad::Reserved(k) => {
-            let f = ["raw", "junk", "late", "line_no", "calibrated", "device"][*k as usize % 6];
+            let f = ["raw", "junk", "late", "line_no", "calibrated", "device", "future"][*k as usize % 7];
             let v = ["1", "null", "[]", "{}", "\"x\"", "false"][(*k as usize / 6) % 6];
             format!("{{\"device_id\":{d},\"ts\":{clock},\"pm25\":5,\"{f}\":{v}}}").into_bytes()
         }
@@ -612,20 +705,78 @@ fn rule_thresholds(r: &RuleSpec) -> (f64, f64) {
     (rise, fall)
 }
 
+/// A reading line: `device_id`, `ts`, the channels, rotated.
+fn reading_line(device: &str, ts: i64, r: &ReadingSpec) -> Vec<u8> {
+    let mut fields = vec![format!("\"device_id\":{}", q(device)), format!("\"ts\":{ts}")];
+    for (c, v) in r.vals.iter().enumerate() {
+        match channel_value(c, v) {
+            None => {}
+            Some(None) => fields.push(format!("\"{}\":null", STANDARD[c])),
+            Some(Some(x)) => fields.push(format!("\"{}\":{}", STANDARD[c], num(x, r.exp_style))),
+        }
+    }
+    if let Some((e, u)) = r.extra {
+        fields.push(format!("{}:{}", q(EXTRA[e]), num(extra_value(e, u), r.exp_style)));
+    }
+    let k = r.rotate % fields.len();
+    fields.rotate_left(k);
+    let mut s = format!("{{{}}}", fields.join(","));
+    if r.crlf {
+        s.push('\r');
+    }
+    s.into_bytes()
+}
+
+/// One line of the file, before rendering.
+enum Item<'a> {
+    Line(&'a LineSpec),
+    /// A reading of the rogue of this index.
+    Rogue(usize, &'a ReadingSpec),
+}
+
 impl Scenario {
+    /// The lines in arrival order: the rogue lines inserted among the
+    /// others at their fractions (the first one first when `rogue_first`).
+    fn arrival_order(&self) -> Vec<Item<'_>> {
+        let n = self.lines.len();
+        let mut rogue: Vec<(usize, usize, Item<'_>)> = Vec::new();
+        if !self.rogues.is_empty() {
+            for (k, l) in self.rogue_lines.iter().enumerate() {
+                let at = if k == 0 && self.rogue_first { 0 } else { ((l.at * n as f64) as usize).min(n) };
+                rogue.push((at, k, Item::Rogue(l.rogue % self.rogues.len(), &l.reading)));
+            }
+        }
+        // Stable by position: at one position, rogue lines in their order,
+        // before the line there.
+        rogue.sort_by_key(|(at, k, _)| (*at, *k));
+        let mut out = Vec::with_capacity(n + rogue.len());
+        let mut it = rogue.into_iter().peekable();
+        for (i, l) in self.lines.iter().enumerate() {
+            while let Some((_, _, item)) = it.next_if(|(at, _, _)| *at <= i) {
+                out.push(item);
+            }
+            out.push(Item::Line(l));
+        }
+        out.extend(it.map(|(_, _, item)| item));
+        out
+    }
+
     /// The dataset files, the spec and the model configuration.
     pub fn render(&self) -> (DatasetFiles, PipelineSpec, Config) {
         let (spec, cfg) = preset(self.preset);
         let start = T0 + self.start;
         let mut clock = start;
+        // The largest accepted ts, for the Boundary and JustLate timings
+        // (rogue readings left out: they are meant to be set aside).
         let mut max_ts: Option<i64> = None;
         let mut bytes: Vec<u8> = Vec::new();
         let mut reading_ts = Vec::new();
-        let n = self.lines.len();
-        for (i, l) in self.lines.iter().enumerate() {
-            let mut line = match l {
-                LineSpec::Bad(b) => bad_line(b, clock),
-                LineSpec::Reading(r) => {
+        let items = self.arrival_order();
+        let n = items.len();
+        for (i, item) in items.into_iter().enumerate() {
+            let mut line = match item {
+                Item::Line(LineSpec::Bad(b)) => bad_line(b, clock),
+                Item::Line(LineSpec::Reading(r)) => {
                     clock += r.step;
                     let ts = match (&r.timing, max_ts) {
                         (Timing::Jitter(j), _) => clock + j,
@@ -639,24 +790,20 @@ impl Scenario {
                         max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
                     }
                     reading_ts.push(ts);
-                    let mut fields = vec![format!("\"device_id\":{}", q(device_name(r.dev))), format!("\"ts\":{ts}")];
-                    for (c, v) in r.vals.iter().enumerate() {
-                        match channel_value(c, v) {
-                            None => {}
-                            Some(None) => fields.push(format!("\"{}\":null", STANDARD[c])),
-                            Some(Some(x)) => fields.push(format!("\"{}\":{}", STANDARD[c], num(x, r.exp_style))),
-                        }
-                    }
-                    if let Some((e, u)) = r.extra {
-                        fields.push(format!("{}:{}", q(EXTRA[e]), num(extra_value(e, u), r.exp_style)));
-                    }
-                    let k = r.rotate % fields.len();
-                    fields.rotate_left(k);
-                    let mut s = format!("{{{}}}", fields.join(","));
-                    if r.crlf {
-                        s.push('\r');
-                    }
-                    s.into_bytes()
+                    reading_line(device_name(r.dev), ts, r)
+                }
+                Item::Rogue(idx, r) => {
+                    let rogue = &self.rogues[idx];
+                    let jitter = match r.timing {
+                        Timing::Jitter(j) => j,
+                        _ => 0,
+                    };
+                    let ts = match rogue.clock {
+                        RogueClock::Far(off) | RogueClock::Ahead(off) => clock + off + jitter,
+                        RogueClock::Epoch1970(base) => base + (clock - start) + jitter,
+                    };
+                    let dev = rogue.dev.map_or(ROGUE_IDS[idx], device_name);
+                    reading_line(dev, ts.clamp(0, MAX_TS), r)
                 }
             };
             if i + 1 < n || self.final_newline {
