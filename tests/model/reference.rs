@@ -104,7 +104,7 @@ impl Config {
             lateness_ms: 600_000,
             max_future_ms: 3_600_000,
             quorum: 3,
-            warmup: 1000,
+            warmup: 100,
             epoch_ms: 1_000,
             ranges,
             retention_ms: 6 * 3_600_000,
@@ -362,20 +362,24 @@ fn is_junk(cfg: &Config, channel: &str, v: f64) -> bool {
 /// The event-time state of one input (one readings file), as the rule in
 /// `docs/formats.md` 2.2 defines it:
 ///
+/// * `n`: the devices seen (any valid reading);
 /// * `latest[d]`: the `ts` of the most recent valid reading of device `d`
-///   (late and future ones included; not its largest `ts`, so a device that
-///   sent one wrong `ts` is forgotten at its next reading: docs/decisions.md);
-///   `n` devices;
-/// * the fleet clock `Q`: `None` until the warm-up ends, then the largest
-///   k-th largest `latest` value seen, `k = min(quorum, ceil(n / 2))`;
+///   that was not late (during the warm-up, of every held reading);
+/// * the fleet clock `Q`: `None` while fewer than `2·quorum − 1` devices have
+///   been seen (and always with a quorum of 1); then the largest
+///   `quorum`-th largest `latest` value so far;
 /// * `M`: the largest `ts` among accepted readings (neither late nor future).
 ///
 /// During the warm-up each valid reading updates `latest` and is held. The
 /// warm-up ends right after the reading that makes `n >= 2·quorum − 1`, or
 /// that makes the held count reach `warmup`, or at the end of the input; the
-/// held readings are then classified in arrival order.
+/// held readings are then classified in arrival order, each with the
+/// dataflow time of the watermark before it (never before the releasing
+/// line's). Afterwards a reading is classified against the clock as it is,
+/// then, unless late, updates `latest` and the clock.
 struct EventClock<'c> {
     cfg: &'c Config,
+    seen: std::collections::BTreeSet<String>,
     latest: BTreeMap<String, i64>,
     q: Option<i64>,
     m: Option<i64>,
@@ -385,7 +389,7 @@ struct EventClock<'c> {
 
 impl<'c> EventClock<'c> {
     fn new(cfg: &'c Config) -> Self {
-        EventClock { cfg, latest: BTreeMap::new(), q: None, m: None, held: Some(Vec::new()) }
+        EventClock { cfg, seen: Default::default(), latest: BTreeMap::new(), q: None, m: None, held: Some(Vec::new()) }
     }
 
     /// The dataflow time of the next line: the watermark `M − lateness`
@@ -399,62 +403,65 @@ impl<'c> EventClock<'c> {
         }
     }
 
-    /// `k = min(quorum, ceil(n / 2))`, and the k-th largest `latest` value.
-    fn kth_largest(&self) -> Option<i64> {
-        let n = self.latest.len();
-        let k = self.cfg.quorum.min(n.div_ceil(2));
-        if k == 0 {
-            return None;
+    fn full(&self) -> bool {
+        self.seen.len() + 1 >= 2 * self.cfg.quorum
+    }
+
+    /// Moves `Q` to the `quorum`-th largest `latest` value, if later.
+    fn tick(&mut self) {
+        let k = self.cfg.quorum;
+        if k < 2 || !self.full() {
+            return;
         }
         let mut v: Vec<i64> = self.latest.values().copied().collect();
         v.sort_unstable_by(|a, b| b.cmp(a));
-        Some(v[k - 1])
+        if let Some(&kth) = v.get(k - 1) {
+            self.q = Some(self.q.map_or(kth, |q| q.max(kth)));
+        }
     }
 
-    fn see(&mut self, r: &Reading) {
-        self.latest.insert(r.device.clone(), r.ts);
-    }
-
-    /// Steps (2) to (4) of the steady-state rule (`latest` and `Q` are up to date).
+    /// The future and lateness rules, against the clock as it is.
     fn classify(&mut self, r: &mut Reading) {
-        let q = self.q.expect("the fleet clock runs after the warm-up");
-        r.future = self.latest.len() >= 3 && r.ts > q.saturating_add(self.cfg.max_future_ms);
+        r.future = self.q.is_some_and(|q| r.ts > q.saturating_add(self.cfg.max_future_ms));
         r.late = !r.future && self.m.is_some_and(|m| m - r.ts > self.cfg.lateness_ms);
         if !r.future && !r.late {
             self.m = Some(self.m.map_or(r.ts, |m| m.max(r.ts)));
         }
     }
 
-    /// Ends the warm-up: starts the clock and classifies the held readings,
-    /// which take the dataflow time `t`.
+    /// Ends the warm-up: starts the clock and classifies the held readings;
+    /// `t` is the time of the line that ends it.
     fn end_warmup(&mut self, out: &mut [Reading], t: i64) {
         let Some(held) = self.held.take() else {
             return;
         };
-        self.q = self.kth_largest();
+        self.tick();
         for i in held {
-            out[i].t = t;
+            out[i].t = self.time().max(t);
             self.classify(&mut out[i]);
         }
     }
 
     /// A valid reading, pushed onto `out` (classified now, or later if held).
     fn push(&mut self, mut r: Reading, out: &mut Vec<Reading>) {
-        self.see(&r);
+        self.seen.insert(r.device.clone());
         match &mut self.held {
             Some(held) => {
                 held.push(out.len());
+                let held = held.len();
+                self.latest.insert(r.device.clone(), r.ts);
                 let t = r.t;
                 out.push(r);
-                let held = held.len();
-                let quorum_seen = self.latest.len() + 1 >= 2 * self.cfg.quorum;
-                if quorum_seen || held >= self.cfg.warmup {
+                if self.full() || held >= self.cfg.warmup {
                     self.end_warmup(out, t);
                 }
             }
             None => {
-                self.q = self.q.max(self.kth_largest());
                 self.classify(&mut r);
+                if !r.late {
+                    self.latest.insert(r.device.clone(), r.ts);
+                    self.tick();
+                }
                 out.push(r);
             }
         }

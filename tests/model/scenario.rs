@@ -415,7 +415,7 @@ prop_compose! {
 }
 
 /// A job spec preset: (spec files, model configuration). The event-time
-/// settings: 0 the defaults (quorum 3, a warm-up of 1000 readings, so small
+/// settings: 0 the defaults (quorum 3, a warm-up of 100 readings, so small
 /// datasets with few devices are held to their end); 1 quorum 1 (the fleet
 /// clock is the largest `ts`: the warm-up ends at the first reading and
 /// nothing is ever future, which is the rule before rogue clocks); 2 quorum 4

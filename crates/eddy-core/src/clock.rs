@@ -76,7 +76,7 @@ impl ClockConfig {
     /// The default `quorum`.
     pub const QUORUM: usize = 3;
     /// The default `warmup`.
-    pub const WARMUP: usize = 1000;
+    pub const WARMUP: usize = 100;
 
     /// The defaults, with the lateness `lateness_ms`.
     pub fn new(lateness_ms: i64) -> ClockConfig {

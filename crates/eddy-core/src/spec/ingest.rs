@@ -80,7 +80,7 @@ pub struct IngestSpec {
     #[serde(default = "d_quorum")]
     pub quorum: usize,
     /// Readings held, at most, while the fleet clock warms up (until
-    /// `2·quorum − 1` devices are seen). Default 1000.
+    /// `2·quorum − 1` devices are seen). Default 100.
     #[serde(default = "d_warmup")]
     pub warmup: usize,
     /// The length of an epoch of event time: the granularity at which the
