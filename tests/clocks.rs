@@ -351,55 +351,14 @@ mod kafka {
     //! stats, windows, alerts and backup, each job its own process, against
     //! the broker at `EDDY_BROKERS` (scripts/test.sh starts one).
 
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Stdio};
+    use std::process::Child;
     use std::time::{Duration, Instant};
 
     use eddy::kafka::rdkafka::message::{Headers, Message};
 
-    use super::support::{assert_same, eddy, eddy_ok, file_lines, sorted, text};
+    use super::support::broker::{config as kafka, finish_by, prefix, publish, start};
+    use super::support::{assert_same, file_lines, sorted, text};
     use super::*;
-
-    fn brokers() -> String {
-        std::env::var("EDDY_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-    }
-
-    fn kafka() -> eddy::kafka::KafkaConfig {
-        let cfg = eddy::kafka::KafkaConfig::new(brokers());
-        cfg.check_reachable().unwrap_or_else(|e| panic!("{e}\n(scripts/test.sh installs and starts a broker)"));
-        cfg
-    }
-
-    fn jobs_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs")
-    }
-
-    fn start(job: &str, prefix: &str, extra: &[&str]) -> Child {
-        let spec = jobs_dir().join(format!("{job}.toml"));
-        eddy()
-            .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", prefix, "-q"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start eddy run")
-    }
-
-    fn finish(mut child: Child, what: &str, until: Instant) {
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let out = child.wait_with_output().unwrap();
-                assert!(status.success(), "{what} failed ({status}):\n{}\n{}", text(&out.stdout), text(&out.stderr));
-                return;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!("{what} did not finish:\n{}", text(&out.stderr));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 
     /// A topic's data records (markers left out).
     fn topic(prefix: &str, name: &str) -> Vec<String> {
@@ -450,18 +409,17 @@ mod kafka {
 
         let _ = kafka();
         for w in ["1", "2"] {
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            let p = format!("t{}-clocks-w{w}-{nanos}", std::process::id());
+            let p = prefix(&format!("clocks-w{w}"));
             let kout = tmp.path().join(format!("kafka-out-w{w}"));
             let mut jobs: Vec<(&str, Child)> = ["ingest", "enrich", "stats", "windows", "alerts"]
                 .iter()
                 .map(|j| (*j, start(j, &p, &["-w", w])))
                 .collect();
             jobs.push(("backup", start("backup", &p, &["-w", w, "--out", kout.to_str().unwrap()])));
-            eddy_ok(&["publish", rogue.to_str().unwrap(), "--brokers", &brokers(), "--prefix", &p, "-q"]);
+            publish(&rogue, &p, &[]);
             let until = Instant::now() + Duration::from_secs(600);
             for (name, child) in jobs {
-                finish(child, &format!("{name} -w {w}"), until);
+                finish_by(child, &format!("{name} -w {w}"), until);
             }
 
             let what = |x: &str| format!("{x} (jobs at -w {w})");

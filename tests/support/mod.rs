@@ -8,6 +8,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+#[cfg(feature = "kafka")]
+pub mod broker;
+
 /// The `eddy` binary built for these tests.
 pub fn eddy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_eddy"))
