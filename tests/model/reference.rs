@@ -10,8 +10,9 @@
 //! `crates/eddy-state/src/stats.rs`):
 //!
 //! * lines are validated in order; the first broken rule names the reason;
-//! * event time (see [`ingest`]): a fleet clock `Q`, the k-th largest of the
-//!   devices' latest `ts` (after a warm-up that holds the first readings);
+//! * event time (see [`ingest`]): a fleet clock `Q`, the `quorum`-th largest
+//!   of the devices' latest `ts` once `2·quorum − 1` devices are seen (after a
+//!   warm-up that holds the first readings);
 //!   a reading more than `max_future` ahead of `Q` is **future** (set aside,
 //!   it moves nothing); otherwise it is late when the largest `ts` `M` among
 //!   earlier accepted readings exceeds its `ts` by more than the lateness;
@@ -59,7 +60,7 @@ pub struct Config {
     pub lateness_ms: i64,
     /// ingest.max_future: how far ahead of the fleet clock a reading may be.
     pub max_future_ms: i64,
-    /// ingest.quorum: the fleet clock is the k-th largest latest `ts`, k = min(quorum, ceil(n/2)).
+    /// ingest.quorum: the fleet clock is the quorum-th largest latest `ts`, from 2·quorum − 1 devices on.
     pub quorum: usize,
     /// ingest.warmup: at most this many readings are held before the fleet clock starts.
     pub warmup: usize,
