@@ -307,7 +307,9 @@ pub struct SourceProgress {
     max_ts: Cell<Option<i64>>,
     done: Cell<bool>,
     listeners: RefCell<Vec<Activator>>,
-    /// `(t, p)`: every input line before position `p` was stamped with a time `< t`.
+    /// `(t, p)`: every record made of an input line before position `p`
+    /// has a time `< t` (a reading released by the event clock begins an
+    /// epoch at its own line).
     /// Once every sink has committed all times `< t`, the input before `p` is committed.
     pub epochs: RefCell<VecDeque<(u64, Position)>>,
 }
@@ -526,6 +528,14 @@ impl RawIngest {
         self.time
     }
 
+    /// Stamps the lines from now on no earlier than `t`: a source of one
+    /// input moves on to the time of the readings its clock released, so that
+    /// each epoch's lines (see [`SourceProgress::epochs`]) still come before
+    /// every reading of a later epoch.
+    pub fn raise_to(&mut self, t: u64) {
+        self.time = self.time.max(t);
+    }
+
     /// The largest `ts` of a reading that is not future so far.
     pub fn max_ts(&self) -> Option<i64> {
         self.max_ts
@@ -699,6 +709,11 @@ impl IngestState {
         }
         let before = self.ingest.time();
         let read = self.ingest.line(&mut self.file, &self.line, parsed, pos, arrival_ms);
+        if let Line::Read { record: Classified::Released(rs), .. } = &read {
+            if let Some(&(last, _)) = rs.last() {
+                self.ingest.raise_to(last);
+            }
+        }
         if let (Some((_, flight)), Line::Read { new_epoch, .. }) = (&mut self.backpressure, &read) {
             if *new_epoch {
                 flight.leave(before);
@@ -835,8 +850,24 @@ pub fn ingest_source<'s>(
                             Classified::Dead(d) => buf_d.push(d),
                             Classified::Held => {}
                             Classified::Released(rs) => {
+                                // Each released reading's time begins an epoch at
+                                // its line (the checkpoint must not pass a line
+                                // whose reading is not durable), and the source
+                                // moves on to the last of them.
                                 lat_n += rs.len() as u64;
+                                flush(&mut handle_d, cd, &mut buf_d);
+                                flush(&mut handle_raw, craw, &mut buf_raw);
+                                let mut last = *cr.time();
+                                for (t, r) in &rs {
+                                    if *t > last {
+                                        progress.epochs.borrow_mut().push_back((*t, r.pos));
+                                        last = *t;
+                                    }
+                                }
                                 release(&mut handle_r, cr, &mut buf_r, rs);
+                                cr.downgrade(&last);
+                                cd.downgrade(&last);
+                                craw.downgrade(&last);
                             }
                         }
                     }
