@@ -9,68 +9,20 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use eddy::kafka::rdkafka;
 use eddy::kafka::rdkafka::message::{Headers, Message};
 use serde_json::Value;
+use support::broker::{brokers, config as kafka, finish_by, jobs_dir, prefix, publish, start, start_spec};
 use support::*;
 
-fn brokers() -> String {
-    std::env::var("EDDY_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn kafka() -> eddy::kafka::KafkaConfig {
-    let cfg = eddy::kafka::KafkaConfig::new(brokers());
-    cfg.check_reachable().unwrap_or_else(|e| panic!("{e}\n(scripts/test.sh installs and starts a broker)"));
-    cfg
-}
-
-/// A topic prefix no other test (or earlier run) uses.
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("t{}-{test}-{nanos}", std::process::id())
-}
-
-fn jobs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs")
-}
-
-/// `eddy run jobs/<job>.toml --prefix P extra…`, started in the background.
-fn start(job: &str, prefix: &str, extra: &[&str]) -> Child {
-    start_spec(&jobs_dir().join(format!("{job}.toml")), prefix, extra)
-}
-
-/// `eddy run SPEC --prefix P extra…`, started in the background.
-fn start_spec(spec: &Path, prefix: &str, extra: &[&str]) -> Child {
-    eddy()
-        .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", prefix, "-q"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start eddy run")
-}
-
-/// Waits for a job to exit on its own (the stream ends), with a generous
-/// guard against hanging forever; returns its stdout.
-fn finish(mut child: Child, what: &str) -> String {
-    let until = Instant::now() + Duration::from_secs(900);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            assert!(status.success(), "{what} failed ({status}):\n{}\n{}", text(&out.stdout), text(&out.stderr));
-            return text(&out.stdout);
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("{what} did not finish:\n{}", text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Waits for a job to exit on its own, for at most 15 minutes (the
+/// adapter loop and the model swaps take a few); returns its stdout.
+fn finish(child: Child, what: &str) -> String {
+    finish_by(child, what, Instant::now() + Duration::from_secs(900))
 }
 
 /// Asserts a job is still running.
@@ -82,14 +34,6 @@ fn running(child: &mut Child, what: &str) {
         }
         panic!("{what} exited ({status}) while it should run:\n{err}");
     }
-}
-
-fn publish(data: &Path, prefix: &str, extra: &[&str]) {
-    let b = brokers();
-    let mut args = vec!["publish", data.to_str().unwrap(), "--brokers", &b];
-    args.extend_from_slice(&["--prefix", prefix, "-q"]);
-    args.extend_from_slice(extra);
-    eddy_ok(&args);
 }
 
 /// A topic's data records (markers left out): `(eddy.t, partition, offset, value)`.

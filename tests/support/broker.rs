@@ -32,7 +32,11 @@ pub fn jobs_dir() -> PathBuf {
 
 /// `eddy run jobs/<job>.toml --prefix P extra…`, started in the background.
 pub fn start(job: &str, prefix: &str, extra: &[&str]) -> Child {
-    let spec = jobs_dir().join(format!("{job}.toml"));
+    start_spec(&jobs_dir().join(format!("{job}.toml")), prefix, extra)
+}
+
+/// `eddy run SPEC --prefix P extra…`, started in the background.
+pub fn start_spec(spec: &Path, prefix: &str, extra: &[&str]) -> Child {
     eddy()
         .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", prefix, "-q"])
         .args(extra)
