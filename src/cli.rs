@@ -22,7 +22,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::gen::{generate, GenConfig};
-use crate::runtime::component::{Entry, Jobs, Registry};
+use crate::runtime::component::{Jobs, Registry};
 use crate::runtime::replay::{replay, ReplayOptions, Summary};
 use crate::runtime::workers::Workers;
 
@@ -313,7 +313,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let kinds = registry.entries().iter().map(Entry::kind).collect::<Vec<_>>().join(", ");
+    let kinds = registry.entries().iter().map(|e| e.kind()).collect::<Vec<_>>().join(", ");
     let command = Cli::command().after_help(format!("Job kinds (`jobs` describes them): {kinds}"));
     let cli = match Cli::from_arg_matches(&command.get_matches_from(args)) {
         Ok(cli) => cli,
@@ -518,8 +518,7 @@ fn cmd_jobs(registry: &Registry) -> Result<()> {
 
 #[cfg(feature = "kafka")]
 fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
-    use crate::core::spec::JobKind;
-    use crate::runtime::kafka::{run_job, RunJob, RunOptions};
+    use crate::runtime::kafka::{run_job, RunOptions};
     let own = read_specs(std::slice::from_ref(&a.spec))?;
     let kind = registry.kind_of(&own[0].1, &own[0].0)?.kind();
     let mut files = Vec::new();
@@ -532,18 +531,10 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     }
     files.extend(own);
     let mut jobs = registry.load(&files, true)?;
-    let job = match registry.get(kind) {
-        Some(Entry::Component(_)) => RunJob::Component(
-            jobs.instance(kind).cloned().with_context(|| format!("{}: no job of kind {kind}", a.spec.display()))?,
-        ),
-        _ => RunJob::Core(
-            JobKind::from_name(kind)
-                .or_else(|| JobKind::ML.into_iter().find(|k| k.name() == kind))
-                .with_context(|| format!("{kind} is not a job kind"))?,
-        ),
-    };
+    let job =
+        jobs.instance(kind).cloned().with_context(|| format!("{}: no job of kind {kind}", a.spec.display()))?;
     if let Some(m) = &a.model {
-        if !matches!(job, RunJob::Core(JobKind::Score)) {
+        if kind != "score" {
             bail!("--model is an option of the score job; {} is a {kind} job", a.spec.display());
         }
         jobs.pipeline.score.model = Some(m.display().to_string());

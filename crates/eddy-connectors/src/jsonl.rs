@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use eddy_core::ids::Channel;
-use eddy_core::reading::{DeadLetter, Enriched, Reading, Values};
+use eddy_core::reading::{DeadLetter, Enriched, RawLine, Reading, Values};
 use eddy_core::records::{EventRecord, StatsRecord, WindowRecord};
 use eddy_core::sink::{BatchSink, SinkError};
 
@@ -245,6 +245,22 @@ impl Encode for DeadLetter {
         json(&self.line, out);
         out.extend_from_slice(b",\"reason\":");
         json(&self.reason, out);
+        out.push(b'}');
+    }
+}
+
+impl Encode for RawLine {
+    /// `{"partition","offset","arrival_ms","line"}`, the line's bytes as
+    /// text (invalid UTF-8 replaced).
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"partition\":");
+        json(&self.pos.partition, out);
+        out.extend_from_slice(b",\"offset\":");
+        json(&self.pos.offset, out);
+        out.extend_from_slice(b",\"arrival_ms\":");
+        json(&self.arrival_ms, out);
+        out.extend_from_slice(b",\"line\":");
+        json_str(&String::from_utf8_lossy(&self.bytes), out);
         out.push(b'}');
     }
 }

@@ -51,10 +51,14 @@ use serde::de::DeserializeOwned;
 use timely::dataflow::Scope;
 
 use eddy_connectors::jsonl::{Encode, JsonlFile, JsonlSink};
-use eddy_core::reading::{Enriched, Reading};
-use eddy_core::spec::{kind_of, toml_spec_error, JobKind, PipelineSpec, BUILTIN_JOBS};
+use eddy_core::reading::{DeadLetter, Enriched, RawLine, Reading};
+use eddy_core::Channel;
+use eddy_core::spec::{kind_of, toml_spec_error, JobKind, PipelineSpec, BUILTIN_JOBS, ML_KINDS};
 use eddy_core::SpecError;
+use eddy_ml::adapt::{CalibrationBook, CalibrationUpdate};
+use eddy_ml::model::ModelUpdate;
 use eddy_operators::reference::Reference;
+use timely::dataflow::StreamVec;
 
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
@@ -85,6 +89,11 @@ pub trait Job: Send + Sync + 'static {
     /// job that runs by default; `None` (the default): it runs only when a
     /// spec file names it.
     const DEFAULT_SPEC: Option<&'static str> = None;
+    /// Over Kafka, whether the job rebuilds its state from the start of its
+    /// input when it restarts (true, the default: a stateful job), or goes
+    /// on from its committed offsets (false: a job that keeps no state
+    /// between records, such as enrich and backup).
+    const REBUILDS: bool = true;
 
     /// Parses a spec file's text; `file` names it in errors. The default
     /// deserializes [`Job::Spec`] from every key but `kind` and `name`.
@@ -102,6 +111,18 @@ pub trait Job: Send + Sync + 'static {
     /// Default: the port's name.
     fn topic(_spec: &Self::Spec, port: &str) -> String {
         port.to_string()
+    }
+
+    /// How output `port` is carried: its topic codec, its file. Default:
+    /// [`Port::RECORDS`].
+    fn port(_port: &str) -> Port {
+        Port::RECORDS
+    }
+
+    /// Whether `eddy replay` builds the job, given the pipeline's specs (the
+    /// backup's `enabled`, say). Default: always.
+    fn active(_spec: &Self::Spec, _pipeline: &PipelineSpec) -> bool {
+        true
     }
 
     /// Builds the job's part of the dataflow on one worker.
@@ -132,29 +153,126 @@ pub fn parse_settings<S: DeserializeOwned>(text: &str, file: &str) -> Result<S, 
     })
 }
 
-/// A record type a job can read from an input port.
+/// How an output port is carried in each mode: [`Job::port`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port {
+    /// How its records are encoded on a Kafka topic.
+    pub codec: Codec,
+    /// Which of its records `eddy replay` writes to `OUT/<port>.jsonl`.
+    pub file: FileRecords,
+    /// True when `eddy run` writes it to the topic [`Job::topic`] names.
+    pub topic: bool,
+}
+
+impl Port {
+    /// A job's result, for people and other systems: `OUT/<port>.jsonl`
+    /// embedded, the same JSON lines on its topic over Kafka. The default.
+    pub const RECORDS: Port = Port { codec: Codec::Jsonl, file: FileRecords::All, topic: true };
+    /// A port between eddy's own jobs: a flow of the dataflow embedded (no
+    /// file), serde JSON on its topic over Kafka, read back by the next job.
+    pub const STREAM: Port = Port { codec: Codec::Serde, file: FileRecords::Nothing, topic: true };
+    /// A flow of the embedded dataflow only: over Kafka the next job reads
+    /// it from where it came (`raw`: `P.raw` itself), or the job writes it
+    /// itself (the Parquet directories of `backup`).
+    pub const LOCAL: Port = Port { codec: Codec::Jsonl, file: FileRecords::Nothing, topic: false };
+}
+
+/// How an output port's records are encoded on a Kafka topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    /// The JSON-lines encoding of the embedded output file ([`Encode`]).
+    Jsonl,
+    /// The record's serde JSON, every field (what eddy's typed sources read):
+    /// [`OutputRecord::encode_as`].
+    Serde,
+}
+
+/// Which of an output port's records `eddy replay` writes to its file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileRecords {
+    /// Every record.
+    All,
+    /// Only the on-time ones (`enriched.jsonl`): [`OutputRecord::on_time`].
+    OnTime,
+    /// None: the port has no file.
+    Nothing,
+}
+
+/// The record types that flow between eddy's jobs in-process, embedded.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// [`Reading`].
+    Reading,
+    /// [`Enriched`].
+    Enriched,
+    /// [`RawLine`].
+    Raw,
+}
+
+/// A port's flow inside the embedded dataflow.
+#[doc(hidden)]
+#[derive(Clone)]
+pub enum PortFlow<'s> {
+    /// Validated readings.
+    Readings(Flow<'s, Reading>),
+    /// Enriched readings.
+    Enriched(Flow<'s, Enriched>),
+    /// Raw lines.
+    Raw(Flow<'s, RawLine>),
+}
+
+impl PortFlow<'_> {
+    fn record(&self) -> Record {
+        match self {
+            PortFlow::Readings(_) => Record::Reading,
+            PortFlow::Enriched(_) => Record::Enriched,
+            PortFlow::Raw(_) => Record::Raw,
+        }
+    }
+}
+
+fn wrong_record(port: &str, wanted: Record, found: Record) -> Error {
+    Error::Job(format!("port {port:?} carries {found:?} records, not {wanted:?}"))
+}
+
+/// A record type a job can read from an input port: [`Reading`] (the port
+/// `readings`), [`Enriched`] (`enriched`) and [`RawLine`] (`raw`).
 pub trait InputRecord: Clone + 'static {
-    /// The port's flow, from the mode's wiring.
+    /// Which record it is.
     #[doc(hidden)]
-    fn take<'s>(wiring: &mut dyn Wiring<'s>, port: &str) -> Result<Flow<'s, Self>>;
+    const RECORD: Record;
+    /// The flow, if `flow` carries this record type.
+    #[doc(hidden)]
+    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>>;
 }
 
 impl InputRecord for Enriched {
-    fn take<'s>(wiring: &mut dyn Wiring<'s>, port: &str) -> Result<Flow<'s, Self>> {
-        match port {
-            "enriched" => wiring.enriched(),
-            _ => {
-                Err(Error::Job(format!("no input port {port:?} carries enriched readings (the port is \"enriched\")")))
-            }
+    const RECORD: Record = Record::Enriched;
+    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
+        match flow {
+            PortFlow::Enriched(f) => Some(f),
+            _ => None,
         }
     }
 }
 
 impl InputRecord for Reading {
-    fn take<'s>(wiring: &mut dyn Wiring<'s>, port: &str) -> Result<Flow<'s, Self>> {
-        match port {
-            "readings" => wiring.readings(),
-            _ => Err(Error::Job(format!("no input port {port:?} carries readings (the port is \"readings\")"))),
+    const RECORD: Record = Record::Reading;
+    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
+        match flow {
+            PortFlow::Readings(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl InputRecord for RawLine {
+    const RECORD: Record = Record::Raw;
+    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
+        match flow {
+            PortFlow::Raw(f) => Some(f),
+            _ => None,
         }
     }
 }
@@ -165,6 +283,28 @@ impl InputRecord for Reading {
 pub trait OutputRecord: Encode + Clone + 'static {
     /// The record's key on Kafka; `None`: no key.
     fn key(&self) -> Option<Arc<str>>;
+
+    /// The record's value on a topic of codec `codec`. Default: its
+    /// [`Encode`] JSON line, whatever the codec.
+    fn encode_as(&self, codec: Codec, out: &mut Vec<u8>) {
+        let _ = codec;
+        self.encode(out);
+    }
+
+    /// The records [`FileRecords::OnTime`] keeps. Default: every one.
+    fn on_time<'s>(flow: Flow<'s, Self>) -> Flow<'s, Self> {
+        flow
+    }
+
+    /// The flow as an in-process port, for the record types other jobs read.
+    #[doc(hidden)]
+    fn in_process<'s>(_flow: &Flow<'s, Self>) -> Option<PortFlow<'s>> {
+        None
+    }
+}
+
+fn serde_line<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, value).expect("records serialise to memory");
 }
 
 impl OutputRecord for eddy_core::records::StatsRecord {
@@ -185,15 +325,71 @@ impl OutputRecord for eddy_core::records::EventRecord {
     }
 }
 
+impl OutputRecord for eddy_ml::score::ForecastRecord {
+    fn key(&self) -> Option<Arc<str>> {
+        Some(self.device_id.name())
+    }
+}
+
 impl OutputRecord for Enriched {
     fn key(&self) -> Option<Arc<str>> {
         Some(self.device.name())
+    }
+    fn encode_as(&self, codec: Codec, out: &mut Vec<u8>) {
+        match codec {
+            Codec::Jsonl => self.encode(out),
+            Codec::Serde => serde_line(self, out),
+        }
+    }
+    fn on_time<'s>(flow: Flow<'s, Self>) -> Flow<'s, Self> {
+        flow.on_time()
+    }
+    fn in_process<'s>(flow: &Flow<'s, Self>) -> Option<PortFlow<'s>> {
+        Some(PortFlow::Enriched(flow.clone()))
+    }
+}
+
+impl OutputRecord for Reading {
+    fn key(&self) -> Option<Arc<str>> {
+        Some(self.device.name())
+    }
+    fn encode_as(&self, codec: Codec, out: &mut Vec<u8>) {
+        match codec {
+            Codec::Jsonl => self.encode(out),
+            Codec::Serde => serde_line(self, out),
+        }
+    }
+    fn in_process<'s>(flow: &Flow<'s, Self>) -> Option<PortFlow<'s>> {
+        Some(PortFlow::Readings(flow.clone()))
+    }
+}
+
+impl OutputRecord for RawLine {
+    fn key(&self) -> Option<Arc<str>> {
+        None
+    }
+    fn in_process<'s>(flow: &Flow<'s, Self>) -> Option<PortFlow<'s>> {
+        Some(PortFlow::Raw(flow.clone()))
+    }
+}
+
+impl OutputRecord for DeadLetter {
+    fn key(&self) -> Option<Arc<str>> {
+        None
+    }
+    fn encode_as(&self, codec: Codec, out: &mut Vec<u8>) {
+        match codec {
+            Codec::Jsonl => self.encode(out),
+            Codec::Serde => serde_line(self, out),
+        }
     }
 }
 
 /// Where an output port goes in the mode a job runs in.
 #[doc(hidden)]
 pub enum Target {
+    /// Nowhere but to the jobs that read it in-process.
+    Nothing,
     /// A JSON-lines file, shared by the process's workers.
     File(Arc<JsonlFile>),
     /// A Kafka topic.
@@ -201,20 +397,48 @@ pub enum Target {
     Topic(crate::kafka::TopicTarget),
 }
 
-/// How a mode connects a job's ports: implemented by the embedded pipeline
-/// and by the Kafka runner.
+/// The ingest job's source: the lines of a dataset file or of `P.raw`,
+/// validated, classified and stamped.
+pub struct Lines<'s> {
+    /// Valid readings, late and future ones flagged.
+    pub readings: Flow<'s, Reading>,
+    /// Lines that failed validation.
+    pub dead: Flow<'s, DeadLetter>,
+    /// Every line as received (empty unless the raw archive is on).
+    pub raw: Flow<'s, RawLine>,
+}
+
+/// How a mode connects a job's ports and sources: implemented by the
+/// embedded pipeline and by the Kafka runner. Each method is what one mode
+/// does differently; a job sees only [`JobBuilder`].
 #[doc(hidden)]
 pub trait Wiring<'s> {
     /// The dataflow scope.
     fn scope(&self) -> Scope<'s, u64>;
-    /// The `enriched` port.
-    fn enriched(&mut self) -> Result<Flow<'s, Enriched>>;
-    /// The `readings` port.
-    fn readings(&mut self) -> Result<Flow<'s, Reading>>;
+    /// Input `port`, of `record`s.
+    fn input(&mut self, port: &str, record: Record) -> Result<PortFlow<'s>>;
+    /// The raw lines, through the ingest job's validation.
+    fn lines(&mut self, name: &str) -> Result<Lines<'s>>;
     /// The reference arrangements.
     fn reference(&mut self) -> Result<Reference<'s>>;
-    /// Where output `port` (topic `topic`) goes.
-    fn target(&mut self, port: &str, topic: &str) -> Result<Target>;
+    /// The readings to enrich and the reference, in the calibration
+    /// adapter's loop.
+    fn calibration_loop(&mut self, readings: Flow<'s, Reading>) -> Result<(Flow<'s, Reading>, Reference<'s>)>;
+    /// Closes the calibration loop with the adapter's updates (topic `topic`).
+    fn feedback(&mut self, topic: &str, updates: Flow<'s, CalibrationUpdate>) -> Result<()>;
+    /// The calibration changes of the reference data of `channel` (the
+    /// adapter's baseline).
+    fn calibration_book(&self, channel: Channel) -> CalibrationBook;
+    /// Models other than the watched file's, paced by `watch`.
+    fn models(&mut self, name: &str, watch: &Flow<'s, Enriched>) -> Result<StreamVec<'s, u64, ModelUpdate>>;
+    /// Writes `enriched` to the Parquet backup.
+    fn backup(&mut self, enriched: Flow<'s, Enriched>) -> Result<()>;
+    /// Writes `raw` to the raw archive.
+    fn raw_archive(&mut self, raw: Flow<'s, RawLine>) -> Result<()>;
+    /// Offers output `port` to the jobs that read it in-process.
+    fn offer(&mut self, port: &str, flow: PortFlow<'s>);
+    /// Where output `port` (topic `topic`, carried as `carry`) goes.
+    fn target(&mut self, port: &str, topic: &str, carry: Port) -> Result<Target>;
     /// Registers a sink's committed frontier.
     fn commit(&mut self, committed: Committed<'s>);
 }
@@ -256,16 +480,28 @@ impl<'s, 'w> JobBuilder<'s, 'w> {
         self.pipeline
     }
 
+    fn declared(&self, port: &str, ports: &[&str], what: &str) -> Result<()> {
+        if ports.contains(&port) {
+            return Ok(());
+        }
+        Err(Error::Job(format!("job {:?} {what} port {port:?}, which it does not declare ({ports:?})", self.name)))
+    }
+
     /// The records of input `port`, a step named after the job.
     pub fn input<D: InputRecord>(&mut self, port: &str) -> Result<Flow<'s, D>> {
-        if !self.instance.component.inputs().contains(&port) {
-            return Err(Error::Job(format!(
-                "job {:?} reads port {port:?}, which its INPUTS ({:?}) do not declare",
-                self.name,
-                self.instance.component.inputs()
-            )));
-        }
-        Ok(D::take(self.wiring, port)?.step(self.name))
+        self.declared(port, self.instance.inputs(), "reads")?;
+        let flow = self.wiring.input(port, D::RECORD)?;
+        let found = flow.record();
+        let flow = D::of(flow).ok_or_else(|| wrong_record(port, D::RECORD, found))?;
+        Ok(flow.step(self.name))
+    }
+
+    /// The raw lines (input port `raw`: the dataset file embedded, `P.raw`
+    /// over Kafka), validated, classified and stamped by the ingest rules
+    /// of the pipeline's spec: the ingest job's source.
+    pub fn lines(&mut self) -> Result<Lines<'s>> {
+        self.declared("raw", self.instance.inputs(), "reads")?;
+        self.wiring.lines(self.name)
     }
 
     /// The reference data (devices, calibration, rules) as arrangements
@@ -275,20 +511,65 @@ impl<'s, 'w> JobBuilder<'s, 'w> {
         self.wiring.reference()
     }
 
-    /// Writes `flow` to output `port`, committed per epoch.
-    pub fn output<D: OutputRecord>(&mut self, port: &str, flow: Flow<'s, D>) -> Result<()> {
-        if !self.instance.component.outputs().contains(&port) {
-            return Err(Error::Job(format!(
-                "job {:?} writes port {port:?}, which its OUTPUTS ({:?}) do not declare",
-                self.name,
-                self.instance.component.outputs()
-            )));
-        }
+    /// The readings to enrich, and the reference data, inside the
+    /// calibration adapter's loop: the readings are re-stamped so that the
+    /// adapter's updates, fed back one loop delay (lateness + epoch) later,
+    /// reach every reading they apply to (see `docs/ml.md`). Call it instead
+    /// of [`reference`](Self::reference), once, when the adapter is on.
+    pub fn calibration_loop(&mut self, readings: Flow<'s, Reading>) -> Result<(Flow<'s, Reading>, Reference<'s>)> {
+        self.wiring.calibration_loop(readings)
+    }
+
+    /// Closes the calibration loop: `updates` (output `port`) reach the
+    /// reference data one loop delay later (embedded: a feedback edge; over
+    /// Kafka: the topic, with the markers the enrich job waits for).
+    pub fn feedback(&mut self, port: &str, updates: Flow<'s, CalibrationUpdate>) -> Result<()> {
+        self.declared(port, self.instance.outputs(), "writes")?;
         let topic = self.instance.topic(port);
-        let committed = match self.wiring.target(port, &topic)? {
-            Target::File(file) => flow.sink(JsonlSink::new(file)),
+        self.wiring.feedback(&topic, updates)
+    }
+
+    /// The calibration changes of the reference data of `channel`, for
+    /// the calibration adapter (over Kafka, those of `P.calibration` that
+    /// the adapter did not write itself).
+    pub fn calibration_book(&self, channel: Channel) -> CalibrationBook {
+        self.wiring.calibration_book(channel)
+    }
+
+    /// Models from input port `models` (over Kafka, `P.models`; embedded,
+    /// none), paced by `watch`.
+    pub fn models(&mut self, watch: &Flow<'s, Enriched>) -> Result<StreamVec<'s, u64, ModelUpdate>> {
+        self.declared("models", self.instance.inputs(), "reads")?;
+        self.wiring.models(self.name, watch)
+    }
+
+    /// Writes `enriched` to the Parquet backup (`OUT/backup/`), exactly once.
+    pub fn backup(&mut self, enriched: Flow<'s, Enriched>) -> Result<()> {
+        self.wiring.backup(enriched.step(self.name))
+    }
+
+    /// Writes `raw` to the raw archive (`OUT/raw/`), exactly once.
+    pub fn raw_archive(&mut self, raw: Flow<'s, RawLine>) -> Result<()> {
+        self.wiring.raw_archive(raw.step(self.name))
+    }
+
+    /// Writes `flow` to output `port`, committed per epoch, as
+    /// [`Job::port`] says; other jobs of an embedded pipeline read it too.
+    pub fn output<D: OutputRecord>(&mut self, port: &str, flow: Flow<'s, D>) -> Result<()> {
+        self.declared(port, self.instance.outputs(), "writes")?;
+        if let Some(p) = D::in_process(&flow) {
+            self.wiring.offer(port, p);
+        }
+        let carry = self.instance.port(port);
+        let topic = self.instance.topic(port);
+        let committed = match self.wiring.target(port, &topic, carry)? {
+            Target::Nothing => return Ok(()),
+            Target::File(file) => {
+                let flow = if carry.file == FileRecords::OnTime { D::on_time(flow) } else { flow };
+                flow.sink(JsonlSink::new(file))
+            }
             #[cfg(feature = "kafka")]
-            Target::Topic(t) => t.sink(flow),
+            Target::Topic(t) => t.sink(flow, carry.codec),
         };
         self.wiring.commit(committed);
         Ok(())
@@ -311,6 +592,12 @@ pub trait DynJob: Send + Sync {
     fn load(&self, text: &str, file: &str, pipeline: &PipelineSpec) -> Result<Arc<dyn Any + Send + Sync>, SpecError>;
     /// [`Job::topic`].
     fn topic(&self, spec: &(dyn Any + Send + Sync), port: &str) -> String;
+    /// [`Job::port`].
+    fn port(&self, port: &str) -> Port;
+    /// [`Job::active`].
+    fn active(&self, spec: &(dyn Any + Send + Sync), pipeline: &PipelineSpec) -> bool;
+    /// [`Job::REBUILDS`].
+    fn rebuilds(&self) -> bool;
     /// [`Job::build`].
     fn build(&self, spec: &(dyn Any + Send + Sync), job: &mut JobBuilder<'_, '_>) -> Result<()>;
     /// The spec, for `eddy check`.
@@ -346,6 +633,15 @@ impl<J: Job> DynJob for Component<J> {
     }
     fn topic(&self, spec: &(dyn Any + Send + Sync), port: &str) -> String {
         J::topic(spec_of::<J>(spec), port)
+    }
+    fn port(&self, port: &str) -> Port {
+        J::port(port)
+    }
+    fn active(&self, spec: &(dyn Any + Send + Sync), pipeline: &PipelineSpec) -> bool {
+        J::active(spec_of::<J>(spec), pipeline)
+    }
+    fn rebuilds(&self) -> bool {
+        J::REBUILDS
     }
     fn build(&self, spec: &(dyn Any + Send + Sync), job: &mut JobBuilder<'_, '_>) -> Result<()> {
         J::build(spec_of::<J>(spec), job)
@@ -393,6 +689,21 @@ impl JobInstance {
         self.component.topic(&*self.spec, port)
     }
 
+    /// How output `port` is carried.
+    pub fn port(&self, port: &str) -> Port {
+        self.component.port(port)
+    }
+
+    /// Whether `eddy replay` builds it.
+    pub fn active(&self, pipeline: &PipelineSpec) -> bool {
+        self.component.active(&*self.spec, pipeline)
+    }
+
+    /// Whether it rebuilds its state from the start of its input over Kafka.
+    pub fn rebuilds(&self) -> bool {
+        self.component.rebuilds()
+    }
+
     /// Builds the job on one worker.
     pub fn build<'s>(&self, pipeline: &PipelineSpec, wiring: &mut dyn Wiring<'s>) -> Result<()> {
         let mut builder = JobBuilder::new(self, pipeline, wiring);
@@ -400,60 +711,8 @@ impl JobInstance {
     }
 }
 
-/// A job the core pipeline builds itself (ingest, enrich, backup and the ML
-/// jobs): listed in the registry with its ports, its spec part of the
-/// [`PipelineSpec`].
-#[derive(Clone, Copy, Debug)]
-pub struct CoreJob {
-    /// The kind.
-    pub kind: JobKind,
-    /// One line for `eddy jobs`.
-    pub about: &'static str,
-    /// Input ports (or sources).
-    pub inputs: &'static [&'static str],
-    /// Output ports (or sinks).
-    pub outputs: &'static [&'static str],
-}
-
-/// An entry of the registry.
-#[derive(Clone)]
-pub enum Entry {
-    /// Built by the core pipeline.
-    Core(CoreJob),
-    /// A [`Job`].
-    Component(Arc<dyn DynJob>),
-}
-
-impl Entry {
-    /// The kind's name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Entry::Core(c) => c.kind.name(),
-            Entry::Component(c) => c.kind(),
-        }
-    }
-    /// One line about it.
-    pub fn about(&self) -> &'static str {
-        match self {
-            Entry::Core(c) => c.about,
-            Entry::Component(c) => c.about(),
-        }
-    }
-    /// Its input ports.
-    pub fn inputs(&self) -> &'static [&'static str] {
-        match self {
-            Entry::Core(c) => c.inputs,
-            Entry::Component(c) => c.inputs(),
-        }
-    }
-    /// Its output ports.
-    pub fn outputs(&self) -> &'static [&'static str] {
-        match self {
-            Entry::Core(c) => c.outputs,
-            Entry::Component(c) => c.outputs(),
-        }
-    }
-}
+/// An entry of the registry: a [`Job`], erased.
+pub type Entry = Arc<dyn DynJob>;
 
 /// The job kinds a binary knows, in pipeline order: one explicit list.
 #[derive(Clone, Default)]
@@ -490,15 +749,9 @@ impl Registry {
         crate::builtin::registry()
     }
 
-    /// Adds a core job.
-    pub fn core(mut self, job: CoreJob) -> Registry {
-        self.entries.push(Entry::Core(job));
-        self
-    }
-
     /// Adds the job `J`. A kind already registered is replaced, in place.
     pub fn with<J: Job>(mut self) -> Registry {
-        let entry = Entry::Component(Arc::new(Component::<J>(std::marker::PhantomData)));
+        let entry: Entry = Arc::new(Component::<J>(std::marker::PhantomData));
         match self.entries.iter().position(|e| e.kind() == J::KIND) {
             Some(i) => self.entries[i] = entry,
             None => self.entries.push(entry),
@@ -518,7 +771,7 @@ impl Registry {
 
     /// Every kind's name, comma-separated (for messages).
     pub fn kinds(&self) -> String {
-        self.entries.iter().map(Entry::kind).collect::<Vec<_>>().join(", ")
+        self.entries.iter().map(|e| e.kind()).collect::<Vec<_>>().join(", ")
     }
 
     /// The kind a spec file names, checked against the registry.
@@ -538,30 +791,24 @@ impl Registry {
         let mut core = Vec::new();
         let mut given: Vec<(&str, &String, &String)> = Vec::new();
         for (file, text) in files {
-            match self.kind_of(text, file)? {
-                Entry::Component(c) if JobKind::from_name(c.kind()).is_none() => {
-                    if let Some((_, other, _)) = given.iter().find(|(k, _, _)| *k == c.kind()) {
-                        return Err(SpecError::at_key(
-                            file,
-                            "kind",
-                            format!("a second {} job: {other} already defines one", c.kind()),
-                        ));
-                    }
-                    given.push((c.kind(), file, text));
-                }
-                // stats, windows and alerts are components whose specs the
-                // core pipeline also reads: they go through both.
-                Entry::Component(c) => {
-                    core.push((file.clone(), text.clone()));
-                    given.push((c.kind(), file, text));
-                }
-                Entry::Core(_) => core.push((file.clone(), text.clone())),
+            let c = self.kind_of(text, file)?;
+            // The core pipeline's kinds (ingest, enrich, stats, windows,
+            // alerts, backup, adapter, score) make the pipeline's spec too,
+            // which every job reads (the ingest epoch, say).
+            if is_core(c.kind()) {
+                core.push((file.clone(), text.clone()));
+            } else if let Some((_, other, _)) = given.iter().find(|(k, _, _)| *k == c.kind()) {
+                return Err(SpecError::at_key(
+                    file,
+                    "kind",
+                    format!("a second {} job: {other} already defines one", c.kind()),
+                ));
             }
+            given.push((c.kind(), file, text));
         }
         let pipeline = PipelineSpec::from_files(&core, defaults || core.is_empty())?;
         let mut instances = Vec::new();
-        for entry in &self.entries {
-            let Entry::Component(c) = entry else { continue };
+        for c in &self.entries {
             let (file, text) = match given.iter().find(|(k, _, _)| *k == c.kind()) {
                 Some((_, file, text)) => ((*file).clone(), (*text).to_string()),
                 None => match (defaults, c.default_spec()) {
@@ -580,6 +827,11 @@ impl Registry {
     pub fn defaults(&self) -> Jobs {
         self.load(&[], true).expect("the built-in job specs are valid")
     }
+}
+
+/// True for the kinds whose specs make the [`PipelineSpec`].
+fn is_core(kind: &str) -> bool {
+    JobKind::from_name(kind).is_some() || ML_KINDS.contains(&kind)
 }
 
 /// A spec file's `name`, if it has one.
@@ -604,7 +856,7 @@ mod tests {
     #[test]
     fn the_builtin_registry_lists_every_kind_once_in_pipeline_order() {
         let r = Registry::builtin();
-        let kinds: Vec<&str> = r.entries().iter().map(Entry::kind).collect();
+        let kinds: Vec<&str> = r.entries().iter().map(|e| e.kind()).collect();
         assert_eq!(
             kinds,
             ["ingest", "enrich", "stats", "windows", "alerts", "sensor-health", "backup", "adapter", "score"]
@@ -615,7 +867,10 @@ mod tests {
     fn defaults_run_the_default_components_with_their_builtin_specs() {
         let jobs = Registry::builtin().defaults();
         let names: Vec<&str> = jobs.instances.iter().map(|i| i.name.as_str()).collect();
-        assert_eq!(names, ["stats", "windows", "alerts", "sensor-health"]);
+        assert_eq!(
+            names,
+            ["ingest", "enrich", "stats", "windows", "alerts", "sensor-health", "backup", "adapter", "score"]
+        );
         assert_eq!(jobs.instance("windows").unwrap().topic("windows"), "windows.1h");
     }
 

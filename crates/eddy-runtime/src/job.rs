@@ -49,9 +49,9 @@ pub struct JobOptions {
     pub out: PathBuf,
     /// The core jobs' specs (ingest settings, standard rules, …).
     pub spec: PipelineSpec,
-    /// The component jobs that `eddy replay` runs beside the core pipeline
-    /// (stats, windows, alerts, sensor-health and any job of the registry
-    /// whose spec was given), in registry order.
+    /// The jobs `eddy replay` builds (those [`active`](crate::component::JobInstance::active)
+    /// with the pipeline's spec), in registry order: the built-in defaults
+    /// and any job of the registry whose spec was given.
     pub jobs: Vec<crate::component::JobInstance>,
     /// Workers (`-w`).
     pub workers: Workers,
@@ -61,7 +61,7 @@ pub struct JobOptions {
     /// its own, such as a backup.
     pub reference: Option<PathBuf>,
     /// `eddy replay`'s JSON-lines outputs to write (`--outputs`), by name
-    /// ([`crate::replay::OUTPUTS`], or `forecasts`); `None`: every one. An
+    /// (an output port with a file: [`crate::replay::files`]); `None`: every one. An
     /// output left out is not written, and a job whose only output it is
     /// (stats, windows, alerts) is not run. The Parquet backup and the raw
     /// archive follow the backup spec.
@@ -278,6 +278,11 @@ impl<'s, 'a> JobContext<'s, 'a> {
         }
         let r = self.reference.as_ref().expect("just built");
         Reference { devices: r.devices.clone(), rules: r.rules.clone() }
+    }
+
+    /// True once [`reference`](Self::reference) built the reference data.
+    pub fn has_reference(&self) -> bool {
+        self.reference.is_some()
     }
 
     /// [`reference`](Self::reference), with changes fed back from the

@@ -1,37 +1,30 @@
 //! `eddy replay`: the whole pipeline in one process, on a recorded dataset.
 //!
-//! The jobs (ingest, enrich, stats, windows, alerts) are built into one
-//! timely dataflow per worker and wired by in-process topics: each topic is a
-//! [`Flow`] from one job to the next. Each job's part is
-//! the same code that runs it alone (see `docs/architecture.md`).
+//! Every job of the registry that runs is built into one timely dataflow
+//! per worker, in registry order, and wired by in-process ports: each port
+//! is a [`Flow`] from one job to the next. Each job's `build` is the same
+//! code that runs it alone over Kafka (see `docs/architecture.md`).
 
-use eddy_core::reading::{Enriched, Reading};
+use std::collections::BTreeMap;
+
+use timely::dataflow::operators::feedback::Handle;
+use timely::dataflow::operators::{ConnectLoop as _, Feedback as _};
+use timely::dataflow::{Scope, StreamVec};
+
+use eddy_core::reading::{Enriched, RawLine, Reading};
 use eddy_core::spec::PipelineSpec;
+use eddy_core::Channel;
+use eddy_ml::adapt::{restamp, CalibrationBook, CalibrationUpdate};
+use eddy_ml::model::{ModelFile, ModelUpdate};
 use eddy_operators::reference::Reference;
 use eddy_operators::stats::StatsParams;
 use eddy_state::window::WindowSpec;
-use timely::dataflow::Scope;
 
-use std::time::Duration;
-
-use eddy_core::Channel;
-use eddy_ml::adapt::{adapter, restamp, Adapter, AdapterConfig, CalibrationBook, CalibrationUpdate};
-use eddy_ml::model::{ModelFile, ModelUpdate};
-use eddy_ml::score::{score, ModelWatch};
-use timely::dataflow::operators::{ConnectLoop as _, Feedback as _};
-
-use crate::component::{JobInstance, Target, Wiring};
+use crate::component::{FileRecords, JobInstance, Lines, Port, PortFlow, Record, Target, Wiring};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::job::{run, JobContext};
 pub use crate::job::{JobOptions as ReplayOptions, Progress, Summary};
-
-/// The core pipeline's outputs, by name: each is `OUT/<name>.jsonl`. The
-/// component jobs add theirs ([`JobInstance::outputs`]).
-pub const OUTPUTS: [&str; 4] = ["enriched", "late", "future", "deadletter"];
-
-/// The scoring job's output (`OUT/forecasts.jsonl`), written when a model is given.
-pub const FORECASTS: &str = "forecasts";
 
 /// Which JSON-lines outputs a replay writes (`--outputs`).
 #[derive(Clone, Debug)]
@@ -43,12 +36,10 @@ impl Outputs {
         Outputs(None)
     }
 
-    /// The outputs named in `names`: each one of [`OUTPUTS`], [`FORECASTS`]
-    /// or an output of one of `jobs`.
+    /// The outputs named in `names`: each an output port of one of `jobs`
+    /// that has a file (`enriched`, `late`, `stats`, …).
     pub fn only(names: &[String], jobs: &[JobInstance]) -> Result<Outputs> {
-        let mut known: Vec<&str> = OUTPUTS.to_vec();
-        known.extend(jobs.iter().flat_map(|j| j.outputs().iter().copied()));
-        known.push(FORECASTS);
+        let known = files(jobs);
         for n in names {
             if !known.contains(&n.as_str()) {
                 return Err(Error::Job(format!(
@@ -66,6 +57,19 @@ impl Outputs {
     }
 }
 
+/// The output ports of `jobs` that `eddy replay` writes to files, in order.
+pub fn files(jobs: &[JobInstance]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for j in jobs {
+        for p in j.outputs() {
+            if j.port(p).file != FileRecords::Nothing && !out.contains(p) {
+                out.push(*p);
+            }
+        }
+    }
+    out
+}
+
 /// The statistics settings of a pipeline spec.
 pub fn stats_params(spec: &PipelineSpec) -> StatsParams {
     crate::builtin::stats::params(&spec.stats)
@@ -76,31 +80,96 @@ pub fn window_spec(spec: &PipelineSpec) -> WindowSpec {
     crate::builtin::windows::window_spec(&spec.windows)
 }
 
-/// A component job's ports in the embedded pipeline: its inputs are flows of
-/// this dataflow, its outputs `OUT/<port>.jsonl`.
-struct Embedded<'s, 'c, 'j, 'a> {
+/// The jobs' ports in the embedded pipeline: an output is a flow of this
+/// dataflow, which the jobs built after it read, and `OUT/<port>.jsonl`
+/// when it has a file and `--outputs` wants it.
+struct Embedded<'s, 'c, 'a> {
     job: &'c mut JobContext<'s, 'a>,
-    enriched: &'j Flow<'s, Enriched>,
-    readings: &'j Flow<'s, Reading>,
-    reference: &'j Reference<'s>,
+    outputs: &'c Outputs,
+    ports: BTreeMap<String, PortFlow<'s>>,
+    /// The calibration loop's feedback edge, from enrich to the adapter.
+    feedback: Option<Handle<'s, u64, Vec<CalibrationUpdate>>>,
 }
 
-impl<'s> Wiring<'s> for Embedded<'s, '_, '_, '_> {
+impl<'s> Wiring<'s> for Embedded<'s, '_, '_> {
     fn scope(&self) -> Scope<'s, u64> {
         self.job.scope()
     }
-    fn enriched(&mut self) -> Result<Flow<'s, Enriched>> {
-        Ok(self.enriched.clone())
+
+    fn input(&mut self, port: &str, _record: Record) -> Result<PortFlow<'s>> {
+        self.ports.get(port).cloned().ok_or_else(|| {
+            Error::Job(format!(
+                "no job built before this one writes port {port:?} (the ports so far: {})",
+                self.ports.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
-    fn readings(&mut self) -> Result<Flow<'s, Reading>> {
-        Ok(self.readings.clone())
+
+    fn lines(&mut self, _name: &str) -> Result<Lines<'s>> {
+        let ingest = self.job.ingest();
+        Ok(Lines { readings: ingest.readings, dead: ingest.dead, raw: ingest.raw })
     }
+
     fn reference(&mut self) -> Result<Reference<'s>> {
-        Ok(Reference { devices: self.reference.devices.clone(), rules: self.reference.rules.clone() })
+        Ok(self.job.reference())
     }
-    fn target(&mut self, port: &str, _topic: &str) -> Result<Target> {
+
+    /// A feedback edge into the reference source, delayed by the loop's
+    /// delay; the readings re-stamped so that each one's time is within a
+    /// delay of its `ts` (see `eddy_ml::adapt::restamp`).
+    fn calibration_loop(&mut self, readings: Flow<'s, Reading>) -> Result<(Flow<'s, Reading>, Reference<'s>)> {
+        if self.job.has_reference() {
+            return Err(Error::Job("the calibration loop must be the first job to read the reference data".into()));
+        }
+        let spec = self.job.spec().clone();
+        let delay = crate::builtin::adapter::loop_delay(&spec);
+        let (handle, fed) = self.job.scope().feedback::<Vec<CalibrationUpdate>>(delay as u64);
+        self.feedback = Some(handle);
+        let reference = self.job.reference_with_exchanged_feedback(fed);
+        let name = spec.adapter.name.clone().unwrap_or_else(|| "adapter".into());
+        let stream = restamp(readings.into_stream(), spec.ingest.lateness.ms(), spec.ingest.epoch.ms(), &name);
+        Ok((Flow::new(stream, &name), reference))
+    }
+
+    fn feedback(&mut self, _topic: &str, updates: Flow<'s, CalibrationUpdate>) -> Result<()> {
+        let handle = self.feedback.take().ok_or_else(|| {
+            Error::Job("the calibration adapter's updates have no loop: enrich did not build one".into())
+        })?;
+        updates.into_stream().connect_loop(handle);
+        Ok(())
+    }
+
+    fn calibration_book(&self, channel: Channel) -> CalibrationBook {
+        CalibrationBook::new(self.job.reference_changes(), channel)
+    }
+
+    fn models(&mut self, _name: &str, _watch: &Flow<'s, Enriched>) -> Result<StreamVec<'s, u64, ModelUpdate>> {
+        Ok(timely::dataflow::operators::generic::operator::empty(self.job.scope()))
+    }
+
+    fn backup(&mut self, enriched: Flow<'s, Enriched>) -> Result<()> {
+        let sink = self.job.backup();
+        self.job.commit(enriched.sink(sink));
+        Ok(())
+    }
+
+    fn raw_archive(&mut self, raw: Flow<'s, RawLine>) -> Result<()> {
+        let sink = self.job.raw_archive();
+        self.job.commit(raw.sink(sink));
+        Ok(())
+    }
+
+    fn offer(&mut self, port: &str, flow: PortFlow<'s>) {
+        self.ports.insert(port.to_string(), flow);
+    }
+
+    fn target(&mut self, port: &str, _topic: &str, carry: Port) -> Result<Target> {
+        if carry.file == FileRecords::Nothing || !self.outputs.wants(port) {
+            return Ok(Target::Nothing);
+        }
         Ok(Target::File(self.job.jsonl_file(port)?))
     }
+
     fn commit(&mut self, committed: Committed<'s>) {
         self.job.commit(committed);
     }
@@ -111,104 +180,28 @@ pub fn pipeline(job: &mut JobContext<'_, '_>) -> Result<()> {
     pipeline_with(job, &Outputs::all())
 }
 
-/// Builds the embedded pipeline on one worker, writing the JSON-lines
-/// outputs in `outputs` (the Parquet backup and raw archive follow the
-/// spec). A job whose outputs are all left out is not built.
+/// Builds the embedded pipeline on one worker: every active job of the run
+/// (see [`JobOptions::jobs`](crate::job::JobOptions::jobs)), in registry
+/// order, writing the JSON-lines outputs in `outputs`. A job is not built
+/// when every output it has is a file left out that no other job reads.
 pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) -> Result<()> {
     let spec = job.spec().clone();
-    let step = |name: &Option<String>, kind: &str| name.clone().unwrap_or_else(|| kind.to_string());
-    let ingest = job.ingest();
-    // The calibration adapter feeds calibration updates back into the
-    // reference data: a feedback edge into the reference source, delayed by
-    // the lateness plus an epoch (see `reference_with_feedback`).
-    let loop_delay = spec.ingest.lateness.ms() + spec.ingest.epoch.ms();
-    let adapter_loop = spec.adapter.enabled.then(|| job.scope().feedback::<Vec<CalibrationUpdate>>(loop_delay as u64));
-    let (reference, adapter_loop) = match adapter_loop {
-        Some((handle, fed)) => (job.reference_with_exchanged_feedback(fed), Some(handle)),
-        None => (job.reference(), None),
-    };
-    let readings = ingest.readings;
-    let all_readings = readings.clone();
-
-    // ingest → late, future, deadletter (and the raw archive: every line as received)
-    if outputs.wants("late") {
-        job.commit(readings.clone().late().sink(job.jsonl("late")?));
-    }
-    if outputs.wants("future") {
-        job.commit(readings.clone().future().sink(job.jsonl("future")?));
-    }
-    if outputs.wants("deadletter") {
-        job.commit(ingest.dead.sink(job.jsonl("deadletter")?));
-    }
-
-    // enrich → enriched (late readings are enriched too, for the backup)
-    let to_enrich = match adapter_loop {
-        // In the loop, every reading's time must be within a loop delay of its ts.
-        Some(_) => {
-            let name = step(&spec.adapter.name, "adapter");
-            let stream = restamp(readings.into_stream(), spec.ingest.lateness.ms(), spec.ingest.epoch.ms(), &name);
-            Flow::new(stream, &name)
-        }
-        None => readings,
-    };
-    let enriched =
-        to_enrich.step(&step(&spec.enrich.name, "enrich")).enrich(&reference, spec.enrich.reference_retention.ms());
-    if spec.backup.enabled {
-        let backup = step(&spec.backup.name, "backup");
-        job.commit(enriched.clone().step(&backup).sink(job.backup()));
-        if spec.backup.raw_archive {
-            job.commit(ingest.raw.step(&backup).sink(job.raw_archive()));
-        }
-    }
-    let adapter_input = adapter_loop.is_some().then(|| enriched.clone());
-    let on_time = enriched.clone().on_time();
-    if outputs.wants("enriched") {
-        job.commit(on_time.clone().sink(job.jsonl("enriched")?));
-    }
-
-    // The component jobs (stats, windows, alerts, sensor-health, users'
-    // jobs) ← enriched, each with its own step name.
     let jobs = job.jobs().to_vec();
-    for instance in jobs.iter().filter(|j| j.outputs().iter().any(|o| outputs.wants(o))) {
-        let mut wiring =
-            Embedded { job: &mut *job, enriched: &enriched, readings: &all_readings, reference: &reference };
-        instance.build(&spec, &mut wiring)?;
+    let read = |p: &str| jobs.iter().any(|j| j.inputs().contains(&p));
+    let mut wiring = Embedded { job, outputs, ports: BTreeMap::new(), feedback: None };
+    for instance in &jobs {
+        let needed = instance
+            .outputs()
+            .iter()
+            .any(|p| instance.port(p).file == FileRecords::Nothing || outputs.wants(p) || read(p));
+        if instance.active(&spec) && needed {
+            instance.build(&spec, &mut wiring)?;
+        }
     }
-    if let (Some(handle), Some(input)) = (adapter_loop, adapter_input) {
-        let a = &spec.adapter;
-        let cfg = adapter_config(&spec, loop_delay);
-        let book = CalibrationBook::new(job.reference_changes(), cfg.channel);
-        let params = stats_params(&spec);
-        let updates = adapter(
-            input.into_stream(),
-            Adapter::new(cfg, book),
-            params.config,
-            params.snapshot_every_ms,
-            &step(&a.name, "adapter"),
-        );
-        updates.connect_loop(handle);
-    }
-    // scoring ← enriched (on time), with a watched model file
-    if let (Some(path), true) = (&spec.score.model, outputs.wants(FORECASTS)) {
-        let name = step(&spec.score.name, "score");
-        let watch = ModelWatch::new(path.into(), Duration::from_millis(spec.score.poll.ms() as u64));
-        let forecasts = score(on_time.into_stream(), watch, &name);
-        job.commit(Flow::new(forecasts, &name).sink(job.jsonl("forecasts")?));
+    if wiring.feedback.is_some() {
+        return Err(Error::Job("the calibration loop is open: no adapter job fed it back".into()));
     }
     Ok(())
-}
-
-/// The calibration adapter's settings, with its loop's delay.
-pub(crate) fn adapter_config(spec: &PipelineSpec, delay_ms: i64) -> AdapterConfig {
-    let a = &spec.adapter;
-    AdapterConfig {
-        channel: Channel::intern(&a.channel),
-        k: a.k,
-        span_ms: a.span.ms(),
-        outdoor: a.outdoor_ppm,
-        min_correction: a.min_correction,
-        delay_ms,
-    }
 }
 
 /// The scoring job's first model must load (later versions are checked as
@@ -232,18 +225,6 @@ pub fn replay(opts: &ReplayOptions, on_progress: impl FnMut(Progress)) -> Result
         Some(names) => Outputs::only(names, &opts.jobs)?,
     };
     std::fs::create_dir_all(&opts.out).map_err(|e| eddy_connectors::Error::io(&opts.out, e))?;
-    // Create every output up front, so that an empty one exists as a file.
-    let summary = run(
-        opts,
-        move |job| {
-            job.build_with(|job| {
-                for name in OUTPUTS.into_iter().filter(|n| outputs.wants(n)) {
-                    job.jsonl(name)?;
-                }
-                pipeline_with(job, &outputs)
-            })
-        },
-        on_progress,
-    )?;
+    let summary = run(opts, move |job| job.build_with(|job| pipeline_with(job, &outputs)), on_progress)?;
     Ok(summary)
 }

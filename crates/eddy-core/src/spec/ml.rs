@@ -95,7 +95,7 @@ impl AdapterSpec {
     /// Checks the values of the spec on its own: `k` at least 1, a span of at
     /// least an hour, a positive `outdoor_ppm`, a `min_correction` of at
     /// least 0 and a channel.
-    pub(super) fn check(&self, file: &str) -> Result<(), SpecError> {
+    pub fn check(&self, file: &str) -> Result<(), SpecError> {
         if self.k == 0 {
             return Err(SpecError::key(file, "k", "must be at least 1"));
         }
@@ -121,7 +121,7 @@ impl AdapterSpec {
 
 impl ScoreSpec {
     /// Checks the values of the spec on its own: a positive `poll`.
-    pub(super) fn check(&self, file: &str) -> Result<(), SpecError> {
+    pub fn check(&self, file: &str) -> Result<(), SpecError> {
         if self.poll.ms() <= 0 {
             return Err(SpecError::key(file, "poll", "must be at least 1ms"));
         }

@@ -42,20 +42,18 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use eddy_core::reading::{DeadLetter, Enriched, Position, Reading};
 use eddy_core::reference::{RefUpdate, Table};
-use eddy_core::spec::{JobKind, PipelineSpec};
+use eddy_core::spec::PipelineSpec;
 use eddy_kafka::codec::{envelope, Envelope, TIME};
 use eddy_kafka::consume::{self, read_to_end};
 use eddy_kafka::operators::{live_reference, Encoder};
 use eddy_kafka::topics::TopicSpec;
-use eddy_ml::adapt::{adapter, restamp, Adapter, CalibrationBook, CalibrationUpdate};
+use eddy_ml::adapt::{restamp, CalibrationUpdate};
 use eddy_ml::model::{ModelFile, ModelUpdate};
-use eddy_ml::score::{score_with, ForecastRecord, ModelWatch};
 use eddy_operators::reference::{reference_with_feedback, Reference};
 
-use super::{as_jsonl, dead_encoder, kafka_err, Ctx, RunOptions};
+use super::{dead_encoder, kafka_err, Ctx, RunOptions};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
-use crate::replay::stats_params;
 
 /// The gate of the live reference data in the loop, at its old path.
 pub use eddy_kafka::operators::AdapterGate;
@@ -85,17 +83,10 @@ pub struct MlShared {
     pub dataset_calibration: Vec<RefUpdate>,
 }
 
-/// True when the enrich job runs in the adapter's loop.
+/// True when the job runs in the adapter's loop: the enrich job of a
+/// pipeline whose adapter is on.
 pub fn enrich_in_loop(opts: &RunOptions) -> bool {
-    opts.is(JobKind::Enrich) && opts.spec.adapter.enabled
-}
-
-/// Topics the ML jobs need besides the job's input and outputs.
-pub fn extra_topics(opts: &RunOptions) -> Vec<TopicSpec> {
-    match opts.core() {
-        Some(JobKind::Score) => vec![TopicSpec::new(opts.topics.models(), 1)],
-        _ => Vec::new(),
-    }
+    opts.kind() == "enrich" && opts.spec.adapter.enabled
 }
 
 /// Reads what the ML jobs need at start; checks the scoring job's first model.
@@ -112,7 +103,7 @@ pub fn prepare(opts: &RunOptions) -> Result<MlShared> {
         let c = consume::consumer(&opts.kafka, &format!("{}.gate", opts.group())).map_err(kafka_err)?;
         ml.gate_partitions = consume::partitions(&c, &calibration, opts.kafka.connect_timeout).map_err(kafka_err)?;
     }
-    if opts.is(JobKind::Adapter) {
+    if opts.kind() == "adapter" {
         for m in read_to_end(&opts.kafka, &calibration, Duration::from_secs(60)).map_err(kafka_err)? {
             let own = m.headers().is_some_and(|h| h.iter().any(|h| h.key == TIME));
             let Some(p) = m.payload().filter(|_| !own) else { continue };
@@ -126,7 +117,7 @@ pub fn prepare(opts: &RunOptions) -> Result<MlShared> {
         }
         ml.dataset_calibration.sort_by_key(|u| u.ts);
     }
-    if opts.is(JobKind::Score) {
+    if opts.kind() == "score" {
         crate::replay::check_model(&opts.spec)?;
     }
     Ok(ml)
@@ -240,14 +231,55 @@ fn in_time_order<'s, D: Clone + 'static, K: Ord>(
     })
 }
 
-/// The enrich job in the adapter's loop: re-stamped readings, the reference
-/// held at the adapter's markers, markers on `P.enriched` from the readings
-/// in flight.
-pub(super) fn build_enrich_in_loop(ctx: &mut Ctx<'_>) -> Result<()> {
+/// The calibration loop's output side over Kafka: the readings in flight
+/// between the loop's input and the acknowledged output records.
+#[derive(Clone)]
+pub struct LoopOut {
+    tracker: Arc<LoopTracker>,
+    /// The frontier of the re-stamped readings.
+    arriving: ProbeHandle<u64>,
+}
+
+impl LoopOut {
+    /// Counts `flow`'s records out of the loop into `sink`; returns the
+    /// sink's committed frontier.
+    pub(super) fn sink<'s, D: Clone + 'static, S: eddy_core::sink::BatchSink<D>>(
+        &self,
+        flow: Flow<'s, D>,
+        step: &str,
+        sink: S,
+    ) -> Committed<'s> {
+        let counted = count(flow.into_stream(), "loop.out", Arc::clone(&self.tracker), false);
+        Flow::new(counted, step).sink(sink)
+    }
+
+    /// The markers of `topic`: the least time of a reading the job can
+    /// still write there, given `acked`, the sink's committed frontier.
+    pub(super) fn mark(&self, topic: String, acked: ProbeHandle<u64>) -> TopicMark {
+        let (tracker, arriving) = (Arc::clone(&self.tracker), self.arriving.clone());
+        TopicMark {
+            topic,
+            key: None,
+            at_start: false,
+            value: Box::new(move |frontier| {
+                // The arriving frontier first: a reading counted after it was
+                // read is then at or above it.
+                let arriving = frontier_of(&arriving);
+                tracker.marker(arriving, frontier_of(&acked)).max(frontier)
+            }),
+        }
+    }
+}
+
+/// The enrich job in the adapter's loop: its readings re-stamped, and the
+/// reference held at the adapter's markers; the job's outputs then carry
+/// markers from the readings in flight ([`LoopOut`]).
+pub(super) fn calibration_loop<'s>(
+    ctx: &mut Ctx<'s>,
+    readings: Flow<'s, Reading>,
+) -> Result<(Flow<'s, Reading>, Reference<'s>)> {
     let opts = ctx.opts().clone();
     let (t, spec) = (&opts.topics, &opts.spec);
-    let (readings, dead) = ctx.typed::<Reading>(&t.readings())?;
-
     // The reference: what the topics held at start, then live changes, held
     // at the adapter's markers.
     let leader = ctx.scope.index() == 0;
@@ -276,45 +308,15 @@ pub(super) fn build_enrich_in_loop(ctx: &mut Ctx<'_>) -> Result<()> {
     let (arriving, restamped) = restamped.probe();
     // Within a time, in input order (the raw position), as replay reads them.
     let restamped = in_time_order(restamped, "loop.order", |r: &Reading| (r.pos.partition, r.pos.offset));
-    let enriched = Flow::new(restamped, &name)
-        .step(spec.enrich.name.as_deref().unwrap_or("enrich"))
-        .enrich(&reference, spec.enrich.reference_retention.ms());
-    let enriched = count(enriched.into_stream(), "loop.out", Arc::clone(&tracker), false);
-    let encoder = super::as_serde(|e: &Enriched| Some(e.device.name()));
-    let sink = ctx.topic_sink(t.enriched(), encoder);
-    let committed = Flow::new(enriched, &format!("sink.{}", t.enriched())).sink(sink);
-    let (acked, acked_stream) = committed.stream.probe();
-    Committed { stream: acked_stream, processed: None, report: committed.report }
-        .register(&ctx.probe, &ctx.shared.metrics);
-    ctx.sink(dead, t.deadletter(), dead_encoder());
-    ctx.topic_marks.push(TopicMark {
-        topic: t.enriched(),
-        key: None,
-        at_start: false,
-        value: Box::new(move |frontier| {
-            // The arriving frontier first: a reading counted after it was
-            // read is then at or above it.
-            let arriving = frontier_of(&arriving);
-            tracker.marker(arriving, frontier_of(&acked)).max(frontier)
-        }),
-    });
-    Ok(())
+    ctx.in_loop = Some(LoopOut { tracker, arriving });
+    Ok((Flow::new(restamped, &name), reference))
 }
 
-/// The calibration adapter over Kafka: `P.enriched` in, calibration updates
-/// into `P.calibration`.
-pub(super) fn build_adapter(ctx: &mut Ctx<'_>) -> Result<()> {
+/// The calibration adapter's updates into `P.calibration` (`topic`), with
+/// markers at its committed frontier plus the loop's delay.
+pub(super) fn feedback<'s>(ctx: &mut Ctx<'s>, topic: &str, updates: Flow<'s, CalibrationUpdate>) -> Result<()> {
     let opts = ctx.opts().clone();
-    let (t, spec) = (&opts.topics, &opts.spec);
-    let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
-    let a = &spec.adapter;
-    let delay = loop_delay(spec);
-    let cfg = crate::replay::adapter_config(spec, delay as i64);
-    let book = CalibrationBook::new(&ctx.shared.ml.dataset_calibration, cfg.channel);
-    let params = stats_params(spec);
-    let name = a.name.clone().unwrap_or_else(|| "adapter".into());
-    let updates =
-        adapter(enriched.into_stream(), Adapter::new(cfg, book), params.config, params.snapshot_every_ms, &name);
+    let delay = loop_delay(&opts.spec);
     let encoder = Encoder::<CalibrationUpdate> {
         value: Box::new(|u: &CalibrationUpdate, out: &mut Vec<u8>| {
             let (_, _, v) = RefUpdate::from(u.clone()).to_json();
@@ -326,10 +328,10 @@ pub(super) fn build_adapter(ctx: &mut Ctx<'_>) -> Result<()> {
             Some(Arc::from(key.as_str()))
         }),
     };
-    ctx.sink(Flow::new(updates, &name), t.calibration(), encoder);
-    ctx.sink(dead, t.deadletter(), dead_encoder());
-    ctx.topic_marks.push(TopicMark {
-        topic: t.calibration(),
+    let topic = opts.topics.name(topic);
+    ctx.sink(updates, topic.clone(), encoder);
+    ctx.topic_marks.borrow_mut().push(TopicMark {
+        topic,
         key: Some(GATE_KEY),
         at_start: true,
         value: Box::new(move |frontier| frontier.saturating_add(delay)),
@@ -337,29 +339,22 @@ pub(super) fn build_adapter(ctx: &mut Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The scoring job over Kafka: `P.enriched` (on time) in, early warnings
-/// into `P.forecasts`; models from the watched file and from `P.models`.
-pub(super) fn build_score(ctx: &mut Ctx<'_>) -> Result<()> {
+/// The scoring job's models from `P.models` (read by worker 0, broadcast to
+/// every worker), paced by `watch`; records that are not models go to
+/// `P.deadletter`.
+pub(super) fn models<'s>(
+    ctx: &mut Ctx<'s>,
+    name: &str,
+    watch: &Flow<'s, Enriched>,
+) -> Result<StreamVec<'s, u64, ModelUpdate>> {
     let opts = ctx.opts().clone();
-    let (t, spec) = (&opts.topics, &opts.spec);
-    let (enriched, dead) = ctx.typed::<Enriched>(&t.enriched())?;
-    let on_time = enriched.on_time();
-    let name = spec.score.name.clone().unwrap_or_else(|| "score".into());
     let leader = ctx.scope.index() == 0;
     let consumer = if leader { Some(models_consumer(&opts)?) } else { None };
-    let (watch, _) = on_time.clone().into_shared().probe();
+    let (watch, _) = watch.clone().into_shared().probe();
     let (models, model_dead) =
         model_source(ctx.scope, &format!("{name}.models"), consumer, watch, Rc::clone(&ctx.progress));
-    let file = spec
-        .score
-        .model
-        .as_ref()
-        .map(|p| ModelWatch::new(p.into(), Duration::from_millis(spec.score.poll.ms().max(1) as u64)));
-    let forecasts = score_with(on_time.into_stream(), models.broadcast(), file, &name);
-    ctx.sink(Flow::new(forecasts, &name), t.forecasts(), as_jsonl(|f: &ForecastRecord| Some(f.device_id.name())));
-    ctx.sink(dead, t.deadletter(), dead_encoder());
-    ctx.sink(Flow::new(model_dead, &name), t.deadletter(), dead_encoder());
-    Ok(())
+    ctx.sink(Flow::new(model_dead, name), opts.topics.deadletter(), dead_encoder());
+    Ok(models.broadcast())
 }
 
 fn models_consumer(opts: &RunOptions) -> Result<BaseConsumer> {

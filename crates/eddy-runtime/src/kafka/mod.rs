@@ -5,12 +5,12 @@
 //! drive it (the raw and typed sources, the sink, the live reference and
 //! model sources, the request to stop) are the connector's, in
 //! [`eddy_kafka::operators`] (re-exported here as [`operators`]). This
-//! module only composes them: what to run ([`RunOptions`], [`RunJob`]),
-//! [`run_job`] and its workers, the commit protocol of the worker loop
-//! (`KafkaCommits`: consumer offsets, markers, checkpoints), the [`Wiring`]
-//! of components over topics, and the core jobs' dataflows (ingest, enrich,
-//! backup here; the ML jobs, the calibration adapter's loop and scoring, in
-//! [`ml`]).
+//! module only composes them: what to run ([`RunOptions`]), [`run_job`] and
+//! its workers, the commit protocol of the worker loop (`KafkaCommits`:
+//! consumer offsets, markers, checkpoints), and the [`Wiring`] of jobs over
+//! topics: typed sources for input ports, a [`KafkaSink`] per output port,
+//! the Parquet writers of the backup job, and the calibration loop's and
+//! the models' topics ([`ml`]).
 //!
 //! **Time.** The ingest job stamps each record with the watermark of `P.raw`
 //! (per partition, see [`operators::raw_source`]); every other job keeps the
@@ -51,12 +51,14 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::Probe;
-use timely::dataflow::{ProbeHandle, Scope};
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
-use eddy_connectors::jsonl::Encode;
 use eddy_core::reading::{DeadLetter, Enriched, RawLine, Reading};
 use eddy_core::reference::RefUpdate;
-use eddy_core::spec::{JobKind, PipelineSpec};
+use eddy_core::spec::PipelineSpec;
+use eddy_core::Channel;
+use eddy_ml::adapt::{CalibrationBook, CalibrationUpdate};
+use eddy_ml::model::ModelUpdate;
 use eddy_kafka::codec::marker_headers;
 use eddy_kafka::consume::{self, read_to_end};
 use eddy_kafka::produce::Producer;
@@ -68,7 +70,7 @@ use eddy_operators::reference::{reference_with_feedback, Reference};
 use eddy_parquet::{BackupWriter, Manifest, RawArchiveWriter};
 
 use crate::backup::{backup_config, ParquetSink, Resume};
-use crate::component::{JobInstance, OutputRecord, Target, Wiring};
+use crate::component::{Codec, JobInstance, Lines, OutputRecord, Port, PortFlow, Record, Target, Wiring};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::job::spec_rules;
@@ -79,21 +81,11 @@ use eddy_kafka::operators::{
     Stop, Unsettled, RESUME_REWIND,
 };
 
-/// Which job a process runs.
-#[derive(Clone, Debug)]
-pub enum RunJob {
-    /// A core job (ingest, enrich, backup, adapter, score).
-    Core(JobKind),
-    /// A component of the registry (stats, windows, alerts, sensor-health,
-    /// a user's job).
-    Component(JobInstance),
-}
-
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Which job.
-    pub job: RunJob,
+    /// Which job: an instance of a registered kind.
+    pub job: JobInstance,
     /// The job specs (the job's own file over the built-in defaults).
     pub spec: PipelineSpec,
     /// The brokers.
@@ -118,7 +110,7 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// Options with the defaults: one worker, 4 partitions, 10 s idle timeout.
-    pub fn new(job: RunJob, spec: PipelineSpec, brokers: &str) -> RunOptions {
+    pub fn new(job: JobInstance, spec: PipelineSpec, brokers: &str) -> RunOptions {
         RunOptions {
             job,
             spec,
@@ -133,37 +125,14 @@ impl RunOptions {
         }
     }
 
-    /// The core job's kind, if it is one.
-    pub fn core(&self) -> Option<JobKind> {
-        match &self.job {
-            RunJob::Core(k) => Some(*k),
-            RunJob::Component(_) => None,
-        }
-    }
-
-    /// True when the job is the core job `kind`.
-    pub fn is(&self, kind: JobKind) -> bool {
-        self.core() == Some(kind)
+    /// The job's kind.
+    pub fn kind(&self) -> &'static str {
+        self.job.kind()
     }
 
     /// The job's name: its spec's `name`, or its kind.
     pub fn job_name(&self) -> String {
-        let s = &self.spec;
-        let kind = match &self.job {
-            RunJob::Component(c) => return c.name.clone(),
-            RunJob::Core(k) => *k,
-        };
-        let name = match kind {
-            JobKind::Ingest => &s.ingest.name,
-            JobKind::Enrich => &s.enrich.name,
-            JobKind::Stats => &s.stats.name,
-            JobKind::Windows => &s.windows.name,
-            JobKind::Alerts => &s.alerts.name,
-            JobKind::Backup => &s.backup.name,
-            JobKind::Adapter => &s.adapter.name,
-            JobKind::Score => &s.score.name,
-        };
-        name.clone().unwrap_or_else(|| kind.name().to_string())
+        self.job.name.clone()
     }
 
     /// The consumer group (and checkpoint key): `<prefix>.<job name>`.
@@ -176,49 +145,55 @@ impl RunOptions {
         self.spec.windows.size.to_string()
     }
 
-    fn input_topic(&self) -> String {
-        match &self.job {
-            RunJob::Core(JobKind::Ingest) => self.topics.raw(),
-            RunJob::Core(JobKind::Enrich) => self.topics.readings(),
-            RunJob::Component(c) => match c.inputs().first() {
-                Some(&"readings") => self.topics.readings(),
-                _ => self.topics.enriched(),
-            },
-            RunJob::Core(_) => self.topics.enriched(),
-        }
+    /// The job's input ports that are topics of records (not the reference
+    /// topics, which every job that reads reference data reads whole).
+    fn input_ports(&self) -> Vec<&'static str> {
+        self.job.inputs().iter().copied().filter(|p| !REFERENCE_PORTS.contains(p)).collect()
     }
 
+    /// The topic of the job's first input port, whose partitions its
+    /// workers share.
+    fn input_topic(&self) -> String {
+        self.topics.name(self.input_ports().first().copied().unwrap_or("enriched"))
+    }
+
+    /// The topics the job writes: its output ports' (those carried on a
+    /// topic) and `P.deadletter`, for the records its sources cannot decode.
     fn output_topics(&self) -> Vec<String> {
         let t = &self.topics;
-        let kind = match &self.job {
-            RunJob::Component(c) => {
-                let mut out: Vec<String> = c.outputs().iter().map(|p| t.name(&c.topic(p))).collect();
-                out.push(t.deadletter());
-                return out;
+        let mut out: Vec<String> = Vec::new();
+        for p in self.job.outputs().iter().filter(|p| self.job.port(p).topic) {
+            let topic = t.name(&self.job.topic(p));
+            if !out.contains(&topic) {
+                out.push(topic);
             }
-            RunJob::Core(k) => *k,
-        };
-        match kind {
-            JobKind::Ingest => vec![t.readings(), t.late(), t.future(), t.deadletter()],
-            JobKind::Enrich => vec![t.enriched(), t.deadletter()],
-            JobKind::Backup => vec![t.deadletter()],
-            JobKind::Adapter => vec![t.calibration(), t.deadletter()],
-            JobKind::Score => vec![t.forecasts(), t.deadletter()],
-            JobKind::Stats | JobKind::Windows | JobKind::Alerts => vec![t.deadletter()],
         }
+        if !out.contains(&t.deadletter()) {
+            out.push(t.deadletter());
+        }
+        out
     }
 
     /// Stateful jobs rebuild their state from the start of their input.
     fn rewinds(&self) -> bool {
-        !matches!(self.job, RunJob::Core(JobKind::Enrich | JobKind::Backup))
+        self.job.rebuilds()
     }
 
     /// True when the job reads the reference data.
     fn reads_reference(&self) -> bool {
-        match &self.job {
-            RunJob::Core(k) => *k == JobKind::Enrich,
-            RunJob::Component(c) => c.inputs().iter().any(|p| matches!(*p, "devices" | "calibration" | "rules")),
-        }
+        self.job.inputs().iter().any(|p| REFERENCE_PORTS.contains(p))
+    }
+}
+
+/// The input ports that name the reference data (each a compacted topic).
+const REFERENCE_PORTS: [&str; 3] = ["devices", "calibration", "rules"];
+
+/// Partitions of an input topic the job creates when it does not exist:
+/// `P.raw` and `P.models` are read in order, from one partition.
+fn input_partitions(port: &str, default: i32) -> i32 {
+    match port {
+        "raw" | "models" => 1,
+        _ => default,
     }
 }
 
@@ -339,19 +314,18 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     let group = opts.group();
 
     // Topics: the input and outputs exist before anyone reads or writes them.
-    let mut specs: Vec<TopicSpec> = vec![
-        TopicSpec::new(opts.input_topic(), if opts.is(JobKind::Ingest) { 1 } else { opts.partitions }),
-        TopicSpec::compacted(opts.topics.checkpoints(), 1),
-    ];
     let reference = opts.topics.reference();
+    let mut specs: Vec<TopicSpec> = opts
+        .input_ports()
+        .into_iter()
+        .map(|p| TopicSpec::new(opts.topics.name(p), input_partitions(p, opts.partitions)))
+        .filter(|t| !reference.contains(&t.name))
+        .collect();
+    specs.push(TopicSpec::compacted(opts.topics.checkpoints(), 1));
     specs.extend(
         opts.output_topics().into_iter().filter(|t| !reference.contains(t)).map(|t| TopicSpec::new(t, opts.partitions)),
     );
     specs.extend(reference.into_iter().map(|t| TopicSpec::compacted(t, 1)));
-    specs.extend(ml::extra_topics(opts));
-    if opts.is(JobKind::Backup) && opts.spec.backup.raw_archive {
-        specs.push(TopicSpec::new(opts.topics.raw(), 1));
-    }
     ensure(&opts.kafka, &specs).map_err(kafka_err)?;
 
     let checkpoint = read_checkpoint(&opts.kafka, &opts.topics, &group)?;
@@ -390,15 +364,15 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         consume::partitions(&probe_consumer, &opts.input_topic(), opts.kafka.connect_timeout).map_err(kafka_err)?;
     drop(probe_consumer);
 
-    let (backup_floor, raw_resume) = match (opts.core(), &opts.out) {
-        (Some(JobKind::Backup), Some(out)) => {
+    // The Parquet outputs (the backup job's): what earlier runs committed.
+    let (backup_floor, raw_resume) = match &opts.out {
+        Some(out) => {
             std::fs::create_dir_all(out).map_err(|e| eddy_connectors::Error::io(out, e))?;
             let identity = PathBuf::from(format!("kafka:{}", opts.topics.enriched()));
             let resume = Resume::prepare(out, &identity)?;
             (backup_floors(&out.join("backup"))?, Some(resume))
         }
-        (Some(JobKind::Backup), None) => return Err(Error::Usage("the backup job needs --out DIR".into())),
-        _ => (BTreeMap::new(), None),
+        None => (BTreeMap::new(), None),
     };
 
     let metrics = Arc::new(Metrics::default());
@@ -480,7 +454,10 @@ struct Ctx<'s> {
     inputs: Vec<Input>,
     progress: Rc<SourceProgress>,
     /// Markers of output topics that are not the job's frontier (ML jobs).
-    topic_marks: Vec<ml::TopicMark>,
+    topic_marks: Rc<RefCell<Vec<ml::TopicMark>>>,
+    /// Inside the calibration loop: the readings in flight, for the markers
+    /// of the job's outputs.
+    in_loop: Option<ml::LoopOut>,
     /// A probe of the job's input, which paces its live reference data.
     watch: Option<ProbeHandle<u64>>,
 }
@@ -584,14 +561,8 @@ impl<'s> Ctx<'s> {
     }
 
     /// The reference arrangements: what the reference topics held at start,
-    /// then every change that arrives while the job runs (read by worker 0).
-    /// `watch` is the job's readings, whose frontier paces the changes.
-    fn reference<D: Clone + 'static>(&self, watch: &Flow<'s, D>) -> Result<Reference<'s>> {
-        let (probe, _) = watch.clone().into_shared().probe();
-        self.reference_watching(probe)
-    }
-
-    /// [`reference`](Self::reference), paced by a probe of the job's input.
+    /// then every change that arrives while the job runs (read by worker 0),
+    /// paced by `probe`, of the job's input.
     fn reference_watching(&self, probe: ProbeHandle<u64>) -> Result<Reference<'s>> {
         let leader = self.scope.index() == 0;
         let updates = if leader { self.shared.updates.clone() } else { Vec::new() };
@@ -627,11 +598,6 @@ impl<'s> Ctx<'s> {
     }
 }
 
-/// Encodes with the JSON-lines encoding of `eddy replay`'s outputs.
-fn as_jsonl<D: Encode + 'static>(key: fn(&D) -> Option<Arc<str>>) -> Encoder<D> {
-    Encoder { value: Box::new(|d: &D, out: &mut Vec<u8>| d.encode(out)), key: Box::new(key) }
-}
-
 /// Encodes with serde (eddy's own topics, read back by the next job).
 fn as_serde<D: Serialize + 'static>(key: fn(&D) -> Option<Arc<str>>) -> Encoder<D> {
     Encoder {
@@ -646,81 +612,74 @@ fn dead_encoder() -> Encoder<DeadLetter> {
     as_serde(|_| None)
 }
 
-fn build(ctx: &mut Ctx<'_>) -> Result<()> {
-    let opts = ctx.opts().clone();
-    let t = &opts.topics;
-    let spec = &opts.spec;
-    let kind = match &opts.job {
-        RunJob::Component(instance) => return instance.build(spec, ctx),
-        RunJob::Core(k) => *k,
-    };
-    match kind {
-        JobKind::Ingest => {
-            let s = ctx.raw()?;
-            let step = opts.job_name();
-            let readings = Flow::new(s.readings, &step);
-            ctx.sink(readings.clone().late(), t.late(), as_jsonl(|r: &Reading| Some(r.device.name())));
-            ctx.sink(readings.clone().future(), t.future(), as_jsonl(|r: &Reading| Some(r.device.name())));
-            ctx.sink(readings, t.readings(), as_serde(|r: &Reading| Some(r.device.name())));
-            ctx.sink(Flow::new(s.dead, &step), t.deadletter(), dead_encoder());
-        }
-        JobKind::Enrich if ml::enrich_in_loop(&opts) => ml::build_enrich_in_loop(ctx)?,
-        JobKind::Enrich => {
-            let (readings, dead) = ctx.typed::<Reading>(&t.readings())?;
-            let reference = Ctx::reference(ctx, &readings)?;
-            let enriched = readings.step(&opts.job_name()).enrich(&reference, spec.enrich.reference_retention.ms());
-            ctx.sink(enriched, t.enriched(), as_serde(|e: &Enriched| Some(e.device.name())));
-            ctx.sink(dead, t.deadletter(), dead_encoder());
-        }
-        JobKind::Stats | JobKind::Windows | JobKind::Alerts => {
-            return Err(Error::Job(format!("{} is a component job: run it as RunJob::Component", kind.name())))
-        }
-        JobKind::Backup => build_backup(ctx)?,
-        JobKind::Adapter => ml::build_adapter(ctx)?,
-        JobKind::Score => ml::build_score(ctx)?,
-    }
-    Ok(())
-}
-
-/// Where a component's output port goes over Kafka: a topic, written by
-/// a [`KafkaSink`] with the record's JSON encoding and key.
+/// Where an output port goes over Kafka: a topic, written by a
+/// [`KafkaSink`] with the port's codec and the record's key.
 pub struct TopicTarget {
     producer: Rc<RefCell<Producer>>,
     topic: String,
     resume_from: u64,
+    /// Inside the calibration loop: the records are counted out of the loop,
+    /// and the topic's markers follow the readings in flight.
+    in_loop: Option<(ml::LoopOut, Rc<RefCell<Vec<ml::TopicMark>>>)>,
 }
 
 impl TopicTarget {
-    /// Writes `flow` to the topic.
-    pub(crate) fn sink<'s, D: OutputRecord>(self, flow: Flow<'s, D>) -> Committed<'s> {
-        let encoder = Encoder { value: Box::new(|d: &D, out: &mut Vec<u8>| d.encode(out)), key: Box::new(D::key) };
+    /// Writes `flow` to the topic, encoded with `codec`.
+    pub(crate) fn sink<'s, D: OutputRecord>(self, flow: Flow<'s, D>, codec: Codec) -> Committed<'s> {
+        let encoder =
+            Encoder { value: Box::new(move |d: &D, out: &mut Vec<u8>| d.encode_as(codec, out)), key: Box::new(D::key) };
+        let step = format!("sink.{}", self.topic);
+        let Some((in_loop, marks)) = self.in_loop else {
+            let sink = KafkaSink::new(self.producer, self.topic, encoder, self.resume_from);
+            return flow.step(&step).sink(sink);
+        };
+        let topic = self.topic.clone();
         let sink = KafkaSink::new(self.producer, self.topic, encoder, self.resume_from);
-        flow.sink(sink)
+        let acked = in_loop.sink(flow, &step, sink);
+        let (probe, stream) = acked.stream.probe();
+        marks.borrow_mut().push(in_loop.mark(topic, probe));
+        Committed { stream, processed: None, report: acked.report }
     }
 }
 
-/// A component's ports over Kafka: input ports are typed sources of
-/// `P.<port>` (their undecodable records go to `P.deadletter`), output
-/// ports are topics.
+/// A job's ports over Kafka: input ports are typed sources of `P.<port>`
+/// (their undecodable records go to `P.deadletter`), output ports are
+/// topics.
 impl<'s> Wiring<'s> for Ctx<'s> {
     fn scope(&self) -> Scope<'s, u64> {
         self.scope
     }
 
-    fn enriched(&mut self) -> Result<Flow<'s, Enriched>> {
-        let topic = self.opts().topics.enriched();
-        let (flow, dead) = self.typed::<Enriched>(&topic)?;
-        self.sink(dead, self.opts().topics.deadletter(), dead_encoder());
-        self.watch = Some(flow.clone().into_shared().probe().0);
+    fn input(&mut self, port: &str, record: Record) -> Result<PortFlow<'s>> {
+        let topic = self.opts().topics.name(port);
+        let flow = match record {
+            Record::Raw => {
+                let s = self.raw()?;
+                return Ok(PortFlow::Raw(Flow::new(s.raw, &self.opts().job_name())));
+            }
+            Record::Reading => {
+                let (flow, dead) = self.typed::<Reading>(&topic)?;
+                self.sink(dead, self.opts().topics.deadletter(), dead_encoder());
+                PortFlow::Readings(flow)
+            }
+            Record::Enriched => {
+                let (flow, dead) = self.typed::<Enriched>(&topic)?;
+                self.sink(dead, self.opts().topics.deadletter(), dead_encoder());
+                PortFlow::Enriched(flow)
+            }
+        };
+        let watch = match &flow {
+            PortFlow::Readings(f) => f.clone().into_shared().probe().0,
+            PortFlow::Enriched(f) => f.clone().into_shared().probe().0,
+            PortFlow::Raw(_) => unreachable!("returned above"),
+        };
+        self.watch = Some(watch);
         Ok(flow)
     }
 
-    fn readings(&mut self) -> Result<Flow<'s, Reading>> {
-        let topic = self.opts().topics.readings();
-        let (flow, dead) = self.typed::<Reading>(&topic)?;
-        self.sink(dead, self.opts().topics.deadletter(), dead_encoder());
-        self.watch = Some(flow.clone().into_shared().probe().0);
-        Ok(flow)
+    fn lines(&mut self, name: &str) -> Result<Lines<'s>> {
+        let s = self.raw()?;
+        Ok(Lines { readings: Flow::new(s.readings, name), dead: Flow::new(s.dead, name), raw: Flow::new(s.raw, name) })
     }
 
     fn reference(&mut self) -> Result<Reference<'s>> {
@@ -731,11 +690,59 @@ impl<'s> Wiring<'s> for Ctx<'s> {
         self.reference_watching(watch)
     }
 
-    fn target(&mut self, _port: &str, topic: &str) -> Result<Target> {
+    fn calibration_loop(&mut self, readings: Flow<'s, Reading>) -> Result<(Flow<'s, Reading>, Reference<'s>)> {
+        ml::calibration_loop(self, readings)
+    }
+
+    fn feedback(&mut self, topic: &str, updates: Flow<'s, CalibrationUpdate>) -> Result<()> {
+        ml::feedback(self, topic, updates)
+    }
+
+    fn calibration_book(&self, channel: Channel) -> CalibrationBook {
+        CalibrationBook::new(&self.shared.ml.dataset_calibration, channel)
+    }
+
+    fn models(&mut self, name: &str, watch: &Flow<'s, Enriched>) -> Result<StreamVec<'s, u64, ModelUpdate>> {
+        ml::models(self, name, watch)
+    }
+
+    /// Rows below the frontier that the writer which had their device
+    /// committed are in the backup already: they are dropped.
+    fn backup(&mut self, enriched: Flow<'s, Enriched>) -> Result<()> {
+        let out = self.parquet_dir()?;
+        let (index, peers) = (self.scope.index(), self.scope.peers());
+        let floors = self.shared.backup_floor.clone();
+        let kept = suppress(enriched.into_stream(), "backup.resume", move |e: &Enriched| {
+            floors.iter().map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0)).min().unwrap_or(0)
+        });
+        let writer =
+            BackupWriter::new(&out.join("backup"), &format!("w{index}of{peers}"), backup_config(&self.opts().spec.backup));
+        let sink = ParquetSink::new(writer, Default::default());
+        Flow::new(kept, &self.opts().job_name()).sink(sink).register(&self.probe, &self.shared.metrics);
+        Ok(())
+    }
+
+    fn raw_archive(&mut self, raw: Flow<'s, RawLine>) -> Result<()> {
+        let out = self.parquet_dir()?;
+        let index = self.scope.index();
+        let resume = self.shared.raw_resume.as_ref().map(|r| Arc::clone(&r.raw)).unwrap_or_default();
+        let writer =
+            RawArchiveWriter::new(&out.join("raw"), &format!("raw-w{index}"), backup_config(&self.opts().spec.backup));
+        raw.sink(ParquetSink::new(writer, resume)).register(&self.probe, &self.shared.metrics);
+        Ok(())
+    }
+
+    fn offer(&mut self, _port: &str, _flow: PortFlow<'s>) {}
+
+    fn target(&mut self, _port: &str, topic: &str, carry: Port) -> Result<Target> {
+        if !carry.topic {
+            return Ok(Target::Nothing);
+        }
         Ok(Target::Topic(TopicTarget {
             producer: Rc::clone(&self.producer),
             topic: self.opts().topics.name(topic),
             resume_from: self.shared.resume_from,
+            in_loop: self.in_loop.clone().map(|l| (l, Rc::clone(&self.topic_marks))),
         }))
     }
 
@@ -744,31 +751,14 @@ impl<'s> Wiring<'s> for Ctx<'s> {
     }
 }
 
-fn build_backup(ctx: &mut Ctx<'_>) -> Result<()> {
-    let opts = ctx.opts().clone();
-    let out = opts.out.clone().ok_or_else(|| Error::Usage("the backup job needs --out DIR".into()))?;
-    let (index, peers) = (ctx.scope.index(), ctx.scope.peers());
-    let (enriched, dead) = ctx.typed::<Enriched>(&opts.topics.enriched())?;
-    // Rows below the frontier the writer that had their device committed
-    // are in the backup already.
-    let floors = ctx.shared.backup_floor.clone();
-    let kept = suppress(enriched.into_stream(), "backup.resume", move |e: &Enriched| {
-        floors.iter().map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0)).min().unwrap_or(0)
-    });
-    let id = format!("w{index}of{peers}");
-    let writer = BackupWriter::new(&out.join("backup"), &id, backup_config(&opts.spec.backup));
-    let sink = ParquetSink::new(writer, Default::default());
-    Flow::new(kept, "backup").sink(sink).register(&ctx.probe, &ctx.shared.metrics);
-    ctx.sink(dead, opts.topics.deadletter(), dead_encoder());
-    if opts.spec.backup.raw_archive {
-        let s = ctx.raw()?;
-        let resume = ctx.shared.raw_resume.as_ref().map(|r| Arc::clone(&r.raw)).unwrap_or_default();
-        let writer =
-            RawArchiveWriter::new(&out.join("raw"), &format!("raw-w{index}"), backup_config(&opts.spec.backup));
-        let sink = ParquetSink::new(writer, resume);
-        Flow::<RawLine>::new(s.raw, "backup").sink(sink).register(&ctx.probe, &ctx.shared.metrics);
+impl Ctx<'_> {
+    /// Where a job that writes Parquet writes it (`--out`).
+    fn parquet_dir(&self) -> Result<PathBuf> {
+        self.opts()
+            .out
+            .clone()
+            .ok_or_else(|| Error::Usage(format!("the {} job writes Parquet: give it --out DIR", self.opts().kind())))
     }
-    Ok(())
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Result<()> {
@@ -785,10 +775,12 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
             probe: probe.clone(),
             inputs: Vec::new(),
             progress: Rc::clone(&progress),
-            topic_marks: Vec::new(),
+            topic_marks: Rc::default(),
+            in_loop: None,
             watch: None,
         };
-        built = build(&mut ctx).map(|_| (ctx.inputs, ctx.topic_marks));
+        let opts = ctx.opts().clone();
+        built = opts.job.build(&opts.spec, &mut ctx).map(|_| (ctx.inputs, ctx.topic_marks.take()));
     });
     let (inputs, topic_marks) = match built {
         Ok(i) => i,
