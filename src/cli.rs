@@ -531,8 +531,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     }
     files.extend(own);
     let mut jobs = registry.load(&files, true)?;
-    let job =
-        jobs.instance(kind).cloned().with_context(|| format!("{}: no job of kind {kind}", a.spec.display()))?;
+    let job = jobs.instance(kind).cloned().with_context(|| format!("{}: no job of kind {kind}", a.spec.display()))?;
     if let Some(m) = &a.model {
         if kind != "score" {
             bail!("--model is an option of the score job; {} is a {kind} job", a.spec.display());

@@ -52,8 +52,8 @@ use timely::dataflow::Scope;
 
 use eddy_connectors::jsonl::{Encode, JsonlFile, JsonlSink};
 use eddy_core::reading::{DeadLetter, Enriched, RawLine, Reading};
-use eddy_core::Channel;
 use eddy_core::spec::{kind_of, toml_spec_error, JobKind, PipelineSpec, BUILTIN_JOBS, ML_KINDS};
+use eddy_core::Channel;
 use eddy_core::SpecError;
 use eddy_ml::adapt::{CalibrationBook, CalibrationUpdate};
 use eddy_ml::model::ModelUpdate;

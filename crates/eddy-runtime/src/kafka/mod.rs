@@ -57,13 +57,13 @@ use eddy_core::reading::{DeadLetter, Enriched, RawLine, Reading};
 use eddy_core::reference::RefUpdate;
 use eddy_core::spec::PipelineSpec;
 use eddy_core::Channel;
-use eddy_ml::adapt::{CalibrationBook, CalibrationUpdate};
-use eddy_ml::model::ModelUpdate;
 use eddy_kafka::codec::marker_headers;
 use eddy_kafka::consume::{self, read_to_end};
 use eddy_kafka::produce::Producer;
 use eddy_kafka::topics::{ensure, TopicSpec};
 use eddy_kafka::{KafkaConfig, Topics};
+use eddy_ml::adapt::{CalibrationBook, CalibrationUpdate};
+use eddy_ml::model::ModelUpdate;
 use eddy_operators::ingest::SourceProgress;
 use eddy_operators::metrics::Metrics;
 use eddy_operators::reference::{reference_with_feedback, Reference};
@@ -715,8 +715,11 @@ impl<'s> Wiring<'s> for Ctx<'s> {
         let kept = suppress(enriched.into_stream(), "backup.resume", move |e: &Enriched| {
             floors.iter().map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0)).min().unwrap_or(0)
         });
-        let writer =
-            BackupWriter::new(&out.join("backup"), &format!("w{index}of{peers}"), backup_config(&self.opts().spec.backup));
+        let writer = BackupWriter::new(
+            &out.join("backup"),
+            &format!("w{index}of{peers}"),
+            backup_config(&self.opts().spec.backup),
+        );
         let sink = ParquetSink::new(writer, Default::default());
         Flow::new(kept, &self.opts().job_name()).sink(sink).register(&self.probe, &self.shared.metrics);
         Ok(())
