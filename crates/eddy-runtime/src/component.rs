@@ -247,34 +247,24 @@ pub trait InputRecord: Clone + 'static {
     fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>>;
 }
 
-impl InputRecord for Enriched {
-    const RECORD: Record = Record::Enriched;
-    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
-        match flow {
-            PortFlow::Enriched(f) => Some(f),
-            _ => None,
+macro_rules! input_record {
+    ($($record:ty => $variant:ident, $kind:ident;)*) => {$(
+        impl InputRecord for $record {
+            const RECORD: Record = Record::$kind;
+            fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
+                match flow {
+                    PortFlow::$variant(f) => Some(f),
+                    _ => None,
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl InputRecord for Reading {
-    const RECORD: Record = Record::Reading;
-    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
-        match flow {
-            PortFlow::Readings(f) => Some(f),
-            _ => None,
-        }
-    }
-}
-
-impl InputRecord for RawLine {
-    const RECORD: Record = Record::Raw;
-    fn of<'s>(flow: PortFlow<'s>) -> Option<Flow<'s, Self>> {
-        match flow {
-            PortFlow::Raw(f) => Some(f),
-            _ => None,
-        }
-    }
+input_record! {
+    Enriched => Enriched, Enriched;
+    Reading => Readings, Reading;
+    RawLine => Raw, Raw;
 }
 
 /// A record type a job can write to an output port: its JSON encoding
