@@ -431,6 +431,12 @@ pub trait Wiring<'s> {
     fn target(&mut self, port: &str, topic: &str, carry: Port) -> Result<Target>;
     /// Registers a sink's committed frontier.
     fn commit(&mut self, committed: Committed<'s>);
+    /// Builds a sink that writes on the worker's own thread (a JSON-lines
+    /// file) and registers it, after the other operators: timely schedules a
+    /// dataflow's operators in the order they were built, so the sinks that
+    /// hand their batches to threads of their own (the Parquet writers) get
+    /// each batch first and work beside the worker.
+    fn sink_last(&mut self, sink: Box<dyn FnOnce() -> Committed<'s> + 's>);
 }
 
 /// What a job's [`build`](Job::build) gets: its inputs, the reference data,
@@ -555,8 +561,12 @@ impl<'s, 'w> JobBuilder<'s, 'w> {
         let committed = match self.wiring.target(port, &topic, carry)? {
             Target::Nothing => return Ok(()),
             Target::File(file) => {
-                let flow = if carry.file == FileRecords::OnTime { D::on_time(flow) } else { flow };
-                flow.sink(JsonlSink::new(file))
+                let on_time = carry.file == FileRecords::OnTime;
+                self.wiring.sink_last(Box::new(move || {
+                    let flow = if on_time { D::on_time(flow) } else { flow };
+                    flow.sink(JsonlSink::new(file))
+                }));
+                return Ok(());
             }
             #[cfg(feature = "kafka")]
             Target::Topic(t) => t.sink(flow, carry.codec),
@@ -849,7 +859,7 @@ mod tests {
         let kinds: Vec<&str> = r.entries().iter().map(|e| e.kind()).collect();
         assert_eq!(
             kinds,
-            ["ingest", "enrich", "stats", "windows", "alerts", "sensor-health", "backup", "adapter", "score"]
+            ["ingest", "enrich", "backup", "stats", "windows", "alerts", "sensor-health", "adapter", "score"]
         );
     }
 
@@ -859,7 +869,7 @@ mod tests {
         let names: Vec<&str> = jobs.instances.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(
             names,
-            ["ingest", "enrich", "stats", "windows", "alerts", "sensor-health", "backup", "adapter", "score"]
+            ["ingest", "enrich", "backup", "stats", "windows", "alerts", "sensor-health", "adapter", "score"]
         );
         assert_eq!(jobs.instance("windows").unwrap().topic("windows"), "windows.1h");
     }

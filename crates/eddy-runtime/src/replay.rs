@@ -89,6 +89,8 @@ struct Embedded<'s, 'c, 'a> {
     ports: BTreeMap<String, PortFlow<'s>>,
     /// The calibration loop's feedback edge, from enrich to the adapter.
     feedback: Option<Handle<'s, u64, Vec<CalibrationUpdate>>>,
+    /// The JSON-lines sinks, built after every job (see [`Wiring::sink_last`]).
+    last: Vec<Box<dyn FnOnce() -> Committed<'s> + 's>>,
 }
 
 impl<'s> Wiring<'s> for Embedded<'s, '_, '_> {
@@ -173,6 +175,10 @@ impl<'s> Wiring<'s> for Embedded<'s, '_, '_> {
     fn commit(&mut self, committed: Committed<'s>) {
         self.job.commit(committed);
     }
+
+    fn sink_last(&mut self, sink: Box<dyn FnOnce() -> Committed<'s> + 's>) {
+        self.last.push(sink);
+    }
 }
 
 /// Builds the embedded pipeline on one worker, with every output.
@@ -188,7 +194,7 @@ pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) -> Result<
     let spec = job.spec().clone();
     let jobs = job.jobs().to_vec();
     let read = |p: &str| jobs.iter().any(|j| j.inputs().contains(&p));
-    let mut wiring = Embedded { job, outputs, ports: BTreeMap::new(), feedback: None };
+    let mut wiring = Embedded { job, outputs, ports: BTreeMap::new(), feedback: None, last: Vec::new() };
     for instance in &jobs {
         let needed = instance
             .outputs()
@@ -200,6 +206,9 @@ pub fn pipeline_with(job: &mut JobContext<'_, '_>, outputs: &Outputs) -> Result<
     }
     if wiring.feedback.is_some() {
         return Err(Error::Job("the calibration loop is open: no adapter job fed it back".into()));
+    }
+    for sink in std::mem::take(&mut wiring.last) {
+        wiring.job.commit(sink());
     }
     Ok(())
 }

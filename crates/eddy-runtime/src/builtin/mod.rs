@@ -21,11 +21,11 @@ pub fn registry() -> Registry {
     Registry::new()
         .with::<ingest::Ingest>()
         .with::<enrich::Enrich>()
+        .with::<backup::Backup>()
         .with::<stats::Stats>()
         .with::<windows::Windows>()
         .with::<alerts::Alerts>()
         .with::<sensor_health::SensorHealth>()
-        .with::<backup::Backup>()
         .with::<adapter::Adapter>()
         .with::<score::Score>()
 }

@@ -752,6 +752,10 @@ impl<'s> Wiring<'s> for Ctx<'s> {
     fn commit(&mut self, committed: Committed<'s>) {
         committed.register(&self.probe, &self.shared.metrics);
     }
+
+    fn sink_last(&mut self, sink: Box<dyn FnOnce() -> Committed<'s> + 's>) {
+        self.commit(sink());
+    }
 }
 
 impl Ctx<'_> {
