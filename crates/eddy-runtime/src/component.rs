@@ -558,20 +558,21 @@ impl<'s, 'w> JobBuilder<'s, 'w> {
         }
         let carry = self.instance.port(port);
         let topic = self.instance.topic(port);
-        let committed = match self.wiring.target(port, &topic, carry)? {
-            Target::Nothing => return Ok(()),
+        match self.wiring.target(port, &topic, carry)? {
+            Target::Nothing => {}
             Target::File(file) => {
                 let on_time = carry.file == FileRecords::OnTime;
                 self.wiring.sink_last(Box::new(move || {
                     let flow = if on_time { D::on_time(flow) } else { flow };
                     flow.sink(JsonlSink::new(file))
                 }));
-                return Ok(());
             }
             #[cfg(feature = "kafka")]
-            Target::Topic(t) => t.sink(flow, carry.codec),
-        };
-        self.wiring.commit(committed);
+            Target::Topic(t) => {
+                let committed = t.sink(flow, carry.codec);
+                self.wiring.commit(committed);
+            }
+        }
         Ok(())
     }
 }
