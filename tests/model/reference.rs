@@ -74,10 +74,8 @@ pub struct Config {
     pub alpha: f64,
     /// stats.top_k
     pub top_k: usize,
-    /// stats.trend_span
-    pub trend_span_ms: i64,
-    /// stats.trend_buckets
-    pub trend_buckets: usize,
+    /// stats.trend_half_life
+    pub trend_half_life_ms: i64,
     /// stats.snapshot_every
     pub snapshot_every_ms: i64,
     /// windows.size
@@ -111,8 +109,7 @@ impl Config {
             retention_ms: 6 * 3_600_000,
             alpha: 0.1,
             top_k: 5,
-            trend_span_ms: 3_600_000,
-            trend_buckets: 60,
+            trend_half_life_ms: 3_600_000,
             snapshot_every_ms: 3_600_000,
             window_size_ms: 3_600_000,
             window_slide_ms: 3_600_000,
@@ -902,47 +899,31 @@ pub fn stats_of(cfg: &Config, vals: &[(i64, f64)]) -> (Map<String, Value>, f64) 
     (m, scale)
 }
 
-/// The rolling-span least-squares trend (value units per hour), as defined
-/// in eddy-state's module docs: buckets of `w = max(span / buckets, 1)` ms;
-/// a value is retained if its bucket is within the span ending at the
-/// largest bucket seen when it arrives, and still in the span at the end.
-/// Returns (slope, value range / time range in hours).
+/// The trend (value units per hour), as `formats.md` defines it, in two
+/// passes: the weighted least-squares slope of value against `ts` over every
+/// value, each weighted `2^(−(latest − ts) / half_life)` where `latest` is the
+/// largest `ts`. `None` when every `ts` is the same, or the weighted spread
+/// of the times is not positive. Returns (slope, value range / weighted sd
+/// of the times, in hours), the second for the tolerance.
 pub fn trend_of(cfg: &Config, vals: &[(i64, f64)]) -> Option<(f64, f64)> {
-    if cfg.trend_buckets == 0 {
+    let latest = vals.iter().map(|p| p.0).max()?;
+    if vals.iter().all(|p| p.0 == vals[0].0) {
         return None;
     }
-    let w = (cfg.trend_span_ms / cfg.trend_buckets as i64).max(1);
-    let nb = cfg.trend_buckets as i64;
-    let mut head: Option<i64> = None;
-    let mut retained = Vec::new();
-    for &(ts, v) in vals {
-        let b = ts.div_euclid(w);
-        let h = head.map_or(b, |h| h.max(b));
-        head = Some(h);
-        if b > h - nb {
-            retained.push((ts, v, b));
-        }
-    }
-    let head = head?;
-    let live: Vec<(i64, f64)> = retained.iter().filter(|p| p.2 > head - nb).map(|p| (p.0, p.1)).collect();
-    if live.len() < 2 {
+    let h = cfg.trend_half_life_ms.max(1) as f64;
+    let w: Vec<f64> = vals.iter().map(|p| (-((latest - p.0) as f64) * std::f64::consts::LN_2 / h).exp()).collect();
+    let x: Vec<f64> = vals.iter().map(|p| (p.0 - latest) as f64 / 3_600_000.0).collect();
+    let sw: f64 = w.iter().sum();
+    let mx = w.iter().zip(&x).map(|(w, x)| w * x).sum::<f64>() / sw;
+    let mv = w.iter().zip(vals).map(|(w, p)| w * p.1).sum::<f64>() / sw;
+    let sxx: f64 = w.iter().zip(&x).map(|(w, x)| w * (x - mx) * (x - mx)).sum();
+    let sxy: f64 = w.iter().zip(&x).zip(vals).map(|((w, x), p)| w * (x - mx) * (p.1 - mv)).sum();
+    if sxx.is_nan() || sxx <= 0.0 {
         return None;
     }
-    let t0 = live.iter().map(|p| p.0).min().unwrap();
-    let t1 = live.iter().map(|p| p.0).max().unwrap();
-    if t0 == t1 {
-        return None;
-    }
-    let pts: Vec<(f64, f64)> = live.iter().map(|p| ((p.0 - t0) as f64 / 3_600_000.0, p.1)).collect();
-    let n = pts.len() as f64;
-    let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
-    let mv = pts.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
-    let sxx: f64 = pts.iter().map(|p| (p.0 - mt) * (p.0 - mt)).sum();
-    let vmin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let vmax = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let trange = (t1 - t0) as f64 / 3_600_000.0;
-    Some((sxy / sxx, (vmax - vmin) / trange))
+    let vmin = vals.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let vmax = vals.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    Some((sxy / sxx, (vmax - vmin) / (sxx / sw).sqrt()))
 }
 
 /// The window starts containing `ts`: multiples `s` of slide with `s <= ts < s + size`.

@@ -436,8 +436,8 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
                 ("enrich.toml", "kind = \"enrich\"\nreference_retention = \"3h\"\n"),
                 (
                     "stats.toml",
-                    "kind = \"stats\"\nalpha = 0.3\ntop_k = 3\ntrend_span = \"30m\"\n\
-                     trend_buckets = 10\nsnapshot_every = \"30m\"\n",
+                    "kind = \"stats\"\nalpha = 0.3\ntop_k = 3\ntrend_half_life = \"30m\"\n\
+                     snapshot_every = \"30m\"\n",
                 ),
                 ("windows.toml", "kind = \"windows\"\nsize = \"30m\"\nslide = \"10m\"\n"),
                 (
@@ -458,8 +458,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
             cfg.retention_ms = 3 * 60 * MIN;
             cfg.alpha = 0.3;
             cfg.top_k = 3;
-            cfg.trend_span_ms = 30 * MIN;
-            cfg.trend_buckets = 10;
+            cfg.trend_half_life_ms = 30 * MIN;
             cfg.snapshot_every_ms = 30 * MIN;
             cfg.window_size_ms = 30 * MIN;
             cfg.window_slide_ms = 10 * MIN;
@@ -491,8 +490,8 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
                 ),
                 (
                     "stats.toml",
-                    "kind = \"stats\"\nalpha = 1.0\ntop_k = 1\ntrend_span = \"1h\"\n\
-                     trend_buckets = 7\nsnapshot_every = \"10m\"\n",
+                    "kind = \"stats\"\nalpha = 1.0\ntop_k = 1\ntrend_half_life = \"7m\"\n\
+                     snapshot_every = \"10m\"\n",
                 ),
                 ("windows.toml", "kind = \"windows\"\nsize = \"1h\"\nslide = \"15m\"\n"),
                 ("alerts.toml", "kind = \"alerts\"\nrules = []\n"),
@@ -507,8 +506,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
             cfg.ranges.insert("temp".into(), (-40.0, 85.0));
             cfg.alpha = 1.0;
             cfg.top_k = 1;
-            cfg.trend_span_ms = 60 * MIN;
-            cfg.trend_buckets = 7;
+            cfg.trend_half_life_ms = 7 * MIN;
             cfg.snapshot_every_ms = 10 * MIN;
             cfg.window_size_ms = 60 * MIN;
             cfg.window_slide_ms = 15 * MIN;
@@ -524,7 +522,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
                 ),
                 (
                     "stats.toml",
-                    "kind = \"stats\"\ntrend_span = \"10m\"\ntrend_buckets = 3\n\
+                    "kind = \"stats\"\ntrend_half_life = \"3m\"\n\
                      snapshot_every = \"7m\"\n",
                 ),
                 ("windows.toml", "kind = \"windows\"\nsize = \"20m\"\n"),
@@ -535,8 +533,7 @@ pub fn preset(n: usize) -> (PipelineSpec, Config) {
             cfg.max_future_ms = 5 * MIN;
             cfg.quorum = 2;
             cfg.warmup = 25;
-            cfg.trend_span_ms = 10 * MIN;
-            cfg.trend_buckets = 3;
+            cfg.trend_half_life_ms = 3 * MIN;
             cfg.snapshot_every_ms = 7 * MIN;
             cfg.window_size_ms = 20 * MIN;
             cfg.window_slide_ms = 20 * MIN;

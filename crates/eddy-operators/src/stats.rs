@@ -609,7 +609,7 @@ mod tests {
     /// whole). Panics if the operator does not finish.
     fn run_with(chunk: usize, devices: usize, hours: i64, paced: bool) -> Vec<(u64, String)> {
         let params = StatsParams {
-            config: StatsConfig { alpha: 0.1, top_k: 3, trend_span_ms: 60 * MIN, trend_buckets: 6 },
+            config: StatsConfig { alpha: 0.1, top_k: 3, trend_half_life_ms: 60 * MIN },
             snapshot_every_ms: 60 * MIN,
         };
         let rx = timely::execute_directly(move |worker| {

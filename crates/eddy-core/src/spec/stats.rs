@@ -13,10 +13,6 @@ fn d_top_k() -> usize {
     5
 }
 
-fn d_buckets() -> usize {
-    60
-}
-
 /// `kind = "stats"`: incremental statistics per (device, channel).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,13 +28,11 @@ pub struct StatsSpec {
     /// k for `top_k_max_mean` and `top_k_min_mean`. Default 5.
     #[serde(default = "d_top_k")]
     pub top_k: usize,
-    /// The rolling event-time span of `trend_per_hour`. Default `"1h"`.
+    /// The half-life of `trend_per_hour`'s weights: a value this much older
+    /// (in event time) than the key's latest weighs half as much. Default
+    /// `"1h"`.
     #[serde(default = "d_hour")]
-    pub trend_span: Millis,
-    /// How many buckets the trend span is cut into (memory per key is
-    /// proportional). Default 60.
-    #[serde(default = "d_buckets")]
-    pub trend_buckets: usize,
+    pub trend_half_life: Millis,
     /// A snapshot of a key is emitted each time one of its tumbling windows
     /// of this size closes (and once at the end of input). Default `"1h"`.
     #[serde(default = "d_hour")]
@@ -47,8 +41,7 @@ pub struct StatsSpec {
 
 impl StatsSpec {
     /// Checks the values of the spec on its own: `alpha` in (0, 1], `top_k`
-    /// at least 1, 1 to 10000 trend buckets of at least 1ms each, and a
-    /// positive snapshot period.
+    /// at least 1, a positive trend half-life, and a positive snapshot period.
     pub(super) fn check(&self, file: &str) -> Result<(), SpecError> {
         if !(self.alpha > 0.0 && self.alpha <= 1.0) {
             return Err(SpecError::key(file, "alpha", format!("must be in (0, 1], found {}", self.alpha)));
@@ -56,19 +49,8 @@ impl StatsSpec {
         if self.top_k == 0 {
             return Err(SpecError::key(file, "top_k", "must be at least 1"));
         }
-        if self.trend_buckets == 0 || self.trend_buckets > 10_000 {
-            return Err(SpecError::key(
-                file,
-                "trend_buckets",
-                format!("must be between 1 and 10000, found {}", self.trend_buckets),
-            ));
-        }
-        if self.trend_span.ms() < self.trend_buckets as i64 {
-            return Err(SpecError::key(
-                file,
-                "trend_span",
-                format!("must be at least trend_buckets ({}) milliseconds", self.trend_buckets),
-            ));
+        if self.trend_half_life.ms() <= 0 {
+            return Err(SpecError::key(file, "trend_half_life", "must be at least 1ms"));
         }
         if self.snapshot_every.ms() <= 0 {
             return Err(SpecError::key(file, "snapshot_every", "must be at least 1ms"));

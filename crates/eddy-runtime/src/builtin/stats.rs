@@ -40,12 +40,7 @@ impl Job for Stats {
 /// The operator's settings from the spec.
 pub fn params(spec: &StatsSpec) -> StatsParams {
     StatsParams {
-        config: StatsConfig {
-            alpha: spec.alpha,
-            top_k: spec.top_k,
-            trend_span_ms: spec.trend_span.ms(),
-            trend_buckets: spec.trend_buckets,
-        },
+        config: StatsConfig { alpha: spec.alpha, top_k: spec.top_k, trend_half_life_ms: spec.trend_half_life.ms() },
         snapshot_every_ms: spec.snapshot_every.ms(),
     }
 }

@@ -31,7 +31,7 @@ pub struct ChannelStats {
     last_ts: i64,
     /// The `k` largest and `k` smallest values.
     pub(super) top: TopK,
-    /// Rolling least-squares trend.
+    /// Decayed least-squares trend.
     pub(super) trend: Trend,
 }
 
@@ -48,7 +48,7 @@ impl ChannelStats {
             ewma: 0.0,
             last_ts: i64::MIN,
             top: TopK::new(cfg.top_k),
-            trend: Trend::new(cfg),
+            trend: Trend::default(),
         }
     }
 
@@ -73,7 +73,7 @@ impl ChannelStats {
         self.ewma = if self.count == 1 { value } else { cfg.alpha * value + (1.0 - cfg.alpha) * self.ewma };
         self.last_ts = ts;
         self.top.push(value, self.count - 1);
-        self.trend.push(ts, value);
+        self.trend.push(cfg, ts, value);
     }
 
     /// Number of values applied so far (non-finite values are not counted).
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn ewma_follows_arrival_order() {
-        let c = cfg(0.5, 5, HOUR, 60);
+        let c = cfg(0.5, 5, HOUR);
         // Arrival order 10, 20, 0 although ts are reversed.
         let snap = run(&c, &[(T0 + 2, 10.0), (T0 + 1, 20.0), (T0, 0.0)]).snapshot();
         // 10 -> 0.5*20 + 0.5*10 = 15 -> 0.5*0 + 0.5*15 = 7.5
@@ -196,57 +196,38 @@ mod tests {
 
     #[test]
     fn updates_never_grow_storage() {
-        let c = cfg(0.1, 4, 60_000, 6);
+        let c = cfg(0.1, 4, 60_000);
         let mut s = ChannelStats::new(&c);
         assert!(!s.top.slots.spilled(), "k = 4 keeps the heaps inline");
-        let trend_len = |s: &ChannelStats| s.trend.points.len() + s.trend.buckets.len();
         for i in 0..10_000i64 {
             s.update(&c, T0 + (i * 7_919) % 500_000, (i % 97) as f64);
-            let p = &s.trend.points;
-            assert!(!p.spilled() || p.capacity() <= 8, "trend storage is bounded by trend_buckets");
-            assert!(s.trend.buckets.capacity() <= 8, "trend storage is bounded by trend_buckets");
-            assert!(trend_len(&s) <= 6);
         }
         assert!(!s.top.slots.spilled());
         assert_eq!(s.top.slots.len(), 8);
         assert_eq!(s.top.heaps(s.count()).0.len(), 4);
-        assert!(trend_len(&s) <= 6);
-        // Moving on in time keeps storage at the buckets in the span.
-        for i in 0..1_000i64 {
-            s.update(&c, T0 + 10_000_000 + i * 60_000, 1.0);
-        }
-        assert!(trend_len(&s) <= 6);
+        // The trend is five sums and its origin, in the struct itself.
+        assert_eq!(std::mem::size_of::<ChannelStats>(), 208);
     }
 
     // ---- Reference model and property tests --------------------------------
 
-    /// Two-pass reference over the retained values.
+    /// Two-pass reference over every value.
     struct Reference {
         values: Vec<f64>,
-        /// `(ts, v, bucket)` of values that were in the span on arrival.
-        trend: Vec<(i64, f64, i64)>,
-        head: Option<i64>,
+        /// `(ts, v)` of every value, for the trend.
+        trend: Vec<(i64, f64)>,
         ewma: f64,
         last_ts: i64,
     }
 
     impl Reference {
         fn run(cfg: &StatsConfig, events: &[(i64, f64)]) -> Self {
-            let w = cfg.bucket_width_ms();
-            let span = cfg.trend_buckets as i64;
-            let mut r =
-                Reference { values: Vec::new(), trend: Vec::new(), head: None, ewma: f64::NAN, last_ts: i64::MIN };
+            let mut r = Reference { values: Vec::new(), trend: Vec::new(), ewma: f64::NAN, last_ts: i64::MIN };
             for &(ts, v) in events {
                 r.ewma = if r.values.is_empty() { v } else { cfg.alpha * v + (1.0 - cfg.alpha) * r.ewma };
                 r.values.push(v);
                 r.last_ts = ts;
-                let b = ts.div_euclid(w);
-                let head = r.head.map_or(b, |h| h.max(b));
-                r.head = Some(head);
-                // In the span iff b >= head - span + 1.
-                if span > 0 && b > head - span {
-                    r.trend.push((ts, v, b));
-                }
+                r.trend.push((ts, v));
             }
             r
         }
@@ -273,35 +254,30 @@ mod tests {
             (hi.iter().sum::<f64>() / k as f64, lo.iter().sum::<f64>() / k as f64)
         }
 
-        /// Retained trend points at the end, as `(hours, value)` relative
-        /// to the smallest retained ts.
-        fn trend_points(&self, cfg: &StatsConfig) -> Vec<(f64, f64)> {
-            let Some(head) = self.head else {
-                return Vec::new();
-            };
-            let oldest = head - cfg.trend_buckets as i64 + 1;
-            let live: Vec<_> = self.trend.iter().filter(|p| p.2 >= oldest).collect();
-            let t0 = live.iter().map(|p| p.0).min().unwrap_or(0);
-            live.iter().map(|p| ((p.0 - t0) as f64 / 3_600_000.0, p.1)).collect()
-        }
-
-        /// Two-pass least-squares slope, with the tolerance scale
-        /// `value range / time range` (see `assert_matches`).
+        /// Two-pass weighted least-squares slope: each value weighted by
+        /// `2^(−age / half-life)`, its age taken from the largest `ts`;
+        /// with the tolerance scale `value range / weighted sd of t`, in
+        /// hours (see `assert_matches`).
         fn slope(&self, cfg: &StatsConfig) -> Option<(f64, f64)> {
-            let pts = self.trend_points(cfg);
-            let n = pts.len() as f64;
-            let (tmin, tmax) =
-                pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
-            if pts.len() < 2 || tmin == tmax {
+            let pts = &self.trend;
+            let latest = pts.iter().map(|p| p.0).max()?;
+            if pts.iter().all(|p| p.0 == pts[0].0) {
+                return None;
+            }
+            let h = cfg.trend_half_life_ms.max(1) as f64;
+            let w: Vec<f64> = pts.iter().map(|p| super::super::trend::decay((latest - p.0) as f64, h)).collect();
+            let x: Vec<f64> = pts.iter().map(|p| (p.0 - latest) as f64 / 3_600_000.0).collect();
+            let sw: f64 = w.iter().sum();
+            let mx = w.iter().zip(&x).map(|(w, x)| w * x).sum::<f64>() / sw;
+            let mv = w.iter().zip(pts).map(|(w, p)| w * p.1).sum::<f64>() / sw;
+            let sxx: f64 = w.iter().zip(&x).map(|(w, x)| w * (x - mx) * (x - mx)).sum();
+            let sxy: f64 = w.iter().zip(&x).zip(pts).map(|((w, x), p)| w * (x - mx) * (p.1 - mv)).sum();
+            if sxx.is_nan() || sxx <= 0.0 {
                 return None;
             }
             let (vmin, vmax) =
                 pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-            let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
-            let mv = pts.iter().map(|p| p.1).sum::<f64>() / n;
-            let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mv)).sum();
-            let sxx: f64 = pts.iter().map(|p| (p.0 - mt) * (p.0 - mt)).sum();
-            Some((sxy / sxx, (vmax - vmin) / (tmax - tmin)))
+            Some((sxy / sxx, (vmax - vmin) / (sxx / sw).sqrt()))
         }
     }
 
@@ -309,14 +285,14 @@ mod tests {
     ///
     /// Tolerances: `close` (1e-9 relative to `max(1, |a|, |b|)`) for mean,
     /// stddev, ewma and the top-k means; min, max, count and ts exactly.
-    /// For the trend, `1e-9 * max(1, |slope|) + 1e-9 * vrange / trange`
-    /// where `vrange / trange` is the retained value range over the retained
-    /// time range in hours. The absolute term is needed because a slope
-    /// near zero is ill-conditioned: rounding in the co-moment (ours *and*
-    /// the reference's) is of order `eps * n * vrange * trange`, and dividing
-    /// by `M2_t` (at least `trange^2 / 2`) leaves an error of order
-    /// `eps * n * vrange / trange` that no relative bound on the slope can
-    /// absorb when the true slope is tiny.
+    /// For the trend, `1e-9 * max(1, |slope|) + 1e-9 * vrange / sd_t`,
+    /// where `sd_t` is the weighted standard deviation of the values' times
+    /// in hours. The absolute term is needed because a slope near zero is
+    /// ill-conditioned: rounding in the weighted co-moment (ours *and* the
+    /// reference's) is of order `eps * n * vrange * sd_t` per unit weight, and
+    /// dividing by the weighted `M2_t` (`sd_t^2` per unit weight) leaves an
+    /// error of order `eps * n * vrange / sd_t` that no relative bound on
+    /// the slope can absorb when the true slope is tiny.
     fn assert_matches(cfg: &StatsConfig, events: &[(i64, f64)]) -> Result<(), TestCaseError> {
         let snap = run(cfg, events).snapshot();
         let r = Reference::run(cfg, events);
@@ -347,7 +323,7 @@ mod tests {
     }
 
     /// Event times around 1.7e12 ms: a clock advancing by random steps
-    /// (sometimes zero, sometimes hours, which evicts everything), each
+    /// (sometimes zero, sometimes hours, many half-lives), each
     /// value displaced by random disorder (mostly seconds, sometimes hours
     /// late). `slope` adds a linear component so trends are not all ~0.
     fn arb_events() -> impl Strategy<Value = Vec<(i64, f64)>> {

@@ -360,7 +360,7 @@ impl<K: Copy + PartialEq> DeviceStats<K> {
 
     /// Reads a word of the cache lines that the next [`DeviceStats::update`]
     /// reads first: the slots, and for each full slot its statistics, its
-    /// top-k heaps and its trend's first, middle and newest points. The result means
+    /// top-k heaps. The result means
     /// nothing; it exists so that the reads happen. A caller with many
     /// devices to update touches several before updating them, so that their
     /// cache misses overlap instead of coming one after another.
@@ -371,11 +371,6 @@ impl<K: Copy + PartialEq> DeviceStats<K> {
             if let Slot::Full { stats, .. } = slot {
                 sum = sum.wrapping_add(stats.count);
                 sum = sum.wrapping_add(stats.top.slots.first().map_or(0, |v| v.to_bits()));
-                // The points the eviction's binary search and the insertion read.
-                let points = &stats.trend.points;
-                for i in [0, points.len() / 2, points.len().saturating_sub(1)] {
-                    sum = sum.wrapping_add(points.get(i).map_or(0, |p| p.ts as u64));
-                }
             }
         }
         sum

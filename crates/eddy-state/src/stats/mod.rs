@@ -8,43 +8,36 @@
 //! * sample standard deviation (Welford's algorithm);
 //! * an exponentially weighted moving average (EWMA) in arrival order;
 //! * the mean of the `k` largest and of the `k` smallest values seen;
-//! * a least-squares trend (value units per hour) over a rolling event-time
-//!   span, kept as time buckets.
+//! * a least-squares trend (value units per hour) whose weights decay
+//!   with the values' age in event time.
 //!
-//! Memory per key is bounded: two heaps of [`StatsConfig::top_k`] values
-//! (inline in the struct for `top_k <= 5`), and at most
-//! [`StatsConfig::trend_buckets`] trend buckets, of which only those holding
-//! values inside the span are stored (a sensor reading every 5 minutes keeps
-//! 12 of the default 60), a bucket holding one value in 16 bytes, the
-//! first 15 of them inside the [`ChannelStats`] itself.
-//! [`ChannelStats::update`] costs `O(log top_k + live buckets)` and allocates
-//! only while the buckets in use grow towards that bound;
-//! [`ChannelStats::snapshot`] costs `O(top_k + live buckets)`.
+//! Memory per key is constant: two heaps of [`StatsConfig::top_k`] values
+//! (inline in the struct for `top_k <= 5`) and five sums for the trend.
+//! [`ChannelStats::update`] costs `O(log top_k)` and allocates nothing for
+//! `top_k <= 5`; [`ChannelStats::snapshot`] costs `O(top_k)`.
 //!
 //! # Trend
 //!
-//! The bucket width is `w = max(trend_span_ms / trend_buckets, 1)` ms and a
-//! value at event time `ts` falls in bucket `b = ts.div_euclid(w)`. `head` is
-//! the largest bucket index seen so far for the key; the rolling span is the
-//! buckets `head - trend_buckets + 1 ..= head`. A value whose bucket is older
-//! than the span when it arrives is left out of the trend (it still counts
-//! for every other statistic), and buckets that fall out of the span when
-//! `head` advances are dropped (lazily: when a new bucket is added, and
-//! [`ChannelStats::snapshot`] skips buckets outside the span).
+//! The trend is the slope `β` of the weighted least-squares line
+//! `v ≈ α + β·x` through every value the key has had, where `x` is the
+//! value's `ts` in hours and the value's weight is
+//! `w = 2^(−(latest − ts) / half_life)`: `latest` is the largest `ts` the key
+//! has seen and `half_life` is [`StatsConfig::trend_half_life_ms`]. So
 //!
-//! Each bucket keeps `n`, the means of `t` and `v`, `M2_t` (the sum of squared
-//! deviations of `t`) and `C_tv` (the co-moment), updated with Welford-style
-//! updates. `t` is measured in hours relative to the *first ts that entered
-//! the bucket* (a per-bucket origin rather than a per-key one): every live
-//! origin is itself a retained timestamp, so every magnitude the arithmetic
-//! sees is bounded by the time range of the retained values, however long the
-//! key has lived and however wide the buckets are. At snapshot time the live
-//! buckets are shifted to a common origin (the exact integer difference of
-//! the origins, converted to hours) and merged with Chan et al.'s parallel
-//! formulas; the trend is `C_tv / M2_t` of the merge, `None` when fewer than
-//! two values are retained or when `M2_t == 0` (all retained values share
-//! one timestamp).
+//! ```text
+//! β = (S0·Sxv − Sx·Sv) / (S0·Sxx − Sx²),   S0 = Σw, Sx = Σw·x, Sxx = Σw·x², Sv = Σw·v, Sxv = Σw·x·v
+//! ```
 //!
+//! with `x` measured from `latest` (the slope does not depend on the origin,
+//! and this one keeps every `x` within the values' own age, so precision
+//! holds however long the key lives). When a newer `ts` arrives, `latest`
+//! moves on by `Δ`: each sum is multiplied by `2^(−Δ / half_life)` and
+//! shifted (`x → x − Δ`: `Sxx → Sxx − 2Δ·Sx + Δ²·S0`, `Sx → Sx − Δ·S0`,
+//! `Sxv → Sxv − Δ·Sv`); a value older than `latest` (arriving late) enters
+//! with its own, smaller weight. The trend is `None` until two values with
+//! different `ts` came, and when the denominator is not positive (every
+//! weight but one has decayed to nothing).
+
 //! # Non-finite values
 //!
 //! `NaN` and `±inf` carry no usable reading and would poison every running
@@ -54,7 +47,6 @@
 mod channel;
 mod config;
 mod device;
-mod moments;
 mod topk;
 mod trend;
 

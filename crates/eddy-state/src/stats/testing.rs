@@ -13,8 +13,8 @@ pub(super) fn close(a: f64, b: f64) -> bool {
 }
 
 /// A configuration with these values.
-pub(super) fn cfg(alpha: f64, top_k: usize, span: i64, buckets: usize) -> StatsConfig {
-    StatsConfig { alpha, top_k, trend_span_ms: span, trend_buckets: buckets }
+pub(super) fn cfg(alpha: f64, top_k: usize, half_life: i64) -> StatsConfig {
+    StatsConfig { alpha, top_k, trend_half_life_ms: half_life }
 }
 
 /// A [`ChannelStats`] with `events` applied in order.
@@ -31,13 +31,8 @@ pub(super) const T0: i64 = 1_700_000_000_000;
 /// One hour in ms.
 pub(super) const HOUR: i64 = 3_600_000;
 
-/// A valid configuration: the default span and buckets, or others.
+/// A valid configuration: the default half-life, or another.
 pub(super) fn arb_cfg() -> impl Strategy<Value = StatsConfig> {
-    (
-        0.01f64..=1.0,
-        1usize..8,
-        prop_oneof![Just(3_600_000i64), 1_000i64..20_000_000],
-        prop_oneof![Just(60usize), 1usize..100],
-    )
-        .prop_map(|(alpha, top_k, span, buckets)| cfg(alpha, top_k, span, buckets))
+    (0.01f64..=1.0, 1usize..8, prop_oneof![Just(3_600_000i64), 60_000i64..20_000_000])
+        .prop_map(|(alpha, top_k, half_life)| cfg(alpha, top_k, half_life))
 }

@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn top_k_means() {
-        let c = cfg(0.1, 3, HOUR, 60);
+        let c = cfg(0.1, 3, HOUR);
         let s = run(&c, &[(T0, 5.0), (T0, 1.0)]);
         // Fewer than k: mean of all.
         assert_eq!(s.snapshot().top_k_max_mean, 3.0);
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn top_k_zero_is_nan_not_panic() {
-        let c = cfg(0.1, 0, HOUR, 60);
+        let c = cfg(0.1, 0, HOUR);
         let snap = run(&c, &[(T0, 1.0), (T0, 2.0)]).snapshot();
         assert!(snap.top_k_max_mean.is_nan() && snap.top_k_min_mean.is_nan());
         assert_eq!(snap.count, 2);
@@ -205,7 +205,7 @@ mod tests {
             k in 1usize..12,
             values in proptest::collection::vec(prop_oneof![-3.0f64..3.0, Just(0.0), Just(-0.0), Just(1.0)], 0..200),
         ) {
-            let c = cfg(0.1, k, HOUR, 60);
+            let c = cfg(0.1, k, HOUR);
             let s = run(&c, &values.iter().map(|&v| (T0, v)).collect::<Vec<_>>());
             let (largest, smallest) = s.top.heaps(s.count());
             let (std_largest, std_smallest) = std_heaps(k, &values);
