@@ -140,9 +140,26 @@ impl Dataset {
 
     /// Opens the readings for reading.
     pub fn lines(&self) -> Result<Box<dyn LineSource>> {
+        self.lines_at(0, 0)
+    }
+
+    /// Opens the readings after their first `lines` lines, which end at byte
+    /// `offset` of the (decompressed) file (a backup's rows are skipped by
+    /// count): where a checkpoint's restart goes on.
+    pub fn lines_at(&self, lines: u64, offset: u64) -> Result<Box<dyn LineSource>> {
         match &self.source {
-            Readings::File(p) => Ok(Box::new(FileLines::open(p)?)),
-            Readings::Backup(dir) => Ok(Box::new(BackupLines::open(dir)?)),
+            Readings::File(p) => Ok(Box::new(FileLines::open_at(p, lines, offset)?)),
+            Readings::Backup(dir) => {
+                let mut b = BackupLines::open(dir)?;
+                let mut buf = Vec::new();
+                for _ in 0..lines {
+                    buf.clear();
+                    if b.next_line(&mut buf).map_err(|e| Error::io(dir, e))?.is_none() {
+                        break;
+                    }
+                }
+                Ok(Box::new(b))
+            }
         }
     }
 }

@@ -38,6 +38,38 @@ impl JsonlFile {
         }))
     }
 
+    /// Opens `path` to go on after its first `bytes` bytes, which hold
+    /// `records` records: the file is cut back to that length (what a
+    /// killed run wrote after its last checkpoint goes) and appended to.
+    pub fn resume(path: &Path, bytes: u64, records: u64) -> Result<Arc<JsonlFile>> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len < bytes {
+            return Err(Error::io(
+                path,
+                std::io::Error::other(format!("is {len} bytes, shorter than the {bytes} its checkpoint recorded")),
+            ));
+        }
+        file.set_len(bytes).map_err(|e| Error::io(path, e))?;
+        file.seek(SeekFrom::Start(bytes)).map_err(|e| Error::io(path, e))?;
+        Ok(Arc::new(JsonlFile {
+            path: path.to_path_buf(),
+            writer: Mutex::new(BufWriter::with_capacity(1 << 20, file)),
+            records: AtomicU64::new(records),
+        }))
+    }
+
+    /// Flushes what was appended and returns the file's length and its
+    /// records: its position, for a checkpoint.
+    pub fn position(&self) -> Result<(u64, u64)> {
+        use std::io::Seek;
+        let mut w = self.writer.lock();
+        w.flush().map_err(|e| Error::io(&self.path, e))?;
+        let len = w.get_mut().stream_position().map_err(|e| Error::io(&self.path, e))?;
+        Ok((len, self.records()))
+    }
+
     /// Records written so far.
     pub fn records(&self) -> u64 {
         self.records.load(Ordering::Relaxed)

@@ -1,7 +1,7 @@
 //! Reading a dataset's `readings.jsonl` (or `.jsonl.gz`) line by line.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,10 @@ impl<R: Read> Read for Counting<R> {
 /// A file of lines, optionally gzip-compressed (by the `.gz` extension).
 pub struct FileLines {
     path: PathBuf,
-    reader: Box<dyn BufRead>,
+    /// Over the file's (decompressed) bytes, counted as they are pulled in.
+    reader: BufReader<Counting<Box<dyn Read>>>,
+    /// Decompressed bytes pulled into `reader` (and before, when opened at an offset).
+    pulled: Arc<AtomicU64>,
     line_no: u64,
     count: Arc<AtomicU64>,
 }
@@ -37,18 +40,49 @@ pub struct FileLines {
 impl FileLines {
     /// Opens `path`.
     pub fn open(path: &Path) -> Result<FileLines> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        FileLines::open_at(path, 0, 0)
+    }
+
+    /// Opens `path` after its first `lines` lines, which end at byte
+    /// `offset` of its (decompressed) text: the next line read is line
+    /// `lines + 1`. A plain file seeks there; a gzip file is decompressed up
+    /// to it.
+    pub fn open_at(path: &Path, lines: u64, offset: u64) -> Result<FileLines> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
         let count = Arc::new(AtomicU64::new(0));
+        let gz = path.extension().is_some_and(|e| e == "gz");
+        if !gz && offset > 0 {
+            use std::io::{Seek, SeekFrom};
+            let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+            if offset > len {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::other(format!("is {len} bytes, shorter than the offset {offset} to resume at")),
+                ));
+            }
+            file.seek(SeekFrom::Start(offset)).map_err(|e| Error::io(path, e))?;
+        }
         let counting = Counting { inner: file, count: Arc::clone(&count) };
-        let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
-            Box::new(BufReader::with_capacity(
-                1 << 16,
-                MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counting)),
-            ))
+        let mut inner: Box<dyn Read> = if gz {
+            Box::new(MultiGzDecoder::new(BufReader::with_capacity(1 << 16, counting)))
         } else {
-            Box::new(BufReader::with_capacity(1 << 16, counting))
+            Box::new(counting)
         };
-        Ok(FileLines { path: path.to_path_buf(), reader, line_no: 0, count })
+        if gz && offset > 0 {
+            let skipped =
+                std::io::copy(&mut (&mut inner).take(offset), &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
+            if skipped < offset {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::other(format!(
+                        "holds {skipped} bytes, fewer than the offset {offset} to resume at"
+                    )),
+                ));
+            }
+        }
+        let pulled = Arc::new(AtomicU64::new(offset));
+        let reader = BufReader::with_capacity(1 << 16, Counting { inner, count: Arc::clone(&pulled) });
+        Ok(FileLines { path: path.to_path_buf(), reader, pulled, line_no: lines, count })
     }
 }
 
@@ -67,6 +101,10 @@ impl LineSource for FileLines {
 
     fn bytes_read(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
+    }
+
+    fn offset(&self) -> Option<u64> {
+        Some(self.pulled.load(Ordering::Relaxed) - self.reader.buffer().len() as u64)
     }
 
     fn describe(&self) -> String {
@@ -98,6 +136,34 @@ mod tests {
             }
             assert_eq!(lines, vec![(1, "a\r".into()), (2, "b".into()), (3, "".into()), (4, "last".into())]);
             assert!(f.bytes_read() > 0);
+        }
+    }
+
+    /// Opened after its first lines at their end offset, plain or gzip, a
+    /// file goes on with the next line and its number.
+    #[test]
+    fn opened_at_an_offset_it_goes_on_with_the_next_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = b"first\r\nsecond\nthird\nfourth";
+        let plain = dir.path().join("r.jsonl");
+        std::fs::write(&plain, text).unwrap();
+        let gz = dir.path().join("r.jsonl.gz");
+        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        enc.write_all(text).unwrap();
+        enc.finish().unwrap();
+        for p in [plain, gz] {
+            let mut f = FileLines::open(&p).unwrap();
+            let mut buf = Vec::new();
+            f.next_line(&mut buf).unwrap();
+            buf.clear();
+            f.next_line(&mut buf).unwrap();
+            let offset = f.offset().unwrap();
+            assert_eq!(offset, 14, "{}", p.display());
+            let mut g = FileLines::open_at(&p, 2, offset).unwrap();
+            buf.clear();
+            assert_eq!(g.next_line(&mut buf).unwrap(), Some(Position::line(3)));
+            assert_eq!(buf, b"third");
+            assert!(FileLines::open_at(&p, 2, 1_000).is_err(), "past the end");
         }
     }
 

@@ -52,11 +52,13 @@
 //! assert_eq!(clock.watermark(), Some(1_767_225_601_000 - 600_000));
 //! ```
 
+use serde::{Deserialize, Serialize};
+
 use crate::reading::Reading;
 
 /// The settings of an [`EventClock`]: the ingest spec's `lateness`,
 /// `max_future`, `quorum` and `warmup`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockConfig {
     /// A reading more than this below the largest accepted `ts` is late.
     pub lateness_ms: i64,
@@ -99,7 +101,11 @@ pub enum Admitted {
 
 /// The event-time rules of one input, applied to its valid readings in
 /// arrival order: see the [module docs](self).
-#[derive(Clone, Debug)]
+///
+/// It serializes with the process-local indices of its devices (a
+/// checkpoint restores them in a process that interned the same device
+/// ids in the same order first: see `DeviceId::interned`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventClock {
     cfg: ClockConfig,
     /// The devices seen, by device index.

@@ -243,6 +243,16 @@ impl DeviceId {
     pub fn index(&self) -> u32 {
         self.idx
     }
+
+    /// Every device id interned so far, in index order (for a checkpoint:
+    /// interning them in this order in a new process, before anything else
+    /// after the reference data, gives every device the same index, so
+    /// that orders that follow the index are the same as in the run that
+    /// wrote it).
+    pub fn interned() -> Vec<String> {
+        let t = devices().read();
+        (0..t.len()).map(|i| t.name(i).to_string()).collect()
+    }
 }
 
 impl fmt::Debug for DeviceId {
@@ -326,6 +336,13 @@ impl Channel {
     /// The process-local dense index.
     pub fn index(&self) -> u16 {
         self.0
+    }
+
+    /// Every channel name interned beyond the standard ones, in index
+    /// order (see [`DeviceId::interned`]).
+    pub fn interned() -> Vec<String> {
+        let t = channels().read();
+        (STANDARD_CHANNELS.len()..t.len()).map(|i| t.name(i).to_string()).collect()
     }
 }
 

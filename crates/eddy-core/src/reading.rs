@@ -366,6 +366,13 @@ pub trait LineSource {
     /// Bytes consumed so far (for progress reporting).
     fn bytes_read(&self) -> u64;
 
+    /// The byte offset of the next line in the source's text (decompressed),
+    /// where a checkpoint's restart reopens it; `None` for a source that
+    /// cannot be reopened at an offset.
+    fn offset(&self) -> Option<u64> {
+        None
+    }
+
     /// A description for error messages (a path, a topic).
     fn describe(&self) -> String;
 }

@@ -13,7 +13,11 @@
 //! the event's start, with reason `rule_removed` and the thresholds last
 //! applied to the event.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
 
 use differential_dataflow::operators::arrange::Arranged;
 use timely::dataflow::channels::pact::Pipeline;
@@ -29,9 +33,10 @@ use eddy_core::reference::{effective_rules, Rule, RuleScope};
 use crate::batch::Batch;
 use crate::lookup::{as_of, compact_to, histories, max_time, Waiting};
 use crate::reference::RulesTrace;
+use crate::snapshot::{self, Checkpointed, Owner, Pairs};
 
 /// An active event of one rule on one device, with the rule as last applied.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Open {
     rule: Rule,
     active: Active,
@@ -42,6 +47,48 @@ struct Open {
 #[derive(Default)]
 pub struct AlertState {
     open: HashMap<DeviceId, Vec<Open>>,
+}
+
+/// What the alerts keep across a checkpoint: the active events of each
+/// device, in the order kept (the order their ends are judged in).
+#[derive(Deserialize)]
+pub struct SavedAlerts {
+    open: Vec<(DeviceId, Vec<Open>)>,
+}
+
+impl Checkpointed for AlertState {
+    type Saved = SavedAlerts;
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        snapshot::encode(&(Pairs::new(self.open.iter()),))
+    }
+
+    fn restore(&mut self, saved: SavedAlerts, owner: &Owner) {
+        self.open.extend(saved.open.into_iter().filter(|(d, open)| owner.owns(*d) && !open.is_empty()));
+    }
+}
+
+/// The alerts operator's state: the hysteresis state, and the readings
+/// waiting for the rules frontier (none at a checkpoint: they are not saved).
+struct AlertsOp<C> {
+    state: AlertState,
+    stash: Waiting<Enriched, C>,
+}
+
+impl<C: Batch<Enriched> + 'static> Checkpointed for AlertsOp<C> {
+    type Saved = SavedAlerts;
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        debug_assert!(
+            self.stash.low(timely::progress::frontier::AntichainRef::new(&[])).is_none(),
+            "a checkpoint of an alerts operator with readings waiting"
+        );
+        self.state.save()
+    }
+
+    fn restore(&mut self, saved: SavedAlerts, owner: &Owner) {
+        self.state.restore(saved, owner);
+    }
 }
 
 fn record(rule: &Rule, device: DeviceId, state: EventState, ts: i64, value: Option<f64>, start_ts: i64) -> EventRecord {
@@ -143,10 +190,13 @@ pub fn alerts<'s, C: Batch<Enriched>>(
     name: &str,
 ) -> StreamVec<'s, u64, EventRecord> {
     let mut trace = rules.trace;
+    let name_owned = name.to_string();
     enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
-        let mut stash: Waiting<Enriched, C> = Waiting::default();
-        let mut state = AlertState::default();
+        let op = Rc::new(RefCell::new(AlertsOp::<C> { state: AlertState::default(), stash: Waiting::default() }));
+        snapshot::register(&name_owned, &op);
         move |(input, frontier), (rule_batches, rules_frontier), output| {
+            let mut op = op.borrow_mut();
+            let AlertsOp { state, stash } = &mut *op;
             input.for_each(|cap, data| {
                 if let Some(cap) = cap.retain_least(0) {
                     stash.push(cap, std::mem::take(data));
@@ -208,4 +258,108 @@ pub fn alerts<'s, C: Batch<Enriched>>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use eddy_core::ids::Channel;
+    use eddy_core::reading::{Position, Values};
+    use eddy_core::reference::Num;
+
+    fn reading(device: DeviceId, d: i64, step: i64) -> Enriched {
+        let pm = ((step * 7 + d * 3) % 11) as f64 * 5.0;
+        let co2 = 700.0 + ((step * 5 + d) % 9) as f64 * 60.0;
+        let values: Values = [(Channel::PM25, Some(pm)), (Channel::CO2, Some(co2))].into_iter().collect();
+        Enriched {
+            device,
+            ts: step * 60_000,
+            pos: Position::line(1),
+            late: false,
+            future: false,
+            raw: values.clone(),
+            values,
+            calibrated: Default::default(),
+            context: None,
+            junk: Default::default(),
+        }
+    }
+
+    fn rules(step: i64) -> Vec<Rule> {
+        let rule = |id: &str, channel, rise, fall| Rule {
+            rule_id: Arc::from(id),
+            channel,
+            rise_above: Num(rise),
+            fall_below: Num(fall),
+        };
+        let mut rules = vec![rule("pm-high", Channel::PM25, 35.0, 25.0)];
+        // The CO2 rule changes its thresholds, then goes.
+        match step {
+            ..20 => rules.push(rule("co2-high", Channel::CO2, 1000.0, 800.0)),
+            20..30 => rules.push(rule("co2-high", Channel::CO2, 1050.0, 760.0)),
+            _ => {}
+        }
+        rules
+    }
+
+    /// Applies the readings of `steps` to the state of each device's owner;
+    /// returns the events by device, in the order made.
+    fn feed(
+        states: &mut [AlertState],
+        peers: usize,
+        devices: &[DeviceId],
+        steps: std::ops::Range<i64>,
+    ) -> BTreeMap<DeviceId, Vec<EventRecord>> {
+        let mut events: BTreeMap<DeviceId, Vec<EventRecord>> = BTreeMap::new();
+        for step in steps {
+            for (d, device) in devices.iter().enumerate() {
+                let index = (0..peers).find(|i| Owner { index: *i, peers }.owns(*device)).expect("an owner");
+                let mut out = Vec::new();
+                states[index].apply(&reading(*device, d as i64, step), &rules(step), &mut out);
+                events.entry(*device).or_default().extend(out);
+            }
+        }
+        events
+    }
+
+    /// Active events saved by two workers restore on three, each device's
+    /// on its owner alone, and the restored states go on making the events
+    /// that the original makes: the ends of events started before the
+    /// checkpoint, with their start and peak, and with the thresholds last
+    /// applied when their rule is gone.
+    #[test]
+    fn active_events_saved_by_two_workers_are_shared_out_among_three() {
+        let devices: Vec<DeviceId> = (0..30).map(|d| DeviceId::intern(&format!("alert-snap-{d}"))).collect();
+        let mut whole = [AlertState::default()];
+        let mut two = [AlertState::default(), AlertState::default()];
+        feed(&mut whole, 1, &devices, 0..25);
+        feed(&mut two, 2, &devices, 0..25);
+        assert!(whole[0].open.len() > 10, "{} devices with active events", whole[0].open.len());
+        let saved: Vec<Vec<u8>> = two.iter().map(|s| s.save().expect("saves")).collect();
+        let mut three = [AlertState::default(), AlertState::default(), AlertState::default()];
+        for (index, state) in three.iter_mut().enumerate() {
+            let owner = Owner { index, peers: 3 };
+            for bytes in &saved {
+                state.restore(eddy_checkpoint::decode(bytes).expect("decodes"), &owner);
+            }
+            assert!(state.open.keys().all(|d| owner.owns(*d)));
+        }
+        let mut restored: BTreeMap<DeviceId, &Vec<Open>> = BTreeMap::new();
+        for state in &three {
+            for (d, open) in &state.open {
+                assert!(restored.insert(*d, open).is_none(), "{d} restored twice");
+            }
+        }
+        let original: BTreeMap<DeviceId, &Vec<Open>> = whole[0].open.iter().map(|(d, o)| (*d, o)).collect();
+        assert_eq!(restored, original);
+        let want = feed(&mut whole, 1, &devices, 25..40);
+        let got = feed(&mut three, 3, &devices, 25..40);
+        assert_eq!(got, want);
+        let ends: Vec<&EventRecord> = want.values().flatten().filter(|e| e.state == EventState::End).collect();
+        assert!(ends.iter().any(|e| e.ts - e.duration_ms.unwrap_or(0) < 25 * 60_000), "an event from before ends");
+        assert!(ends.iter().any(|e| e.reason == Some(EndReason::RuleRemoved) && e.rise_above == 1050.0));
+    }
 }

@@ -33,6 +33,7 @@ use eddy_core::validate::{parse_line, Parsed, Ranges, Rejection};
 
 use crate::metrics::{latency, Metrics};
 use crate::sink::Taken;
+use crate::snapshot::{self, Checkpointed, Owner};
 
 /// The ingest job's rule for one line, shared by every source of raw lines
 /// (a dataset file, the Kafka raw topic): validation, the event-time rules
@@ -222,6 +223,9 @@ pub struct IngestConfig {
     /// Bounds the lines read ahead of what the job's sinks have taken in
     /// (unpaced runs only); `None` reads as fast as the input allows.
     pub backpressure: Option<Backpressure>,
+    /// Checkpoints: the run's barrier, which the source cuts at when one is
+    /// due (see [`snapshot::Barrier`]); `None` takes none.
+    pub barrier: Option<Arc<snapshot::Barrier>>,
 }
 
 /// How far an unpaced source may read ahead of the dataflow.
@@ -756,6 +760,11 @@ impl IngestState {
         self.file.describe()
     }
 
+    /// The byte offset of the next line in the input, if it has one.
+    pub fn offset(&self) -> Option<u64> {
+        self.file.src.offset()
+    }
+
     /// The largest `ts` read so far.
     pub fn max_ts(&self) -> Option<i64> {
         self.ingest.max_ts()
@@ -768,6 +777,52 @@ impl IngestState {
     }
 }
 
+/// What the file source keeps across a checkpoint: the time it goes on at,
+/// the position of the next line, its event clock, and a line read but not
+/// yet due (paced). The input itself is reopened at that line by the run.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedSource {
+    time: u64,
+    next_pos: Position,
+    clock: EventClock,
+    max_ts: Option<i64>,
+    held: Option<(Position, Vec<u8>)>,
+}
+
+impl Checkpointed for IngestState {
+    type Saved = SavedSource;
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        #[derive(serde::Serialize)]
+        struct View<'a> {
+            time: u64,
+            next_pos: Position,
+            clock: &'a EventClock,
+            max_ts: Option<i64>,
+            held: &'a Option<(Position, Vec<u8>)>,
+        }
+        snapshot::encode(&View {
+            time: self.ingest.time,
+            next_pos: self.file.next_pos,
+            clock: &self.file.clock,
+            max_ts: self.ingest.max_ts,
+            held: &self.held,
+        })
+    }
+
+    /// Only one worker reads a file, so only one part is ever saved.
+    fn restore(&mut self, saved: SavedSource, _owner: &Owner) {
+        self.ingest.time = saved.time;
+        self.ingest.max_ts = saved.max_ts;
+        self.file.next_pos = saved.next_pos;
+        self.file.clock = saved.clock;
+        self.held = saved.held;
+    }
+}
+
+/// How often a source held at a checkpoint's cut looks whether it may go on.
+const BARRIER_POLL: Duration = Duration::from_micros(200);
+
 /// Builds the ingest source, a timely shell over [`IngestState`]. `input`
 /// is `Some` on the worker that reads the input and `None` on the others.
 pub fn ingest_source<'s>(
@@ -779,6 +834,7 @@ pub fn ingest_source<'s>(
     metrics: Arc<Metrics>,
 ) -> IngestStreams<'s> {
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let reg_name = name.to_owned();
     let info = builder.operator_info();
     let (RawOutputs { mut out_r, mut out_d, mut out_raw }, streams) = RawOutputs::new(&mut builder);
     let activator = scope.activator_for(info.address);
@@ -789,7 +845,23 @@ pub fn ingest_source<'s>(
         let mut cap_raw = caps.pop();
         let mut cap_d = caps.pop();
         let mut cap_r = caps.pop();
-        let mut source = input.map(|src| IngestState::new(src, &cfg));
+        let source = input.map(|src| Rc::new(RefCell::new(IngestState::new(src, &cfg))));
+        // A restarted run goes on at the checkpoint's time and position.
+        if let (Some(src), Some(cr), Some(cd), Some(craw)) = (&source, &mut cap_r, &mut cap_d, &mut cap_raw) {
+            snapshot::register(&reg_name, src);
+            let src = src.borrow();
+            let t = src.time();
+            if t > 0 {
+                cr.downgrade(&t);
+                cd.downgrade(&t);
+                craw.downgrade(&t);
+                progress.epochs.borrow_mut().push_back((t, src.next_pos()));
+                progress.max_ts.set(src.max_ts());
+            }
+        }
+        let mut source = source;
+        // The time of a cut the source holds at (see `snapshot::Barrier`).
+        let mut cut_at: Option<u64> = None;
         let mut buf_r: Vec<Reading> = Vec::new();
         let mut buf_d: Vec<DeadLetter> = Vec::new();
         let mut buf_raw: Vec<RawLine> = Vec::new();
@@ -800,7 +872,7 @@ pub fn ingest_source<'s>(
             let (Some(cr), Some(cd), Some(craw)) = (cap_r.as_mut(), cap_d.as_mut(), cap_raw.as_mut()) else {
                 return;
             };
-            let Some(src) = source.as_mut() else {
+            let Some(src) = source.as_ref() else {
                 cap_r = None;
                 cap_d = None;
                 cap_raw = None;
@@ -808,6 +880,17 @@ pub fn ingest_source<'s>(
                 progress.notify();
                 return;
             };
+            let mut src = src.borrow_mut();
+            if let Some(t) = cut_at {
+                if cfg.barrier.as_ref().is_some_and(|b| b.holds(t)) && metrics.failure().is_none() {
+                    activator.activate_after(BARRIER_POLL);
+                    return;
+                }
+                cr.downgrade(&t);
+                cd.downgrade(&t);
+                craw.downgrade(&t);
+                cut_at = None;
+            }
             if src.backpressured() {
                 // The sinks' frontiers move as other operators run; look again shortly.
                 activator.activate_after(BACKPRESSURE_POLL);
@@ -902,6 +985,7 @@ pub fn ingest_source<'s>(
                 drop(handle_r);
                 drop(handle_d);
                 drop(handle_raw);
+                drop(src);
                 cap_r = None;
                 cap_d = None;
                 cap_raw = None;
@@ -909,10 +993,19 @@ pub fn ingest_source<'s>(
                 progress.done.set(true);
             } else {
                 if let Some(t) = src.advance() {
-                    cr.downgrade(&t);
-                    cd.downgrade(&t);
-                    craw.downgrade(&t);
+                    // A checkpoint cuts here when one is due: the source holds
+                    // at `t - 1` until every worker has saved its state.
+                    let barrier = cfg.barrier.as_ref().filter(|b| t > *cr.time() + 1 && b.due());
+                    let at = if barrier.is_some() { t - 1 } else { t };
+                    cr.downgrade(&at);
+                    cd.downgrade(&at);
+                    craw.downgrade(&at);
                     progress.epochs.borrow_mut().push_back((t, src.next_pos()));
+                    if let Some(b) = barrier {
+                        b.cut(t, src.next_pos(), src.offset());
+                        cut_at = Some(t);
+                        wait = Some(BARRIER_POLL);
+                    }
                 }
                 match wait {
                     Some(d) => activator.activate_after(d),
@@ -1090,6 +1183,7 @@ mod tests {
             raw: false,
             max_line: 1 << 20,
             backpressure: None,
+            barrier: None,
         }
     }
 
@@ -1411,6 +1505,7 @@ mod tests {
                 max_line: 1 << 20,
                 backpressure: backpressure
                     .map(|max_lines| Backpressure { processed: Rc::clone(&processed), max_lines }),
+                barrier: None,
             };
             let input: Option<Box<dyn LineSource>> =
                 (worker.index() == 0).then(|| Box::new(Lines { next: 0, end: LINES }) as Box<dyn LineSource>);

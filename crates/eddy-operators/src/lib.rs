@@ -30,5 +30,6 @@ pub mod metrics;
 pub mod ordered;
 pub mod reference;
 pub mod sink;
+pub mod snapshot;
 pub mod stats;
 pub mod windows;

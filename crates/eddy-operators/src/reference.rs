@@ -241,8 +241,10 @@ where
                 }
                 None => {
                     // Nothing pending, but more may come on a live input: hold
-                    // at the watermark so the arrangements stay current.
-                    let t = progress.max_ts().unwrap_or(0).max(0) as u64;
+                    // just past the largest `ts` read (every change up to it is
+                    // in), so the arrangements stay current and a reading at
+                    // that `ts` can be looked up without waiting for the next.
+                    let t = progress.max_ts().map_or(0, |m| m.max(-1) as u64 + 1);
                     cd.downgrade(&t.max(*cd.time()));
                     cr.downgrade(&t.max(*cr.time()));
                 }

@@ -15,7 +15,9 @@
 //! million devices), a [`DeviceStats`]: a device with few readings keeps
 //! just their times and values, inline.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -30,6 +32,7 @@ use eddy_core::records::StatsRecord;
 use eddy_state::stats::{DeviceStats, StatsConfig};
 
 use crate::batch::Batch;
+use crate::snapshot::{self, Checkpointed, Owner, Pairs};
 use crate::TOUCH_AHEAD;
 
 /// Settings of the statistics operator.
@@ -296,6 +299,33 @@ impl<C: Batch<Enriched>, H> StatsState<C, H> {
     }
 }
 
+/// What the statistics keep across a checkpoint: every device's statistics
+/// and the snapshots due, by window end. (At a checkpoint no epoch is
+/// buffered and no final snapshot is due.)
+#[derive(serde::Deserialize)]
+pub struct SavedStats {
+    devices: Vec<(DeviceId, Slots)>,
+    pending: Vec<(i64, Vec<Due>)>,
+}
+
+impl<C: Batch<Enriched> + 'static, H: 'static> Checkpointed for StatsState<C, H> {
+    type Saved = SavedStats;
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        debug_assert!(self.buffered.is_empty() && self.finals.is_none(), "a checkpoint of a busy statistics operator");
+        snapshot::encode(&(Pairs::new(self.state.iter()), Pairs::new(self.pending.iter())))
+    }
+
+    fn restore(&mut self, saved: SavedStats, owner: &Owner) {
+        self.state.extend(saved.devices.into_iter().filter(|(d, _)| owner.owns(*d)));
+        for (end, due) in saved.pending {
+            let mine = due.into_iter().filter(|(d, _, _)| owner.owns(*d));
+            self.pending.entry(end).or_default().extend(mine);
+        }
+        self.pending.retain(|_, v| !v.is_empty());
+    }
+}
+
 /// The statistics operator. Its input must be partitioned by device and hold
 /// only non-late readings.
 pub fn stats<'s, C: Batch<Enriched>>(
@@ -315,14 +345,17 @@ fn stats_chunked<'s, C: Batch<Enriched>>(
     chunk: usize,
 ) -> StreamVec<'s, u64, StatsRecord> {
     let scope = enriched.scope();
+    let name_owned = name.to_string();
     enriched.unary_frontier(Pipeline, name, move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut held: Option<Capability<u64>> = Some(cap);
-        let mut machine: StatsState<C, Capability<u64>> = StatsState::new(params);
+        let machine = Rc::new(RefCell::new(StatsState::<C, Capability<u64>>::new(params)));
+        snapshot::register(&name_owned, &machine);
         let mut out = Vec::new();
         let mut finals = Vec::new();
 
         move |(input, frontier), output| {
+            let mut machine = machine.borrow_mut();
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else {
                     return;

@@ -5,9 +5,12 @@
 //! readings never reach these operators, and a non-late reading always has
 //! `ts` at or past the frontier, so no value arrives for a closed window.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
 use std::hash::Hash;
 
 use timely::dataflow::channels::pact::Pipeline;
@@ -21,6 +24,7 @@ use eddy_core::records::WindowRecord;
 use eddy_state::window::{WindowAgg, WindowSpec};
 
 use crate::batch::Batch;
+use crate::snapshot::{self, Checkpointed, Owner, Pairs};
 
 /// One closed window of one key.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +155,42 @@ impl ChannelAgg {
     }
 }
 
+/// A [`ChannelAgg`] as saved in a checkpoint: the channel and its
+/// [`WindowAgg`]'s fields, exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct SavedAgg {
+    channel: Channel,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl SavedAgg {
+    fn of(a: &ChannelAgg) -> SavedAgg {
+        let WindowAgg { count, sum, min, max } = a.get();
+        SavedAgg { channel: a.channel, count, sum, min, max }
+    }
+}
+
+impl Serialize for ChannelAgg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SavedAgg::of(self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelAgg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let SavedAgg { channel, count, sum, min, max } = SavedAgg::deserialize(d)?;
+        if count > MAX_COUNT {
+            return Err(serde::de::Error::custom("a window count past 2^48 - 1"));
+        }
+        let mut a = ChannelAgg::new(channel);
+        a.set(&WindowAgg { count, sum, min, max });
+        Ok(a)
+    }
+}
+
 /// A window being sent, a chunk per activation.
 struct Closing {
     start: i64,
@@ -158,8 +198,44 @@ struct Closing {
     /// The time its records go out at.
     time: u64,
     aggs: HashMap<DeviceId, DeviceAggs>,
-    /// Devices still to send.
+    /// Devices still to send, sorted descending: sent from the back, in
+    /// device order (not the map's, so that a run restored from a
+    /// checkpoint sends them as a clean run does).
     devices: Vec<DeviceId>,
+}
+
+/// The state of the windows operator: its open windows by start, each with
+/// the aggregates of its devices, and the window being sent.
+#[derive(Default)]
+struct WindowsState {
+    open: BTreeMap<i64, HashMap<DeviceId, DeviceAggs>>,
+    closing: Option<Closing>,
+}
+
+/// What the windows operator keeps across a checkpoint: the open windows by
+/// start, each with its devices' aggregates (at a checkpoint no window is
+/// being sent).
+#[derive(Deserialize)]
+struct SavedWindows {
+    open: Vec<(i64, Vec<(DeviceId, DeviceAggs)>)>,
+}
+
+impl Checkpointed for WindowsState {
+    type Saved = SavedWindows;
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        debug_assert!(self.closing.is_none(), "a checkpoint of a windows operator sending a window");
+        let windows = self.open.iter().map(|(start, aggs)| (start, Pairs::new(aggs.iter())));
+        snapshot::encode(&(Pairs::new(windows),))
+    }
+
+    fn restore(&mut self, saved: SavedWindows, owner: &Owner) {
+        for (start, devices) in saved.open {
+            let mine = devices.into_iter().filter(|(d, _)| owner.owns(*d));
+            self.open.entry(start).or_default().extend(mine);
+        }
+        self.open.retain(|_, aggs| !aggs.is_empty());
+    }
 }
 
 /// Adds an aggregate to `aggs` for each usable channel of `e` that has
@@ -194,13 +270,15 @@ pub fn windows<'s, C: Batch<Enriched>>(
     name: &str,
 ) -> StreamVec<'s, u64, WindowRecord> {
     let scope = enriched.scope();
+    let name_owned = name.to_string();
     enriched.unary_frontier(Pipeline, name, move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut held: Option<Capability<u64>> = Some(cap);
-        // Open windows by start, each with the aggregates of its devices.
-        let mut open: BTreeMap<i64, HashMap<DeviceId, DeviceAggs>> = BTreeMap::new();
-        let mut closing: Option<Closing> = None;
+        let state = Rc::new(RefCell::new(WindowsState::default()));
+        snapshot::register(&name_owned, &state);
         move |(input, frontier), output| {
+            let mut state = state.borrow_mut();
+            let WindowsState { open, closing } = &mut *state;
             input.for_each(|_cap, data| {
                 for e in data.records() {
                     if e.usable().next().is_none() {
@@ -229,12 +307,13 @@ pub fn windows<'s, C: Batch<Enriched>>(
                         break;
                     }
                     let aggs = entry.remove();
-                    let devices = aggs.keys().copied().collect();
+                    let mut devices: Vec<DeviceId> = aggs.keys().copied().collect();
+                    devices.sort_unstable_by(|a, b| b.cmp(a));
                     // Each window goes out at its end, which is after the
                     // held time (the window was still open), so a rerun
                     // stamps it the same however far the frontier jumped.
                     let time = (end.max(0) as u64).max(*h.time());
-                    closing = Some(Closing { start, end, time, aggs, devices });
+                    *closing = Some(Closing { start, end, time, aggs, devices });
                 }
                 let Some(c) = closing.as_mut() else { break };
                 if budget == 0 {
@@ -261,7 +340,7 @@ pub fn windows<'s, C: Batch<Enriched>>(
                     budget = budget.saturating_sub(aggs.len());
                 }
                 if c.devices.is_empty() {
-                    closing = None;
+                    *closing = None;
                 }
             }
             // Hold the time of a window still being sent.
@@ -286,6 +365,198 @@ pub fn windows<'s, C: Batch<Enriched>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use eddy_core::reading::{Position, Values};
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::{Input, Probe};
+
+    use crate::snapshot::Restored;
+
+    const MIN: i64 = 60_000;
+    const EPOCHS: i64 = 24;
+
+    /// A reading of device `d` (0..) at `ts`: the odd devices send their
+    /// channels in another order, and some values are odd ones.
+    fn reading(device: DeviceId, d: usize, ts: i64) -> Enriched {
+        let v = ((ts / MIN) as f64 * 0.37 + d as f64 * 1.3) % 17.0 - 4.0;
+        let mut values: Values =
+            [(Channel::PM25, Some(v)), (Channel::CO2, Some(400.0 + v / 3.0))].into_iter().collect();
+        if d % 2 == 1 {
+            values.reverse();
+        }
+        if d.is_multiple_of(5) && (ts / MIN) % 3 == 0 {
+            values.push((Channel::VOC, Some(v * 1e-3)));
+        }
+        Enriched {
+            device,
+            ts,
+            pos: Position::line(1),
+            late: false,
+            future: false,
+            raw: values.clone(),
+            values,
+            calibrated: Default::default(),
+            context: None,
+            junk: Default::default(),
+        }
+    }
+
+    fn devices() -> Vec<DeviceId> {
+        (0..40).map(|d| DeviceId::intern(&format!("win-snap-{d}"))).collect()
+    }
+
+    /// Runs the windows operator on `workers` workers over [`EPOCHS`]
+    /// epochs of ten minutes, each worker fed the readings of the devices
+    /// it owns. With `save_at`, stops at that time `t` once the frontier is
+    /// at `t - 1` and returns what the workers saved; with `from`, starts at
+    /// that time from the saved state. Returns the records by time, in the
+    /// order sent (by worker), and the saved state.
+    fn run(
+        workers: usize,
+        save_at: Option<i64>,
+        from: Option<(i64, Arc<Restored>)>,
+    ) -> (Vec<(u64, WindowRecord)>, Restored) {
+        let spec = WindowSpec::hopping(30 * MIN, 10 * MIN);
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let owner = Owner { index: worker.index(), peers: worker.peers() };
+            snapshot::install(owner, from.as_ref().map(|(_, r)| Arc::clone(r)), None);
+            let (mut input, probe, rx) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<Enriched>>();
+                let (probe, out) = windows(stream, spec, "win").probe();
+                (input, probe, out.capture())
+            });
+            assert!(snapshot::take_errors().is_empty());
+            let devices = devices();
+            let mut saved = Vec::new();
+            for epoch in from.as_ref().map_or(0, |(t, _)| t / (10 * MIN))..EPOCHS {
+                let t = epoch * 10 * MIN;
+                if save_at == Some(t) {
+                    input.advance_to((t - 1) as u64);
+                    worker.step_while(|| probe.less_than(&((t - 1) as u64)));
+                    saved = snapshot::save_all().expect("saves");
+                    break;
+                }
+                input.advance_to(t as u64);
+                for (d, device) in devices.iter().enumerate().filter(|(_, x)| owner.owns(**x)) {
+                    // Readings ahead of the frontier, some in the next epoch.
+                    input.send(reading(*device, d, t + (d as i64 * 37 * 1_000) % (12 * MIN)));
+                }
+                worker.step_while(|| probe.less_than(&(t as u64)));
+            }
+            drop(input);
+            worker.step_while(|| !probe.done());
+            snapshot::uninstall();
+            (worker.index(), saved, rx)
+        })
+        .expect("timely runs");
+        let mut results: Vec<_> = guards.join().into_iter().map(|r| r.expect("a worker")).collect();
+        results.sort_by_key(|(i, _, _)| *i);
+        let mut got = Vec::new();
+        let mut restored = Restored::default();
+        for (_, saved, rx) in results {
+            for (name, bytes) in saved {
+                restored.insert(&name, bytes);
+            }
+            for event in rx.try_iter() {
+                if let Event::Messages(stamp, data) = event {
+                    let t = stamp.into_elements().pop().expect("one time");
+                    got.extend(data.into_iter().map(|r| (t, r)));
+                }
+            }
+        }
+        (got, restored)
+    }
+
+    /// A run restored from a checkpoint sends, from the checkpoint on, what
+    /// a clean run sends, in the same order on one worker, whatever the
+    /// number of workers that wrote the checkpoint; a closing window sends
+    /// its devices in device order.
+    #[test]
+    fn a_restored_run_sends_what_a_clean_run_sends() {
+        let (clean, _) = run(1, None, None);
+        assert!(clean.len() > 1_000, "{} records", clean.len());
+        // Each window's records go out in device order.
+        for w in clean.windows(2) {
+            let (a, b) = (&w[0].1, &w[1].1);
+            if (a.window_start, a.window_end) == (b.window_start, b.window_end) {
+                assert!(a.device_id <= b.device_id, "{a:?} before {b:?}");
+            }
+        }
+        let t = 13 * 10 * MIN;
+        let after: Vec<(u64, WindowRecord)> = clean.iter().filter(|(time, _)| *time >= t as u64).cloned().collect();
+        assert!(after.len() > 100 && after.len() < clean.len());
+        for writers in [1, 2] {
+            let (_, saved) = run(writers, Some(t), None);
+            assert_eq!(saved.names().collect::<Vec<_>>(), ["win"]);
+            let saved = Arc::new(saved);
+            let (restored, _) = run(1, None, Some((t, Arc::clone(&saved))));
+            assert!(restored == after, "restored at -w 1 from -w {writers}");
+            let (mut restored, _) = run(3, None, Some((t, saved)));
+            let mut want = after.clone();
+            let key = |(t, r): &(u64, WindowRecord)| (*t, r.window_start, r.device_id, r.channel);
+            restored.sort_by_key(key);
+            want.sort_by_key(key);
+            assert!(restored == want, "restored at -w 3 from -w {writers}");
+        }
+    }
+
+    /// The state saved by two workers restores on three, every device's
+    /// aggregates, bit for bit, on its owner alone.
+    #[test]
+    fn open_windows_saved_by_two_workers_are_shared_out_among_three() {
+        let devices = devices();
+        let mut whole: BTreeMap<i64, Vec<(DeviceId, Vec<SavedAgg>)>> = BTreeMap::new();
+        let mut parts: Vec<WindowsState> = (0..2).map(|_| WindowsState::default()).collect();
+        for start in [0, 10 * MIN, 20 * MIN] {
+            for (d, device) in devices.iter().enumerate().filter(|(d, _)| !(d + start as usize).is_multiple_of(3)) {
+                let mut aggs = DeviceAggs::default();
+                let r = reading(*device, d, start + d as i64);
+                add_channels(&mut aggs, &r);
+                for (i, (c, v)) in r.usable().enumerate() {
+                    aggs[i].add(v);
+                    aggs[i].add(if d % 4 == 0 { f64::NAN } else { -v / 7.0 });
+                    assert_eq!(aggs[i].channel, c);
+                }
+                aggs[0].set(&WindowAgg { count: MAX_COUNT, ..aggs[0].get() });
+                let saved = aggs.iter().map(SavedAgg::of).collect();
+                whole.entry(start).or_default().push((*device, saved));
+                let w = (0..2).find(|w| Owner { index: *w, peers: 2 }.owns(*device)).expect("an owner");
+                parts[w].open.entry(start).or_default().insert(*device, aggs);
+            }
+        }
+        let saved: Vec<Vec<u8>> = parts.iter().map(|p| p.save().expect("saves")).collect();
+        let mut got: BTreeMap<i64, Vec<(DeviceId, Vec<SavedAgg>)>> = BTreeMap::new();
+        for index in 0..3 {
+            let owner = Owner { index, peers: 3 };
+            let mut state = WindowsState::default();
+            for bytes in &saved {
+                state.restore(eddy_checkpoint::decode(bytes).expect("decodes"), &owner);
+            }
+            assert!(state.closing.is_none());
+            for (start, aggs) in state.open {
+                assert!(!aggs.is_empty());
+                for (device, aggs) in aggs {
+                    assert!(owner.owns(device), "{device} restored on worker {index}");
+                    got.entry(start).or_default().push((device, aggs.iter().map(SavedAgg::of).collect()));
+                }
+            }
+        }
+        for v in whole.values_mut().chain(got.values_mut()) {
+            v.sort_by_key(|(d, _)| *d);
+        }
+        let bits = |m: &BTreeMap<i64, Vec<(DeviceId, Vec<SavedAgg>)>>| -> Vec<(i64, DeviceId, Channel, u64, [u64; 3])> {
+            m.iter()
+                .flat_map(|(s, v)| {
+                    v.iter().flat_map(move |(d, aggs)| {
+                        aggs.iter().map(move |a| (*s, *d, a.channel, a.count, [a.sum, a.min, a.max].map(f64::to_bits)))
+                    })
+                })
+                .collect()
+        };
+        assert_eq!(bits(&got), bits(&whole));
+        assert!(whole.values().all(|v| v.len() > 10));
+    }
 
     #[test]
     fn a_channel_aggregate_is_a_window_agg_in_32_bytes() {

@@ -670,6 +670,11 @@ impl fmt::Debug for JobInstance {
 }
 
 impl JobInstance {
+    /// The job's spec, as text (for a checkpoint to tell a changed spec).
+    pub fn spec_text(&self) -> String {
+        format!("{}: {}", self.kind(), self.component.describe(&*self.spec))
+    }
+
     /// The job's kind.
     pub fn kind(&self) -> &'static str {
         self.component.kind()

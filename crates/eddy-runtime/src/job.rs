@@ -28,13 +28,15 @@ use eddy_operators::ingest::{ingest_source, Backpressure, IngestConfig, SourcePr
 use eddy_operators::metrics::Metrics;
 use eddy_operators::reference::{reference, Reference};
 use eddy_operators::sink::Taken;
+use eddy_operators::snapshot::{self, Barrier, Complete, Owner};
 use eddy_parquet::{BackupWriter, RawArchiveWriter};
 
 use crate::backup::{backup_config, ParquetSink, Resume};
 use crate::checkpoint::Ledger;
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
-use crate::runner::{drive, NoCommits};
+use crate::runner::{drive, Commits, NoCommits};
+use crate::snapshots::{CheckpointOptions, Checkpointing, Finish, OutputPosition, ReplayMeta, Restart, Writer};
 use crate::workers::Workers;
 
 /// When paced (`--speed`), the ingest source wakes at most this often.
@@ -66,6 +68,10 @@ pub struct JobOptions {
     /// (stats, windows, alerts) is not run. The Parquet backup and the raw
     /// archive follow the backup spec.
     pub outputs: Option<Vec<String>>,
+    /// Checkpoints: how often, where, how many kept (every 10 s into
+    /// `OUT/_checkpoints` by default). A run into an `OUT` whose store holds
+    /// one restarts from it.
+    pub checkpoints: CheckpointOptions,
 }
 
 impl JobOptions {
@@ -86,6 +92,7 @@ impl JobOptions {
             speed: None,
             reference: None,
             outputs: None,
+            checkpoints: CheckpointOptions::default(),
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct Summary {
     pub wall_time_s: f64,
     /// Input lines per second of wall time.
     pub lines_per_s: f64,
+    /// Checkpoints written, and the one the run restarted from.
+    pub checkpoints: crate::snapshots::CheckpointSummary,
 }
 
 /// Process-wide state shared by the workers of a run.
@@ -162,6 +171,36 @@ pub(crate) struct Shared {
     files: Mutex<BTreeMap<String, Arc<JsonlFile>>>,
     metrics: Arc<Metrics>,
     finished: AtomicUsize,
+    /// The checkpoint the run restarts from.
+    restart: Option<Restart>,
+    /// The checkpoint barrier, when the run takes checkpoints.
+    barrier: Option<Arc<Barrier>>,
+    /// Where checkpoints go, while the run takes them.
+    writer: Mutex<Option<std::sync::mpsc::Sender<crate::snapshots::ToWrite>>>,
+    /// Each job's spec as text, for the checkpoints.
+    specs: BTreeMap<String, String>,
+}
+
+impl Finish for Shared {
+    fn meta(&self, c: &Complete) -> Result<ReplayMeta> {
+        let mut outputs = BTreeMap::new();
+        for (name, f) in self.files.lock().iter() {
+            let (bytes, records) = f.position()?;
+            outputs.insert(name.clone(), OutputPosition { bytes, records });
+        }
+        Ok(ReplayMeta {
+            version: ReplayMeta::VERSION,
+            input: self.dataset.readings.display().to_string(),
+            position: c.position,
+            offset: c.offset,
+            time: c.time,
+            workers: c.parts.len(),
+            specs: self.specs.clone(),
+            outputs,
+            counters: crate::snapshots::Counters::of(&self.metrics),
+            pause_ms: 0.0,
+        })
+    }
 }
 
 impl Shared {
@@ -232,6 +271,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
                 processed: Rc::clone(&self.processed),
                 max_lines: Backpressure::MAX_LINES,
             }),
+            barrier: self.shared.barrier.clone(),
         };
         let name = spec.name.clone().unwrap_or_else(|| "ingest".into());
         let streams = ingest_source(
@@ -387,6 +427,57 @@ where
     let kept = if opts.spec.adapter.enabled { updates.clone() } else { Vec::new() };
     let total_bytes = dataset.readings_bytes;
     let metrics = Arc::new(Metrics::default());
+
+    // Checkpoints: restart from the newest complete one, and take more.
+    let mut specs: BTreeMap<String, String> =
+        opts.jobs.iter().map(|j| (format!("job {}", j.name), j.spec_text())).collect();
+    specs.insert("outputs".into(), format!("{:?}", opts.outputs));
+    let ckpt = &opts.checkpoints;
+    if ckpt.every.is_some() && opts.spec.backup.enabled {
+        return Err(Error::Usage(
+            "checkpoints: the Parquet backup cannot take part in them yet (its files commit on their own schedule, \
+             so a cut would wait for them): disable the backup job (enabled = false in backup.toml) or run without \
+             --checkpoint-every"
+                .into(),
+        ));
+    }
+    let supported = opts.spec.ingest.epoch.ms() >= 2 && !opts.spec.adapter.enabled && opts.spec.score.model.is_none();
+    let location = ckpt.location(&opts.out);
+    let store = match (ckpt.every, supported) {
+        (Some(_), true) => {
+            Some(eddy_checkpoint::Store::open(&location).map_err(|e| Error::Usage(format!("checkpoints: {e}")))?)
+        }
+        (Some(_), false) => {
+            tracing::warn!(
+                "Checkpoints are not taken with the calibration adapter, a scoring model or an epoch under 2 ms"
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let input = dataset.readings.display().to_string();
+    let restart = match &store {
+        Some(store) => crate::snapshots::load(store, &specs, &input)?,
+        None => None,
+    };
+    let mut files = BTreeMap::new();
+    if let Some(r) = &restart {
+        for (name, pos) in &r.meta.outputs {
+            let f = JsonlFile::resume(&opts.out.join(format!("{name}.jsonl")), pos.bytes, pos.records)?;
+            files.insert(name.clone(), f);
+        }
+        r.meta.counters.restore(&metrics);
+        tracing::info!(checkpoint = r.id, line = r.meta.position.offset, "Restarting from a checkpoint");
+    }
+    let writer = match store {
+        Some(store) => Some(Writer::start(store, ckpt.keep)?),
+        None => None,
+    };
+    let barrier = match (&writer, ckpt.every) {
+        (Some(_), Some(every)) => Some(Arc::new(Barrier::new(every, opts.workers.total()))),
+        _ => None,
+    };
+    let restored_from = restart.as_ref().map(|r| r.id);
     let shared = Arc::new(Shared {
         dataset,
         resume,
@@ -396,9 +487,13 @@ where
         speed: opts.speed,
         jobs: opts.jobs.clone(),
         out: opts.out.clone(),
-        files: Mutex::new(BTreeMap::new()),
+        files: Mutex::new(files),
         metrics: Arc::clone(&metrics),
         finished: AtomicUsize::new(0),
+        restart,
+        barrier,
+        writer: Mutex::new(writer.as_ref().map(Writer::sender)),
+        specs,
     });
     let workers = opts.workers.total();
 
@@ -425,8 +520,20 @@ where
     for r in guards.join() {
         r.map_err(Error::Timely)?;
     }
+    shared.writer.lock().take();
+    let written = match writer {
+        Some(w) => w.finish()?,
+        None => 0,
+    };
     if let Some(e) = metrics.failure() {
         return Err(Error::Worker(e));
+    }
+    // A complete run has nothing to restart from: its store inside OUT goes.
+    if opts.checkpoints.store.is_none() {
+        let dir = opts.out.join(crate::snapshots::STORE_DIR);
+        if dir.is_dir() {
+            std::fs::remove_dir_all(&dir).map_err(|e| eddy_connectors::Error::io(&dir, e))?;
+        }
     }
     let mut records = BTreeMap::new();
     for (name, f) in shared.files.lock().iter() {
@@ -457,6 +564,7 @@ where
         workers,
         wall_time_s: wall,
         lines_per_s: if wall > 0.0 { lines as f64 / wall } else { 0.0 },
+        checkpoints: crate::snapshots::CheckpointSummary { written, restored_from },
     };
     write_json(&opts.out.join("summary.json"), &summary)?;
     // Bench instrumentation (EDDY_BENCH_STAGES / EDDY_BENCH_LATENCY): OUT/bench.json.
@@ -476,8 +584,16 @@ where
 {
     let index = worker.index();
     let progress = Rc::new(SourceProgress::default());
+    if s.barrier.is_some() || s.restart.is_some() {
+        snapshot::install(
+            Owner { index, peers: worker.peers() },
+            s.restart.as_ref().map(|r| Arc::clone(&r.restored)),
+            s.barrier.clone(),
+        );
+    }
     let input: Option<Box<dyn LineSource>> = if index == 0 {
-        match s.dataset.lines() {
+        let at = s.restart.as_ref().map(|r| (r.meta.position.offset.saturating_sub(1), r.meta.offset.unwrap_or(0)));
+        match at.map_or_else(|| s.dataset.lines(), |(lines, offset)| s.dataset.lines_at(lines, offset)) {
             Ok(l) => Some(l),
             Err(e) => {
                 s.metrics.fail(e);
@@ -503,18 +619,42 @@ where
         };
         build(&mut ctx);
     });
+    if let Some(e) = snapshot::take_errors().into_iter().next() {
+        s.metrics.fail(e);
+    }
 
     // Worker 0 keeps the commit ledger: the input position up to which every
     // output is durable, written to `_checkpoint.json` about once a second.
     let park = Duration::from_millis(20);
-    let result = if index == 0 {
+    let commits: Box<dyn Commits> = if index == 0 {
         let input = s.dataset.readings.display().to_string();
-        let mut ledger = Ledger::new(s.out.join("_checkpoint.json"), input, progress, Arc::clone(&s.metrics));
-        drive(worker, &probe, park, &mut ledger)
+        Box::new(Ledger::new(s.out.join("_checkpoint.json"), input, progress, Arc::clone(&s.metrics)))
     } else {
-        drive(worker, &probe, park, &mut NoCommits)
+        Box::new(NoCommits)
+    };
+    let writer = s.writer.lock().clone();
+    let result = match (&s.barrier, writer) {
+        (Some(barrier), Some(writer)) => {
+            let mut c = Checkpointing {
+                inner: commits,
+                index,
+                barrier: Arc::clone(barrier),
+                finish: s,
+                writer,
+                metrics: Arc::clone(&s.metrics),
+            };
+            drive(worker, &probe, park, &mut c)
+        }
+        _ => {
+            let mut c = commits;
+            drive(worker, &probe, park, &mut *c)
+        }
     };
     if let Err(e) = result {
         s.metrics.fail(e);
+        if let Some(b) = &s.barrier {
+            b.release();
+        }
     }
+    snapshot::uninstall();
 }

@@ -3,7 +3,7 @@
 //! Turns job specs into timely workers and runs them: the worker
 //! configuration ([`workers`]), the typed job API ([`flow`]), the job runner
 //! ([`job`]), the embedded pipeline of `eddy replay` ([`replay`]) and the
-//! commit ledger ([`checkpoint`]).
+//! commit ledger ([`checkpoint`]) and checkpoints of operator state ([`snapshots`]).
 //!
 //! ```no_run
 //! use eddy_runtime::replay::{replay, ReplayOptions};
@@ -26,6 +26,7 @@ pub mod job;
 pub mod kafka;
 pub mod replay;
 pub mod runner;
+pub mod snapshots;
 pub mod workers;
 
 pub use error::{Error, Result};

@@ -63,6 +63,16 @@ pub fn drive(
     commits.finish()
 }
 
+impl<C: Commits + ?Sized> Commits for Box<C> {
+    fn committed(&mut self, frontier: u64, done: bool) -> Result<Next> {
+        (**self).committed(frontier, done)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        (**self).finish()
+    }
+}
+
 /// Commits nothing: for a worker that keeps no ledger.
 pub struct NoCommits;
 

@@ -106,7 +106,11 @@ impl WindowSpec {
 /// [`WindowAgg::new`] is the empty aggregate, which is also the identity of
 /// [`WindowAgg::merge`]: `count == 0`, `sum == 0`, `min == +inf`,
 /// `max == -inf`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+///
+/// `Serialize` and `Deserialize` save and restore the four fields exactly in
+/// a binary codec (such as `postcard`); JSON cannot read back the `±inf` of
+/// an empty aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowAgg {
     /// Number of values added.
     pub count: u64,

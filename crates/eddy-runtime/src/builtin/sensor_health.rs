@@ -24,7 +24,9 @@
 //! `{"event_id","device_id","channel","kind","state","ts",…}`; see
 //! [`HealthEvent`].
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +45,7 @@ use eddy_core::records::EventState;
 use eddy_core::spec::PipelineSpec;
 use eddy_core::SpecError;
 use eddy_operators::batch::Batch;
+use eddy_operators::snapshot::{self, Checkpointed, Owner, Pairs};
 
 use crate::component::{Job, JobBuilder, OutputRecord};
 use crate::error::Result;
@@ -184,7 +187,7 @@ impl OutputRecord for HealthEvent {
 }
 
 /// One channel's counts in a device's window, and its open fault.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct ChannelCount {
     channel: Channel,
     values: u32,
@@ -199,7 +202,7 @@ const MAX_CHANNELS: usize = 64;
 
 /// One reading in a device's window: its `ts`, the channel slots it had a
 /// non-null value for, and those whose value was junk.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Entry {
     ts: i64,
     values: u64,
@@ -211,7 +214,7 @@ struct Entry {
 /// twelve entries): the live entries are `entries[start..]`, so dropping
 /// the oldest is a move of `start`, and the dead prefix is cut away only
 /// when the inline space runs out.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Window {
     entries: SmallVec<[Entry; 16]>,
     start: usize,
@@ -254,8 +257,10 @@ impl Window {
 
 /// A device's health state. The fields every reading touches come first
 /// (`repr(C)` keeps them together); the per-channel counts are kept only
-/// while there is something to judge (see [`Device::counted`]).
-#[derive(Clone, Debug, Default)]
+/// while there is something to judge (see [`Device::counted`]). A
+/// checkpoint saves it whole but for `order`, which follows the channels'
+/// process-local indices: it is made again when restored.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[repr(C)]
 struct Device {
     newest: Option<i64>,
@@ -278,6 +283,7 @@ struct Device {
     /// The counts and open fault of each slot.
     channels: SmallVec<[ChannelCount; 6]>,
     /// The slots in channel order: the order faults are judged in.
+    #[serde(skip)]
     order: SmallVec<[u8; 6]>,
 }
 
@@ -310,6 +316,15 @@ impl Device {
         if self.counted {
             count_channels(&mut self.channels, e, add);
         }
+    }
+
+    /// Makes `order` again from `ids` (for a device restored from a
+    /// checkpoint): the slots sorted by the channels' indices in this
+    /// process, as [`Device::slot`] keeps them.
+    fn reorder(&mut self) {
+        let ids = &self.ids;
+        self.order = (0..ids.len() as u8).collect();
+        self.order.sort_unstable_by_key(|&o| ids[o as usize].index());
     }
 
     /// Makes `channels` hold the window's counts, if it does not.
@@ -367,16 +382,23 @@ pub struct Health {
     /// probe cost a cache miss of its own on a large fleet.
     devices: Vec<Device>,
     slots: Vec<u32>,
+    /// The device of each entry of `devices` (for a checkpoint).
+    ids: Vec<DeviceId>,
 }
 
 impl Health {
     /// No device seen yet.
     pub fn new(spec: HealthSpec) -> Health {
-        Health { spec, devices: Vec::new(), slots: Vec::new() }
+        Health { spec, devices: Vec::new(), slots: Vec::new(), ids: Vec::new() }
     }
 
     /// `device`'s state in `devices`, made empty if it has none.
-    fn device_mut<'d>(devices: &'d mut Vec<Device>, slots: &mut Vec<u32>, device: DeviceId) -> &'d mut Device {
+    fn device_mut<'d>(
+        devices: &'d mut Vec<Device>,
+        slots: &mut Vec<u32>,
+        ids: &mut Vec<DeviceId>,
+        device: DeviceId,
+    ) -> &'d mut Device {
         let i = device.index() as usize;
         if i >= slots.len() {
             slots.resize(i + 1, u32::MAX);
@@ -384,6 +406,7 @@ impl Health {
         if slots[i] == u32::MAX {
             slots[i] = devices.len() as u32;
             devices.push(Device::default());
+            ids.push(device);
         }
         &mut devices[slots[i] as usize]
     }
@@ -399,7 +422,7 @@ impl Health {
     /// yet) and ends at this reading, whatever the batching.
     pub fn apply(&mut self, r: &Enriched, time: u64, out: &mut Vec<HealthEvent>) -> Option<i64> {
         let spec = &self.spec;
-        let dev = Health::device_mut(&mut self.devices, &mut self.slots, r.device);
+        let dev = Health::device_mut(&mut self.devices, &mut self.slots, &mut self.ids, r.device);
         if let (None, Some(newest)) = (dev.silent, dev.newest) {
             let deadline = newest.saturating_add(spec.silence.ms());
             if (deadline.max(0) as u64) < time {
@@ -523,6 +546,69 @@ impl Health {
     }
 }
 
+/// The sensor-health operator's state: every device's health, the deadlines
+/// not yet decided, and the newest beat.
+struct HealthOp {
+    health: Health,
+    /// Deadlines not yet decided, each with its devices in the order queued.
+    pending: BTreeMap<i64, Vec<DeviceId>>,
+    newest_beat: Option<u64>,
+}
+
+/// What the sensor-health operator keeps across a checkpoint.
+#[derive(Deserialize)]
+struct SavedHealth {
+    devices: Vec<(DeviceId, Device)>,
+    pending: Vec<(i64, Vec<DeviceId>)>,
+    newest_beat: Option<u64>,
+}
+
+impl Checkpointed for HealthOp {
+    type Saved = SavedHealth;
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        let h = &self.health;
+        let devices = Pairs::new(h.ids.iter().zip(h.devices.iter()));
+        snapshot::encode(&(devices, Pairs::new(self.pending.iter()), self.newest_beat))
+    }
+
+    fn restore(&mut self, saved: SavedHealth, owner: &Owner) {
+        let h = &mut self.health;
+        for (device, mut state) in saved.devices.into_iter().filter(|(d, _)| owner.owns(*d)) {
+            debug_assert!(state.ids.len() == state.channels.len() && state.ids.len() <= MAX_CHANNELS);
+            state.reorder();
+            *Health::device_mut(&mut h.devices, &mut h.slots, &mut h.ids, device) = state;
+        }
+        for (deadline, devices) in saved.pending {
+            let mine = devices.into_iter().filter(|d| owner.owns(*d));
+            self.pending.entry(deadline).or_default().extend(mine);
+        }
+        self.pending.retain(|_, v| !v.is_empty());
+        self.newest_beat = self.newest_beat.max(saved.newest_beat);
+    }
+}
+
+/// The heartbeats' state on one worker: the newest time it got readings at,
+/// and the newest beat it sent.
+#[derive(Default)]
+struct Beats {
+    newest: Option<u64>,
+    sent: Option<u64>,
+}
+
+impl Checkpointed for Beats {
+    type Saved = (Option<u64>, Option<u64>);
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        snapshot::encode(&(self.newest, self.sent))
+    }
+
+    fn restore(&mut self, (newest, sent): (Option<u64>, Option<u64>), _owner: &Owner) {
+        self.newest = self.newest.max(newest);
+        self.sent = self.sent.max(sent);
+    }
+}
+
 /// The start of `device`'s silent fault at `deadline`, its newest `ts` before.
 fn silent_start(device: DeviceId, deadline: i64, newest: i64) -> HealthEvent {
     HealthEvent {
@@ -555,32 +641,45 @@ pub fn health<'s>(on_time: Flow<'s, Enriched>, spec: HealthSpec, name: &str) -> 
 /// The beat's capability is held meanwhile, so a deadline is decided (by
 /// the newest beat after it) at most `every` later, never differently.
 fn heartbeats<'s, C: Batch<Enriched>>(readings: Stream<'s, u64, C>, every: u64, name: &str) -> StreamVec<'s, u64, u64> {
-    readings.unary_frontier(Pipeline, name, move |_cap, _info| {
-        let mut newest: Option<u64> = None;
-        let mut sent: Option<u64> = None;
-        // A capability at or below `newest` while it is unsent.
-        let mut held: Option<Capability<u64>> = None;
+    let name_owned = name.to_string();
+    readings.unary_frontier(Pipeline, name, move |cap, _info| {
+        let beats = Rc::new(RefCell::new(Beats::default()));
+        snapshot::register(&name_owned, &beats);
+        // A capability at or below `newest` while it is unsent (a restored
+        // beat that was unsent: at it).
+        let mut held: Option<Capability<u64>> = match *beats.borrow() {
+            Beats { newest: Some(n), sent } if sent.is_none_or(|s| s < n) => {
+                let mut cap = cap;
+                cap.downgrade(&n);
+                Some(cap)
+            }
+            _ => None,
+        };
         move |(input, frontier), output| {
+            let mut beats = beats.borrow_mut();
+            let Beats { newest, sent } = &mut *beats;
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
                 if !data.records().is_empty() && newest.is_none_or(|n| t > n) {
-                    newest = Some(t);
+                    *newest = Some(t);
                     if held.is_none() {
                         held = Some(cap.delayed(&t, 0));
                     }
                 }
             });
-            let (Some(n), Some(h)) = (newest, held.as_ref()) else { return };
+            let (Some(n), Some(h)) = (*newest, held.as_ref()) else { return };
             let frontier = frontier.frontier();
             // Send when the beat is `every` past the last one, when the input
             // has moved `every` past it (no newer readings are coming soon),
             // or when the input has ended.
             let due = sent.is_none_or(|s| n >= s.saturating_add(every))
                 || !frontier.less_equal(&n.saturating_add(every))
-                || frontier.is_empty();
+                || frontier.is_empty()
+                // A checkpoint's cut: the input has passed `t - 1`.
+                || snapshot::cut().is_some_and(|t| !frontier.less_equal(&t.saturating_sub(2)));
             if due {
                 output.session(&h.delayed(&n)).give(n);
-                sent = Some(n);
+                *sent = Some(n);
                 held = None;
             }
         }
@@ -593,18 +692,26 @@ fn operator<'s, C: Batch<Enriched>>(
     spec: HealthSpec,
     name: &str,
 ) -> StreamVec<'s, u64, HealthEvent> {
-    readings.binary_frontier(beats, Pipeline, Pipeline, name, move |_cap, _info| {
-        let mut health = Health::new(spec);
+    let name_owned = name.to_string();
+    readings.binary_frontier(beats, Pipeline, Pipeline, name, move |cap, _info| {
         // Deadlines not yet decided: (deadline, device), and a capability
         // at the least of them.
-        let mut pending: BTreeMap<i64, Vec<DeviceId>> = BTreeMap::new();
-        let mut held: Option<Capability<u64>> = None;
-        let mut newest_beat: Option<u64> = None;
+        let op =
+            Rc::new(RefCell::new(HealthOp { health: Health::new(spec), pending: BTreeMap::new(), newest_beat: None }));
+        snapshot::register(&name_owned, &op);
+        // Restored deadlines are held at the least of them, as they were.
+        let mut held: Option<Capability<u64>> = op.borrow().pending.first_key_value().map(|(&least, _)| {
+            let mut cap = cap;
+            cap.downgrade(&(least.max(0) as u64));
+            cap
+        });
         let mut out = Vec::new();
         move |(input, frontier), (beats, beats_frontier), output| {
+            let mut op = op.borrow_mut();
+            let HealthOp { health, pending, newest_beat } = &mut *op;
             beats.for_each(|_, data| {
                 for t in data.drain(..) {
-                    newest_beat = Some(newest_beat.map_or(t, |n| n.max(t)));
+                    *newest_beat = Some(newest_beat.map_or(t, |n| n.max(t)));
                 }
             });
             input.for_each(|cap, data| {
@@ -654,10 +761,20 @@ fn operator<'s, C: Batch<Enriched>>(
                     }
                 }
             }
+            // At a checkpoint's cut, once both inputs have passed `t - 1`, an
+            // undecided deadline no longer holds the output below it (its
+            // fault, if it starts one, goes out at `t - 1` or later).
+            let floor = snapshot::cut()
+                .map(|t| t.saturating_sub(1))
+                .filter(|f| {
+                    !frontier.less_equal(&(f.saturating_sub(1))) && !beats_frontier.less_equal(&(f.saturating_sub(1)))
+                })
+                .unwrap_or(0);
             match pending.first_key_value() {
                 Some((&next, _)) => {
                     if let Some(h) = held.as_mut() {
-                        h.downgrade(&(next.max(0) as u64));
+                        let to = (next.max(0) as u64).max(floor).max(*h.time());
+                        h.downgrade(&to);
                     }
                 }
                 None => held = None,
@@ -670,6 +787,7 @@ fn operator<'s, C: Batch<Enriched>>(
 mod tests {
     use super::*;
     use eddy_core::reading::{ChannelList, Position, Values};
+    use eddy_operators::snapshot::Restored;
 
     fn reading(device: &str, ts: i64, values: &[(&str, Option<f64>)], junk: &[&str]) -> Enriched {
         let values: Values = values.iter().map(|(c, v)| (Channel::intern(c), *v)).collect();
@@ -845,6 +963,218 @@ mod tests {
         h.apply(&reading("e", 10 * MIN, &[("pm25", Some(1.0))], &[]), 0, &mut out);
         h.apply(&reading("e", 45 * MIN, &[("pm25", Some(1.0))], &[]), (40 * MIN) as u64, &mut out);
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// A reading of device `d` (0..) at epoch `e` of five minutes, or none:
+    /// each device goes quiet for 35 minutes every 85, and sends junk PM2.5
+    /// for half an hour every hour and five minutes.
+    fn fleet_reading(device: DeviceId, d: i64, e: i64) -> Option<Enriched> {
+        if (e + 3 * d) % 17 >= 10 {
+            return None;
+        }
+        let ts = e * 5 * MIN + (d * 13_000) % (5 * MIN);
+        let junk: &[&str] = if (e + d) % 13 < 6 { &["pm25"] } else { &[] };
+        let mut r = reading("x", ts, &[("pm25", Some(1.0)), ("co2", Some(400.0)), ("hum", None)], junk);
+        if d % 3 == 0 {
+            r.raw.reverse();
+        }
+        r.device = device;
+        Some(r)
+    }
+
+    fn fleet() -> Vec<DeviceId> {
+        (0..24).map(|d| DeviceId::intern(&format!("health-snap-{d}"))).collect()
+    }
+
+    const EPOCHS: i64 = 60;
+
+    /// Runs the heartbeats and the operator on `workers` workers over
+    /// [`EPOCHS`] epochs, each worker fed the readings of the devices it
+    /// owns. Without `from`, pauses at time `t` once both inputs of the
+    /// operator are at `t - 1`, saves the state, and goes on; with `from`,
+    /// starts at `t` from it. Returns the events sent after the pause (or
+    /// the start), by worker, in the order sent, and the state saved.
+    fn run_fleet(workers: usize, t: i64, from: Option<Arc<Restored>>) -> (Vec<(u64, HealthEvent)>, Restored) {
+        use timely::dataflow::operators::capture::{Capture, Event};
+        use timely::dataflow::operators::{Input, Probe};
+        let guards = timely::execute(timely::Config::process(workers), move |worker| {
+            let owner = Owner { index: worker.index(), peers: worker.peers() };
+            let restoring = from.is_some();
+            snapshot::install(owner, from.clone(), None);
+            let (mut input, probe, rx) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, readings) = scope.new_input::<Vec<Enriched>>();
+                let (probe, readings) = readings.probe();
+                let beats = heartbeats(readings.clone(), 10_000, "h.beats").broadcast().probe_with(&probe);
+                (input, probe, operator(readings, beats, spec(), "h").capture())
+            });
+            assert!(snapshot::take_errors().is_empty());
+            let devices = fleet();
+            let mut saved = Vec::new();
+            let first = if restoring { t / (5 * MIN) } else { 0 };
+            for e in first..EPOCHS {
+                let time = e * 5 * MIN;
+                if time == t && !restoring {
+                    input.advance_to((t - 1) as u64);
+                    worker.step_while(|| probe.less_than(&((t - 1) as u64)));
+                    for _ in 0..10 {
+                        worker.step();
+                    }
+                    saved = snapshot::save_all().expect("saves");
+                    // What was sent before the pause.
+                    while rx.try_recv().is_ok() {}
+                }
+                input.advance_to(time as u64);
+                let mine = devices.iter().enumerate().filter(|(_, x)| owner.owns(**x));
+                input.send_batch(&mut mine.filter_map(|(d, x)| fleet_reading(*x, d as i64, e)).collect());
+                worker.step_while(|| probe.less_than(&(time as u64)));
+                for _ in 0..4 {
+                    worker.step();
+                }
+            }
+            drop(input);
+            while worker.step_or_park(None) {}
+            snapshot::uninstall();
+            let mut got = Vec::new();
+            for event in rx.try_iter() {
+                if let Event::Messages(stamp, data) = event {
+                    let time = stamp.into_elements().pop().expect("one time");
+                    got.extend(data.into_iter().map(|r| (time, r)));
+                }
+            }
+            (worker.index(), saved, got)
+        })
+        .expect("timely runs");
+        let mut results: Vec<_> = guards.join().into_iter().map(|r| r.expect("a worker")).collect();
+        results.sort_by_key(|(i, _, _)| *i);
+        let mut restored = Restored::default();
+        let mut got = Vec::new();
+        for (_, saved, events) in results {
+            for (name, bytes) in saved {
+                restored.insert(&name, bytes);
+            }
+            got.extend(events);
+        }
+        (got, restored)
+    }
+
+    fn sorted(mut events: Vec<(u64, HealthEvent)>) -> Vec<(u64, HealthEvent)> {
+        events.sort_by(|(a, x), (b, y)| (a, &x.event_id, x.state as u8).cmp(&(b, &y.event_id, y.state as u8)));
+        events
+    }
+
+    /// A run restored from a checkpoint sends, from the checkpoint on, what
+    /// a run that wrote it sends, at the same times (in the same order on
+    /// one worker), whatever the numbers of workers; a silent fault decided
+    /// after the checkpoint at a deadline before it goes out at that
+    /// deadline, as it did.
+    #[test]
+    fn a_restored_run_sends_what_a_clean_run_sends() {
+        let t = 31 * 5 * MIN;
+        let (clean, saved_one) = run_fleet(1, t, None);
+        let kinds = |k: FaultKind, s: EventState| clean.iter().filter(|(_, e)| e.kind == k && e.state == s).count();
+        assert!(kinds(FaultKind::Silent, EventState::Start) > 5 && kinds(FaultKind::Junk, EventState::End) > 5);
+        assert!(clean
+            .iter()
+            .any(|(_, e)| e.kind == FaultKind::Junk && e.state == EventState::End && e.duration_ms > Some(e.ts - t)));
+        assert_eq!(saved_one.names().collect::<Vec<_>>(), ["h", "h.beats"]);
+        let (restored, _) = run_fleet(1, t, Some(Arc::new(saved_one)));
+        assert!(restored == clean, "restored at -w 1 from -w 1");
+        let (clean_two, saved_two) = run_fleet(2, t, None);
+        assert!(sorted(clean_two) == sorted(clean.clone()), "-w 2 sends what -w 1 sends");
+        let saved_two = Arc::new(saved_two);
+        for workers in [1, 3] {
+            let (restored, _) = run_fleet(workers, t, Some(Arc::clone(&saved_two)));
+            assert!(sorted(restored) == sorted(clean.clone()), "restored at -w {workers} from -w 2");
+        }
+    }
+
+    /// The state saved by two workers restores on three: every device's
+    /// health and pending deadline on its owner alone, the newest beat on
+    /// all, and the restored states go on as the original does.
+    #[test]
+    fn health_saved_by_two_workers_is_shared_out_among_three() {
+        let devices = fleet();
+        let fresh = || HealthOp { health: Health::new(spec()), pending: BTreeMap::new(), newest_beat: None };
+        // Applies epochs `es` to the state of each device's owner, and
+        // decides every deadline before the last epoch; returns the
+        // events by device.
+        let feed = |ops: &mut [HealthOp], es: std::ops::Range<i64>| {
+            let peers = ops.len();
+            let owner = |x: DeviceId| (0..peers).find(|i| Owner { index: *i, peers }.owns(x)).expect("an owner");
+            let mut events: BTreeMap<DeviceId, Vec<HealthEvent>> = BTreeMap::new();
+            for e in es {
+                let time = (e * 5 * MIN) as u64;
+                for (d, x) in devices.iter().enumerate() {
+                    let Some(r) = fleet_reading(*x, d as i64, e) else { continue };
+                    let op = &mut ops[owner(*x)];
+                    let mut out = Vec::new();
+                    if let Some(deadline) = op.health.apply(&r, time, &mut out) {
+                        op.pending.entry(deadline).or_default().push(*x);
+                    }
+                    events.entry(*x).or_default().extend(out);
+                }
+                for op in ops.iter_mut() {
+                    op.newest_beat = Some(time);
+                    while let Some(entry) = op.pending.first_entry() {
+                        if *entry.key() >= time as i64 {
+                            break;
+                        }
+                        let (deadline, due) = entry.remove_entry();
+                        for x in due {
+                            match op.health.decide(x, deadline) {
+                                Decided::Silent(ev) => events.entry(x).or_default().push(ev),
+                                Decided::Later(d) => op.pending.entry(d).or_default().push(x),
+                                Decided::Nothing => {}
+                            }
+                        }
+                    }
+                }
+            }
+            events
+        };
+        let mut whole = [fresh()];
+        let mut two = [fresh(), fresh()];
+        feed(&mut whole, 0..31);
+        feed(&mut two, 0..31);
+        let saved: Vec<Vec<u8>> = two.iter().map(|op| op.save().expect("saves")).collect();
+        let mut three = [fresh(), fresh(), fresh()];
+        for (index, op) in three.iter_mut().enumerate() {
+            let owner = Owner { index, peers: 3 };
+            for bytes in &saved {
+                op.restore(eddy_checkpoint::decode(bytes).expect("decodes"), &owner);
+            }
+            assert_eq!(op.newest_beat, Some(30 * 5 * MIN as u64));
+            assert!(op.health.ids.iter().all(|x| owner.owns(*x)));
+            assert!(op.pending.values().flatten().all(|x| owner.owns(*x)));
+        }
+        // Every device once, on its owner, as it was.
+        let state = |ops: &[HealthOp]| {
+            let mut devices: Vec<(DeviceId, String)> = Vec::new();
+            let mut pending: Vec<(i64, DeviceId)> = Vec::new();
+            for op in ops {
+                let h = &op.health;
+                for (x, dev) in h.ids.iter().zip(&h.devices) {
+                    // Found through its slot.
+                    assert_eq!(h.ids[h.slots[x.index() as usize] as usize], *x);
+                    devices.push((*x, format!("{dev:?}")));
+                }
+                pending.extend(op.pending.iter().flat_map(|(t, v)| v.iter().map(move |x| (*t, *x))));
+            }
+            devices.sort();
+            pending.sort();
+            (devices, pending)
+        };
+        let (want, got) = (state(&whole), state(&three));
+        assert_eq!(got.0.len(), devices.len());
+        assert!(!want.1.is_empty());
+        assert_eq!(got, want);
+        let want = feed(&mut whole, 31..EPOCHS);
+        let got = feed(&mut three, 31..EPOCHS);
+        assert_eq!(got, want);
+        assert!(want
+            .values()
+            .flatten()
+            .any(|e| e.state == EventState::End && e.ts - e.duration_ms.unwrap() < 31 * 5 * MIN));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! deviation and the EWMA are kept here; the top-k heaps and the trend are
 //! [`TopK`] and [`Trend`].
 
+use serde::{Deserialize, Serialize};
+
 use super::topk::TopK;
 use super::trend::Trend;
 use super::{StatsConfig, StatsSnapshot};
@@ -13,7 +15,16 @@ use super::{StatsConfig, StatsSnapshot};
 /// with [`ChannelStats::update`], and read it with
 /// [`ChannelStats::snapshot`]. See the [module docs](super) for the exact
 /// definitions.
-#[derive(Clone, Debug)]
+///
+/// # Serialization
+///
+/// `Serialize` and `Deserialize` save and restore every field exactly, so a
+/// restored value behaves as the original under further updates, bit for
+/// bit, given the same [`StatsConfig`] (the top-k size is part of the
+/// state; `alpha` and the half-life are not). Use a binary codec (such as
+/// `postcard`) that keeps `f64`s as bits: JSON writes the `±inf` of an empty
+/// key's min and max as `null` and cannot read them back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChannelStats {
     /// Number of (finite) values applied.
     pub(super) count: u64,

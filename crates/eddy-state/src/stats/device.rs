@@ -3,6 +3,8 @@
 
 use super::{ChannelStats, StatsConfig, StatsSnapshot};
 
+mod saved;
+
 /// Readings a [`DeviceStats`] keeps as plain values before it builds a
 /// [`ChannelStats`] for each channel.
 pub const YOUNG_VALUES: usize = 4;
@@ -42,6 +44,17 @@ pub const YOUNG_VALUES: usize = 4;
 /// [`ChannelStats::update`] ignores them; they count for
 /// [`DeviceStats::last_ts`], which is the time of the latest value *given*
 /// to a slot, whatever it was.
+///
+/// # Serialization
+///
+/// `Serialize` (for `K: Serialize`) saves the timeline and every slot, in
+/// slot order, as they are; `Deserialize` (for `K: Deserialize + Copy +
+/// PartialEq`) restores them in the same representation, with the same slot
+/// indices, and rejects input that no device could have saved. The
+/// restored device behaves as the original under further updates with the
+/// same [`StatsConfig`], bit for bit, and serializes to the same bytes. Use
+/// a binary codec (such as `postcard`) that keeps `f64`s as bits: JSON
+/// cannot read back non-finite values.
 ///
 /// # Example
 ///

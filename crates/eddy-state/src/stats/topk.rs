@@ -3,6 +3,8 @@
 
 use std::cmp::Ordering;
 
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
 /// Inline room for the two top-k heaps: both of the default `k = 5` fit
@@ -126,6 +128,32 @@ impl TopK {
         let smallest = self.heaps(count).1;
         let sum: f64 = smallest.iter().sum();
         sum / smallest.len() as f64
+    }
+}
+
+/// Saved as the `2k` slots, as a sequence of `f64` (every slot, bit for
+/// bit: the heaps' order is state).
+impl Serialize for TopK {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.slots.as_slice().serialize(serializer)
+    }
+}
+
+/// Restored inline for `k <= 5`, as [`TopK::new`] builds it. Read through a
+/// `Vec` rather than `SmallVec`'s own `Deserialize`, which reserves whatever
+/// length the input claims; a slot count that is odd (two heaps of `k`)
+/// is an error.
+impl<'de> Deserialize<'de> for TopK {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut slots = Vec::<f64>::deserialize(deserializer)?;
+        if slots.len() % 2 != 0 {
+            return Err(D::Error::custom(format_args!(
+                "top-k heaps need an even number of slots (2k), got {}",
+                slots.len()
+            )));
+        }
+        slots.shrink_to_fit();
+        Ok(Self { slots: SmallVec::from_vec(slots) })
     }
 }
 

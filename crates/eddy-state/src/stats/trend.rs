@@ -3,6 +3,8 @@
 
 use std::f64::consts::LN_2;
 
+use serde::{Deserialize, Serialize};
+
 use super::StatsConfig;
 
 /// Milliseconds in one hour, the time unit of the trend.
@@ -20,7 +22,9 @@ pub(super) fn decay(age_ms: f64, half_life_ms: f64) -> f64 {
 /// newer `ts` arrives, every sum is decayed and shifted to the new origin
 /// (`x → x − Δ`), so `x` stays relative to the latest `ts` and the sums stay
 /// bounded however long the key lives: state is O(1) per key.
-#[derive(Clone, Debug, Default)]
+///
+/// Serialized as every field, `f64`s exactly (in a binary codec).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(super) struct Trend {
     /// The key's latest `ts` (the origin of `x`), once a value came.
     latest: i64,
