@@ -53,8 +53,10 @@ enum Command {
     /// by in-process topics, and writes enriched.jsonl, late.jsonl,
     /// deadletter.jsonl, stats.jsonl, windows.jsonl, events.jsonl and
     /// summary.json to OUT, the Parquet backup to OUT/backup and the raw
-    /// archive to OUT/raw. A rerun into the same OUT recomputes the JSON-lines
-    /// outputs and adds to the backup only what it does not hold yet. Goes as
+    /// archive to OUT/raw. Takes a checkpoint every 10 s; a rerun into the
+    /// same OUT after a kill restarts from the newest one (otherwise it
+    /// recomputes the JSON-lines outputs), and adds to the backup only what
+    /// it does not hold yet. Goes as
     /// fast as possible unless --speed is given.
     Replay(ReplayArgs),
     /// List, inspect and garbage-collect the checkpoints of a store.
@@ -251,10 +253,9 @@ struct ReplayArgs {
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     outputs: Option<Vec<String>>,
     /// Take a checkpoint this often (processing time: `10s`, `500ms`, `1m`),
-    /// or `off` (the default). A replay killed and run again into the same OUT
-    /// restarts from its newest complete checkpoint. Needs the backup job
-    /// disabled for now (docs/checkpoints.md).
-    #[arg(long, value_name = "DURATION", default_value = "off")]
+    /// or `off`. A replay killed and run again into the same OUT restarts
+    /// from its newest complete checkpoint (docs/checkpoints.md).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
     checkpoint_every: String,
     /// Where checkpoints go: a directory or a file:// URL (default OUT/_checkpoints,
     /// removed once the run completes).
@@ -509,7 +510,7 @@ fn cmd_checkpoints(a: CheckpointsArgs) -> Result<()> {
     match a.action {
         CheckpointsAction::List(store) => {
             let store = store.open()?;
-            println!("{:>6}  {:<10}  {:>15}  {:>12}  {}", "id", "status", "time", "bytes", "line");
+            println!("{:>6}  {:<10}  {:>15}  {:>12}  line", "id", "status", "time", "bytes");
             for l in store.list()? {
                 let (status, time, line) = match &l.status {
                     Status::Complete(m) => {

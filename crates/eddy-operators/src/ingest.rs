@@ -316,6 +316,10 @@ pub struct SourceProgress {
     /// epoch at its own line).
     /// Once every sink has committed all times `< t`, the input before `p` is committed.
     pub epochs: RefCell<VecDeque<(u64, Position)>>,
+    /// The frontier of the reference arrangements: a source restarted from
+    /// a checkpoint reads on only once every change up to its largest `ts` is
+    /// in them, so that enrich sees the reference frontier where it was.
+    reference: RefCell<Option<timely::dataflow::ProbeHandle<u64>>>,
 }
 
 impl SourceProgress {
@@ -339,6 +343,17 @@ impl SourceProgress {
     pub fn set_max_ts(&self, ts: Option<i64>) {
         self.max_ts.set(ts);
         self.notify();
+    }
+
+    /// How far the reference arrangements are complete, on every worker
+    /// (`None`: no reference data on this worker; `u64::MAX` once complete).
+    pub fn reference_at(&self) -> Option<u64> {
+        self.reference.borrow().as_ref().map(|p| p.with_frontier(|f| f.iter().copied().min().unwrap_or(u64::MAX)))
+    }
+
+    /// The reference data: `probe` watches its arrangements.
+    pub fn set_reference_probe(&self, probe: timely::dataflow::ProbeHandle<u64>) {
+        *self.reference.borrow_mut() = Some(probe);
     }
 
     /// Marks the input as exhausted, for a source other than [`ingest_source`].
@@ -862,6 +877,13 @@ pub fn ingest_source<'s>(
         let mut source = source;
         // The time of a cut the source holds at (see `snapshot::Barrier`).
         let mut cut_at: Option<u64> = None;
+        // Restarted: what the reference source must have released before a
+        // line is read (every change up to the largest `ts` read).
+        let mut reference_due: Option<u64> = source
+            .as_ref()
+            .filter(|s| s.borrow().time() > 0)
+            .and_then(|s| s.borrow().max_ts())
+            .map(|m| m.max(-1) as u64 + 1);
         let mut buf_r: Vec<Reading> = Vec::new();
         let mut buf_d: Vec<DeadLetter> = Vec::new();
         let mut buf_raw: Vec<RawLine> = Vec::new();
@@ -881,6 +903,13 @@ pub fn ingest_source<'s>(
                 return;
             };
             let mut src = src.borrow_mut();
+            if let Some(due) = reference_due {
+                if progress.reference_at().is_some_and(|at| at < due) && metrics.failure().is_none() {
+                    activator.activate_after(BARRIER_POLL);
+                    return;
+                }
+                reference_due = None;
+            }
             if let Some(t) = cut_at {
                 if cfg.barrier.as_ref().is_some_and(|b| b.holds(t)) && metrics.failure().is_none() {
                     activator.activate_after(BARRIER_POLL);

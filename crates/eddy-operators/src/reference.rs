@@ -23,8 +23,8 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, Concat, Exchange as _};
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::operators::{Capability, Concat, Exchange as _, Probe as _};
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use eddy_core::ids::DeviceId;
 pub use eddy_core::reference::RefUpdate;
@@ -129,6 +129,7 @@ where
     let mut out_dev = OutputBuilder::<u64, CapacityContainerBuilder<Vec<DevUpd>>>::from(out_dev);
     let mut out_rule = OutputBuilder::<u64, CapacityContainerBuilder<Vec<RuleUpd>>>::from(out_rule);
     progress.listen(scope.activator_for(info.address.clone()));
+    let progress_probe = Rc::clone(&progress);
     let activator = scope.activator_for(info.address);
 
     builder.build(move |mut caps| {
@@ -272,6 +273,12 @@ where
         &format!("{name}.rules"),
         ValBatcher::new,
     );
+    // How far the arrangements are complete, on every worker: a source
+    // restarted from a checkpoint waits for it (see `SourceProgress::reference_at`).
+    let probe = ProbeHandle::new();
+    devices.stream.clone().probe_with(&probe);
+    rules.stream.clone().probe_with(&probe);
+    progress_probe.set_reference_probe(probe);
     Reference { devices, rules }
 }
 

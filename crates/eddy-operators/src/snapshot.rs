@@ -267,12 +267,15 @@ struct BarrierInner {
     cut: Option<Cut>,
 }
 
+/// A worker's saved state: (operator name, encoded state) pairs.
+pub type Parts = Vec<(String, Vec<u8>)>;
+
 struct Cut {
     time: u64,
     position: Position,
     offset: Option<u64>,
     started: Instant,
-    parts: Vec<Option<Vec<(String, Vec<u8>)>>>,
+    parts: Vec<Option<Parts>>,
 }
 
 /// A cut every worker has saved: what a checkpoint is made of.

@@ -45,6 +45,8 @@ pub trait Writer: Send + 'static {
     fn try_write_rows(&mut self, rows: &[Self::Row]) -> Result<()>;
     /// Publishes what is due; see [`BackupWriter::try_commit`].
     fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>>;
+    /// Publishes whatever is open, due or not.
+    fn try_commit_now(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>>;
     /// Rows written and not yet published.
     fn uncommitted_rows(&self) -> u64;
     /// The writer id.
@@ -62,6 +64,9 @@ impl Writer for BackupWriter {
     }
     fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
         BackupWriter::try_commit(self, upto)
+    }
+    fn try_commit_now(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        BackupWriter::try_commit_now(self, upto)
     }
     fn uncommitted_rows(&self) -> u64 {
         BackupWriter::uncommitted_rows(self)
@@ -84,6 +89,9 @@ impl Writer for RawArchiveWriter {
     }
     fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
         RawArchiveWriter::try_commit(self, upto)
+    }
+    fn try_commit_now(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        RawArchiveWriter::try_commit_now(self, upto)
     }
     fn uncommitted_rows(&self) -> u64 {
         RawArchiveWriter::uncommitted_rows(self)
@@ -114,6 +122,8 @@ enum Msg<R> {
     Commit {
         upto: Option<u64>,
         seq: u64,
+        /// Publish what is open, due or not.
+        now: bool,
     },
 }
 
@@ -187,6 +197,8 @@ pub struct Background<W: Writer> {
     last_request: Option<Instant>,
     /// The last frontier a commit was requested through.
     requested: Option<Option<u64>>,
+    /// The last frontier a commit of everything open was requested through.
+    requested_now: Option<Option<u64>>,
 }
 
 impl<W: Writer> Background<W> {
@@ -215,6 +227,7 @@ impl<W: Writer> Background<W> {
             every,
             last_request: None,
             requested: None,
+            requested_now: None,
         })
     }
 
@@ -256,19 +269,34 @@ impl<W: Writer> Background<W> {
     /// it waits for the thread's commit. Returns the writer's error, if it
     /// has failed.
     pub fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>> {
+        self.commit_with(upto, false)
+    }
+
+    /// [`Self::commit`], asking the thread to publish whatever is open
+    /// through `upto` even if no file is due yet: a checkpoint's cut waits
+    /// for it, while the frontier does not move.
+    pub fn commit_now(&mut self, upto: Option<u64>) -> Result<Option<u64>> {
+        self.commit_with(upto, true)
+    }
+
+    fn commit_with(&mut self, upto: Option<u64>, now: bool) -> Result<Option<u64>> {
         self.check()?;
         // Nothing handed over is unpublished: `upto` is durable as it stands.
         if self.buf.is_empty() && self.batches.is_empty() && self.shared.lock().clean_rows == self.handed {
             return Ok(upto);
         }
         let unasked = self.requested.is_none_or(|r| later(upto, r));
+        let unasked_now = now && self.requested_now != Some(upto);
         let due = upto.is_none() || self.last_request.is_none_or(|t| t.elapsed() >= self.every);
-        if unasked && due {
+        if (unasked && due) || unasked_now {
             self.hand_over()?;
             self.hand_over_batches()?;
             self.seq += 1;
-            self.send(Msg::Commit { upto, seq: self.seq })?;
+            self.send(Msg::Commit { upto, seq: self.seq, now })?;
             self.requested = Some(upto);
+            if now {
+                self.requested_now = Some(upto);
+            }
             self.last_request = Some(Instant::now());
         }
         if upto.is_none() {
@@ -350,8 +378,8 @@ fn run<W: Writer>(mut writer: W, rx: Receiver<Msg<W::Row>>, shared: Arc<Shared>)
                     }
                 }
             }
-            Msg::Commit { upto, seq } => {
-                let r = writer.try_commit(upto);
+            Msg::Commit { upto, seq, now } => {
+                let r = if now { writer.try_commit_now(upto) } else { writer.try_commit(upto) };
                 let ok = r.is_ok();
                 let claim = durable_after(ok, writer.uncommitted_rows(), upto);
                 let mut s = shared.lock();

@@ -253,8 +253,14 @@ impl<E: Encoder> Core<E> {
     /// Publishes what is due, recording any error: the shared body of the
     /// writers' `try_commit`.
     pub(crate) fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        self.try_commit_with(upto, false)
+    }
+
+    /// [`Self::try_commit`]; with `now`, publishes whatever is open even if
+    /// no file is due yet (a checkpoint's cut waits for it).
+    pub(crate) fn try_commit_with(&mut self, upto: Option<u64>, now: bool) -> Result<Option<PathBuf>> {
         self.check_ok()?;
-        let r = self.commit(upto);
+        let r = self.commit(upto, now);
         self.record(r)
     }
 
@@ -365,11 +371,12 @@ impl<E: Encoder> Core<E> {
     /// than `max_file_age`, or the end of input), closes every open file
     /// and publishes all finished ones under epoch `upto`. Returns the
     /// manifest entry written, if any.
-    pub(crate) fn commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+    pub(crate) fn commit(&mut self, upto: Option<u64>, now: bool) -> Result<Option<PathBuf>> {
         if self.open.is_empty() && self.pending.is_empty() {
             return Ok(None);
         }
-        let due = upto.is_none()
+        let due = now
+            || upto.is_none()
             || !self.pending.is_empty()
             || self.first_open.is_some_and(|t| t.elapsed() >= self.cfg.max_file_age);
         if !due {

@@ -178,6 +178,12 @@ impl RawArchiveWriter {
     pub fn try_commit(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
         self.core.try_commit(upto)
     }
+
+    /// [`Self::try_commit`], publishing whatever is open even if no file is
+    /// due yet.
+    pub fn try_commit_now(&mut self, upto: Option<u64>) -> Result<Option<PathBuf>> {
+        self.core.try_commit_with(upto, true)
+    }
 }
 
 impl BatchSink<RawRecord> for RawArchiveWriter {

@@ -9,7 +9,8 @@
 //! exactly when its position is at or below the largest committed position
 //! of the writer that had its device, for any earlier worker count. Those
 //! readings are skipped; every other reading is written. The JSON-lines
-//! outputs, by contrast, are recomputed from the start on every run.
+//! outputs, by contrast, are cut back to a checkpoint's lengths (see `snapshots`), or recomputed
+//! from the start.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -174,7 +175,12 @@ impl<W: Writer> ParquetSink<W> {
     /// are durable: `upto` once nothing is left unpublished, `Some(0)` (no
     /// new claim) while rows wait for the next publication.
     fn publish(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
-        let r = self.writer()?.commit(upto);
+        // At a checkpoint's cut the frontier stops at `t - 1` until every
+        // sink has made it durable: publish what is open without waiting for
+        // a file to be due.
+        let cut = eddy_operators::snapshot::cut().is_some();
+        let w = self.writer()?;
+        let r = if cut { w.commit_now(upto) } else { w.commit(upto) };
         r.map_err(|e| self.error(e))
     }
 

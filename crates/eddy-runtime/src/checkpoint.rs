@@ -9,7 +9,7 @@
 //! committed. This is the position a restarted job must resume from (records
 //! of the uncommitted epoch may then be produced twice, never lost); the
 //! Kafka source commits consumer offsets from it. `eddy replay` itself
-//! starts from the beginning and rewrites its outputs on every run.
+//! restarts from its newest checkpoint of operator state, if it has one (`crate::snapshots`).
 
 use std::path::PathBuf;
 use std::rc::Rc;

@@ -433,27 +433,21 @@ where
         opts.jobs.iter().map(|j| (format!("job {}", j.name), j.spec_text())).collect();
     specs.insert("outputs".into(), format!("{:?}", opts.outputs));
     let ckpt = &opts.checkpoints;
-    if ckpt.every.is_some() && opts.spec.backup.enabled {
-        return Err(Error::Usage(
-            "checkpoints: the Parquet backup cannot take part in them yet (its files commit on their own schedule, \
-             so a cut would wait for them): disable the backup job (enabled = false in backup.toml) or run without \
-             --checkpoint-every"
-                .into(),
-        ));
-    }
     let supported = opts.spec.ingest.epoch.ms() >= 2 && !opts.spec.adapter.enabled && opts.spec.score.model.is_none();
     let location = ckpt.location(&opts.out);
-    let store = match (ckpt.every, supported) {
-        (Some(_), true) => {
+    // A run that takes no checkpoints still restarts from a store that holds some.
+    let existing = Path::new(location.strip_prefix("file://").unwrap_or(&location)).is_dir();
+    let store = match (ckpt.every.is_some() || existing, supported) {
+        (true, true) => {
             Some(eddy_checkpoint::Store::open(&location).map_err(|e| Error::Usage(format!("checkpoints: {e}")))?)
         }
-        (Some(_), false) => {
+        (true, false) => {
             tracing::warn!(
                 "Checkpoints are not taken with the calibration adapter, a scoring model or an epoch under 2 ms"
             );
             None
         }
-        (None, _) => None,
+        (false, _) => None,
     };
     let input = dataset.readings.display().to_string();
     let restart = match &store {
@@ -467,6 +461,11 @@ where
             files.insert(name.clone(), f);
         }
         r.meta.counters.restore(&metrics);
+        // Bytes read: up to the line the input is reopened at (what the
+        // killed run had read ahead of it is read again), for a plain file.
+        if let (Some(offset), false) = (r.meta.offset, input.ends_with(".gz")) {
+            metrics.bytes.store(offset, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(checkpoint = r.id, line = r.meta.position.offset, "Restarting from a checkpoint");
     }
     let writer = match store {

@@ -43,16 +43,16 @@ pub struct CheckpointOptions {
 }
 
 impl Default for CheckpointOptions {
-    /// None taken (they are opt-in while the Parquet backup cannot take part).
+    /// Every 10 s into `OUT/_checkpoints`, keeping 3.
     fn default() -> Self {
-        CheckpointOptions { every: None, store: None, keep: 3 }
+        CheckpointOptions { every: Some(Duration::from_secs(10)), store: None, keep: 3 }
     }
 }
 
 impl CheckpointOptions {
-    /// Every `every`, into the default store.
-    pub fn every(every: Duration) -> Self {
-        CheckpointOptions { every: Some(every), ..CheckpointOptions::default() }
+    /// No checkpoints.
+    pub fn off() -> Self {
+        CheckpointOptions { every: None, ..CheckpointOptions::default() }
     }
 
     /// The store's location for a run into `out`.
