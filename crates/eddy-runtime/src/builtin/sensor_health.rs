@@ -994,8 +994,27 @@ mod tests {
     /// operator are at `t - 1`, saves the state, and goes on; with `from`,
     /// starts at `t` from it. Returns the events sent after the pause (or
     /// the start), by worker, in the order sent, and the state saved.
-    fn run_fleet(workers: usize, t: i64, from: Option<Arc<Restored>>) -> (Vec<(u64, HealthEvent)>, Restored) {
-        use timely::dataflow::operators::capture::{Capture, Event};
+    /// The events of `rx` so far, with their times.
+    fn events_of(
+        rx: &std::sync::mpsc::Receiver<timely::dataflow::operators::capture::Event<u64, Vec<HealthEvent>>>,
+    ) -> Vec<(u64, HealthEvent)> {
+        use timely::dataflow::operators::capture::Event;
+        let mut got = Vec::new();
+        for event in rx.try_iter() {
+            if let Event::Messages(stamp, data) = event {
+                let time = stamp.into_elements().pop().expect("one time");
+                got.extend(data.into_iter().map(|r| (time, r)));
+            }
+        }
+        got
+    }
+
+    /// A run: the events sent before the pause (none when restoring), those
+    /// sent after it, and the state saved at it.
+    type Fleet = (Vec<(u64, HealthEvent)>, Vec<(u64, HealthEvent)>, Restored);
+
+    fn run_fleet(workers: usize, t: i64, from: Option<Arc<Restored>>) -> Fleet {
+        use timely::dataflow::operators::capture::Capture;
         use timely::dataflow::operators::{Input, Probe};
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let owner = Owner { index: worker.index(), peers: worker.peers() };
@@ -1010,6 +1029,7 @@ mod tests {
             assert!(snapshot::take_errors().is_empty());
             let devices = fleet();
             let mut saved = Vec::new();
+            let mut before = Vec::new();
             let first = if restoring { t / (5 * MIN) } else { 0 };
             for e in first..EPOCHS {
                 let time = e * 5 * MIN;
@@ -1020,8 +1040,9 @@ mod tests {
                         worker.step();
                     }
                     saved = snapshot::save_all().expect("saves");
-                    // What was sent before the pause.
-                    while rx.try_recv().is_ok() {}
+                    // What was sent before the pause (this worker's operator
+                    // sends only while this worker steps).
+                    before = events_of(&rx);
                 }
                 input.advance_to(time as u64);
                 let mine = devices.iter().enumerate().filter(|(_, x)| owner.owns(**x));
@@ -1034,27 +1055,21 @@ mod tests {
             drop(input);
             while worker.step_or_park(None) {}
             snapshot::uninstall();
-            let mut got = Vec::new();
-            for event in rx.try_iter() {
-                if let Event::Messages(stamp, data) = event {
-                    let time = stamp.into_elements().pop().expect("one time");
-                    got.extend(data.into_iter().map(|r| (time, r)));
-                }
-            }
-            (worker.index(), saved, got)
+            (worker.index(), saved, before, events_of(&rx))
         })
         .expect("timely runs");
         let mut results: Vec<_> = guards.join().into_iter().map(|r| r.expect("a worker")).collect();
-        results.sort_by_key(|(i, _, _)| *i);
+        results.sort_by_key(|(i, _, _, _)| *i);
         let mut restored = Restored::default();
-        let mut got = Vec::new();
-        for (_, saved, events) in results {
+        let (mut pre, mut post) = (Vec::new(), Vec::new());
+        for (_, saved, before, after) in results {
             for (name, bytes) in saved {
                 restored.insert(&name, bytes);
             }
-            got.extend(events);
+            pre.extend(before);
+            post.extend(after);
         }
-        (got, restored)
+        (pre, post, restored)
     }
 
     /// The events, without the dataflow times they were sent at, sorted.
@@ -1069,27 +1084,32 @@ mod tests {
 
     /// A run restored from a checkpoint sends, from the checkpoint on, what
     /// a run that wrote it sends: on one worker at the same times and in the
-    /// same order, and the same events whatever the numbers of workers; a
-    /// silent fault decided after the checkpoint at a deadline before it
+    /// same order; whatever the numbers of workers, what the run that saved
+    /// sent before the checkpoint and what the restored run sends after it
+    /// are together exactly what a clean run sends, none lost and none twice.
+    /// A silent fault decided after the checkpoint at a deadline before it
     /// goes out at that deadline, as it did.
     #[test]
     fn a_restored_run_sends_what_a_clean_run_sends() {
         let t = 31 * 5 * MIN;
-        let (clean, saved_one) = run_fleet(1, t, None);
+        let (pre, clean, saved_one) = run_fleet(1, t, None);
+        let all = |pre: &[(u64, HealthEvent)], post: &[(u64, HealthEvent)]| sorted([pre, post].concat());
+        let whole = all(&pre, &clean);
         let kinds = |k: FaultKind, s: EventState| clean.iter().filter(|(_, e)| e.kind == k && e.state == s).count();
         assert!(kinds(FaultKind::Silent, EventState::Start) > 5 && kinds(FaultKind::Junk, EventState::End) > 5);
         assert!(clean
             .iter()
             .any(|(_, e)| e.kind == FaultKind::Junk && e.state == EventState::End && e.duration_ms > Some(e.ts - t)));
         assert_eq!(saved_one.names().collect::<Vec<_>>(), ["h", "h.beats"]);
-        let (restored, _) = run_fleet(1, t, Some(Arc::new(saved_one)));
+        let (none, restored, _) = run_fleet(1, t, Some(Arc::new(saved_one)));
+        assert!(none.is_empty());
         assert!(restored == clean, "restored at -w 1 from -w 1");
-        let (clean_two, saved_two) = run_fleet(2, t, None);
-        assert!(sorted(clean_two) == sorted(clean.clone()), "-w 2 sends what -w 1 sends");
+        let (pre_two, post_two, saved_two) = run_fleet(2, t, None);
+        assert!(all(&pre_two, &post_two) == whole, "-w 2 sends what -w 1 sends");
         let saved_two = Arc::new(saved_two);
         for workers in [1, 3] {
-            let (restored, _) = run_fleet(workers, t, Some(Arc::clone(&saved_two)));
-            assert!(sorted(restored) == sorted(clean.clone()), "restored at -w {workers} from -w 2");
+            let (_, restored, _) = run_fleet(workers, t, Some(Arc::clone(&saved_two)));
+            assert!(all(&pre_two, &restored) == whole, "restored at -w {workers} from -w 2");
         }
     }
 
