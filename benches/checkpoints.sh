@@ -73,19 +73,25 @@ PY
 
 # Restart against history: kill right after checkpoint K (early, then late).
 total=$(wc -l < "$dataset/readings.jsonl")
-clean=$(python3 -c "import statistics; print(statistics.median([${off[*]// /,}]))")
+clean=$(IFS=,; python3 -c "import statistics; print(statistics.median([${off[*]}]))")
 n=$(ls "$work/store" | wc -l)
-for k in 1 $(( n > 2 ? n - 1 : 1 )); do
+for k in 1 $(( n > 2 ? n / 2 + 1 : 1 )); do
     rm -rf "$work/kill"
     "$eddy" replay "$dataset" --out "$work/kill" -w "$workers" -q --checkpoint-every "$every" &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
-        c=$(ls "$work/kill/_checkpoints" 2>/dev/null | while read -r d; do [ -f "$work/kill/_checkpoints/$d/manifest.json" ] && echo "$d"; done | wc -l)
+        # The newest complete checkpoint's id (the store keeps only a few).
+        c=$(find "$work/kill/_checkpoints" -name manifest.json 2>/dev/null | sort | tail -1 | xargs -r dirname | xargs -r basename || true)
+        c=$((10#${c:-0}))
         if [ "$c" -ge "$k" ]; then kill -9 "$pid"; break; fi
         sleep 0.05
     done
     wait "$pid" 2>/dev/null || true
-    line=$("$eddy" checkpoints inspect --store "$work/kill" | python3 -c 'import json,sys; t=sys.stdin.read(); print(json.loads(t[t.index("{"):])["position"]["offset"])')
+    if ! info=$("$eddy" checkpoints inspect --store "$work/kill" 2>/dev/null); then
+        echo "restart after checkpoint $k: the run ended first"
+        continue
+    fi
+    line=$(echo "$info" | python3 -c 'import json,sys; t=sys.stdin.read(); print(json.loads(t[t.index("{"):])["position"]["offset"])')
     s=$(date +%s.%N)
     "$eddy" replay "$dataset" --out "$work/kill" -w "$workers" -q --checkpoint-every "$every"
     e=$(date +%s.%N)
