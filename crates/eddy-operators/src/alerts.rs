@@ -267,25 +267,14 @@ mod tests {
     use std::sync::Arc;
 
     use eddy_core::ids::Channel;
-    use eddy_core::reading::{Position, Values};
+    use eddy_core::reading::Values;
     use eddy_core::reference::Num;
 
     fn reading(device: DeviceId, d: i64, step: i64) -> Enriched {
         let pm = ((step * 7 + d * 3) % 11) as f64 * 5.0;
         let co2 = 700.0 + ((step * 5 + d) % 9) as f64 * 60.0;
         let values: Values = [(Channel::PM25, Some(pm)), (Channel::CO2, Some(co2))].into_iter().collect();
-        Enriched {
-            device,
-            ts: step * 60_000,
-            pos: Position::line(1),
-            late: false,
-            future: false,
-            raw: values.clone(),
-            values,
-            calibrated: Default::default(),
-            context: None,
-            junk: Default::default(),
-        }
+        crate::testkit::enriched(device, step * 60_000, 1, values)
     }
 
     fn rules(step: i64) -> Vec<Rule> {

@@ -33,3 +33,27 @@ pub mod sink;
 pub mod snapshot;
 pub mod stats;
 pub mod windows;
+
+/// Readings for the operators' unit tests.
+#[cfg(test)]
+mod testkit {
+    use eddy_core::ids::DeviceId;
+    use eddy_core::reading::{Enriched, Position, Values};
+
+    /// An on-time enriched reading of `device` at `ts`, read at line `line`,
+    /// with `values` (as received and as calibrated), no context, no junk.
+    pub(crate) fn enriched(device: DeviceId, ts: i64, line: u64, values: Values) -> Enriched {
+        Enriched {
+            device,
+            ts,
+            pos: Position::line(line),
+            late: false,
+            future: false,
+            raw: values.clone(),
+            values,
+            calibrated: Default::default(),
+            context: None,
+            junk: Default::default(),
+        }
+    }
+}

@@ -469,7 +469,6 @@ mod tests {
         assert_eq!(slots.key(2), Some(Channel::VOC));
     }
 
-    use eddy_core::reading::Position;
     use smallvec::smallvec;
     use timely::dataflow::operators::capture::{Capture, Event};
     use timely::dataflow::operators::{Input, Probe};
@@ -478,18 +477,7 @@ mod tests {
 
     fn reading(device: DeviceId, ts: i64, line: u64, v: f64) -> Enriched {
         let values: eddy_core::reading::Values = smallvec![(Channel::PM25, Some(v)), (Channel::CO2, Some(400.0 + v))];
-        Enriched {
-            device,
-            ts,
-            pos: Position::line(line),
-            late: false,
-            future: false,
-            raw: values.clone(),
-            values,
-            calibrated: Default::default(),
-            context: None,
-            junk: Default::default(),
-        }
+        crate::testkit::enriched(device, ts, line, values)
     }
 
     fn params() -> StatsParams {

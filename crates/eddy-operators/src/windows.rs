@@ -367,7 +367,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use eddy_core::reading::{Position, Values};
+    use eddy_core::reading::Values;
     use timely::dataflow::operators::capture::{Capture, Event};
     use timely::dataflow::operators::{Input, Probe};
 
@@ -388,18 +388,7 @@ mod tests {
         if d.is_multiple_of(5) && (ts / MIN) % 3 == 0 {
             values.push((Channel::VOC, Some(v * 1e-3)));
         }
-        Enriched {
-            device,
-            ts,
-            pos: Position::line(1),
-            late: false,
-            future: false,
-            raw: values.clone(),
-            values,
-            calibrated: Default::default(),
-            context: None,
-            junk: Default::default(),
-        }
+        crate::testkit::enriched(device, ts, 1, values)
     }
 
     fn devices() -> Vec<DeviceId> {
