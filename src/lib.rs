@@ -10,12 +10,14 @@
 //! * [`runtime`]: worker configuration, `replay`, the commit ledger;
 //! * [`gen`]: synthetic fleet datasets;
 //! * [`parquet`]: the Parquet backup and raw archive;
+//! * [`checkpoint`]: the checkpoint store (state files, manifests, verification);
 //! * [`kafka`]: Kafka topics, producer, consumers and `eddy publish`.
 //!
 //! The `eddy` binary is [`cli::main`] over the built-in jobs. To write a job
 //! of your own and a binary that runs it beside them, see `docs/jobs.md` and
 //! `examples/custom_eddy.rs`.
 
+pub use eddy_checkpoint as checkpoint;
 pub use eddy_connectors as connectors;
 pub use eddy_core as core;
 pub use eddy_gen as gen;
