@@ -66,10 +66,9 @@ impl ChannelStats {
     /// Applies one value observed at event time `ts` (epoch ms). Values are
     /// applied in arrival order, which is NOT time order.
     ///
-    /// `cfg` must be the configuration this key was created with; only its
-    /// `alpha` is read here (sizes and bucket width were fixed by
-    /// [`ChannelStats::new`]). Non-finite values are ignored. Allocates only
-    /// while the trend's buckets grow towards their bound.
+    /// `cfg` must be the configuration this key was created with; its
+    /// `alpha` and `trend_half_life_ms` are read here (`top_k` was fixed by
+    /// [`ChannelStats::new`]). Non-finite values are ignored. Never allocates.
     pub fn update(&mut self, cfg: &StatsConfig, ts: i64, value: f64) {
         if !value.is_finite() {
             return;

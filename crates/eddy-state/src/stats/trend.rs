@@ -18,7 +18,10 @@ pub(super) fn decay(age_ms: f64, half_life_ms: f64) -> f64 {
 
 /// Five decayed sums of the values' `(x, v)`, `x` being the value's `ts`
 /// minus the key's latest `ts`, in hours, and each value weighted by
-/// [`decay`] of its age: `Σw`, `Σw·x`, `Σw·x²`, `Σw·v` and `Σw·x·v`. When a
+/// [`decay`] of its age: `Σw`, `Σw·x`, `Σw·x²`, `Σw·v` and `Σw·x·v`, `v`
+/// taken relative to the key's first value (the slope does not change, and
+/// its rounding error then scales with how far the values spread, not with
+/// their size: a constant series has a slope of exactly 0). When a
 /// newer `ts` arrives, every sum is decayed and shifted to the new origin
 /// (`x → x − Δ`), so `x` stays relative to the latest `ts` and the sums stay
 /// bounded however long the key lives: state is O(1) per key.
@@ -28,11 +31,12 @@ pub(super) fn decay(age_ms: f64, half_life_ms: f64) -> f64 {
 pub(super) struct Trend {
     /// The key's latest `ts` (the origin of `x`), once a value came.
     latest: i64,
-    /// The first `ts` the key had: the trend needs two distinct times.
-    first: i64,
+    /// The key's first value, the origin of `v`.
+    v0: f64,
     /// A value came.
     seen: bool,
-    /// Two values with different `ts` came.
+    /// Two values with different `ts` came (a `ts` other than the latest
+    /// came: the latest is one of them).
     distinct: bool,
     s0: f64,
     s1: f64,
@@ -52,10 +56,11 @@ impl Trend {
 
     pub(super) fn push(&mut self, cfg: &StatsConfig, ts: i64, v: f64) {
         if !self.seen {
-            (self.seen, self.latest, self.first) = (true, ts, ts);
-            return self.add(0.0, v, 1.0);
+            (self.seen, self.latest, self.v0) = (true, ts, v);
+            return self.add(0.0, 0.0, 1.0);
         }
-        self.distinct |= ts != self.first;
+        self.distinct |= ts != self.latest;
+        let v = v - self.v0;
         let half_life = cfg.trend_half_life_ms.max(1) as f64;
         // i128: two extreme timestamps differ by more than an i64 holds.
         let age = (i128::from(self.latest) - i128::from(ts)) as f64;
@@ -90,6 +95,23 @@ impl Trend {
 mod tests {
     use super::*;
     use crate::stats::testing::{cfg, close, run, HOUR, T0};
+
+    /// The values taken relative to the first: a constant series has a
+    /// slope of exactly 0, however large its value and however close its
+    /// times (the model test found -1.7e-9 per hour for two readings of 755
+    /// 463 ms apart when the sums held the values themselves).
+    #[test]
+    fn a_constant_series_has_a_slope_of_exactly_zero() {
+        let c = StatsConfig::default();
+        for (v, gap) in [(755.0, 463), (1e9, 1), (-3.25e6, 17), (0.1, 86_400_000)] {
+            let mut t = Trend::default();
+            for i in 0..5 {
+                t.push(&c, T0 + i * gap, v);
+            }
+            t.push(&c, T0 + gap / 2, v);
+            assert_eq!(t.slope_per_hour(), Some(0.0), "{v} every {gap} ms");
+        }
+    }
 
     #[test]
     fn exact_linear_trend() {
