@@ -150,6 +150,20 @@ struct RunArgs {
     /// the ingest job's watermark back.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
+    /// A stateful job (stats, windows, alerts, sensor-health, yours) takes a
+    /// checkpoint of its state this often (`10s`, `500ms`, `1m`), or `off`
+    /// (it then rebuilds its state from the start of its input when
+    /// restarted). See docs/checkpoints.md.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    checkpoint_every: String,
+    /// Where the job's checkpoints go: a directory or file:// URL, shared by
+    /// its processes (default $EDDY_STATE_DIR/PREFIX.JOB, with
+    /// EDDY_STATE_DIR defaulting to ./eddy-state).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Complete checkpoints kept (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    keep: usize,
     /// No progress line and no summary.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -453,12 +467,13 @@ fn load_jobs(registry: &Registry, dir: Option<&Path>) -> Result<Jobs> {
     }
 }
 
-fn cmd_replay(a: ReplayArgs, registry: &Registry) -> Result<()> {
-    let mut jobs = load_jobs(registry, a.jobs.as_deref())?;
-    if let Some(m) = &a.model {
-        jobs.pipeline.score.model = Some(m.display().to_string());
-    }
-    let every = match a.checkpoint_every.as_str() {
+/// `--checkpoint-every`, `--store` and `--keep`, checked.
+fn checkpoint_options(
+    every: &str,
+    store: Option<String>,
+    keep: usize,
+) -> Result<crate::runtime::snapshots::CheckpointOptions> {
+    let every = match every {
         "off" | "0" => None,
         text => {
             let ms =
@@ -469,18 +484,24 @@ fn cmd_replay(a: ReplayArgs, registry: &Registry) -> Result<()> {
             Some(std::time::Duration::from_millis(ms as u64))
         }
     };
-    if a.keep < 2 {
-        bail!(
-            "--keep {}: at least 2 checkpoints are kept, so that a corrupt newest one has one to fall back on",
-            a.keep
-        );
+    if keep < 2 {
+        bail!("--keep {keep}: at least 2 checkpoints are kept, so that a corrupt newest one has one to fall back on");
     }
+    Ok(crate::runtime::snapshots::CheckpointOptions { every, store, keep })
+}
+
+fn cmd_replay(a: ReplayArgs, registry: &Registry) -> Result<()> {
+    let mut jobs = load_jobs(registry, a.jobs.as_deref())?;
+    if let Some(m) = &a.model {
+        jobs.pipeline.score.model = Some(m.display().to_string());
+    }
+    let checkpoints = checkpoint_options(&a.checkpoint_every, a.store.clone(), a.keep)?;
     let opts = ReplayOptions {
         workers: a.workers.workers(),
         speed: a.speed,
         reference: a.reference.clone(),
         outputs: a.outputs.clone(),
-        checkpoints: crate::runtime::snapshots::CheckpointOptions { every, store: a.store.clone(), keep: a.keep },
+        checkpoints,
         ..ReplayOptions::with_jobs(a.dataset.clone(), a.out.clone(), jobs)
     };
     let show = !a.quiet && std::io::stderr().is_terminal();
@@ -689,6 +710,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     opts.out = a.out.clone();
     opts.partitions = a.partitions;
     opts.idle_timeout = std::time::Duration::from_secs(a.idle_timeout);
+    opts.checkpoints = checkpoint_options(&a.checkpoint_every, a.store.clone(), a.keep)?;
     // SIGTERM or Ctrl-C: stop reading, make what was read durable, checkpoint,
     // exit 0. A second one exits at once (the checkpoint keeps that safe too).
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -716,6 +738,18 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
             summary.wall_time_s,
             if summary.resumed_from > 0 { " (resumed from its checkpoint)" } else { "" }
         );
+        if summary.checkpoints.written > 0 || summary.checkpoints.restored_from.is_some() {
+            println!(
+                "{}: {} checkpoint(s) of its state written{}",
+                summary.job,
+                summary.checkpoints.written,
+                summary
+                    .checkpoints
+                    .restored_from
+                    .map(|id| format!(", restored from checkpoint {id}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

@@ -6,56 +6,15 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eddy::kafka::rdkafka::message::{Headers, Message};
-use support::broker::{brokers, config as kafka, finish, finish_by, jobs_dir, prefix, publish, start};
+use support::broker::{
+    backup_rows, brokers, check_restarted, config as kafka, finish, finish_by, jobs_dir, prefix, publish, start, topic,
+    try_topic, values,
+};
 use support::*;
-
-/// A topic's data records (markers left out): `(eddy.t, value)`.
-fn topic(prefix: &str, name: &str) -> Vec<(Option<u64>, String)> {
-    try_topic(prefix, name).unwrap_or_else(|e| panic!("{prefix}.{name}: {e}"))
-}
-
-fn try_topic(prefix: &str, name: &str) -> Result<Vec<(Option<u64>, String)>, eddy::kafka::Error> {
-    let topic = format!("{prefix}.{name}");
-    Ok(eddy::kafka::consume::read_to_end(&kafka(), &topic, Duration::from_secs(60))?
-        .into_iter()
-        .filter_map(|m| {
-            let mut t = None;
-            if let Some(h) = m.headers() {
-                for hd in h.iter() {
-                    match hd.key {
-                        "eddy.wm" => return None,
-                        "eddy.t" => t = std::str::from_utf8(hd.value.unwrap()).ok().and_then(|s| s.parse().ok()),
-                        _ => {}
-                    }
-                }
-            }
-            Some((t, text(m.payload().unwrap_or_default())))
-        })
-        .collect())
-}
-
-fn values(records: Vec<(Option<u64>, String)>) -> Vec<String> {
-    sorted(records.into_iter().map(|(_, v)| v).collect())
-}
-
-/// Backup rows without their input positions (a file's line numbers are
-/// 1-based, Kafka offsets 0-based), sorted.
-fn backup_rows(out: &Path) -> Vec<String> {
-    let rows = eddy::parquet::read_backup(&out.join("backup")).unwrap();
-    sorted(
-        rows.into_iter()
-            .map(|r| {
-                format!("{}|{}|{:?}|{:?}|{:?}|{}|{:?}", r.device_id, r.ts, r.raw, r.values, r.context, r.late, r.junk)
-            })
-            .collect(),
-    )
-}
 
 /// `(device_id, ts)` of late readings.
 fn late_keys(lines: Vec<String>) -> Vec<String> {
@@ -285,42 +244,125 @@ fn redeploy(signal: &str, job: &str, own: &str, checks: &[(&str, &str)]) {
     for (name, child) in others {
         finish(child, name);
     }
-    let resumed: u64 = restarted_out
-        .lines()
+    let resumed = resumed_from(&restarted_out);
+
+    check_restarted(&p, &data.out(), checks, resumed, &format!("SIG{signal}"));
+}
+
+/// The frontier a restarted job says it resumed from.
+fn resumed_from(said: &str) -> u64 {
+    said.lines()
         .find_map(|l| l.split("resumed from frontier ").nth(1))
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("the restarted job should resume from a checkpoint: {restarted_out}"));
+        .unwrap_or_else(|| panic!("the restarted job should resume from a checkpoint: {said}"))
+}
 
-    for (name, replay_file) in checks {
-        let records = topic(&p, name);
-        let mut counts: BTreeMap<&str, (usize, Vec<u64>)> = BTreeMap::new();
-        for (t, v) in &records {
-            let e = counts.entry(v.as_str()).or_default();
-            e.0 += 1;
-            e.1.push(t.expect("eddy.t on every record"));
-        }
-        let mut expected = file_lines(&data.out(), replay_file);
-        expected.dedup();
-        for line in &expected {
-            if !counts.contains_key(line.as_str()) {
-                let key = &line[..line.find(",\"count\"").or_else(|| line.find(",\"window_start\"")).unwrap_or(20)];
-                let near: Vec<&&str> = counts.keys().filter(|k| k.starts_with(key)).collect();
-                panic!("{name}: lost after SIG{signal}: {line}\nover Kafka for the same key: {near:#?}");
+/// `eddy run JOB` with its summary on stdout (not `-q`), in the background.
+fn start_loud(job: &str, prefix: &str, extra: &[&str]) -> Child {
+    let spec = jobs_dir().join(format!("{job}.toml"));
+    eddy()
+        .args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", prefix])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The complete checkpoints in the store at `dir` (by their manifests).
+fn checkpoints_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.flatten().filter(|e| e.path().join("manifest.json").is_file()).count())
+}
+
+/// The records a job's summary says it read.
+fn records_in(said: &str) -> u64 {
+    said.lines()
+        .find_map(|l| l.split(" records in").next().filter(|_| l.contains(" records in")))
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {said}"))
+}
+
+/// The stats and windows jobs take checkpoints of their state every 300 ms
+/// at `-w 2`; once each has written one, both are killed (SIGKILL). Stats
+/// restarts at `-w 3`, windows as a cluster of 2 processes of 1 worker: each
+/// restores its devices' state, reads only the records after its checkpoint
+/// (counted), and the results equal replay's.
+#[test]
+fn stateful_jobs_killed_after_a_checkpoint_restore_their_state_at_other_worker_counts() {
+    let data = Data::new();
+    gen(&data.dir(), "10", "8");
+    eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
+
+    let p = prefix("restore");
+    let stores = data.root.path().join("stores");
+    let (s_stats, s_windows) = (stores.join("stats"), stores.join("windows"));
+    let ck = |store: &Path| -> Vec<String> {
+        ["--checkpoint-every", "300ms", "--store", store.to_str().unwrap()].map(String::from).to_vec()
+    };
+    let args = |v: &[String], more: &[&str]| -> Vec<String> {
+        v.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect()
+    };
+    let others: Vec<(&str, Child)> = ["ingest", "enrich", "alerts"].iter().map(|j| (*j, start(j, &p, &[]))).collect();
+    let a_stats = args(&ck(&s_stats), &["-w", "2"]);
+    let a_windows = args(&ck(&s_windows), &["-w", "2"]);
+    let mut victims = vec![
+        start("stats", &p, &a_stats.iter().map(String::as_str).collect::<Vec<_>>()),
+        start("windows", &p, &a_windows.iter().map(String::as_str).collect::<Vec<_>>()),
+    ];
+    let lines = std::fs::read_to_string(data.dir().join("readings.jsonl")).unwrap().lines().count();
+    let half = (lines / 2).to_string();
+    publish(&data.dir(), &p, &["--max-lines", &half, "--no-end"]);
+    let until = Instant::now() + Duration::from_secs(240);
+    while checkpoints_in(&s_stats) < 1
+        || checkpoints_in(&s_windows) < 1
+        || try_topic(&p, "windows.1h").map_or(0, |t| t.len()) < 20
+    {
+        assert!(Instant::now() < until, "no checkpoints: {s_stats:?} {s_windows:?}");
+        for v in &mut victims {
+            if let Some(status) = v.try_wait().unwrap() {
+                panic!("a job ended ({status}) before it was killed");
             }
         }
-        let extra: Vec<&&str> = counts.keys().filter(|k| expected.binary_search(&k.to_string()).is_err()).collect();
-        assert!(extra.is_empty(), "{name}: records that replay does not make: {:?}", &extra[..extra.len().min(3)]);
-        for (v, (n, times)) in &counts {
-            if *n > 1 {
-                // A record repeated by the restart must come from the epochs
-                // after the checkpoint (the same record twice in replay is fine).
-                let below = times.iter().filter(|t| **t < resumed).count();
-                let in_replay = file_lines(&data.out(), replay_file).iter().filter(|l| l == v).count();
-                assert!(below <= in_replay, "{name}: {v} repeated below the resumed frontier {resumed}");
-            }
-        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    for v in &mut victims {
+        v.kill().unwrap();
+        v.wait().unwrap();
+    }
+    let inspect = eddy_ok(&["checkpoints", "inspect", "--store", s_stats.to_str().unwrap()]);
+    assert!(inspect.contains("\"offsets\""), "{inspect}");
+
+    // Stats at 3 workers; windows on 2 processes of 1 worker.
+    let stats =
+        start_loud("stats", &p, &args(&ck(&s_stats), &["-w", "3"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let hostfile = data.root.path().join("hosts-windows");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let h = hostfile.to_str().unwrap();
+    let windows: Vec<Child> = (0..2)
+        .map(|i| {
+            let more = ["-n", "2", "-p", &i.to_string(), "-h", h].map(String::from);
+            let a = args(&ck(&s_windows), &more.iter().map(String::as_str).collect::<Vec<_>>());
+            start_loud("windows", &p, &a.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .collect();
+    publish(&data.dir(), &p, &["--skip-lines", &half, "--no-reference"]);
+    let said_stats = finish(stats, "stats");
+    let said_windows: Vec<String> = windows.into_iter().map(|c| finish(c, "windows")).collect();
+    for (name, child) in others {
+        finish(child, name);
+    }
+    let enriched = topic(&p, "enriched").len() as u64;
+    for said in [&said_stats, &said_windows[0], &said_windows[1]] {
+        assert!(said.contains("restored checkpoint"), "{said}");
+    }
+    // Only the records after the checkpoint were read again.
+    let read_stats = records_in(&said_stats);
+    let read_windows: u64 = said_windows.iter().map(|s| records_in(s)).sum();
+    assert!(read_stats < enriched && read_windows < enriched, "read {read_stats} and {read_windows} of {enriched}");
+    check_restarted(&p, &data.out(), &[("stats", "stats")], resumed_from(&said_stats), "a restore at -w 3");
+    check_restarted(&p, &data.out(), &[("windows.1h", "windows")], resumed_from(&said_windows[0]), "a restore at -n 2");
 }
 
 #[test]

@@ -5,7 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{eddy, eddy_ok, text};
+use std::collections::BTreeMap;
+
+use eddy::kafka::rdkafka::message::{Headers, Message};
+
+use super::{eddy, eddy_ok, file_lines, sorted, text};
 
 /// The brokers the Kafka tests use.
 pub fn brokers() -> String {
@@ -76,4 +80,82 @@ pub fn publish(data: &Path, prefix: &str, extra: &[&str]) {
     args.extend_from_slice(&["--prefix", prefix, "-q"]);
     args.extend_from_slice(extra);
     eddy_ok(&args);
+}
+
+/// A topic's data records (markers left out): `(eddy.t, value)`.
+pub fn topic(prefix: &str, name: &str) -> Vec<(Option<u64>, String)> {
+    try_topic(prefix, name).unwrap_or_else(|e| panic!("{prefix}.{name}: {e}"))
+}
+
+pub fn try_topic(prefix: &str, name: &str) -> Result<Vec<(Option<u64>, String)>, eddy::kafka::Error> {
+    let topic = format!("{prefix}.{name}");
+    Ok(eddy::kafka::consume::read_to_end(&config(), &topic, Duration::from_secs(60))?
+        .into_iter()
+        .filter_map(|m| {
+            let mut t = None;
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    match hd.key {
+                        "eddy.wm" => return None,
+                        "eddy.t" => t = std::str::from_utf8(hd.value.unwrap()).ok().and_then(|s| s.parse().ok()),
+                        _ => {}
+                    }
+                }
+            }
+            Some((t, text(m.payload().unwrap_or_default())))
+        })
+        .collect())
+}
+
+pub fn values(records: Vec<(Option<u64>, String)>) -> Vec<String> {
+    sorted(records.into_iter().map(|(_, v)| v).collect())
+}
+
+/// Backup rows without their input positions (a file's line numbers are
+/// 1-based, Kafka offsets 0-based), sorted.
+pub fn backup_rows(out: &Path) -> Vec<String> {
+    let rows = eddy::parquet::read_backup(&out.join("backup")).unwrap();
+    sorted(
+        rows.into_iter()
+            .map(|r| {
+                format!("{}|{}|{:?}|{:?}|{:?}|{}|{:?}", r.device_id, r.ts, r.raw, r.values, r.context, r.late, r.junk)
+            })
+            .collect(),
+    )
+}
+
+/// Each of `checks` (a topic and the replay output it must equal) after a
+/// restart (`what`): nothing lost, nothing that replay does not make, and
+/// duplicates only at or after the frontier `resumed` the restarted job
+/// resumed from.
+pub fn check_restarted(p: &str, replay_out: &Path, checks: &[(&str, &str)], resumed: u64, what: &str) {
+    for (name, replay_file) in checks {
+        let records = topic(p, name);
+        let mut counts: BTreeMap<&str, (usize, Vec<u64>)> = BTreeMap::new();
+        for (t, v) in &records {
+            let e = counts.entry(v.as_str()).or_default();
+            e.0 += 1;
+            e.1.push(t.expect("eddy.t on every record"));
+        }
+        let mut expected = file_lines(replay_out, replay_file);
+        expected.dedup();
+        for line in &expected {
+            if !counts.contains_key(line.as_str()) {
+                let key = &line[..line.find(",\"count\"").or_else(|| line.find(",\"window_start\"")).unwrap_or(20)];
+                let near: Vec<&&str> = counts.keys().filter(|k| k.starts_with(key)).collect();
+                panic!("{name}: lost after {what}: {line}\nover Kafka for the same key: {near:#?}");
+            }
+        }
+        let extra: Vec<&&str> = counts.keys().filter(|k| expected.binary_search(&k.to_string()).is_err()).collect();
+        assert!(extra.is_empty(), "{name}: records that replay does not make: {:?}", &extra[..extra.len().min(3)]);
+        for (v, (n, times)) in &counts {
+            if *n > 1 {
+                // A record repeated by the restart must come from the epochs
+                // after the checkpoint (the same record twice in replay is fine).
+                let below = times.iter().filter(|t| **t < resumed).count();
+                let in_replay = file_lines(replay_out, replay_file).iter().filter(|l| l == v).count();
+                assert!(below <= in_replay, "{name}: {v} repeated below the resumed frontier {resumed}");
+            }
+        }
+    }
 }

@@ -11,9 +11,13 @@ use serde_json::Value;
 #[cfg(feature = "kafka")]
 pub mod broker;
 
-/// The `eddy` binary built for these tests.
+/// The `eddy` binary built for these tests. Kafka jobs keep their
+/// checkpoints under the system's temporary directory, not the checkout
+/// (each test's topic prefix gives its jobs stores of their own).
 pub fn eddy() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_eddy"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eddy"));
+    c.env("EDDY_STATE_DIR", std::env::temp_dir().join("eddy-test-state"));
+    c
 }
 
 /// Runs `eddy args…`, asserting success; returns stdout.

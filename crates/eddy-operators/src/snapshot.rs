@@ -143,6 +143,7 @@ type Saver = Box<dyn Fn() -> Result<Vec<u8>, SnapshotError>>;
 struct Registry {
     owner: Owner,
     barrier: Option<Arc<Barrier>>,
+    alignment: Option<Rc<Alignment>>,
     restored: Option<Arc<Restored>>,
     savers: Vec<(String, Saver)>,
     errors: Vec<SnapshotError>,
@@ -156,8 +157,25 @@ thread_local! {
 /// here, and get their state back from `restored` when given.
 pub fn install(owner: Owner, restored: Option<Arc<Restored>>, barrier: Option<Arc<Barrier>>) {
     REGISTRY.with(|r| {
-        *r.borrow_mut() = Some(Registry { owner, restored, barrier, savers: Vec::new(), errors: Vec::new() })
+        *r.borrow_mut() =
+            Some(Registry { owner, restored, barrier, alignment: None, savers: Vec::new(), errors: Vec::new() })
     });
+}
+
+/// Gives this worker's registry (installed first) the [`Alignment`] its
+/// sources follow: a run whose cuts are agreed between workers rather than
+/// made by one source (the Kafka jobs).
+pub fn install_alignment(alignment: Rc<Alignment>) {
+    REGISTRY.with(|r| {
+        if let Some(reg) = r.borrow_mut().as_mut() {
+            reg.alignment = Some(alignment);
+        }
+    });
+}
+
+/// This worker's [`Alignment`], if its run has one.
+pub fn alignment() -> Option<Rc<Alignment>> {
+    REGISTRY.with(|r| r.borrow().as_ref()?.alignment.clone())
 }
 
 /// The time `t` of the cut in progress, if any: an operator that holds a
@@ -167,7 +185,11 @@ pub fn install(owner: Owner, restored: Option<Arc<Restored>>, barrier: Option<Ar
 pub fn cut() -> Option<u64> {
     REGISTRY.with(|r| {
         let r = r.borrow();
-        let t = r.as_ref()?.barrier.as_ref()?.pending.load(Ordering::SeqCst);
+        let reg = r.as_ref()?;
+        if let Some(a) = reg.alignment.as_ref() {
+            return a.cut_time();
+        }
+        let t = reg.barrier.as_ref()?.pending.load(Ordering::SeqCst);
         (t != u64::MAX).then_some(t)
     })
 }
@@ -365,6 +387,121 @@ impl Barrier {
     }
 }
 
+/// A cut agreed between the workers of a run whose sources read in parallel
+/// (the Kafka jobs, across threads and processes), as one worker's sources
+/// see it. The runner moves it through its phases as the workers agree
+/// (over a control dataflow); each source obeys it:
+///
+/// 1. [`Phase::Freeze`]: the source reads nothing more and
+///    [`acknowledge`](Alignment::acknowledge)s with the largest time it has
+///    sent at. The largest over every source of every worker is `m`. (A
+///    source sends a record only once its time has passed it, so `m` is
+///    below every source's time, and the cut below never waits for a time
+///    the sources have not reached.)
+/// 2. [`Phase::Cut`] at `t`, the first epoch boundary after `m`: the source
+///    reads again, sends what comes before `t` and keeps back what comes at
+///    or after it, and holds its capability at `t - 1` (no record is ever at
+///    `t - 1`: dataflow times are multiples of the epoch). Every record
+///    before `t` then drains, and each worker's runner saves its operators
+///    once its probe passes `t - 1`.
+/// 3. [`Phase::Idle`] again (released once every worker has saved): the
+///    source sends what it kept back, and moves on.
+#[derive(Debug, Default)]
+pub struct Alignment {
+    inner: RefCell<AlignInner>,
+}
+
+#[derive(Debug, Default)]
+struct AlignInner {
+    phase: Phase,
+    sources: usize,
+    acks: usize,
+    max_time: u64,
+    /// The largest time sources that have ended sent at.
+    ended: u64,
+}
+
+/// Where a worker is in an agreed cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// No cut in progress.
+    #[default]
+    Idle,
+    /// Cut `k` is being agreed: sources read nothing and say how far they are.
+    Freeze(u64),
+    /// Cut `k` is at time `t`: sources hold their capabilities at `t - 1`.
+    Cut(u64, u64),
+}
+
+impl Alignment {
+    /// A source of this worker: counted, so that a freeze waits for its
+    /// acknowledgement.
+    pub fn register_source(&self) {
+        self.inner.borrow_mut().sources += 1;
+    }
+
+    /// A source of this worker that has ended, having sent at times up to
+    /// `sent`: no longer waited for, but a cut still comes after `sent`.
+    pub fn unregister_source(&self, sent: u64) {
+        let mut inner = self.inner.borrow_mut();
+        inner.sources = inner.sources.saturating_sub(1);
+        inner.ended = inner.ended.max(sent);
+    }
+
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        self.inner.borrow().phase
+    }
+
+    /// The time of the cut in progress, once it is agreed.
+    pub fn cut_time(&self) -> Option<u64> {
+        match self.phase() {
+            Phase::Cut(_, t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The runner: moves to `phase` (a new freeze forgets the last one's
+    /// acknowledgements).
+    pub fn set(&self, phase: Phase) {
+        let mut inner = self.inner.borrow_mut();
+        if let Phase::Freeze(_) = phase {
+            if inner.phase != phase {
+                inner.acks = 0;
+                inner.max_time = 0;
+            }
+        }
+        inner.phase = phase;
+    }
+
+    /// A source, frozen for cut `k`: it has stopped reading and has sent
+    /// nothing after `time`. Once per source and freeze.
+    pub fn acknowledge(&self, k: u64, time: u64) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.phase == Phase::Freeze(k) {
+            inner.acks += 1;
+            inner.max_time = inner.max_time.max(time);
+        }
+    }
+
+    /// The runner: once every source of the worker has acknowledged freeze
+    /// `k`, the largest time any of them (or a source that has ended) sent
+    /// at, and whether any source of the worker is still reading.
+    pub fn frozen(&self, k: u64) -> Option<(u64, bool)> {
+        let inner = self.inner.borrow();
+        (inner.phase == Phase::Freeze(k) && inner.acks >= inner.sources)
+            .then_some((inner.max_time.max(inner.ended), inner.sources > 0))
+    }
+}
+
+/// The time of a cut after every time up to `m`: the first multiple of
+/// `epoch` (at least 2) after `m`. Nothing is ever at `t - 1`, and every time
+/// up to `m` comes before it.
+pub fn cut_after(m: u64, epoch: u64) -> u64 {
+    let e = epoch.max(2);
+    (m / e).saturating_add(1).saturating_mul(e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +554,40 @@ mod tests {
         assert_eq!(all.len(), devices.len());
         assert!(devices.iter().all(|d| all[d] == d.route() % 7));
         uninstall();
+    }
+
+    /// A freeze waits for every source of the worker; the cut comes after
+    /// the largest time any sent, at an epoch boundary, so that nothing is
+    /// ever at `t - 1`.
+    #[test]
+    fn an_alignment_waits_for_every_source_and_cuts_after_the_largest_time() {
+        let a = Alignment::default();
+        a.register_source();
+        a.register_source();
+        a.set(Phase::Freeze(1));
+        a.acknowledge(1, 120);
+        assert_eq!(a.frozen(1), None, "one source has not acknowledged");
+        a.acknowledge(2, 999); // another freeze's: ignored
+        assert_eq!(a.frozen(1), None);
+        a.acknowledge(1, 60);
+        assert_eq!(a.frozen(1), Some((120, true)));
+        let t = cut_after(120, 60);
+        assert_eq!(t, 180);
+        a.set(Phase::Cut(1, t));
+        assert_eq!((a.cut_time(), a.frozen(1)), (Some(180), None));
+        a.set(Phase::Idle);
+        a.unregister_source(300);
+        a.set(Phase::Freeze(2));
+        assert_eq!(a.frozen(2), None, "a new freeze forgets the last one's acknowledgements");
+        a.acknowledge(2, 0);
+        assert_eq!(a.frozen(2), Some((300, true)), "a source that ended still counts");
+        a.set(Phase::Idle);
+        a.unregister_source(0);
+        a.set(Phase::Freeze(3));
+        assert_eq!(a.frozen(3), Some((300, false)), "no source reads any more");
+        assert_eq!(cut_after(0, 60), 60);
+        assert_eq!(cut_after(179, 60), 180);
+        assert_eq!(cut_after(5, 1), 6, "an epoch under 2 counts as 2");
     }
 
     #[test]

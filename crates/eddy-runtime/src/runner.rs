@@ -52,9 +52,25 @@ pub fn drive(
     park: Duration,
     commits: &mut dyn Commits,
 ) -> Result<()> {
+    drive_until(worker, probe, park, commits, None)
+}
+
+/// [`drive`], where the run is done once dataflow `main` has completed
+/// (other dataflows, such as a control dataflow that never completes on its
+/// own, are not waited for); every dataflow when `None`.
+pub fn drive_until(
+    worker: &mut timely::worker::Worker,
+    probe: &ProbeHandle<u64>,
+    park: Duration,
+    commits: &mut dyn Commits,
+    main: Option<usize>,
+) -> Result<()> {
     let mut done = false;
     while !done {
         done = !worker.step_or_park(Some(park));
+        if let Some(id) = main {
+            done = done || !worker.installed_dataflows().contains(&id);
+        }
         let frontier = probe.with_frontier(|f| f.iter().copied().min().unwrap_or(u64::MAX));
         if commits.committed(frontier, done)? == Next::Stop {
             break;

@@ -241,25 +241,49 @@ pub fn load(store: &Store, specs: &BTreeMap<String, String>, input: &str) -> Res
     for c in &names.channels {
         Channel::intern(c);
     }
-    let mut restored = Restored::default();
-    for (file, payload) in &loaded.files {
-        if file == NAMES {
-            continue;
-        }
-        let Some((_worker, name)) = file.split_once('-') else { continue };
-        restored.insert(name, payload.clone());
-    }
-    Ok(Some(Restart { id, meta, restored: Arc::new(restored) }))
+    Ok(Some(Restart { id, meta, restored: Arc::new(restored_of(&loaded.files)) }))
 }
 
-fn checkpoint_error(e: eddy_checkpoint::Error) -> Error {
+pub(crate) fn checkpoint_error(e: eddy_checkpoint::Error) -> Error {
     Error::Usage(format!("checkpoint: {e}"))
 }
 
-/// What the writer thread writes.
+/// What the writer thread writes: one checkpoint.
 pub(crate) struct ToWrite {
-    complete: Complete,
-    meta: ReplayMeta,
+    /// The dataflow time it was taken at.
+    pub(crate) time: u64,
+    /// Its state files: (name, payload).
+    pub(crate) files: Vec<(String, Vec<u8>)>,
+    /// The manifest's `meta`.
+    pub(crate) meta: serde_json::Value,
+}
+
+impl ToWrite {
+    /// A cut's files: each worker's parts as `<worker>-<operator>`, after `extra`.
+    pub(crate) fn of(
+        time: u64,
+        extra: Vec<(String, Vec<u8>)>,
+        parts: Vec<Vec<(String, Vec<u8>)>>,
+        meta: serde_json::Value,
+    ) -> ToWrite {
+        let mut files = extra;
+        for (worker, parts) in parts.into_iter().enumerate() {
+            files.extend(parts.into_iter().map(|(name, bytes)| (format!("{worker}-{name}"), bytes)));
+        }
+        ToWrite { time, files, meta }
+    }
+}
+
+/// The operators' saved state in a checkpoint's files (`<worker>-<operator>`).
+pub(crate) fn restored_of(files: &BTreeMap<String, Vec<u8>>) -> Restored {
+    let mut restored = Restored::default();
+    for (file, payload) in files {
+        let Some((worker, name)) = file.split_once('-') else { continue };
+        if worker.parse::<usize>().is_ok() {
+            restored.insert(name, payload.clone());
+        }
+    }
+    restored
 }
 
 /// The writer thread: writes checkpoints to the store in order, keeps the
@@ -279,21 +303,16 @@ impl Writer {
                 let mut written = 0;
                 for w in rx {
                     let write = || -> eddy_checkpoint::Result<()> {
-                        let mut p = store.begin(next, w.complete.time)?;
-                        let names = Names { devices: DeviceId::interned(), channels: Channel::interned() };
-                        p.put(NAMES, &eddy_checkpoint::encode(&names)?)?;
-                        for (worker, parts) in w.complete.parts.iter().enumerate() {
-                            for (name, bytes) in parts {
-                                p.put(&format!("{worker}-{name}"), bytes)?;
-                            }
+                        let mut p = store.begin(next, w.time)?;
+                        for (name, bytes) in &w.files {
+                            p.put(name, bytes)?;
                         }
-                        let meta = serde_json::to_value(&w.meta).expect("meta serializes");
-                        p.commit(meta)?;
+                        p.commit(w.meta)?;
                         store.gc(keep.max(2))?;
                         Ok(())
                     };
                     write().map_err(|e| e.to_string())?;
-                    tracing::debug!(checkpoint = next, time = w.complete.time, "Checkpoint written");
+                    tracing::debug!(checkpoint = next, time = w.time, "Checkpoint written");
                     next += 1;
                     written += 1;
                 }
@@ -350,7 +369,15 @@ impl<C: Commits> Commits for Checkpointing<'_, C> {
                 if let Some(complete) = self.barrier.deposit(self.index, parts) {
                     let mut meta = self.finish.meta(&complete)?;
                     meta.pause_ms = complete.started.elapsed().as_secs_f64() * 1e3;
-                    let sent = self.writer.send(ToWrite { complete, meta });
+                    let names = Names { devices: DeviceId::interned(), channels: Channel::interned() };
+                    let names = eddy_checkpoint::encode(&names).map_err(checkpoint_error)?;
+                    let meta = serde_json::to_value(&meta).expect("meta serializes");
+                    let sent = self.writer.send(ToWrite::of(
+                        complete.time,
+                        vec![(NAMES.to_string(), names)],
+                        complete.parts,
+                        meta,
+                    ));
                     self.barrier.release();
                     if sent.is_err() {
                         return Err(Error::Usage("the checkpoint writer stopped".into()));

@@ -36,6 +36,26 @@ impl Unsettled {
         self.next.insert(partition, offset + 1);
     }
 
+    /// Starts `partition` at `offset`: the next to read until a record is.
+    pub fn start(&mut self, partition: i32, offset: i64) {
+        self.next.entry(partition).or_insert(offset);
+    }
+
+    /// Where each partition must be read again from to get every record at
+    /// time `t` or later that has been read: the first offset of the first
+    /// run at or after `t`, or the next offset to read. Records after it that
+    /// come before `t` must then be skipped (see `TypedState::start_at`).
+    pub fn resume_at(&self, t: u64) -> BTreeMap<i32, i64> {
+        let empty = VecDeque::new();
+        self.next
+            .iter()
+            .map(|(p, next)| {
+                let runs = self.runs.get(p).unwrap_or(&empty);
+                (*p, runs.iter().find(|(_, rt)| *rt >= t).map_or(*next, |(o, _)| *o))
+            })
+            .collect()
+    }
+
     /// Markers and records that produce nothing settle at once.
     pub(crate) fn skip(&mut self, partition: i32, offset: i64) {
         let runs = self.runs.entry(partition).or_default();
@@ -227,6 +247,23 @@ mod tests {
         assert_eq!(u.settle(5), BTreeMap::new());
         assert_eq!(u.settle(6), BTreeMap::from([(0, 12)]));
         assert_eq!(u.settle(u64::MAX), BTreeMap::from([(0, 13)]));
+    }
+
+    #[test]
+    fn a_cut_resumes_each_partition_at_its_first_record_at_or_after_the_cut() {
+        let mut u = Unsettled::default();
+        u.start(2, 40);
+        u.read(0, 10, 5);
+        u.read(0, 11, 9);
+        u.read(0, 12, 7);
+        u.skip(0, 13);
+        u.read(1, 3, 5);
+        assert_eq!(u.resume_at(8), BTreeMap::from([(0, 11), (1, 4), (2, 40)]));
+        assert_eq!(u.resume_at(6), BTreeMap::from([(0, 11), (1, 4), (2, 40)]));
+        assert_eq!(u.resume_at(5), BTreeMap::from([(0, 10), (1, 3), (2, 40)]));
+        // Settling does not move a run at or after the cut.
+        u.settle(7);
+        assert_eq!(u.resume_at(8), BTreeMap::from([(0, 11), (1, 4), (2, 40)]));
     }
 
     #[test]

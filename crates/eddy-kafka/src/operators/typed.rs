@@ -17,9 +17,13 @@ use timely::dataflow::{Scope, StreamVec};
 use eddy_core::reading::{DeadLetter, Enriched, Position, Reading};
 use eddy_operators::ingest::SourceProgress;
 use eddy_operators::metrics::Metrics;
+use eddy_operators::snapshot::{self, Phase};
 
 use super::{Input, Record, Stop, Unsettled, BATCH};
 use crate::codec::Envelope;
+
+/// At most this many records a source holds back (while a cut waits).
+const HOLD_AT_MOST: usize = 200_000;
 
 /// A record of an eddy topic that the typed source can read: it has an
 /// identity for dropping the duplicates a restarted producer may write, and
@@ -29,6 +33,8 @@ pub trait Stamped: DeserializeOwned + Clone + 'static {
     fn id(&self) -> Position;
     /// Its event time.
     fn ts(&self) -> i64;
+    /// Where its device's state lives: `DeviceId::route`.
+    fn route(&self) -> u64;
 }
 
 impl Stamped for Reading {
@@ -38,6 +44,9 @@ impl Stamped for Reading {
     fn ts(&self) -> i64 {
         self.ts
     }
+    fn route(&self) -> u64 {
+        self.device.route()
+    }
 }
 
 impl Stamped for Enriched {
@@ -46,6 +55,9 @@ impl Stamped for Enriched {
     }
     fn ts(&self) -> i64 {
         self.ts
+    }
+    fn route(&self) -> u64 {
+        self.device.route()
     }
 }
 
@@ -169,6 +181,21 @@ impl<D: Stamped> TypedState<D> {
         })
     }
 
+    /// The source's time: the least watermark of its partitions, as far as
+    /// [`advance`](TypedState::advance) has moved it.
+    pub fn time(&self) -> u64 {
+        self.time
+    }
+
+    /// Starts every partition at watermark `t`: a source restarted from a
+    /// checkpoint taken at `t` drops every record before it (their effect
+    /// is in the restored state), as copies below the watermark.
+    pub fn start_at(&mut self, t: u64) {
+        for p in self.parts.values_mut() {
+            p.wm = p.wm.max(t);
+        }
+    }
+
     /// The largest `ts` of a record so far.
     pub fn max_ts(&self) -> Option<i64> {
         self.max_ts
@@ -193,10 +220,23 @@ impl<D: Stamped> TypedState<D> {
 /// watermark (the marker promised every such record came before it), and a
 /// record already seen at the same time. A record that cannot be decoded goes to the second output
 /// with its partition, offset and reason.
+///
+/// A source restarted from a checkpoint taken at `start` starts there
+/// ([`TypedState::start_at`]). When the worker has an
+/// [`Alignment`](snapshot::Alignment) (a job that takes checkpoints), a
+/// record goes out only once the source's time has passed it, and the
+/// source follows the cuts: frozen, it reads nothing; at a cut at `t` it
+/// holds back what comes at or after `t` and holds its capabilities at
+/// `t - 1` until the cut is released. Holding records until their time is
+/// complete costs downstream jobs one marker interval of latency; in return
+/// a cut needs no time the source has not reached, and completes on a
+/// stream that has gone quiet.
+#[allow(clippy::too_many_arguments)]
 pub fn typed_source<'s, D: Stamped>(
     scope: Scope<'s, u64>,
     name: &str,
     input: Option<Input>,
+    start: u64,
     progress: Rc<SourceProgress>,
     metrics: Arc<Metrics>,
     stop: Stop,
@@ -214,14 +254,27 @@ pub fn typed_source<'s, D: Stamped>(
             (Some(b), Some(a)) if input.as_ref().is_some_and(|i| !i.partitions.is_empty()) => Some([a, b]),
             _ => None,
         };
+        let align = if caps2.is_some() { snapshot::alignment() } else { None };
         if caps2.is_none() {
             progress.set_done();
         } else {
             stop.register();
+            if let Some(a) = &align {
+                a.register_source();
+            }
         }
         let mut stopped = false;
         let mut state: TypedState<D> =
             TypedState::new(input.as_ref().map(|i| i.partitions.as_slice()).unwrap_or_default());
+        state.start_at(start);
+        // The largest time sent at (a restored source has, in effect, sent
+        // everything before its start), the freeze last acknowledged, and
+        // the records held back: with an alignment, a record goes out only
+        // once the source's time has passed it (and it is before the cut in
+        // progress), so that a cut never waits for times it has not reached.
+        let mut sent = start.saturating_sub(1);
+        let mut acked = None;
+        let mut held: Vec<(u64, D)> = Vec::new();
 
         move |_frontiers| {
             let (Some(input), Some([cap, cap_d])) = (input.as_ref(), caps2.as_mut()) else {
@@ -230,15 +283,32 @@ pub fn typed_source<'s, D: Stamped>(
             if stop.check(*cap.time(), &mut stopped) {
                 return;
             }
+            let phase = align.as_ref().map_or(Phase::Idle, |a| a.phase());
+            let cut = match phase {
+                Phase::Freeze(k) => {
+                    if acked != Some(k) {
+                        acked = Some(k);
+                        let a = align.as_ref().expect("a phase other than idle comes from an alignment");
+                        a.acknowledge(k, sent);
+                    }
+                    activator.activate_after(Duration::from_millis(2));
+                    return;
+                }
+                Phase::Cut(_, t) => Some(t),
+                Phase::Idle => None,
+            };
             let mut h = out.activate();
             let mut hd = out_d.activate();
             let mut got = 0;
             let mut unsettled = input.unsettled.borrow_mut();
-            while got < BATCH {
+            // A cut that waits long holds at most this much back.
+            let room = if held.len() < HOLD_AT_MOST { BATCH } else { 0 };
+            while got < room {
                 let Some(m) = input.next() else { break };
                 got += 1;
                 match state.record(Record::of(&m), &mut unsettled) {
                     TypedRecord::Skip => {}
+                    TypedRecord::Data(t, d) if align.is_some() => held.push((t, d)),
                     TypedRecord::Data(t, d) => h.session(&cap.delayed(&t)).give(d),
                     TypedRecord::Dead(d) => hd.session(&*cap_d).give(d),
                 }
@@ -246,16 +316,33 @@ pub fn typed_source<'s, D: Stamped>(
             drop(unsettled);
             state.report(&metrics);
             progress.set_max_ts(state.max_ts());
+            state.advance();
+            if !held.is_empty() {
+                // The capabilities are not moved yet: every held time is at
+                // or after them.
+                let limit = cut.map_or(state.time(), |c| state.time().min(c));
+                let (go, stay): (Vec<_>, Vec<_>) = held.drain(..).partition(|(t, _)| *t < limit);
+                held = stay;
+                for (t, d) in go {
+                    sent = sent.max(t);
+                    h.session(&cap.delayed(&t)).give(d);
+                }
+            }
 
-            if state.done() {
+            if state.done() && cut.is_none() && held.is_empty() {
                 drop((h, hd));
                 caps2 = None;
                 progress.set_done();
+                if let Some(a) = &align {
+                    a.unregister_source(sent);
+                }
                 return;
             }
-            if let Some(wm) = state.advance() {
-                cap.downgrade(&wm);
-                cap_d.downgrade(&wm);
+            // During a cut the capabilities stop at `t - 1`.
+            let to = cut.map_or(state.time(), |c| state.time().min(c - 1));
+            if to > *cap.time() {
+                cap.downgrade(&to);
+                cap_d.downgrade(&to);
             }
             if got > 0 {
                 activator.activate();

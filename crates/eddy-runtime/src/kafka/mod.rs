@@ -33,6 +33,7 @@
 //! their input again from the beginning; enrich and backup resume from the
 //! committed offsets.
 
+pub mod align;
 pub mod ml;
 
 /// The operators this module composes, at their old path.
@@ -67,6 +68,7 @@ use eddy_ml::model::ModelUpdate;
 use eddy_operators::ingest::SourceProgress;
 use eddy_operators::metrics::Metrics;
 use eddy_operators::reference::{reference_with_feedback, Reference};
+use eddy_operators::snapshot;
 use eddy_parquet::{BackupWriter, Manifest, RawArchiveWriter};
 
 use crate::backup::{backup_config, ParquetSink, Resume};
@@ -74,7 +76,8 @@ use crate::component::{Codec, JobInstance, Lines, OutputRecord, Port, PortFlow, 
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
 use crate::job::spec_rules;
-use crate::runner::{drive, Commits, Next};
+use crate::runner::{drive_until, Commits, Next};
+use crate::snapshots::{CheckpointOptions, CheckpointSummary};
 use crate::workers::Workers;
 use eddy_kafka::operators::{
     live_reference, raw_source, suppress, typed_source, Encoder, Input, KafkaSink, RawConfig, RawStreams, Stamped,
@@ -106,6 +109,17 @@ pub struct RunOptions {
     /// Set it (from a SIGTERM handler) to stop the job cleanly: it stops
     /// reading, makes what it read durable, checkpoints, and returns.
     pub stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Checkpoints of the job's state (stateful jobs that read eddy's own
+    /// topics): how often, where (default: [`default_store`]), how many kept.
+    pub checkpoints: CheckpointOptions,
+}
+
+/// Where a Kafka job keeps its checkpoints unless told (`--store`):
+/// `$EDDY_STATE_DIR/<group>`, by default `eddy-state/<group>` in the
+/// working directory.
+pub fn default_store(group: &str) -> String {
+    let root = std::env::var_os("EDDY_STATE_DIR").map_or_else(|| PathBuf::from("eddy-state"), PathBuf::from);
+    root.join(group).display().to_string()
 }
 
 impl RunOptions {
@@ -122,7 +136,24 @@ impl RunOptions {
             idle_timeout: Duration::from_secs(10),
             marker_every: Duration::from_millis(100),
             stop: Arc::default(),
+            checkpoints: CheckpointOptions::default(),
         }
+    }
+
+    /// True when the job's state can be checkpointed: a job that rebuilds
+    /// state, whose sources are eddy's own topics (not `P.raw` or the
+    /// models), outside the calibration loop, with an epoch of at least
+    /// 2 ms (a cut holds at `t - 1`, which must never be a record's time).
+    pub fn checkpointable(&self) -> bool {
+        self.job.rebuilds()
+            && !self.job.inputs().iter().any(|p| matches!(*p, "raw" | "models"))
+            && !self.spec.adapter.enabled
+            && self.spec.ingest.epoch.ms() >= 2
+    }
+
+    /// The job's checkpoint store.
+    pub fn store_location(&self) -> String {
+        self.checkpoints.store.clone().unwrap_or_else(|| default_store(&self.group()))
     }
 
     /// The job's kind.
@@ -225,6 +256,9 @@ pub struct RunSummary {
     pub junk: u64,
     /// The frontier this run started from (committed by an earlier run).
     pub resumed_from: u64,
+    /// Checkpoints of the job's state written by this run, and the one it
+    /// restarted from.
+    pub checkpoints: CheckpointSummary,
     /// Wall time, seconds.
     pub wall_time_s: f64,
 }
@@ -240,6 +274,10 @@ pub struct RunProgress {
 
 struct Shared {
     opts: RunOptions,
+    /// The checkpoint the job restarted from.
+    restart: Option<align::JobRestart>,
+    /// Where the leader hands checkpoints (`None`: the job takes none).
+    writer: Option<parking_lot::Mutex<std::sync::mpsc::Sender<crate::snapshots::ToWrite>>>,
     ml: ml::MlShared,
     resume_from: u64,
     updates: Vec<RefUpdate>,
@@ -339,6 +377,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
             deadletter: 0,
             junk: 0,
             resumed_from: c.frontier,
+            checkpoints: CheckpointSummary::default(),
             wall_time_s: started.elapsed().as_secs_f64(),
         });
     }
@@ -347,6 +386,34 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         tracing::info!(job = %group, frontier = resume_from, "resuming: outputs below the committed frontier are not written again");
         println!("{group}: resumed from frontier {resume_from} (outputs below it were committed by an earlier run)");
     }
+    // The job's state: the newest checkpoint, and a writer for new ones.
+    let (restart, writer) = if opts.checkpointable() {
+        let location = opts.store_location();
+        let existing = std::path::Path::new(location.strip_prefix("file://").unwrap_or(&location)).is_dir();
+        let store = if opts.checkpoints.every.is_some() || existing {
+            Some(eddy_checkpoint::Store::open(&location).map_err(crate::snapshots::checkpoint_error)?)
+        } else {
+            None
+        };
+        let restart = match &store {
+            Some(s) => align::load(s, &group, &opts.job.spec_text())?,
+            None => None,
+        };
+        if let Some(r) = &restart {
+            tracing::info!(job = %group, checkpoint = r.id, time = r.meta.time, "restoring the job's state");
+            println!(
+                "{group}: restored checkpoint {} (time {}): reading each partition from its offset there",
+                r.id, r.meta.time
+            );
+        }
+        let writer = match (store, opts.checkpoints.every) {
+            (Some(s), Some(_)) => Some(crate::snapshots::Writer::start(s, opts.checkpoints.keep)?),
+            _ => None,
+        };
+        (restart, writer)
+    } else {
+        (None, None)
+    };
     // Before the reference topics are read (the adapter's markers read here
     // must come after updates read there).
     let ml = ml::prepare(opts)?;
@@ -376,8 +443,11 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     };
 
     let metrics = Arc::new(Metrics::default());
+    let restored_from = restart.as_ref().map(|r| r.id);
     let shared = Arc::new(Shared {
         opts: opts.clone(),
+        restart,
+        writer: writer.as_ref().map(|w| parking_lot::Mutex::new(w.sender())),
         ml,
         resume_from,
         updates,
@@ -404,8 +474,24 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     for r in guards.join() {
         r.map_err(Error::Timely)?;
     }
+    drop(shared);
+    let written = match writer {
+        Some(w) => w.finish()?,
+        None => 0,
+    };
     if let Some(e) = metrics.failure() {
         return Err(Error::Worker(e));
+    }
+    // A job whose input ended has nothing to restart from (its record in
+    // P.checkpoints says it is complete): its default store goes.
+    let ended = !opts.stop.load(Ordering::SeqCst);
+    if ended && opts.checkpointable() && opts.checkpoints.store.is_none() {
+        let location = opts.store_location();
+        if let Err(e) = std::fs::remove_dir_all(&location) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(store = %location, error = %e, "could not remove the checkpoints of a job that completed");
+            }
+        }
     }
     Ok(RunSummary {
         job: group,
@@ -414,6 +500,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         deadletter: Metrics::get(&metrics.deadletter),
         junk: Metrics::get(&metrics.junk),
         resumed_from: resume_from,
+        checkpoints: CheckpointSummary { written, restored_from },
         wall_time_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -475,8 +562,15 @@ impl<'s> Ctx<'s> {
             return Ok(None);
         }
         let consumer = consume::consumer(&self.opts().kafka, &self.opts().group()).map_err(kafka_err)?;
-        let committed =
-            if rewind { BTreeMap::new() } else { consume::committed(&consumer, topic, &mine).map_err(kafka_err)? };
+        // A job restored from a checkpoint reads from its offsets; a job that
+        // rebuilds its state without one, from the beginning; any other,
+        // from its committed offsets.
+        let restart = self.shared.restart.as_ref().map(|r| r.meta.offsets.get(topic).cloned().unwrap_or_default());
+        let committed = match restart {
+            Some(at) => mine.iter().map(|p| (*p, at.get(p).copied())).collect(),
+            None if rewind => BTreeMap::new(),
+            None => consume::committed(&consumer, topic, &mine).map_err(kafka_err)?,
+        };
         let mut tpl = TopicPartitionList::new();
         let mut floor = BTreeMap::new();
         for p in &mine {
@@ -490,6 +584,10 @@ impl<'s> Ctx<'s> {
             };
             tpl.add_partition_offset(topic, *p, at).map_err(|e| assigning(topic, e))?;
         }
+        let mut unsettled = Unsettled::default();
+        for p in &mine {
+            unsettled.start(*p, floor.get(p).copied().unwrap_or(FIRST_OFFSET));
+        }
         let floor = Rc::new(floor);
         consumer.assign(&tpl).map_err(|e| assigning(topic, e))?;
         tracing::info!(topic, ?committed, "reading from the committed offsets (or the beginning)");
@@ -497,7 +595,7 @@ impl<'s> Ctx<'s> {
             consumer: Rc::new(consumer),
             topic: topic.to_string(),
             partitions: mine,
-            unsettled: Rc::new(RefCell::new(Unsettled::default())),
+            unsettled: Rc::new(RefCell::new(unsettled)),
             floor: Rc::clone(&floor),
         };
         self.inputs.push(Input {
@@ -510,17 +608,29 @@ impl<'s> Ctx<'s> {
         Ok(Some(input))
     }
 
-    fn typed<D: Stamped>(&mut self, topic: &str) -> Result<(Flow<'s, D>, Flow<'s, DeadLetter>)> {
+    fn typed<D: Stamped + timely::ExchangeData>(&mut self, topic: &str) -> Result<(Flow<'s, D>, Flow<'s, DeadLetter>)> {
         let rewind = self.opts().rewinds();
         let input = self.input(topic, self.shared.partitions, rewind)?;
+        let start = self.shared.restart.as_ref().map_or(0, |r| r.meta.time);
         let (data, dead) = typed_source::<D>(
             self.scope,
             topic,
             input,
+            start,
             Rc::clone(&self.progress),
             Arc::clone(&self.shared.metrics),
             self.shared.stop.clone(),
         );
+        // A job whose state is checkpointed keeps each device's state on the
+        // worker its route gives (`snapshot::Owner`), as `eddy replay` does,
+        // not on the worker that reads its partition: so a checkpoint
+        // restores at any number of workers and processes.
+        let data = if self.shared.writer.is_some() || self.shared.restart.is_some() {
+            use timely::dataflow::operators::Exchange;
+            data.exchange(|d: &D| d.route())
+        } else {
+            data
+        };
         Ok((Flow::new(data, "source"), Flow::new(dead, "source")))
     }
 
@@ -773,6 +883,18 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     let producer = Rc::new(RefCell::new(Producer::new(&opts.kafka).map_err(kafka_err)?));
     let probe = ProbeHandle::new();
     let progress = Rc::new(SourceProgress::default());
+    // A job that takes or restores checkpoints: its operators register
+    // their state, and its sources follow the agreed cuts.
+    let checkpointing = shared.writer.is_some() || shared.restart.is_some();
+    let alignment = Rc::new(snapshot::Alignment::default());
+    if checkpointing {
+        let owner = snapshot::Owner { index: worker.index(), peers: worker.peers() };
+        snapshot::install(owner, shared.restart.as_ref().map(|r| Arc::clone(&r.restored)), None);
+        if shared.writer.is_some() {
+            snapshot::install_alignment(Rc::clone(&alignment));
+        }
+    }
+    let main = worker.next_dataflow_index();
     let mut built: Result<(Vec<Input>, Vec<ml::TopicMark>)> = Ok(Default::default());
     worker.dataflow::<u64, _, _>(|scope| {
         let mut ctx = Ctx {
@@ -788,6 +910,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         };
         let opts = ctx.opts().clone();
         built = opts.job.build(&opts.spec, &mut ctx).map(|_| (ctx.inputs, ctx.topic_marks.take()));
+    });
+    let built = built.and_then(|b| match snapshot::take_errors().into_iter().next() {
+        Some(e) => Err(Error::Usage(format!("restoring checkpoint: {e}"))),
+        None => Ok(b),
     });
     let (inputs, topic_marks) = match built {
         Ok(i) => i,
@@ -808,7 +934,17 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     if let Some(m) = marks.as_mut().filter(|_| topic_values.iter().any(|v| *v > 0)) {
         m.mark_topics(&topic_marks, &topic_values)?;
     }
-    let mut commits = KafkaCommits {
+    let aligned_inputs: Vec<Input> = inputs
+        .iter()
+        .map(|i| Input {
+            consumer: Rc::clone(&i.consumer),
+            topic: i.topic.clone(),
+            partitions: i.partitions.clone(),
+            unsettled: Rc::clone(&i.unsettled),
+            floor: Rc::clone(&i.floor),
+        })
+        .collect();
+    let commits = KafkaCommits {
         shared: Arc::clone(shared),
         producer: Rc::clone(&producer),
         inputs,
@@ -818,7 +954,31 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
         last_frontier: 0,
         last_mark: Instant::now(),
     };
-    drive(worker, &probe, Duration::from_millis(10), &mut commits)?;
+    let mut commits: Box<dyn Commits> = match &shared.writer {
+        Some(writer) => {
+            let control = align::Control::build(worker);
+            let leader = (worker.index() == 0).then(|| align::LeaderSetup {
+                every: opts.checkpoints.every.unwrap_or(Duration::MAX),
+                epoch: opts.spec.ingest.epoch.ms().max(2) as u64,
+                writer: writer.lock().clone(),
+                job: opts.group(),
+                spec: opts.job.spec_text(),
+            });
+            Box::new(align::Aligned::new(
+                commits,
+                worker,
+                control,
+                alignment,
+                &aligned_inputs,
+                leader,
+                Arc::clone(&shared.metrics),
+            ))
+        }
+        None => Box::new(commits),
+    };
+    let driven = drive_until(worker, &probe, Duration::from_millis(10), &mut commits, Some(main));
+    snapshot::uninstall();
+    driven?;
     // A stopped job's dataflow never completes (its sources keep their
     // capabilities): drop it, or timely would wait for it.
     for id in worker.installed_dataflows() {
