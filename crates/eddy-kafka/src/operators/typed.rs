@@ -222,7 +222,7 @@ impl<D: Stamped> TypedState<D> {
 /// with its partition, offset and reason.
 ///
 /// A source restarted from a checkpoint taken at `start` starts there
-/// ([`TypedState::start_at`]). When the worker has an
+/// (`TypedState::start_at`). When the worker has an
 /// [`Alignment`](snapshot::Alignment) (a job that takes checkpoints), a
 /// record goes out only once the source's time has passed it, and the
 /// source follows the cuts: frozen, it reads nothing; at a cut at `t` it

@@ -9,7 +9,7 @@
 //!
 //! 1. `Freeze(k)` to every worker: each worker's sources stop reading and
 //!    report the largest time they have sent at
-//!    ([`Alignment`](eddy_operators::snapshot::Alignment)); each worker
+//!    ([`Alignment`]); each worker
 //!    answers `Frozen(k, m)`.
 //! 2. `Cut(k, t)`, `t` the first epoch boundary after the largest `m`: the
 //!    sources read again, keep back what comes at or after `t`, and hold
