@@ -108,15 +108,27 @@ struct KafkaArgs {
     /// Seconds to wait for the brokers at start before giving up.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Retention of the topics of records this command creates (`7d`,
+    /// `36h`); the compacted topics keep each key's latest record. A topic
+    /// that exists is left as it is.
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    retention: String,
 }
 
 #[cfg(feature = "kafka")]
 impl KafkaArgs {
-    fn config(&self) -> crate::kafka::KafkaConfig {
-        crate::kafka::KafkaConfig {
+    fn config(&self) -> Result<crate::kafka::KafkaConfig> {
+        let ms = eddy_core::Millis::parse(&self.retention)
+            .map_err(|e| anyhow::anyhow!("--retention {:?}: {e}", self.retention))?
+            .ms();
+        if ms <= 0 {
+            bail!("--retention {:?}: must be positive", self.retention);
+        }
+        Ok(crate::kafka::KafkaConfig {
             brokers: self.brokers.clone(),
             connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
-        }
+            retention: std::time::Duration::from_millis(ms as u64),
+        })
     }
 }
 
@@ -704,7 +716,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
         jobs.pipeline.score.model = Some(m.display().to_string());
     }
     let mut opts = RunOptions::new(job, jobs.pipeline, &a.kafka.brokers);
-    opts.kafka = a.kafka.config();
+    opts.kafka = a.kafka.config()?;
     opts.topics = crate::kafka::Topics::new(a.kafka.prefix.clone());
     opts.workers = a.workers.workers();
     opts.out = a.out.clone();
@@ -774,7 +786,7 @@ fn cmd_publish(a: PublishArgs) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let s = publish(&a.kafka.config(), &opts, |p| {
+    let s = publish(&a.kafka.config()?, &opts, |p| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.bytes.min(p.total_bytes));
         bar.set_message(format!("{} lines", p.lines));

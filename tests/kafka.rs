@@ -389,6 +389,29 @@ fn an_enrich_job_killed_with_sigkill_and_restarted_loses_nothing_downstream() {
     redeploy("KILL", "enrich", "enriched", &[("stats", "stats"), ("windows.1h", "windows"), ("events", "events")]);
 }
 
+/// Topics of records are created with the retention asked for (`--retention`,
+/// default 7 days), the reference topics compacted.
+#[test]
+fn topics_eddy_creates_have_an_explicit_retention() {
+    let data = Data::new();
+    gen(&data.dir(), "2", "1");
+    let p = prefix("retention");
+    publish(&data.dir(), &p, &["--retention", "36h"]);
+    let raw = eddy::kafka::topics::config_of(&kafka(), &format!("{p}.raw")).unwrap();
+    assert_eq!(raw.get("retention.ms").map(String::as_str), Some("129600000"), "{raw:?}");
+    assert_eq!(raw.get("cleanup.policy").map(String::as_str), Some("delete"), "{raw:?}");
+    let devices = eddy::kafka::topics::config_of(&kafka(), &format!("{p}.devices")).unwrap();
+    assert_eq!(devices.get("cleanup.policy").map(String::as_str), Some("compact"), "{devices:?}");
+    // A job creates its output topics with the default.
+    let q = prefix("retention-default");
+    publish(&data.dir(), &q, &[]);
+    finish(start("ingest", &q, &[]), "ingest");
+    let readings = eddy::kafka::topics::config_of(&kafka(), &format!("{q}.readings")).unwrap();
+    assert_eq!(readings.get("retention.ms").map(String::as_str), Some("604800000"), "{readings:?}");
+    let out = eddy_err(&["publish", data.dir().to_str().unwrap(), "--brokers", &brokers(), "--retention", "soon"]);
+    assert!(text(&out.stderr).contains("--retention \"soon\""), "{}", text(&out.stderr));
+}
+
 #[test]
 fn an_unreachable_broker_is_a_clear_error_within_the_connect_timeout() {
     let spec = jobs_dir().join("stats.toml");

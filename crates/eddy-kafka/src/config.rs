@@ -14,12 +14,27 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// How long to wait for the brokers at start before giving up.
     pub connect_timeout: Duration,
+    /// `retention.ms` of the topics of records eddy creates (not the
+    /// compacted ones, which keep each key's latest record):
+    /// [`KafkaConfig::DEFAULT_RETENTION`] unless set (`--retention`).
+    pub retention: Duration,
 }
 
 impl KafkaConfig {
-    /// Settings for `brokers`, with a 10 s connect timeout.
+    /// Seven days: long enough for a stateful job that restarts from its
+    /// last checkpoint (taken every few seconds) to find every record after
+    /// it, and the brokers' usual default, set explicitly so that a broker
+    /// configured otherwise does not silently shorten it.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Settings for `brokers`, with a 10 s connect timeout and the default
+    /// retention.
     pub fn new(brokers: impl Into<String>) -> KafkaConfig {
-        KafkaConfig { brokers: brokers.into(), connect_timeout: Duration::from_secs(10) }
+        KafkaConfig {
+            brokers: brokers.into(),
+            connect_timeout: Duration::from_secs(10),
+            retention: KafkaConfig::DEFAULT_RETENTION,
+        }
     }
 
     /// The base client configuration: servers, and reconnect backoff (a

@@ -139,13 +139,16 @@ impl TopicSpec {
 }
 
 /// Creates the topics that do not exist yet (an existing topic is left as
-/// it is). The brokers must be reachable.
+/// it is): compacted ones with `cleanup.policy=compact`, the others with
+/// `cleanup.policy=delete` and `retention.ms` from [`KafkaConfig::retention`].
+/// The brokers must be reachable.
 pub fn ensure(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
     if topics.is_empty() {
         return Ok(());
     }
     let admin: AdminClient<DefaultClientContext> =
         cfg.client().create().map_err(|e| Error::kafka("creating an admin client", e))?;
+    let retention = cfg.retention.as_millis().to_string();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
@@ -153,7 +156,7 @@ pub fn ensure(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
             if t.compacted {
                 n.set("cleanup.policy", "compact")
             } else {
-                n
+                n.set("cleanup.policy", "delete").set("retention.ms", &retention)
             }
         })
         .collect();
@@ -167,6 +170,25 @@ pub fn ensure(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The configuration of `topic` as the brokers report it (`retention.ms`,
+/// `cleanup.policy`, …).
+pub fn config_of(cfg: &KafkaConfig, topic: &str) -> Result<std::collections::BTreeMap<String, String>> {
+    use rdkafka::admin::{OwnedResourceSpecifier, ResourceSpecifier};
+    let admin: AdminClient<DefaultClientContext> =
+        cfg.client().create().map_err(|e| Error::kafka("creating an admin client", e))?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts))
+        .map_err(|e| Error::kafka(format!("describing {topic}"), e))?;
+    let mut out = std::collections::BTreeMap::new();
+    for r in results {
+        let r = r.map_err(|code| Error::Other(format!("kafka: describing {topic}: {code}")))?;
+        if r.specifier == OwnedResourceSpecifier::Topic(topic.to_string()) {
+            out.extend(r.entries.into_iter().filter_map(|e| Some((e.name, e.value?))));
+        }
+    }
+    Ok(out)
 }
 
 /// The number of partitions of `topic`, from the brokers' metadata.
