@@ -162,20 +162,8 @@ struct RunArgs {
     /// the ingest job's watermark back.
     #[arg(long, default_value_t = 10)]
     idle_timeout: u64,
-    /// A stateful job (stats, windows, alerts, sensor-health, yours) takes a
-    /// checkpoint of its state this often (`10s`, `500ms`, `1m`), or `off`
-    /// (it then rebuilds its state from the start of its input when
-    /// restarted). See docs/checkpoints.md.
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
-    checkpoint_every: String,
-    /// Where the job's checkpoints go: a directory or file:// URL, shared by
-    /// its processes (default $EDDY_STATE_DIR/PREFIX.JOB, with
-    /// EDDY_STATE_DIR defaulting to ./eddy-state).
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
-    /// Complete checkpoints kept (at least 2).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    keep: usize,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
     /// No progress line and no summary.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -278,18 +266,8 @@ struct ReplayArgs {
     /// backup spec.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     outputs: Option<Vec<String>>,
-    /// Take a checkpoint this often (processing time: `10s`, `500ms`, `1m`),
-    /// or `off`. A replay killed and run again into the same OUT restarts
-    /// from its newest complete checkpoint (docs/checkpoints.md).
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
-    checkpoint_every: String,
-    /// Where checkpoints go: a directory or a file:// URL (default OUT/_checkpoints,
-    /// removed once the run completes).
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
-    /// Complete checkpoints kept (at least 2).
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    keep: usize,
+    #[command(flatten)]
+    checkpoints: CheckpointArgs,
     /// No progress bar and no summary table.
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -479,6 +457,34 @@ fn load_jobs(registry: &Registry, dir: Option<&Path>) -> Result<Jobs> {
     }
 }
 
+/// Checkpoints of the state of a run (`eddy replay`) or a stateful job
+/// (`eddy run`; docs/checkpoints.md).
+#[derive(Args, Debug, Clone)]
+struct CheckpointArgs {
+    /// Take a checkpoint this often (processing time: `10s`, `500ms`, `1m`),
+    /// or `off`. Killed and started again, a replay into the same OUT, or a
+    /// job with the same store, restarts from its newest complete checkpoint
+    /// (without one a Kafka job rebuilds its state from the start of its input).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    checkpoint_every: String,
+    /// Where checkpoints go: a directory or a file:// URL. Default: for
+    /// eddy replay OUT/_checkpoints (removed once the run completes); for
+    /// eddy run $EDDY_STATE_DIR/PREFIX.JOB (EDDY_STATE_DIR defaults to
+    /// ./eddy-state), which every process of the job must share.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Complete checkpoints kept (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    keep: usize,
+}
+
+impl CheckpointArgs {
+    /// The options, checked.
+    fn options(&self) -> Result<crate::runtime::snapshots::CheckpointOptions> {
+        checkpoint_options(&self.checkpoint_every, self.store.clone(), self.keep)
+    }
+}
+
 /// `--checkpoint-every`, `--store` and `--keep`, checked.
 fn checkpoint_options(
     every: &str,
@@ -507,7 +513,7 @@ fn cmd_replay(a: ReplayArgs, registry: &Registry) -> Result<()> {
     if let Some(m) = &a.model {
         jobs.pipeline.score.model = Some(m.display().to_string());
     }
-    let checkpoints = checkpoint_options(&a.checkpoint_every, a.store.clone(), a.keep)?;
+    let checkpoints = a.checkpoints.options()?;
     let opts = ReplayOptions {
         workers: a.workers.workers(),
         speed: a.speed,
@@ -722,7 +728,7 @@ fn cmd_run(a: RunArgs, registry: &Registry) -> Result<()> {
     opts.out = a.out.clone();
     opts.partitions = a.partitions;
     opts.idle_timeout = std::time::Duration::from_secs(a.idle_timeout);
-    opts.checkpoints = checkpoint_options(&a.checkpoint_every, a.store.clone(), a.keep)?;
+    opts.checkpoints = a.checkpoints.options()?;
     // SIGTERM or Ctrl-C: stop reading, make what was read durable, checkpoint,
     // exit 0. A second one exits at once (the checkpoint keeps that safe too).
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

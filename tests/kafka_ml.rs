@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use eddy::kafka::rdkafka;
 use eddy::kafka::rdkafka::message::{Headers, Message};
 use serde_json::Value;
-use support::broker::{brokers, config as kafka, finish_by, jobs_dir, prefix, publish, start, start_spec};
+use support::broker::{
+    brokers, config as kafka, finish_by, jobs_dir, prefix, publish, records, start, start_spec, try_records,
+};
 use support::*;
 
 /// Waits for a job to exit on its own, for at most 15 minutes (the
@@ -34,33 +36,6 @@ fn running(child: &mut Child, what: &str) {
         }
         panic!("{what} exited ({status}) while it should run:\n{err}");
     }
-}
-
-/// A topic's data records (markers left out): `(eddy.t, partition, offset, value)`.
-fn records(prefix: &str, name: &str) -> Vec<(Option<u64>, i32, i64, Vec<u8>)> {
-    try_records(prefix, name).unwrap_or_else(|e| panic!("{prefix}.{name}: {e}"))
-}
-
-/// [`records`], or the error (a topic a job has not created yet).
-type Record = (Option<u64>, i32, i64, Vec<u8>);
-fn try_records(prefix: &str, name: &str) -> Result<Vec<Record>, eddy::kafka::Error> {
-    let topic = format!("{prefix}.{name}");
-    Ok(eddy::kafka::consume::read_to_end(&kafka(), &topic, Duration::from_secs(60))?
-        .into_iter()
-        .filter_map(|m| {
-            let mut t = None;
-            if let Some(h) = m.headers() {
-                for hd in h.iter() {
-                    match hd.key {
-                        "eddy.wm" => return None,
-                        "eddy.t" => t = std::str::from_utf8(hd.value.unwrap()).ok().and_then(|s| s.parse().ok()),
-                        _ => {}
-                    }
-                }
-            }
-            Some((t, m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()))
-        })
-        .collect())
 }
 
 /// A topic's values as text; none while the topic does not exist.

@@ -82,12 +82,16 @@ pub fn publish(data: &Path, prefix: &str, extra: &[&str]) {
     eddy_ok(&args);
 }
 
-/// A topic's data records (markers left out): `(eddy.t, value)`.
-pub fn topic(prefix: &str, name: &str) -> Vec<(Option<u64>, String)> {
-    try_topic(prefix, name).unwrap_or_else(|e| panic!("{prefix}.{name}: {e}"))
+/// A topic's data records (markers left out): `(eddy.t, partition, offset, value)`.
+pub type Record = (Option<u64>, i32, i64, Vec<u8>);
+
+/// A topic's data records.
+pub fn records(prefix: &str, name: &str) -> Vec<Record> {
+    try_records(prefix, name).unwrap_or_else(|e| panic!("{prefix}.{name}: {e}"))
 }
 
-pub fn try_topic(prefix: &str, name: &str) -> Result<Vec<(Option<u64>, String)>, eddy::kafka::Error> {
+/// [`records`], or the error (a topic a job has not created yet).
+pub fn try_records(prefix: &str, name: &str) -> Result<Vec<Record>, eddy::kafka::Error> {
     let topic = format!("{prefix}.{name}");
     Ok(eddy::kafka::consume::read_to_end(&config(), &topic, Duration::from_secs(60))?
         .into_iter()
@@ -102,9 +106,19 @@ pub fn try_topic(prefix: &str, name: &str) -> Result<Vec<(Option<u64>, String)>,
                     }
                 }
             }
-            Some((t, text(m.payload().unwrap_or_default())))
+            Some((t, m.partition(), m.offset(), m.payload().unwrap_or_default().to_vec()))
         })
         .collect())
+}
+
+/// A topic's data records as `(eddy.t, value)`.
+pub fn topic(prefix: &str, name: &str) -> Vec<(Option<u64>, String)> {
+    try_topic(prefix, name).unwrap_or_else(|e| panic!("{prefix}.{name}: {e}"))
+}
+
+/// [`topic`], or the error.
+pub fn try_topic(prefix: &str, name: &str) -> Result<Vec<(Option<u64>, String)>, eddy::kafka::Error> {
+    Ok(try_records(prefix, name)?.into_iter().map(|(t, _, _, v)| (t, text(&v))).collect())
 }
 
 pub fn values(records: Vec<(Option<u64>, String)>) -> Vec<String> {
