@@ -817,12 +817,20 @@ impl<'s> Wiring<'s> for Ctx<'s> {
     }
 
     /// Rows below the frontier that the writer which had their device
-    /// committed are in the backup already: they are dropped.
+    /// committed are in the backup already: they are dropped. Each device's
+    /// rows go to the writer its route gives.
     fn backup(&mut self, enriched: Flow<'s, Enriched>) -> Result<()> {
         let out = self.parquet_dir()?;
         let (index, peers) = (self.scope.index(), self.scope.peers());
         let floors = self.shared.backup_floor.clone();
-        let kept = suppress(enriched.into_stream(), "backup.resume", move |e: &Enriched| {
+        // Writer `w{i}of{p}` holds the devices whose route gives `i` (as in
+        // `eddy replay`), not those of the partitions worker `i` reads: the
+        // floor a restarted job looks up for a device is then its writer's.
+        let routed = {
+            use timely::dataflow::operators::Exchange;
+            enriched.into_stream().exchange(|e: &Enriched| e.device.route())
+        };
+        let kept = suppress(routed, "backup.resume", move |e: &Enriched| {
             floors.iter().map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0)).min().unwrap_or(0)
         });
         let writer = BackupWriter::new(
