@@ -476,12 +476,19 @@ struct CheckpointArgs {
     /// Complete checkpoints kept (at least 2).
     #[arg(long, value_name = "N", default_value_t = 3)]
     keep: usize,
+    /// Key groups that keyed state is split into (1 to 32768), set when a
+    /// job first starts: a restart keeps its checkpoint's, and refuses
+    /// another. The job can run on up to this many workers. Default 256.
+    #[arg(long, value_name = "N")]
+    key_groups: Option<eddy_core::keys::KeyGroups>,
 }
 
 impl CheckpointArgs {
     /// The options, checked.
     fn options(&self) -> Result<crate::runtime::snapshots::CheckpointOptions> {
-        checkpoint_options(&self.checkpoint_every, self.store.clone(), self.keep)
+        let mut o = checkpoint_options(&self.checkpoint_every, self.store.clone(), self.keep)?;
+        o.key_groups = self.key_groups;
+        Ok(o)
     }
 }
 
@@ -505,7 +512,7 @@ fn checkpoint_options(
     if keep < 2 {
         bail!("--keep {keep}: at least 2 checkpoints are kept, so that a corrupt newest one has one to fall back on");
     }
-    Ok(crate::runtime::snapshots::CheckpointOptions { every, store, keep })
+    Ok(crate::runtime::snapshots::CheckpointOptions { every, store, keep, key_groups: None })
 }
 
 fn cmd_replay(a: ReplayArgs, registry: &Registry) -> Result<()> {

@@ -223,3 +223,48 @@ fn a_restart_with_other_outputs_is_refused_and_gc_keeps_the_newest() {
     let low = eddy_err(&["checkpoints", "gc", "--store", out.to_str().unwrap(), "--keep", "1"]);
     assert!(text(&low.stderr).contains("at least 2"));
 }
+
+#[test]
+fn a_job_keeps_the_key_groups_it_was_first_started_with_at_any_worker_count() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    gen(&data, "80", "24");
+    let clean = root.path().join("clean");
+    eddy_ok(&replay_args(&data, &clean, 1, "off").iter().map(String::as_str).collect::<Vec<_>>());
+
+    let out = root.path().join("killed");
+    let mut first = replay_args(&data, &out, 2, "20ms");
+    first.extend(["--key-groups".to_string(), "6".to_string()]);
+    assert!(kill_after_a_checkpoint(&first, &out, 1), "the run ended before a checkpoint");
+
+    // Another number is refused, naming both.
+    let mut other = replay_args(&data, &out, 2, "20ms");
+    other.extend(["--key-groups".to_string(), "8".to_string()]);
+    let refused = eddy().args(&other).output().unwrap();
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(err.contains("taken with 6 key groups") && err.contains("asks for 8"), "{err}");
+
+    // More workers than key groups cannot run.
+    let too_many = eddy().args(replay_args(&data, &out, 8, "20ms")).output().unwrap();
+    assert!(!too_many.status.success());
+    let err = text(&too_many.stderr);
+    assert!(err.contains("8 workers but 6 key groups"), "{err}");
+
+    // Without --key-groups, a restart at -w 3 keeps the checkpoint's 6 (its
+    // backup writers are named for them) and ends with a clean run's records.
+    eddy_ok(&replay_args(&data, &out, 3, "20ms").iter().map(String::as_str).collect::<Vec<_>>());
+    let s = summary(&out);
+    assert!(s["checkpoints"]["restored_from"].is_u64(), "the run restarted from a checkpoint: {s}");
+    let manifests: Vec<String> = std::fs::read_dir(out.join("backup/_manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(manifests.iter().any(|m| m.contains("-w2of3g6-")), "{manifests:?}");
+    assert!(manifests.iter().any(|m| m.contains("-w1of2g6-")), "{manifests:?}");
+    let (want, got) = (output_sets(&clean), output_sets(&out));
+    for (name, lines) in &want {
+        assert_same(got[name].clone(), lines.clone(), name);
+    }
+    assert_eq!(counts(&s), counts(&summary(&clean)));
+}

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod duration;
 pub mod hysteresis;
 pub mod ids;
+pub mod keys;
 pub mod reading;
 pub mod records;
 pub mod reference;

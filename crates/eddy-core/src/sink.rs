@@ -72,4 +72,13 @@ pub trait BatchSink<D>: 'static {
     fn recommit_after(&self) -> std::time::Duration {
         std::time::Duration::from_millis(200)
     }
+    /// True for a sink whose every commit at `upto` must hold exactly the
+    /// records before `upto`, none after: the sink operator then hands it a
+    /// time's records only once its input frontier has passed that time
+    /// (holding them until then). A rerun that resumes by dataflow time (the
+    /// Kafka backup) needs this. Default false: records are written as they
+    /// arrive, and a commit may hold some beyond its frontier.
+    fn settled(&self) -> bool {
+        false
+    }
 }

@@ -305,7 +305,7 @@ mod tests {
         let mut events: BTreeMap<DeviceId, Vec<EventRecord>> = BTreeMap::new();
         for step in steps {
             for (d, device) in devices.iter().enumerate() {
-                let index = (0..peers).find(|i| Owner { index: *i, peers }.owns(*device)).expect("an owner");
+                let index = (0..peers).find(|i| Owner::new(*i, peers).owns(*device)).expect("an owner");
                 let mut out = Vec::new();
                 states[index].apply(&reading(*device, d as i64, step), &rules(step), &mut out);
                 events.entry(*device).or_default().extend(out);
@@ -330,7 +330,7 @@ mod tests {
         let saved: Vec<Vec<u8>> = two.iter().map(|s| s.save().expect("saves")).collect();
         let mut three = [AlertState::default(), AlertState::default(), AlertState::default()];
         for (index, state) in three.iter_mut().enumerate() {
-            let owner = Owner { index, peers: 3 };
+            let owner = Owner::new(index, 3);
             for bytes in &saved {
                 state.restore(eddy_checkpoint::decode(bytes).expect("decodes"), &owner);
             }

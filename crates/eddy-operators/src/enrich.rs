@@ -15,6 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use eddy_core::ids::DeviceId;
+use eddy_core::keys::Placement;
 use eddy_core::reading::{ChannelList, Context, Enriched, Reading, Values};
 use eddy_core::reference::{calibration_as_of, Calibration, DeviceRef};
 
@@ -263,9 +264,12 @@ pub fn enrich<'s>(
     name: &str,
 ) -> StreamVec<'s, u64, Enriched> {
     let mut trace = reference.trace;
+    // To the worker of the reading's key group, where the reference
+    // arrangement holds its device.
+    let place = Placement::current(readings.scope().peers());
     readings.binary_frontier(
         reference.stream,
-        Exchange::new(|r: &Reading| r.device.route()),
+        Exchange::new(move |r: &Reading| place.worker(r.device)),
         Pipeline,
         name,
         move |_cap, _info| {

@@ -253,17 +253,20 @@ where
         }
     });
 
-    let devices = arrange_core::<
-        _,
-        _,
-        ValBatcher<DeviceId, DeviceRef, u64, isize>,
-        ValSpine<DeviceId, DeviceRef, u64, isize>,
-    >(dev, Exchange::new(|u: &DevUpd| (u.0).0.route()), &format!("{name}.devices"), ValBatcher::new);
+    // Each device's changes on the worker of its key group.
+    let place = eddy_core::keys::Placement::current(scope.peers());
+    let devices =
+        arrange_core::<_, _, ValBatcher<DeviceId, DeviceRef, u64, isize>, ValSpine<DeviceId, DeviceRef, u64, isize>>(
+            dev,
+            Exchange::new(move |u: &DevUpd| place.worker((u.0).0)),
+            &format!("{name}.devices"),
+            ValBatcher::new,
+        );
 
     // Device rules go to their device's worker; wildcard rules to every worker.
     let (device_rules, wildcard_rules) = split_rules(rules);
-    let rules = device_rules.exchange(|u: &RuleUpd| match (u.0).0 {
-        RuleScope::Device(d) => d.route(),
+    let rules = device_rules.exchange(move |u: &RuleUpd| match (u.0).0 {
+        RuleScope::Device(d) => place.worker(d),
         RuleScope::All => 0,
     });
     let rules = rules.concat(wildcard_rules.broadcast());

@@ -14,6 +14,7 @@
 //! error rather than waiting for a commit that cannot come.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -109,32 +110,48 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
         let mut pending = false;
         let activator = scope.activator_for(info.address);
         let mut failed = false;
+        // A settled sink's records, by time, until the frontier passes it.
+        let settled = sink.settled();
+        let mut waiting: BTreeMap<u64, Vec<C>> = BTreeMap::new();
         move |(input, frontier), _output| {
             input.for_each(|cap, data| {
                 if failed {
                     return;
                 }
-                if let Some(&t) = cap.least() {
+                let t = cap.least().copied();
+                if settled {
+                    let batch = std::mem::replace(data, C::from_vec(Vec::new()));
+                    waiting.entry(t.unwrap_or(0)).or_default().push(batch);
+                    return;
+                }
+                if let Some(t) = t {
                     sink.begin(t);
                 }
-                let written = match data.get_mut() {
-                    Some(records) => sink.write(records),
-                    None => match data.arc() {
-                        Some(batch) => sink.write_arc(batch),
-                        None => sink.write_shared(data.records()),
-                    },
-                };
-                if let Err(e) = written {
+                if let Err(e) = write(&mut sink, data) {
                     report.report(e);
                     failed = true;
                 }
             });
             let f = frontier.frontier();
-            seen.0.set(f.iter().copied().min().unwrap_or(u64::MAX));
+            let least = f.iter().copied().min();
+            seen.0.set(least.unwrap_or(u64::MAX));
+            // The times the frontier has passed, in order.
+            while !failed && waiting.first_key_value().is_some_and(|(t, _)| least.is_none_or(|l| *t < l)) {
+                let (t, batches) = waiting.pop_first().expect("checked");
+                sink.begin(t);
+                for mut batch in batches {
+                    if let Err(e) = write(&mut sink, &mut batch) {
+                        report.report(e);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
             if failed {
                 // The run has failed: hold nothing open.
                 held = None;
                 pending = false;
+                waiting.clear();
                 return;
             }
             if f != last.borrow() || pending {
@@ -165,6 +182,17 @@ pub fn sink<'s, D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(
         }
     });
     (out, taken)
+}
+
+/// Hands `data` to `sink`: drained when no other consumer shares it.
+fn write<D: Clone + 'static, C: Batch<D>, S: BatchSink<D>>(sink: &mut S, data: &mut C) -> Result<(), SinkError> {
+    match data.get_mut() {
+        Some(records) => sink.write(records),
+        None => match data.arc() {
+            Some(batch) => sink.write_arc(batch),
+            None => sink.write_shared(data.records()),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +262,68 @@ mod tests {
         assert_eq!(failure.to_string(), "cannot write out/stats.jsonl");
         let cause = failure.source().expect("a cause").to_string();
         assert!(cause.contains("No space left on device"), "{cause}");
+    }
+
+    /// Keeps what it was given since its last commit, and each commit's
+    /// records with the commit's frontier.
+    struct Recording {
+        settled: bool,
+        open: Vec<u64>,
+        commits: Rc<RefCell<Vec<(Option<u64>, Vec<u64>)>>>,
+    }
+
+    impl BatchSink<u64> for Recording {
+        fn write(&mut self, batch: &mut Vec<u64>) -> Result<(), SinkError> {
+            self.open.append(batch);
+            Ok(())
+        }
+        fn commit(&mut self, upto: Option<u64>) -> Result<Option<u64>, SinkError> {
+            self.commits.borrow_mut().push((upto, std::mem::take(&mut self.open)));
+            Ok(upto)
+        }
+        fn settled(&self) -> bool {
+            self.settled
+        }
+    }
+
+    /// Each commit of the sink's records, with its frontier, when records
+    /// at time `t` (valued `t`) arrive while the frontier is still at `t`.
+    fn commits(settled: bool) -> Vec<(Option<u64>, Vec<u64>)> {
+        timely::execute_directly(move |worker| {
+            let commits = Rc::new(RefCell::new(Vec::new()));
+            let recording = Recording { settled, open: Vec::new(), commits: Rc::clone(&commits) };
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<u64>>();
+                let (out, _) = sink(stream, "sink", recording, Reporter::default());
+                (input, out.probe().0)
+            });
+            for t in 1..6u64 {
+                input.advance_to(t);
+                input.send(t);
+                input.send(t);
+                // The records arrive with the frontier still at `t`.
+                input.flush();
+                worker.step_while(|| probe.less_than(&t));
+            }
+            drop(input);
+            worker.step_while(|| !probe.done());
+            let c = commits.borrow().clone();
+            c
+        })
+    }
+
+    #[test]
+    fn a_settled_sink_commits_exactly_the_records_before_each_frontier() {
+        let settled = commits(true);
+        let mut all: Vec<u64> = Vec::new();
+        for (upto, records) in &settled {
+            assert!(records.iter().all(|r| upto.is_none_or(|u| *r < u)), "a commit at {upto:?} holds {records:?}");
+            all.extend(records);
+        }
+        assert_eq!(all, [1u64, 1, 2, 2, 3, 3, 4, 4, 5, 5], "every record once, in time order");
+        // The premise: an unsettled sink commits records beyond the frontier.
+        let unsettled = commits(false);
+        assert!(unsettled.iter().any(|(upto, r)| r.iter().any(|r| upto.is_some_and(|u| *r >= u))), "{unsettled:?}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use eddy_core::ids::DeviceId;
+use eddy_core::keys::{KeyGroups, Placement};
 use eddy_core::reading::Position;
 
 /// State an operator keeps across a checkpoint.
@@ -76,21 +77,38 @@ where
     }
 }
 
-/// Which devices a worker owns: those the exchange by
-/// [`DeviceId::route`] sends it.
+/// Which devices a worker owns: those of its key groups, which every
+/// exchange by key sends it (see [`eddy_core::keys`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     /// The worker's index.
     pub index: usize,
     /// The number of workers.
     pub peers: usize,
+    /// The job's key groups.
+    pub groups: KeyGroups,
 }
 
 impl Owner {
-    /// True when `device`'s records come to this worker (timely's exchange
-    /// sends a record to `hash % peers`).
+    /// Worker `index` of `peers`, with the key groups installed on this
+    /// thread.
+    pub fn new(index: usize, peers: usize) -> Owner {
+        Owner { index, peers, groups: eddy_core::keys::installed() }
+    }
+
+    /// Where keys go in this worker's run.
+    pub fn placement(&self) -> Placement {
+        Placement { groups: self.groups, peers: self.peers.max(1) }
+    }
+
+    /// True when `device`'s records come to this worker.
     pub fn owns(&self, device: DeviceId) -> bool {
-        (device.route() % self.peers.max(1) as u64) as usize == self.index
+        self.placement().worker(device) as usize == self.index
+    }
+
+    /// True when the key with stable hash `hash` is this worker's.
+    pub fn owns_hash(&self, hash: u64) -> bool {
+        self.placement().worker_of_hash(hash) as usize == self.index
     }
 }
 
@@ -98,13 +116,44 @@ impl Owner {
 /// the run that wrote it saved, in worker order.
 #[derive(Debug, Default)]
 pub struct Restored {
-    parts: BTreeMap<String, Vec<Vec<u8>>>,
+    /// By operator name: (worker, payload), in worker order.
+    parts: BTreeMap<String, Vec<(usize, Vec<u8>)>>,
+    /// The key groups and worker count of the run that wrote it, when
+    /// known: a restoring worker then reads only the parts of the workers
+    /// whose key groups overlap its own.
+    placement: Option<Placement>,
 }
 
 impl Restored {
-    /// Adds what one worker saved for operator `name`.
+    /// Saved state of a run whose key groups and worker count were
+    /// `placement`.
+    pub fn placed(placement: Placement) -> Restored {
+        Restored { parts: BTreeMap::new(), placement: Some(placement) }
+    }
+
+    /// Whether worker `owner` must read the part saved by worker `from`
+    /// (every part, unless the writing run's placement is known and has the
+    /// same key groups).
+    pub fn reads(&self, owner: &Owner, from: usize) -> bool {
+        match self.placement {
+            Some(p) if p.groups == owner.groups => owner.placement().overlaps(owner.index, from, p.peers),
+            _ => true,
+        }
+    }
+
+    /// Adds what the next worker saved for operator `name` (the first call
+    /// for a name is worker 0's).
     pub fn insert(&mut self, name: &str, payload: Vec<u8>) {
-        self.parts.entry(name.to_string()).or_default().push(payload);
+        let parts = self.parts.entry(name.to_string()).or_default();
+        let worker = parts.last().map_or(0, |(w, _)| w + 1);
+        parts.push((worker, payload));
+    }
+
+    /// Adds what worker `worker` saved for operator `name`.
+    pub fn insert_from(&mut self, worker: usize, name: &str, payload: Vec<u8>) {
+        let parts = self.parts.entry(name.to_string()).or_default();
+        let at = parts.partition_point(|(w, _)| *w < worker);
+        parts.insert(at, (worker, payload));
     }
 
     /// The operator names with saved state.
@@ -216,9 +265,12 @@ pub fn register<T: Checkpointed>(name: &str, state: &Rc<RefCell<T>>) {
             reg.errors.push(SnapshotError::Duplicate(name.to_string()));
             return;
         }
-        if let Some(parts) = reg.restored.as_ref().and_then(|x| x.parts.get(name)) {
+        if let Some((restored, parts)) = reg.restored.as_ref().and_then(|x| Some((x, x.parts.get(name)?))) {
             let mut s = state.borrow_mut();
-            for p in parts {
+            for (from, p) in parts {
+                if !restored.reads(&reg.owner, *from) {
+                    continue;
+                }
                 match eddy_checkpoint::decode::<T::Saved>(p) {
                     Ok(saved) => s.restore(saved, &reg.owner),
                     Err(e) => reg.errors.push(SnapshotError::Decode { name: name.to_string(), reason: e.to_string() }),
@@ -528,12 +580,12 @@ mod tests {
     #[test]
     fn state_saved_by_two_workers_is_shared_out_among_three() {
         let devices: Vec<DeviceId> = (0..100).map(|i| DeviceId::intern(&format!("snap-{i}"))).collect();
-        let mut restored = Restored::default();
+        let mut restored = Restored::placed(Placement { groups: KeyGroups::DEFAULT, peers: 2 });
         for w in 0..2 {
-            install(Owner { index: w, peers: 2 }, None, None);
+            install(Owner::new(w, 2), None, None);
             let state = Rc::new(RefCell::new(Counts::default()));
             register("counts", &state);
-            let owner = Owner { index: w, peers: 2 };
+            let owner = Owner::new(w, 2);
             state.borrow_mut().0.extend(devices.iter().filter(|d| owner.owns(**d)).map(|d| (*d, d.route() % 7)));
             for (name, bytes) in save_all().unwrap() {
                 restored.insert(&name, bytes);
@@ -542,17 +594,27 @@ mod tests {
         let restored = Arc::new(restored);
         let mut all = BTreeMap::new();
         for w in 0..3 {
-            install(Owner { index: w, peers: 3 }, Some(Arc::clone(&restored)), None);
+            install(Owner::new(w, 3), Some(Arc::clone(&restored)), None);
             let state = Rc::new(RefCell::new(Counts::default()));
             register("counts", &state);
             assert!(take_errors().is_empty());
             for (d, n) in state.borrow().0.iter() {
-                assert!(Owner { index: w, peers: 3 }.owns(*d));
+                assert!(Owner::new(w, 3).owns(*d));
                 assert!(all.insert(*d, *n).is_none(), "{d} restored twice");
             }
         }
         assert_eq!(all.len(), devices.len());
         assert!(devices.iter().all(|d| all[d] == d.route() % 7));
+        // Each worker read only the parts of the workers whose key groups
+        // overlap its own: at -w 4, one part each.
+        assert!(restored.reads(&Owner::new(1, 3), 0) && restored.reads(&Owner::new(1, 3), 1));
+        assert!(!restored.reads(&Owner::new(0, 3), 1));
+        let four: Vec<usize> =
+            (0..4).map(|w| (0..2).filter(|f| restored.reads(&Owner::new(w, 4), *f)).count()).collect();
+        assert_eq!(four, [1, 1, 1, 1]);
+        // Of unknown placement (another number of key groups), every part.
+        let other = Owner { groups: KeyGroups::new(128).unwrap(), ..Owner::new(0, 4) };
+        assert!(restored.reads(&other, 0) && restored.reads(&other, 1));
         uninstall();
     }
 
@@ -594,7 +656,7 @@ mod tests {
     fn a_name_twice_and_state_that_does_not_decode_are_errors() {
         let mut restored = Restored::default();
         restored.insert("counts", vec![0xff, 0xff, 0xff]);
-        install(Owner { index: 0, peers: 1 }, Some(Arc::new(restored)), None);
+        install(Owner::new(0, 1), Some(Arc::new(restored)), None);
         let a = Rc::new(RefCell::new(Counts::default()));
         register("counts", &a);
         register("counts", &a);

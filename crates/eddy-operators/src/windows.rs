@@ -408,7 +408,7 @@ mod tests {
     ) -> (Vec<(u64, WindowRecord)>, Restored) {
         let spec = WindowSpec::hopping(30 * MIN, 10 * MIN);
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let owner = Owner { index: worker.index(), peers: worker.peers() };
+            let owner = Owner::new(worker.index(), worker.peers());
             snapshot::install(owner, from.as_ref().map(|(_, r)| Arc::clone(r)), None);
             let (mut input, probe, rx) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, stream) = scope.new_input::<Vec<Enriched>>();
@@ -510,14 +510,14 @@ mod tests {
                 aggs[0].set(&WindowAgg { count: MAX_COUNT, ..aggs[0].get() });
                 let saved = aggs.iter().map(SavedAgg::of).collect();
                 whole.entry(start).or_default().push((*device, saved));
-                let w = (0..2).find(|w| Owner { index: *w, peers: 2 }.owns(*device)).expect("an owner");
+                let w = (0..2).find(|w| Owner::new(*w, 2).owns(*device)).expect("an owner");
                 parts[w].open.entry(start).or_default().insert(*device, aggs);
             }
         }
         let saved: Vec<Vec<u8>> = parts.iter().map(|p| p.save().expect("saves")).collect();
         let mut got: BTreeMap<i64, Vec<(DeviceId, Vec<SavedAgg>)>> = BTreeMap::new();
         for index in 0..3 {
-            let owner = Owner { index, peers: 3 };
+            let owner = Owner::new(index, 3);
             let mut state = WindowsState::default();
             for bytes in &saved {
                 state.restore(eddy_checkpoint::decode(bytes).expect("decodes"), &owner);

@@ -4,7 +4,8 @@
 //! Each worker writes its own files and commits them per epoch in the
 //! manifest (see `eddy-parquet`). A writer's committed rows are always a
 //! prefix, in input order, of the rows it was given, and the rows a writer
-//! gets are fixed by the device routing (`route % peers`). So on a rerun,
+//! gets are fixed by the device routing (key groups and worker count, in
+//! its name: [`WriterName`]). So on a rerun,
 //! after deleting everything uncommitted, a reading is already backed up
 //! exactly when its position is at or below the largest committed position
 //! of the writer that had its device, for any earlier worker count. Those
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use eddy_core::ids::DeviceId;
 use eddy_core::reading::{Enriched, RawLine};
 use eddy_core::sink::{BatchSink, SinkError};
 use eddy_core::spec::BackupSpec;
@@ -35,12 +37,69 @@ pub fn backup_config(spec: &BackupSpec) -> BackupConfig {
     }
 }
 
+/// The name of a backup writer: `w{i}of{p}g{n}`, worker `i` of `p` with `n`
+/// key groups, which holds the devices of worker `i`'s key groups. (Written
+/// before key groups, `w{i}of{p}` held the devices whose route is `i`
+/// modulo `p`.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct WriterName {
+    /// The worker count.
+    pub peers: u64,
+    /// The key groups (`None`: a writer of before key groups).
+    pub groups: Option<u32>,
+    /// The worker.
+    pub index: usize,
+}
+
+impl WriterName {
+    /// Worker `index` of `peers`, with the key groups installed on this thread.
+    pub fn of_worker(index: usize, peers: usize) -> WriterName {
+        WriterName { peers: peers as u64, groups: Some(eddy_core::keys::installed().get()), index }
+    }
+
+    /// Parses a writer name; `None` for another kind of name.
+    pub fn parse(name: &str) -> Option<WriterName> {
+        let (i, rest) = name.strip_prefix('w')?.split_once("of")?;
+        let (p, g) = match rest.split_once('g') {
+            Some((p, g)) => (p, Some(g.parse().ok()?)),
+            None => (rest, None),
+        };
+        Some(WriterName { peers: p.parse().ok()?, groups: g, index: i.parse().ok()? })
+    }
+
+    /// The writer, among this one's run, that holds `device`.
+    pub fn writer_of(&self, device: DeviceId) -> usize {
+        match self.groups.and_then(|g| eddy_core::keys::KeyGroups::new(g).ok()) {
+            Some(groups) => {
+                eddy_core::keys::Placement { groups, peers: self.peers.max(1) as usize }.worker(device) as usize
+            }
+            None => (device.route() % self.peers.max(1)) as usize,
+        }
+    }
+
+    /// The run this writer was part of: (worker count, key groups).
+    pub fn run(&self) -> (u64, Option<u32>) {
+        (self.peers, self.groups)
+    }
+}
+
+impl std::fmt::Display for WriterName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "w{}of{}", self.index, self.peers)?;
+        match self.groups {
+            Some(g) => write!(f, "g{g}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What earlier runs committed, by writer.
 #[derive(Debug, Default)]
 pub struct Committed {
-    /// Backup writers `w{i}of{p}`: for each worker count `p`, the largest
-    /// committed position of each writer `i` (file partition 0).
-    by_peers: BTreeMap<u64, Vec<Option<u64>>>,
+    /// Backup writers ([`WriterName`]): for each earlier run's worker count
+    /// and key groups, the largest committed position of each writer (file
+    /// partition 0).
+    by_run: BTreeMap<(u64, Option<u32>), Vec<Option<u64>>>,
     /// Raw archive writers: the largest committed position of any.
     max_any: Option<u64>,
 }
@@ -61,12 +120,10 @@ impl Committed {
                 continue;
             }
             c.max_any = c.max_any.max(Some(max));
-            if let Some((i, p)) = writer.strip_prefix('w').and_then(|r| r.split_once("of")) {
-                if let (Ok(i), Ok(p)) = (i.parse::<usize>(), p.parse::<u64>()) {
-                    let v = c.by_peers.entry(p).or_insert_with(|| vec![None; p as usize]);
-                    if i < v.len() {
-                        v[i] = v[i].max(Some(max));
-                    }
+            if let Some(w) = WriterName::parse(&writer) {
+                let v = c.by_run.entry(w.run()).or_insert_with(|| vec![None; w.peers as usize]);
+                if w.index < v.len() {
+                    v[w.index] = v[w.index].max(Some(max));
                 }
             }
         }
@@ -74,8 +131,8 @@ impl Committed {
     }
 
     fn has_reading(&self, e: &Enriched) -> bool {
-        self.by_peers.iter().any(|(p, maxes)| {
-            let i = (e.device.route() % p) as usize;
+        self.by_run.iter().any(|(&(peers, groups), maxes)| {
+            let i = WriterName { peers, groups, index: 0 }.writer_of(e.device);
             maxes.get(i).copied().flatten().is_some_and(|m| e.pos.offset <= m)
         })
     }
@@ -134,6 +191,9 @@ pub struct ParquetSink<W: Writer> {
     raw: Vec<RawRecord>,
     /// The bench latency slot of a backup (not raw archive) sink.
     latency_slot: Option<usize>,
+    /// Whether each commit holds exactly the rows before its frontier
+    /// ([`BatchSink::settled`]).
+    settled: bool,
 }
 
 impl<W: Writer> ParquetSink<W> {
@@ -151,7 +211,14 @@ impl<W: Writer> ParquetSink<W> {
         } else {
             None
         };
-        ParquetSink { writer, output, failed, committed, raw: Vec::new(), latency_slot }
+        ParquetSink { writer, output, failed, committed, raw: Vec::new(), latency_slot, settled: false }
+    }
+
+    /// Makes each commit hold exactly the rows at dataflow times before its
+    /// frontier, so that a rerun can resume by dataflow time.
+    pub(crate) fn settled(mut self) -> Self {
+        self.settled = true;
+        self
     }
 
     /// The writer, or the error that kept it from starting.
@@ -226,6 +293,10 @@ impl BatchSink<Enriched> for ParquetSink<BackupWriter> {
         let durable = self.publish(upto)?;
         eddy_operators::metrics::latency().durable(self.latency_slot, durable);
         Ok(durable)
+    }
+
+    fn settled(&self) -> bool {
+        self.settled
     }
 }
 

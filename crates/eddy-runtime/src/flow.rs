@@ -146,15 +146,18 @@ impl<'s, D: Clone + 'static> Flow<'s, D> {
         })
     }
 
-    /// Routes records so that equal keys meet on one worker (`key` is a hash;
-    /// use a stable one, such as `DeviceId::route`, across processes).
+    /// Routes records so that equal keys meet on one worker: the worker that
+    /// owns the key group of `key` (a hash; use a stable one, such as
+    /// `DeviceId::route`, across processes). State keyed the same way is
+    /// restored on that worker ([`eddy_operators::snapshot::Owner::owns_hash`]).
     pub fn key_by(self, key: impl Fn(&D) -> u64 + 'static) -> Self
     where
         D: ExchangeData,
     {
         let name = self.name("key_by");
+        let place = eddy_core::keys::Placement::current(self.stream.scope().peers());
         let plain = unshare(self.stream, &format!("{name}.unshare"));
-        let routed = exchange_ordered(plain, &name, key);
+        let routed = exchange_ordered(plain, &name, move |d: &D| place.worker_of_hash(key(d)));
         Flow { stream: share(routed, &format!("{name}.share")), step: self.step, on_time: Rc::default() }
     }
 

@@ -179,6 +179,8 @@ pub(crate) struct Shared {
     writer: Mutex<Option<std::sync::mpsc::Sender<crate::snapshots::ToWrite>>>,
     /// Each job's spec as text, for the checkpoints.
     specs: BTreeMap<String, String>,
+    /// Where keyed records and state go.
+    key_groups: eddy_core::keys::KeyGroups,
 }
 
 impl Finish for Shared {
@@ -199,6 +201,7 @@ impl Finish for Shared {
             outputs,
             counters: crate::snapshots::Counters::of(&self.metrics),
             pause_ms: 0.0,
+            key_groups: Some(self.key_groups),
         })
     }
 }
@@ -295,7 +298,7 @@ impl<'s, 'a> JobContext<'s, 'a> {
     /// rerun never duplicates a row.
     pub fn backup(&self) -> ParquetSink<BackupWriter> {
         let s = self.shared;
-        let id = format!("w{}of{}", self.scope.index(), self.scope.peers());
+        let id = crate::backup::WriterName::of_worker(self.scope.index(), self.scope.peers()).to_string();
         let writer = BackupWriter::new(&s.out.join("backup"), &id, backup_config(&s.spec.backup));
         ParquetSink::new(writer, Arc::clone(&s.resume.backup))
     }
@@ -454,6 +457,12 @@ where
         Some(store) => crate::snapshots::load(store, &specs, &input)?,
         None => None,
     };
+    let key_groups = crate::snapshots::key_groups(
+        ckpt.key_groups,
+        restart.as_ref().map(|r| (r.id, r.meta.key_groups)),
+        &location,
+        opts.workers.total(),
+    )?;
     let mut files = BTreeMap::new();
     if let Some(r) = &restart {
         for (name, pos) in &r.meta.outputs {
@@ -493,6 +502,7 @@ where
         barrier,
         writer: Mutex::new(writer.as_ref().map(Writer::sender)),
         specs,
+        key_groups,
     });
     let workers = opts.workers.total();
 
@@ -582,10 +592,11 @@ where
     B: for<'s, 'a> Fn(&mut JobContext<'s, 'a>),
 {
     let index = worker.index();
+    eddy_core::keys::install(s.key_groups);
     let progress = Rc::new(SourceProgress::default());
     if s.barrier.is_some() || s.restart.is_some() {
         snapshot::install(
-            Owner { index, peers: worker.peers() },
+            Owner::new(index, worker.peers()),
             s.restart.as_ref().map(|r| Arc::clone(&r.restored)),
             s.barrier.clone(),
         );

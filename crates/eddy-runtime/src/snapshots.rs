@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use eddy_checkpoint::Store;
 use eddy_core::ids::{Channel, DeviceId};
+use eddy_core::keys::{KeyGroups, Placement};
 use eddy_core::reading::Position;
 use eddy_operators::metrics::Metrics;
 use eddy_operators::snapshot::{Barrier, Complete, Restored};
@@ -40,12 +41,15 @@ pub struct CheckpointOptions {
     pub store: Option<String>,
     /// How many complete checkpoints to keep (at least 2).
     pub keep: usize,
+    /// The key groups asked for (`--key-groups`); `None`: those of the
+    /// checkpoint restored, or the default ([`key_groups`]).
+    pub key_groups: Option<KeyGroups>,
 }
 
 impl Default for CheckpointOptions {
     /// Every 10 s into `OUT/_checkpoints`, keeping 3.
     fn default() -> Self {
-        CheckpointOptions { every: Some(Duration::from_secs(10)), store: None, keep: 3 }
+        CheckpointOptions { every: Some(Duration::from_secs(10)), store: None, keep: 3, key_groups: None }
     }
 }
 
@@ -147,6 +151,9 @@ pub struct ReplayMeta {
     pub counters: Counters,
     /// How long the source was held for it, milliseconds.
     pub pause_ms: f64,
+    /// The key groups of the run (absent in checkpoints of before key groups).
+    #[serde(default)]
+    pub key_groups: Option<KeyGroups>,
 }
 
 impl ReplayMeta {
@@ -241,7 +248,8 @@ pub fn load(store: &Store, specs: &BTreeMap<String, String>, input: &str) -> Res
     for c in &names.channels {
         Channel::intern(c);
     }
-    Ok(Some(Restart { id, meta, restored: Arc::new(restored_of(&loaded.files)) }))
+    let placement = meta.key_groups.map(|groups| Placement { groups, peers: meta.workers.max(1) });
+    Ok(Some(Restart { id, meta, restored: Arc::new(restored_of(&loaded.files, placement)) }))
 }
 
 pub(crate) fn checkpoint_error(e: eddy_checkpoint::Error) -> Error {
@@ -274,16 +282,43 @@ impl ToWrite {
     }
 }
 
-/// The operators' saved state in a checkpoint's files (`<worker>-<operator>`).
-pub(crate) fn restored_of(files: &BTreeMap<String, Vec<u8>>) -> Restored {
-    let mut restored = Restored::default();
+/// The operators' saved state in a checkpoint's files (`<worker>-<operator>`),
+/// written by a run of `placement` (when its key groups are known).
+pub(crate) fn restored_of(files: &BTreeMap<String, Vec<u8>>, placement: Option<Placement>) -> Restored {
+    let mut restored = placement.map_or_else(Restored::default, Restored::placed);
     for (file, payload) in files {
         let Some((worker, name)) = file.split_once('-') else { continue };
-        if worker.parse::<usize>().is_ok() {
-            restored.insert(name, payload.clone());
+        if let Ok(worker) = worker.parse::<usize>() {
+            restored.insert_from(worker, name, payload.clone());
         }
     }
     restored
+}
+
+/// The key groups of a run: those of the checkpoint it restores (`saved`,
+/// `None` for one taken before key groups were recorded), else `asked`
+/// (`--key-groups`), else the default. A job keeps the key groups it first
+/// started with, so an `asked` other than the checkpoint's is refused.
+/// `workers` (over all processes) must not exceed them.
+pub fn key_groups(
+    asked: Option<KeyGroups>,
+    saved: Option<(u64, Option<KeyGroups>)>,
+    location: &str,
+    workers: usize,
+) -> Result<KeyGroups> {
+    let groups = match (asked, saved) {
+        (Some(a), Some((id, Some(s)))) if a != s => {
+            return Err(Error::Usage(format!(
+                "checkpoint {id} in {location} was taken with {s} key groups, and --key-groups asks for {a}: \
+                 a job keeps the key groups it was first started with (leave out --key-groups, or delete the store to start over)"
+            )))
+        }
+        (_, Some((_, Some(s)))) => s,
+        (Some(a), _) => a,
+        (None, _) => KeyGroups::DEFAULT,
+    };
+    groups.check_workers(workers).map_err(|e| Error::Usage(format!("--key-groups: {e}")))?;
+    Ok(groups)
 }
 
 /// The writer thread: writes checkpoints to the store in order, keeps the

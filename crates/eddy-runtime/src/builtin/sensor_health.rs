@@ -1017,7 +1017,7 @@ mod tests {
         use timely::dataflow::operators::capture::Capture;
         use timely::dataflow::operators::{Input, Probe};
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
-            let owner = Owner { index: worker.index(), peers: worker.peers() };
+            let owner = Owner::new(worker.index(), worker.peers());
             let restoring = from.is_some();
             snapshot::install(owner, from.clone(), None);
             let (mut input, probe, rx) = worker.dataflow::<u64, _, _>(|scope| {
@@ -1125,7 +1125,7 @@ mod tests {
         // events by device.
         let feed = |ops: &mut [HealthOp], es: std::ops::Range<i64>| {
             let peers = ops.len();
-            let owner = |x: DeviceId| (0..peers).find(|i| Owner { index: *i, peers }.owns(x)).expect("an owner");
+            let owner = |x: DeviceId| (0..peers).find(|i| Owner::new(*i, peers).owns(x)).expect("an owner");
             let mut events: BTreeMap<DeviceId, Vec<HealthEvent>> = BTreeMap::new();
             for e in es {
                 let time = (e * 5 * MIN) as u64;
@@ -1164,7 +1164,7 @@ mod tests {
         let saved: Vec<Vec<u8>> = two.iter().map(|op| op.save().expect("saves")).collect();
         let mut three = [fresh(), fresh(), fresh()];
         for (index, op) in three.iter_mut().enumerate() {
-            let owner = Owner { index, peers: 3 };
+            let owner = Owner::new(index, 3);
             for bytes in &saved {
                 op.restore(eddy_checkpoint::decode(bytes).expect("decodes"), &owner);
             }

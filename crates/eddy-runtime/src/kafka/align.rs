@@ -83,6 +83,9 @@ pub struct JobMeta {
     pub offsets: BTreeMap<String, BTreeMap<i32, i64>>,
     /// From the freeze to the release, milliseconds.
     pub pause_ms: f64,
+    /// The key groups of the run (absent in checkpoints of before key groups).
+    #[serde(default)]
+    pub key_groups: Option<eddy_core::keys::KeyGroups>,
 }
 
 impl JobMeta {
@@ -130,7 +133,8 @@ pub fn load(store: &Store, group: &str, spec: &str) -> Result<Option<JobRestart>
             meta.spec
         )));
     }
-    Ok(Some(JobRestart { id, meta, restored: Arc::new(restored_of(&loaded.files)) }))
+    let placement = meta.key_groups.map(|groups| eddy_core::keys::Placement { groups, peers: meta.workers.max(1) });
+    Ok(Some(JobRestart { id, meta, restored: Arc::new(restored_of(&loaded.files, placement)) }))
 }
 
 /// A worker's end of the control dataflow.
@@ -327,6 +331,8 @@ impl<C: Commits> Aligned<C> {
                     workers: peers,
                     offsets,
                     pause_ms: round.started.elapsed().as_secs_f64() * 1e3,
+                    // The leader's worker thread has the run's installed.
+                    key_groups: Some(eddy_core::keys::installed()),
                 };
                 let meta = serde_json::to_value(&meta).expect("meta serializes");
                 if leader.setup.writer.send(ToWrite::of(t, Vec::new(), parts, meta)).is_err() {

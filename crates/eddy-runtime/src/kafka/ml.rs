@@ -301,8 +301,10 @@ pub(super) fn calibration_loop<'s>(
     let name = spec.adapter.name.clone().unwrap_or_else(|| "adapter".into());
     // Routed as enrich routes them, so that the time order set below holds
     // at enrich's input on every worker.
-    let routed =
-        timely::dataflow::operators::Exchange::exchange(readings.into_stream(), |r: &Reading| r.device.route());
+    let place = eddy_core::keys::Placement::current(ctx.scope.peers());
+    let routed = timely::dataflow::operators::Exchange::exchange(readings.into_stream(), move |r: &Reading| {
+        place.worker(r.device)
+    });
     let restamped = restamp(routed, spec.ingest.lateness.ms(), spec.ingest.epoch.ms(), &name);
     let restamped = count(restamped, "loop.in", Arc::clone(&tracker), true);
     let (arriving, restamped) = restamped.probe();

@@ -71,7 +71,7 @@ use eddy_operators::reference::{reference_with_feedback, Reference};
 use eddy_operators::snapshot;
 use eddy_parquet::{BackupWriter, Manifest, RawArchiveWriter};
 
-use crate::backup::{backup_config, ParquetSink, Resume};
+use crate::backup::{backup_config, ParquetSink, Resume, WriterName};
 use crate::component::{Codec, JobInstance, Lines, OutputRecord, Port, PortFlow, Record, Target, Wiring};
 use crate::error::{Error, Result};
 use crate::flow::{Committed, Flow};
@@ -283,7 +283,9 @@ struct Shared {
     updates: Vec<RefUpdate>,
     ref_offsets: consume::Offsets,
     partitions: i32,
-    backup_floor: BTreeMap<u64, Vec<u64>>,
+    backup_floor: BTreeMap<(u64, Option<u32>), Vec<u64>>,
+    /// Where keyed records and state go.
+    key_groups: eddy_core::keys::KeyGroups,
     raw_resume: Option<Resume>,
     metrics: Arc<Metrics>,
     finished: AtomicUsize,
@@ -414,6 +416,14 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     } else {
         (None, None)
     };
+    // Every process of the job must come to the same key groups: those of
+    // its checkpoint, or the same --key-groups.
+    let key_groups = crate::snapshots::key_groups(
+        opts.checkpoints.key_groups,
+        restart.as_ref().map(|r| (r.id, r.meta.key_groups)),
+        &opts.store_location(),
+        opts.workers.total(),
+    )?;
     // Before the reference topics are read (the adapter's markers read here
     // must come after updates read there).
     let ml = ml::prepare(opts)?;
@@ -454,6 +464,7 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
         ref_offsets,
         partitions,
         backup_floor,
+        key_groups,
         raw_resume,
         metrics: Arc::clone(&metrics),
         finished: AtomicUsize::new(0),
@@ -505,20 +516,20 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     })
 }
 
-/// For each earlier worker count, each backup writer's committed frontier.
-fn backup_floors(dir: &std::path::Path) -> Result<BTreeMap<u64, Vec<u64>>> {
-    let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+/// For each earlier run (worker count and key groups), each backup
+/// writer's committed frontier.
+fn backup_floors(dir: &std::path::Path) -> Result<BTreeMap<(u64, Option<u32>), Vec<u64>>> {
+    let mut out: BTreeMap<(u64, Option<u32>), Vec<u64>> = BTreeMap::new();
     if !dir.join(eddy_parquet::MANIFEST_DIR).is_dir() {
         return Ok(out);
     }
     eddy_parquet::cleanup_uncommitted(dir)?;
     let manifest = Manifest::load(dir)?;
     for entry in &manifest.entries {
-        let Some((i, p)) = entry.writer.strip_prefix('w').and_then(|r| r.split_once("of")) else { continue };
-        let (Ok(i), Ok(p)) = (i.parse::<usize>(), p.parse::<u64>()) else { continue };
-        let v = out.entry(p).or_insert_with(|| vec![0; p as usize]);
-        if i < v.len() {
-            v[i] = v[i].max(entry.epoch.unwrap_or(u64::MAX));
+        let Some(w) = WriterName::parse(&entry.writer) else { continue };
+        let v = out.entry(w.run()).or_insert_with(|| vec![0; w.peers as usize]);
+        if w.index < v.len() {
+            v[w.index] = v[w.index].max(entry.epoch.unwrap_or(u64::MAX));
         }
     }
     Ok(out)
@@ -622,12 +633,13 @@ impl<'s> Ctx<'s> {
             self.shared.stop.clone(),
         );
         // A job whose state is checkpointed keeps each device's state on the
-        // worker its route gives (`snapshot::Owner`), as `eddy replay` does,
-        // not on the worker that reads its partition: so a checkpoint
+        // worker of its key group (`snapshot::Owner`), as `eddy replay`
+        // does, not on the worker that reads its partition: so a checkpoint
         // restores at any number of workers and processes.
         let data = if self.shared.writer.is_some() || self.shared.restart.is_some() {
             use timely::dataflow::operators::Exchange;
-            data.exchange(|d: &D| d.route())
+            let place = eddy_core::keys::Placement::current(self.scope.peers());
+            data.exchange(move |d: &D| place.worker_of_hash(d.route()))
         } else {
             data
         };
@@ -823,22 +835,30 @@ impl<'s> Wiring<'s> for Ctx<'s> {
         let out = self.parquet_dir()?;
         let (index, peers) = (self.scope.index(), self.scope.peers());
         let floors = self.shared.backup_floor.clone();
-        // Writer `w{i}of{p}` holds the devices whose route gives `i` (as in
-        // `eddy replay`), not those of the partitions worker `i` reads: the
-        // floor a restarted job looks up for a device is then its writer's.
+        // Writer `w{i}of{p}g{n}` holds the devices of worker `i`'s key groups
+        // (as in `eddy replay`), not those of the partitions worker `i`
+        // reads: the floor a restarted job looks up for a device is then its
+        // writer's.
+        let name = WriterName::of_worker(index, peers);
         let routed = {
             use timely::dataflow::operators::Exchange;
-            enriched.into_stream().exchange(|e: &Enriched| e.device.route())
+            let place = eddy_core::keys::Placement::current(peers);
+            enriched.into_stream().exchange(move |e: &Enriched| place.worker(e.device))
         };
+        // Each run's writer of a device wrote its rows from the floor it
+        // was given up to its last commit, so the backup holds a device's
+        // rows below the largest frontier any of them committed.
         let kept = suppress(routed, "backup.resume", move |e: &Enriched| {
-            floors.iter().map(|(p, f)| f.get((e.device.route() % p) as usize).copied().unwrap_or(0)).min().unwrap_or(0)
+            floors
+                .iter()
+                .map(|(&(peers, groups), f)| {
+                    f.get(WriterName { peers, groups, index: 0 }.writer_of(e.device)).copied().unwrap_or(0)
+                })
+                .max()
+                .unwrap_or(0)
         });
-        let writer = BackupWriter::new(
-            &out.join("backup"),
-            &format!("w{index}of{peers}"),
-            backup_config(&self.opts().spec.backup),
-        );
-        let sink = ParquetSink::new(writer, Default::default());
+        let writer = BackupWriter::new(&out.join("backup"), &name.to_string(), backup_config(&self.opts().spec.backup));
+        let sink = ParquetSink::new(writer, Default::default()).settled();
         Flow::new(kept, &self.opts().job_name()).sink(sink).register(&self.probe, &self.shared.metrics);
         Ok(())
     }
@@ -888,6 +908,7 @@ impl Ctx<'_> {
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Result<()> {
     let opts = &shared.opts;
+    eddy_core::keys::install(shared.key_groups);
     let producer = Rc::new(RefCell::new(Producer::new(&opts.kafka).map_err(kafka_err)?));
     let probe = ProbeHandle::new();
     let progress = Rc::new(SourceProgress::default());
@@ -896,7 +917,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Resu
     let checkpointing = shared.writer.is_some() || shared.restart.is_some();
     let alignment = Rc::new(snapshot::Alignment::default());
     if checkpointing {
-        let owner = snapshot::Owner { index: worker.index(), peers: worker.peers() };
+        let owner = snapshot::Owner::new(worker.index(), worker.peers());
         snapshot::install(owner, shared.restart.as_ref().map(|r| Arc::clone(&r.restored)), None);
         if shared.writer.is_some() {
             snapshot::install_alignment(Rc::clone(&alignment));
