@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -363,6 +364,126 @@ fn stateful_jobs_killed_after_a_checkpoint_restore_their_state_at_other_worker_c
     assert!(read_stats < enriched && read_windows < enriched, "read {read_stats} and {read_windows} of {enriched}");
     check_restarted(&p, &data.out(), &[("stats", "stats")], resumed_from(&said_stats), "a restore at -w 3");
     check_restarted(&p, &data.out(), &[("windows.1h", "windows")], resumed_from(&said_windows[0]), "a restore at -n 2");
+}
+
+/// The offsets of `topic` in the newest complete checkpoint of `store`.
+fn checkpoint_offsets(store: &Path, topic: &str) -> BTreeMap<i32, i64> {
+    let newest = std::fs::read_dir(store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("manifest.json").is_file())
+        .max()
+        .expect("a complete checkpoint");
+    let manifest = read_json(&newest.join("manifest.json"));
+    let offsets = manifest["meta"]["offsets"][topic].as_object().unwrap_or_else(|| panic!("{manifest}"));
+    offsets.iter().map(|(p, o)| (p.parse().unwrap(), o.as_i64().unwrap())).collect()
+}
+
+/// Deletes `topic` and makes it again with `records` (each with its
+/// partition, key, value and headers), checking that each lands at the
+/// offset it had.
+fn remake_topic(topic: &str, partitions: i32, records: &[eddy::kafka::rdkafka::message::OwnedMessage]) {
+    use eddy::kafka::rdkafka::admin::{AdminClient, AdminOptions};
+    use eddy::kafka::rdkafka::client::DefaultClientContext;
+    use eddy::kafka::rdkafka::message::Message;
+    use eddy::kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let cfg = kafka();
+    let admin: AdminClient<DefaultClientContext> = cfg.client().create().unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in futures_executor::block_on(admin.delete_topics(&[topic], &opts)).unwrap() {
+        r.unwrap_or_else(|(t, code)| panic!("deleting {t}: {code}"));
+    }
+    eddy::kafka::topics::ensure(&cfg, &[eddy::kafka::topics::TopicSpec::new(topic, partitions)]).unwrap();
+    let producer: BaseProducer = cfg.client().set("max.in.flight.requests.per.connection", "1").create().unwrap();
+    for m in records {
+        let mut r = BaseRecord::to(topic).partition(m.partition());
+        if let Some(k) = m.key() {
+            r = r.key(k);
+        }
+        if let Some(v) = m.payload() {
+            r = r.payload(v);
+        }
+        if let Some(h) = m.headers() {
+            r = r.headers(h.clone());
+        }
+        producer.send(r).map_err(|(e, _)| e).unwrap();
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let back = eddy::kafka::consume::read_to_end(&cfg, topic, Duration::from_secs(60)).unwrap();
+    let at = |v: &[eddy::kafka::rdkafka::message::OwnedMessage]| -> Vec<(i32, i64)> {
+        let mut x: Vec<(i32, i64)> = v.iter().map(|m| (m.partition(), m.offset())).collect();
+        x.sort_unstable();
+        x
+    };
+    assert_eq!(at(&back), at(records), "the remade {topic} keeps each record's offset");
+}
+
+/// Retention has deleted a restored job's input up to its checkpoint: the
+/// job needs none of it. Tansu cannot delete records (DeleteRecords), so the
+/// input topic is deleted and made again with every record at its offset,
+/// those below the checkpoint's offsets rewritten to a device that does not
+/// exist: a job that read any of them would have statistics for it.
+#[test]
+fn a_restored_job_reads_nothing_of_its_input_before_its_checkpoint() {
+    use eddy::kafka::rdkafka::message::Message;
+    let data = Data::new();
+    gen(&data.dir(), "10", "8");
+    eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
+
+    let p = prefix("retained");
+    let store = data.root.path().join("stats-store");
+    let ck = ["-w", "2", "--checkpoint-every", "300ms", "--store", store.to_str().unwrap()];
+    let chain: Vec<(&str, Child)> = ["ingest", "enrich"].iter().map(|j| (*j, start(j, &p, &[]))).collect();
+    let mut stats = start("stats", &p, &ck);
+    let lines = std::fs::read_to_string(data.dir().join("readings.jsonl")).unwrap().lines().count();
+    let half = (lines / 2).to_string();
+    publish(&data.dir(), &p, &["--max-lines", &half, "--no-end"]);
+    let until = Instant::now() + Duration::from_secs(240);
+    while checkpoints_in(&store) < 1 || try_topic(&p, "stats").map_or(0, |t| t.len()) < 10 {
+        assert!(Instant::now() < until, "no checkpoint in {store:?}");
+        assert!(stats.try_wait().unwrap().is_none(), "stats ended before it was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stats.kill().unwrap();
+    stats.wait().unwrap();
+    publish(&data.dir(), &p, &["--skip-lines", &half, "--no-reference"]);
+    for (name, child) in chain {
+        finish(child, name);
+    }
+
+    let enriched = format!("{p}.enriched");
+    let offsets = checkpoint_offsets(&store, &enriched);
+    let all = eddy::kafka::consume::read_to_end(&kafka(), &enriched, Duration::from_secs(60)).unwrap();
+    let partitions = all.iter().map(|m| m.partition()).max().unwrap() + 1;
+    let mut poisoned = 0;
+    let remade: Vec<_> = all
+        .into_iter()
+        .map(|m| {
+            let before = offsets.get(&m.partition()).is_some_and(|o| m.offset() < *o);
+            let value: Option<serde_json::Value> = m.payload().and_then(|v| serde_json::from_slice(v).ok());
+            match value {
+                Some(mut v) if before && v.get("device").is_some() => {
+                    v["device"] = "retention-deleted-me".into();
+                    poisoned += 1;
+                    m.set_payload(Some(serde_json::to_vec(&v).unwrap()))
+                }
+                _ => m,
+            }
+        })
+        .collect();
+    assert!(poisoned > 0, "the checkpoint is past some readings: {offsets:?}");
+    remake_topic(&enriched, partitions, &remade);
+
+    let said = finish(start_loud("stats", &p, &["-w", "3", "--store", store.to_str().unwrap()]), "stats");
+    let stats = topic(&p, "stats");
+    assert!(
+        !stats.iter().any(|(_, l)| l.contains("retention-deleted-me")),
+        "the restored job read before its checkpoint"
+    );
+    assert!(said.contains("restored checkpoint"), "{said}");
+    check_restarted(&p, &data.out(), &[("stats", "stats")], resumed_from(&said), "a restore without the early records");
 }
 
 #[test]

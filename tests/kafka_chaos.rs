@@ -6,17 +6,18 @@
 //!
 //! `EDDY_CHAOS_KILLS` kills (default 10; `scripts/chaos.sh` runs 50),
 //! `EDDY_CHAOS_SEED` to repeat a run (printed), `EDDY_CHAOS_KEEP` to keep
-//! its directory and topics.
+//! its directory and topics (and each job's output, in `logs/`),
+//! `EDDY_CHAOS_LOG` for the jobs' `RUST_LOG`.
 #![cfg(feature = "kafka")]
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::broker::{backup_rows, brokers, check_restarted, finish_by, jobs_dir, prefix, publish};
+use support::broker::{backup_rows, brokers, check_restarted, jobs_dir, prefix, publish};
 use support::*;
 
 /// A small deterministic generator (SplitMix64): the run is repeatable from
@@ -39,19 +40,44 @@ impl Rng {
 
 const JOBS: [&str; 6] = ["ingest", "enrich", "stats", "windows", "alerts", "backup"];
 
-/// One job of the chain, started with its own store and a short
-/// checkpoint interval.
-fn spawn(job: &str, p: &str, root: &Path, workers: u64) -> Child {
+/// A running job, its output going to files (a pipe nobody reads until
+/// the end would fill, and block the job).
+struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Running {
+    /// What it printed so far: (stdout, last lines of stderr).
+    fn said(&self) -> (String, String) {
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = err.lines().collect();
+        (out, lines[lines.len().saturating_sub(100)..].join("\n"))
+    }
+}
+
+/// One job of the chain (its `n`th start), started with its own store and a
+/// short checkpoint interval.
+fn spawn(job: &str, p: &str, root: &Path, workers: u64, n: usize) -> Running {
     let spec = jobs_dir().join(format!("{job}.toml"));
     let store = root.join("stores").join(job);
     let out = root.join("kafka-out");
+    let logs = root.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let (stdout, stderr) = (logs.join(format!("{job}-{n}.out")), logs.join(format!("{job}-{n}.err")));
     let mut c = eddy();
     c.args(["run", spec.to_str().unwrap(), "--brokers", &brokers(), "--prefix", p]);
     c.args(["-w", &workers.to_string(), "--checkpoint-every", "500ms", "--store", store.to_str().unwrap()]);
     if job == "backup" {
         c.args(["--out", out.to_str().unwrap()]);
     }
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start eddy run")
+    if let Ok(filter) = std::env::var("EDDY_CHAOS_LOG") {
+        c.env("RUST_LOG", filter);
+    }
+    c.stdout(std::fs::File::create(&stdout).unwrap()).stderr(std::fs::File::create(&stderr).unwrap());
+    Running { child: c.spawn().expect("start eddy run"), stdout, stderr }
 }
 
 /// Not in CI yet: with kills of enrich and backup the backup has held a few
@@ -73,7 +99,7 @@ fn the_chain_survives_random_kills_and_computes_what_replay_computes() {
     let root = data.root.path().to_path_buf();
     let p = prefix("chaos");
 
-    let mut running: BTreeMap<&str, Child> = JOBS.iter().map(|j| (*j, spawn(j, &p, &root, 1))).collect();
+    let mut running: BTreeMap<&str, Running> = JOBS.iter().map(|j| (*j, spawn(j, &p, &root, 1, 0))).collect();
     // The readings at a pace that spreads them over about 2.5 s per kill
     // (12 hours of readings), in the background.
     let speed = (12.0 * 3600.0 / (2.5 * kills as f64)).max(60.0).to_string();
@@ -85,23 +111,35 @@ fn the_chain_survives_random_kills_and_computes_what_replay_computes() {
     for k in 0..kills {
         std::thread::sleep(Duration::from_millis(800 + rng.below(2200)));
         let job = JOBS[rng.below(JOBS.len() as u64) as usize];
-        let mut child = running.remove(job).expect("running");
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            panic!("{job} ended ({status}) before the stream did:\n{}", text(&out.stderr));
+        let mut r = running.remove(job).expect("running");
+        if let Some(status) = r.child.try_wait().unwrap() {
+            panic!("{job} ended ({status}) before the stream did:\n{}", r.said().1);
         }
-        child.kill().unwrap();
-        let out = child.wait_with_output().unwrap();
-        restored += text(&out.stdout).matches("restored checkpoint").count();
+        r.child.kill().unwrap();
+        r.child.wait().unwrap();
+        restored += r.said().0.matches("restored checkpoint").count();
         let workers = 1 + rng.below(3);
         eprintln!("chaos: kill {} of {kills}: {job}, restarted at -w {workers}", k + 1);
-        running.insert(job, spawn(job, &p, &root, workers));
+        running.insert(job, spawn(job, &p, &root, workers, k + 1));
     }
     publisher.join().expect("publish");
     let until = Instant::now() + Duration::from_secs(300);
-    for (job, child) in running {
-        let said = finish_by(child, job, until);
-        restored += said.matches("restored checkpoint").count();
+    for (job, mut r) in running {
+        let status = loop {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+                let (out, err) = r.said();
+                panic!("{job} did not finish (logs in {}):\n{out}\n{err}", r.stderr.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let (out, err) = r.said();
+        assert!(status.success(), "{job} failed ({status}):\n{out}\n{err}");
+        restored += out.matches("restored checkpoint").count();
     }
     eprintln!("chaos: {restored} restarts restored a checkpoint of their state");
     let replay_out = data.out();

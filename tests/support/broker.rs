@@ -67,7 +67,12 @@ pub fn finish_by(mut child: Child, what: &str, until: Instant) -> String {
         if Instant::now() > until {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("{what} did not finish:\n{}", text(&out.stderr));
+            let tail = |b: &[u8]| {
+                let t = text(b);
+                let lines: Vec<&str> = t.lines().collect();
+                lines[lines.len().saturating_sub(200)..].join("\n")
+            };
+            panic!("{what} did not finish:\n{}\n{}", tail(&out.stdout), tail(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
