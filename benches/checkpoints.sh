@@ -11,7 +11,8 @@
 #   * for the checkpoints of the last run (kept in a store outside OUT): how
 #     many, their size on disk, and the pause each cost the source (from the
 #     cut to the release: drain, save and encode; the writing is on a thread
-#     of its own), p50, p99 and max;
+#     of its own), p50, p99 and max; and the writer thread's time per
+#     checkpoint (write, fsync, commit, gc), from its debug log;
 #   * restart against history: the run SIGKILLed right after its first
 #     checkpoint, and (another time) right after a late one, then run again;
 #     each restart's wall time less the share of a clean run's that the lines
@@ -39,7 +40,8 @@ for i in $(seq "$reps"); do
         if [ "$mode" = off ]; then
             "$eddy" replay "$dataset" --out "$work/out" -w "$workers" -q --checkpoint-every off
         else
-            "$eddy" replay "$dataset" --out "$work/out" -w "$workers" -q --checkpoint-every "$every" --store "$work/store" --keep 1000
+            RUST_LOG=eddy_runtime::snapshots=debug "$eddy" replay "$dataset" --out "$work/out" -w "$workers" -q \
+                --checkpoint-every "$every" --store "$work/store" --keep 1000 2> "$work/writer.log"
         fi
         e=$(date +%s.%N)
         t=$(echo "$e - $s" | bc)
@@ -49,9 +51,15 @@ for i in $(seq "$reps"); do
 done
 
 # The checkpoints of the last run: sizes and pauses.
-python3 - "$work/store" "${off[*]}" "${on[*]}" <<'PY'
-import json, os, statistics, sys
+python3 - "$work/store" "${off[*]}" "${on[*]}" "$work/writer.log" <<'PY'
+import json, os, re, statistics, sys
 store, off, on = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+writes = []
+for line in open(sys.argv[4], errors="replace"):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    if "Checkpoint written" in line:
+        f = dict(re.findall(r"(\w+)=([0-9.]+)", line))
+        writes.append((int(f["bytes"]), float(f["write_ms"])))
 mo, mn = statistics.median(off), statistics.median(on)
 print(f"median without {mo:.2f} s, with {mn:.2f} s: with/without = {mn / mo:.3f}x")
 pauses, sizes = [], []
@@ -69,6 +77,11 @@ pauses.sort()
 p = lambda q: pauses[min(len(pauses) - 1, int(q * len(pauses)))]
 print(f"{len(pauses)} checkpoints; size median {statistics.median(sizes) / 1e6:.1f} MB, max {max(sizes) / 1e6:.1f} MB")
 print(f"pause of the source: p50 {p(0.5):.1f} ms, p99 {p(0.99):.1f} ms, max {pauses[-1]:.1f} ms")
+if writes:
+    ms = sorted(w for _, w in writes)
+    big = max(writes)
+    print(f"writer thread per checkpoint: median {statistics.median(ms):.0f} ms, max {ms[-1]:.0f} ms; "
+          f"largest {big[0] / 1e6:.1f} MB of state in {big[1]:.0f} ms")
 PY
 
 # Restart against history: kill right after checkpoint K (early, then late).

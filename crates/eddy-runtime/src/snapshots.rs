@@ -337,6 +337,8 @@ impl Writer {
             .spawn(move || {
                 let mut written = 0;
                 for w in rx {
+                    let started = std::time::Instant::now();
+                    let bytes: usize = w.files.iter().map(|(_, b)| b.len()).sum();
                     let write = || -> eddy_checkpoint::Result<()> {
                         let mut p = store.begin(next, w.time)?;
                         for (name, bytes) in &w.files {
@@ -347,7 +349,14 @@ impl Writer {
                         Ok(())
                     };
                     write().map_err(|e| e.to_string())?;
-                    tracing::debug!(checkpoint = next, time = w.time, "Checkpoint written");
+                    // benches/checkpoints.sh reads the size and write time here.
+                    tracing::debug!(
+                        checkpoint = next,
+                        time = w.time,
+                        bytes,
+                        write_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "Checkpoint written"
+                    );
                     next += 1;
                     written += 1;
                 }
