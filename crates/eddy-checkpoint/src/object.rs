@@ -160,6 +160,31 @@ impl ObjectBackend {
         })
     }
 
+    /// The bytes of checkpoint `id`'s objects `names`, in that order (`None`
+    /// for one that does not exist), fetched concurrently.
+    pub(crate) fn read_all(&self, id: u64, names: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let gets = names.iter().map(|name| {
+            let client = Arc::clone(&self.client);
+            let key = self.key(id, Some(name));
+            async move {
+                let got = match client.get(&key).await {
+                    Ok(got) => got.bytes().await.map(|b| Some(b.to_vec())),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                (key, got)
+            }
+        });
+        let all = futures_util::future::join_all(gets);
+        let Some(results) = self.runtime.run(all) else {
+            return Err(Error::Io {
+                path: self.url.clone().into(),
+                source: std::io::Error::other("the checkpoint store's I/O thread has stopped"),
+            });
+        };
+        results.into_iter().map(|(key, got)| got.map_err(|e| Error::object(&self.url, "get", &key, e))).collect()
+    }
+
     /// Writes checkpoint `id`'s object `name`: one PUT, so that the object
     /// appears whole or not at all.
     pub(crate) fn write(&self, id: u64, name: &str, bytes: Vec<u8>) -> Result<()> {

@@ -420,9 +420,15 @@ impl Store {
     /// file in full.
     fn load_checkpoint(&self, id: u64) -> Result<Loaded> {
         let manifest = self.read_manifest(id)?;
+        let names: Vec<String> = manifest.files.iter().map(|f| f.name.clone()).collect();
+        let contents = match &self.backend {
+            Backend::Local(_) => names.iter().map(|n| self.read(id, n)).collect::<Result<Vec<_>>>()?,
+            // One request after another would wait for each round trip.
+            Backend::Object(o) => o.read_all(id, &names)?,
+        };
         let mut files = BTreeMap::new();
-        for entry in &manifest.files {
-            let Some(mut bytes) = self.read(id, &entry.name)? else {
+        for (entry, bytes) in manifest.files.iter().zip(contents) {
+            let Some(mut bytes) = bytes else {
                 return Err(Error::MissingFile {
                     id,
                     file: entry.name.clone(),
