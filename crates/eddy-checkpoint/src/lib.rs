@@ -47,7 +47,8 @@
 //! `AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, `AWS_REGION` (else `AWS_DEFAULT_REGION`, else
 //! `us-east-1`), `AWS_ALLOW_HTTP=true` for an `http://` endpoint and
-//! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`. [`Store::open_with`] takes options
+//! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` (the endpoint must then include the
+//! bucket). [`Store::open_with`] takes options
 //! that win over the environment. A failed request is retried up to 5
 //! times within 60 s, then reported as [`Error::Object`], with the store's
 //! URL, the object key and the reason.
