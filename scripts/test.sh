@@ -43,6 +43,30 @@ if ! (exec 3<>"/dev/tcp/${EDDY_BROKERS%:*}/${EDDY_BROKERS##*:}") 2>/dev/null; th
   done
 fi
 
+# An S3-compatible server for the checkpoint tests on object storage: s3s-fs,
+# from crates.io (a few minutes to build once; skipped when the binary is
+# there). 0.14.1 is its newest release that builds with rustc 1.95. Fixed
+# test credentials; buckets are directories under target/s3s-fs.
+S3S_FS="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+if ! "$S3S_FS" --version >/dev/null 2>&1; then
+  echo "test.sh: installing s3s-fs (cargo install s3s-fs --version 0.14.1 --features binary --locked)" >&2
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+export EDDY_S3_ENDPOINT="${EDDY_S3_ENDPOINT:-http://127.0.0.1:8014}"
+export AWS_ENDPOINT_URL="$EDDY_S3_ENDPOINT" AWS_ACCESS_KEY_ID=eddy-test AWS_SECRET_ACCESS_KEY=eddy-test-secret \
+  AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+s3_addr="${EDDY_S3_ENDPOINT#http://}"
+if ! (exec 3<>"/dev/tcp/${s3_addr%:*}/${s3_addr##*:}") 2>/dev/null; then
+  echo "test.sh: starting s3s-fs on $EDDY_S3_ENDPOINT (objects in target/s3s-fs; logs in target/s3s-fs.log)" >&2
+  mkdir -p target/s3s-fs
+  nohup "$S3S_FS" --host "${s3_addr%:*}" --port "${s3_addr##*:}" \
+    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" target/s3s-fs >target/s3s-fs.log 2>&1 &
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/${s3_addr%:*}/${s3_addr##*:}") 2>/dev/null && break
+    sleep 0.1
+  done
+fi
+
 # An eddy without the optional parts (no librdkafka, no smartcore) must build:
 # replay, gen, check and jobs. Built first, so that the test builds below
 # (default features) leave the default `eddy` binary in target/.

@@ -307,14 +307,18 @@ enum CheckpointsAction {
 
 #[derive(Args, Debug)]
 struct StoreArg {
-    /// The store: a directory or file:// URL; for `eddy replay`, its --out
-    /// (OUT/_checkpoints is looked in).
+    /// The store: a directory, a file:// URL or s3://BUCKET/PREFIX; for
+    /// `eddy replay`, its --out (OUT/_checkpoints is looked in).
     #[arg(long)]
     store: String,
 }
 
 impl StoreArg {
     fn open(&self) -> Result<eddy_checkpoint::Store> {
+        if eddy_checkpoint::is_object_storage(&self.store) {
+            return eddy_checkpoint::Store::open(&self.store)
+                .with_context(|| format!("opening the store {}", self.store));
+        }
         let p = Path::new(&self.store);
         let inner = p.join(crate::runtime::snapshots::STORE_DIR);
         let location = if inner.is_dir() { inner.display().to_string() } else { self.store.clone() };
@@ -467,7 +471,9 @@ struct CheckpointArgs {
     /// (without one a Kafka job rebuilds its state from the start of its input).
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     checkpoint_every: String,
-    /// Where checkpoints go: a directory or a file:// URL. Default: for
+    /// Where checkpoints go: a directory, a file:// URL, or s3://BUCKET/PREFIX
+    /// (S3-compatible object storage, configured by the AWS_* environment
+    /// variables: docs/checkpoints.md). Default: for
     /// eddy replay OUT/_checkpoints (removed once the run completes); for
     /// eddy run $EDDY_STATE_DIR/PREFIX.JOB (EDDY_STATE_DIR defaults to
     /// ./eddy-state), which every process of the job must share.

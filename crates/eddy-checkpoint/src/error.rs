@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use object_store::path::Path as Key;
+
 /// What went wrong, and on which store, checkpoint or file.
 ///
 /// The variants that describe a damaged checkpoint ([`BadMagic`],
@@ -30,16 +32,46 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A request to object storage failed: the bucket is missing, the
+    /// endpoint refuses connections, the credentials are refused, … (after
+    /// the client's retries).
+    #[error("{store}: {op} {key:?} failed: {reason}")]
+    Object {
+        /// The store's URL, `s3://bucket/prefix`.
+        store: String,
+        /// What was asked: `"list"`, `"get"`, `"put"`, `"delete"`.
+        op: &'static str,
+        /// The object's key in the bucket (for a listing, the prefix).
+        key: String,
+        /// The cause in a few words, with the innermost error's message
+        /// (e.g. "connection refused").
+        reason: String,
+        /// The client's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// The object storage client could not be configured from the `AWS_*`
+    /// environment variables and options (an option unknown or invalid, a
+    /// secret key without an access key, …).
+    #[error("{location}: cannot configure the object storage client: {source}")]
+    ObjectConfig {
+        /// The store's URL.
+        location: String,
+        /// The client's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// The store location is a URL of a scheme this crate cannot store to
-    /// (only plain paths and `file://` URLs are supported).
-    #[error("checkpoint store {location:?}: unsupported scheme {scheme:?} (only a path or a file:// URL)")]
+    /// (only plain paths, `file://` and `s3://` URLs are supported).
+    #[error("checkpoint store {location:?}: unsupported scheme {scheme:?} (only a path, a file:// or an s3:// URL)")]
     UnsupportedScheme {
         /// The location as given.
         location: String,
         /// Its scheme, e.g. `s3`.
         scheme: String,
     },
-    /// The store location is unusable (e.g. empty).
+    /// The store location is unusable (e.g. empty, or an `s3://` URL
+    /// without a bucket).
     #[error("checkpoint store {location:?}: {reason}")]
     InvalidLocation {
         /// The location as given.
@@ -81,29 +113,30 @@ pub enum Error {
         /// The value given.
         keep: usize,
     },
-    /// There is no checkpoint directory of this id.
-    #[error("checkpoint {id}: not found in {}", root.display())]
+    /// There is no checkpoint of this id (no directory, or no object under
+    /// its prefix).
+    #[error("checkpoint {id}: not found in {store}")]
     NotFound {
         /// The checkpoint asked for.
         id: u64,
-        /// The store root.
-        root: PathBuf,
+        /// The store's [location](crate::Store::location).
+        store: String,
     },
-    /// The checkpoint directory has no `manifest.json`: it was never
-    /// committed (or is being written).
-    #[error("checkpoint {id}: incomplete, {} has no manifest.json", path.display())]
+    /// The checkpoint has no `manifest.json`: it was never committed (or is
+    /// being written).
+    #[error("checkpoint {id}: incomplete, {location} has no manifest.json")]
     Incomplete {
         /// The checkpoint.
         id: u64,
-        /// Its directory.
-        path: PathBuf,
+        /// Its directory, or the URL of its prefix.
+        location: String,
     },
     /// [`Store::load_latest`](crate::Store::load_latest) found committed
     /// checkpoints but rejected every one.
-    #[error("{}: no usable checkpoint, all {} rejected; newest: {}", root.display(), rejected.len(), describe_newest(rejected))]
+    #[error("{store}: no usable checkpoint, all {} rejected; newest: {}", rejected.len(), describe_newest(rejected))]
     AllRejected {
-        /// The store root.
-        root: PathBuf,
+        /// The store's [location](crate::Store::location).
+        store: String,
         /// Each rejected checkpoint, newest first, with the reason.
         rejected: Vec<(u64, Error)>,
     },
@@ -184,23 +217,23 @@ pub enum Error {
         found: u64,
     },
     /// A state file listed in the manifest is missing.
-    #[error("checkpoint {id}, file {file:?}: listed in the manifest but missing ({})", path.display())]
+    #[error("checkpoint {id}, file {file:?}: listed in the manifest but missing ({location})")]
     MissingFile {
         /// The checkpoint.
         id: u64,
         /// The file.
         file: String,
-        /// Where it was expected.
-        path: PathBuf,
+        /// Where it was expected: a path, or an object's URL.
+        location: String,
     },
     /// `manifest.json` is not a valid manifest (not JSON, a field missing or
     /// of the wrong type).
-    #[error("checkpoint {id}: {}: unreadable manifest: {source}", path.display())]
+    #[error("checkpoint {id}: {location}: unreadable manifest: {source}")]
     ManifestParse {
         /// The checkpoint.
         id: u64,
-        /// The manifest file.
-        path: PathBuf,
+        /// The manifest: a path, or an object's URL.
+        location: String,
         /// The underlying error.
         #[source]
         source: serde_json::Error,
@@ -252,12 +285,53 @@ fn describe_newest(rejected: &[(u64, Error)]) -> String {
     }
 }
 
+/// What went wrong with an object storage request, in a few words: the kind
+/// of failure when the client tells it, then the innermost cause's message
+/// (the client's own message wraps it in retry details).
+fn object_reason(op: &str, e: &object_store::Error) -> String {
+    use object_store::Error as E;
+    let kind = match e {
+        E::NotFound { .. } if op == "list" => "not found (no such bucket?)",
+        E::NotFound { .. } => "not found",
+        E::PermissionDenied { .. } => "access denied",
+        E::Unauthenticated { .. } => "not authenticated (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+        _ => "",
+    };
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let mut cause = inner.to_string();
+    // S3 answers with an XML error document; its code says it best.
+    if let Some(code) = xml_field(&cause, "Code") {
+        let message = xml_field(&cause, "Message").unwrap_or_default();
+        cause = if message.is_empty() { code.to_string() } else { format!("{code}: {message}") };
+    }
+    match (kind.is_empty(), cause.is_empty()) {
+        (true, _) => cause,
+        (false, true) => kind.to_string(),
+        (false, false) => format!("{kind}: {cause}"),
+    }
+}
+
+/// The text of the first `<field>…</field>` in `text`.
+fn xml_field<'a>(text: &'a str, field: &str) -> Option<&'a str> {
+    let start = text.find(&format!("<{field}>"))? + field.len() + 2;
+    let len = text[start..].find(&format!("</{field}>"))?;
+    Some(&text[start..start + len])
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
         Error::Io { path: path.to_path_buf(), source }
+    }
+
+    pub(crate) fn object(store: &str, op: &'static str, key: &Key, source: object_store::Error) -> Error {
+        let reason = object_reason(op, &source);
+        Error::Object { store: store.into(), op, key: key.to_string(), reason, source: Box::new(source) }
     }
 
     /// Whether this error means a checkpoint is damaged (a bad frame,

@@ -1,4 +1,5 @@
-//! eddy's checkpoint store: the on-disk home of checkpoints.
+//! eddy's checkpoint store: where checkpoints live, in a local directory or
+//! on S3-compatible object storage.
 //!
 //! # Where it sits
 //!
@@ -29,6 +30,36 @@
 //! A checkpoint is therefore complete exactly when its `manifest.json`
 //! exists.
 //!
+//! # Object storage
+//!
+//! [`Store::open`]`("s3://bucket/prefix")` (the prefix is optional) keeps
+//! the same layout as objects in an S3-compatible bucket, through
+//! `object_store`'s `AmazonS3`: state file `NAME` of checkpoint `ID` is the
+//! object `prefix/<ID, 20 digits>/NAME`. Each state file is one PUT, and
+//! `manifest.json` is PUT only after all of them succeeded; a PUT is atomic,
+//! so here too a checkpoint is complete exactly when its manifest object
+//! exists. Objects under the prefix of another form are not the store's.
+//! The bucket must exist.
+//!
+//! The client is configured by `AmazonS3Builder::from_env` (object_store
+//! 0.14): every `AWS_*` variable that names one of its configuration keys,
+//! notably `AWS_ENDPOINT_URL` or `AWS_ENDPOINT` (the same key: set one),
+//! `AWS_ENDPOINT_URL_S3`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, `AWS_REGION` (else `AWS_DEFAULT_REGION`, else
+//! `us-east-1`), `AWS_ALLOW_HTTP=true` for an `http://` endpoint and
+//! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST` (the endpoint must then include the
+//! bucket). [`Store::open_with`] takes options
+//! that win over the environment. A failed request is retried up to 5
+//! times within 60 s, then reported as [`Error::Object`], with the store's
+//! URL, the object key and the reason.
+//!
+//! The API stays synchronous: an object store's requests run on a
+//! current-thread tokio runtime on a thread the store owns
+//! (`eddy-checkpoint-io`), and the caller waits on a channel. No caller
+//! needs a runtime, calling from inside one does not panic (it blocks that
+//! thread while waiting), and the runtime is dropped on its own thread when
+//! the last clone of the store goes.
+//!
 //! ## State file format, version 1
 //!
 //! | bytes | field |
@@ -47,7 +78,9 @@
 //! `manifest.json` is pretty JSON of a [`Manifest`] plus a `"checksum"`
 //! field (see [`Manifest`]), so a damaged manifest is detected as well. A
 //! checkpoint whose manifest or any state file fails verification is
-//! skipped by [`Store::load_latest`], which falls back to the previous one.
+//! skipped by [`Store::load_latest`], which falls back to the previous one
+//! (an I/O or request failure is returned instead: it says nothing about
+//! the checkpoint).
 //!
 //! # Example
 //!
@@ -84,9 +117,10 @@
 mod error;
 mod frame;
 mod manifest;
+mod object;
 mod store;
 
 pub use error::{Error, Result};
 pub use frame::{crc32, decode, encode, frame, unframe, FrameError, FORMAT_VERSION, HEADER_LEN, MAGIC};
 pub use manifest::{validate_name, FileEntry, Manifest, MANIFEST_NAME, MAX_NAME_LEN};
-pub use store::{dir_name, Listed, Loaded, Pending, Status, Store};
+pub use store::{dir_name, is_object_storage, Listed, Loaded, Pending, Status, Store};

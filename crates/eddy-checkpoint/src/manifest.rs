@@ -1,7 +1,6 @@
 //! The manifest of a checkpoint, `manifest.json`, and its checksum.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Serialize};
@@ -86,10 +85,11 @@ impl Manifest {
     }
 
     /// Parses and verifies the contents of the `manifest.json` of
-    /// checkpoint `id` (read from `path`, which is named in errors): the
-    /// format version, the checksum, the id, and the file names.
-    pub fn from_json(bytes: &[u8], id: u64, path: &Path) -> Result<Manifest> {
-        let parse_err = |source| Error::ManifestParse { id, path: path.to_path_buf(), source };
+    /// checkpoint `id` (read from `location`, a path or an object's URL,
+    /// which is named in errors): the format version, the checksum, the id,
+    /// and the file names.
+    pub fn from_json(bytes: &[u8], id: u64, location: &str) -> Result<Manifest> {
+        let parse_err = |source| Error::ManifestParse { id, location: location.into(), source };
         let custom = |msg: String| parse_err(serde_json::Error::custom(msg));
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(parse_err)?;
         let serde_json::Value::Object(mut map) = value else {
@@ -195,7 +195,7 @@ mod tests {
         let json = m.to_json().unwrap();
         let text = String::from_utf8(json.clone()).unwrap();
         assert!(text.contains("\"checksum\""), "{text}");
-        assert_eq!(Manifest::from_json(&json, 7, Path::new("m")).unwrap(), m);
+        assert_eq!(Manifest::from_json(&json, 7, "m").unwrap(), m);
         assert_eq!(m.file("w1.state").unwrap().bytes, 0);
         assert!(m.file("nope").is_none());
     }
@@ -207,7 +207,7 @@ mod tests {
             for flip in [0x01u8, 0x20, 0x80] {
                 let mut bad = json.clone();
                 bad[i] ^= flip;
-                let r = Manifest::from_json(&bad, 7, Path::new("m"));
+                let r = Manifest::from_json(&bad, 7, "m");
                 match r {
                     Err(e) => assert!(e.is_corruption(), "byte {i}: {e}"),
                     Ok(m) => panic!("flip {flip:#04x} at byte {i} ({:?}) not detected: {m:?}", json[i] as char),
@@ -221,25 +221,25 @@ mod tests {
         let m = sample();
         let json = m.to_json().unwrap();
         assert!(matches!(
-            Manifest::from_json(&json, 8, Path::new("m")),
+            Manifest::from_json(&json, 8, "m"),
             Err(Error::ManifestMismatch { id: 8, what: "id", expected: 8, found: 7, .. })
         ));
         let mut v2 = m.clone();
         v2.version = 2;
         assert!(matches!(
-            Manifest::from_json(&v2.to_json().unwrap(), 7, Path::new("m")),
+            Manifest::from_json(&v2.to_json().unwrap(), 7, "m"),
             Err(Error::UnsupportedVersion { expected: 1, found: 2, .. })
         ));
         let mut edited: serde_json::Value = serde_json::from_slice(&json).unwrap();
         edited["frontier"] = json!(999);
         let edited = serde_json::to_vec(&edited).unwrap();
-        assert!(matches!(Manifest::from_json(&edited, 7, Path::new("m")), Err(Error::ChecksumMismatch { .. })));
-        assert!(matches!(Manifest::from_json(b"", 7, Path::new("m")), Err(Error::ManifestParse { .. })));
-        assert!(matches!(Manifest::from_json(b"[1]", 7, Path::new("m")), Err(Error::ManifestParse { .. })));
+        assert!(matches!(Manifest::from_json(&edited, 7, "m"), Err(Error::ChecksumMismatch { .. })));
+        assert!(matches!(Manifest::from_json(b"", 7, "m"), Err(Error::ManifestParse { .. })));
+        assert!(matches!(Manifest::from_json(b"[1]", 7, "m"), Err(Error::ManifestParse { .. })));
 
         let mut bad_name = m;
         bad_name.files[0].name = "../escape".into();
-        let r = Manifest::from_json(&bad_name.to_json().unwrap(), 7, Path::new("m"));
+        let r = Manifest::from_json(&bad_name.to_json().unwrap(), 7, "m");
         assert!(matches!(r, Err(Error::ManifestParse { .. })), "{r:?}");
     }
 }

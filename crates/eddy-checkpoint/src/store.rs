@@ -1,29 +1,45 @@
-//! The store: one directory per checkpoint under a root.
+//! The store: one directory, or one key prefix, per checkpoint under a root.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::frame::{header, unframe, FORMAT_VERSION, HEADER_LEN};
 use crate::manifest::{validate_name, FileEntry, Manifest, MANIFEST_NAME};
+use crate::object::ObjectBackend;
 
-/// The temporary name `manifest.json` is written under before the rename.
+/// The temporary name `manifest.json` is written under before the rename
+/// (local stores).
 const MANIFEST_TMP: &str = ".manifest.json.tmp";
 
-/// A checkpoint store rooted at a local directory. See the [crate
-/// documentation](crate) for the layout.
+/// A checkpoint store: a local directory, or a prefix in an S3 bucket. See
+/// the [crate documentation](crate) for the layout, which is the same for
+/// both.
 ///
 /// One process writes a store at a time ([`begin`](Store::begin) and
-/// [`gc`](Store::gc)); any number may read it.
+/// [`gc`](Store::gc)); any number may read it. Clones share the same
+/// store (and, for object storage, the same client and I/O thread).
 #[derive(Debug, Clone)]
 pub struct Store {
-    root: PathBuf,
+    /// The root directory's path, or `s3://bucket/prefix`.
+    location: String,
+    backend: Backend,
 }
 
-/// The state of one checkpoint directory, as [`Store::list`] sees it.
+/// Where a store's checkpoints are.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// A local directory.
+    Local(PathBuf),
+    /// A prefix in an S3 bucket.
+    Object(Arc<ObjectBackend>),
+}
+
+/// The state of one checkpoint, as [`Store::list`] sees it.
 #[derive(Debug)]
 pub enum Status {
     /// The manifest verifies and every state file it lists is present with
@@ -37,14 +53,14 @@ pub enum Status {
     Corrupt(Error),
 }
 
-/// One checkpoint directory of a store.
+/// One checkpoint of a store.
 #[derive(Debug)]
 pub struct Listed {
     /// The checkpoint id.
     pub id: u64,
     /// Whether it is complete.
     pub status: Status,
-    /// The total size of the files in its directory.
+    /// The total size of its files (or objects).
     pub bytes_on_disk: u64,
 }
 
@@ -56,9 +72,8 @@ pub struct Loaded {
     /// The payload of each state file, by name, checksum-verified.
     pub files: BTreeMap<String, Vec<u8>>,
     /// For [`Store::load_latest`]: the newer checkpoints that were rejected,
-    /// newest first, each with the reason. Incomplete directories (no
-    /// manifest) are not rejections and are not listed. Empty for
-    /// [`Store::load`].
+    /// newest first, each with the reason. Incomplete ones (no manifest)
+    /// are not rejections and are not listed. Empty for [`Store::load`].
     pub skipped: Vec<(u64, Error)>,
 }
 
@@ -71,24 +86,39 @@ impl Loaded {
 
 /// A checkpoint being written: [`put`](Pending::put) its state files, then
 /// [`commit`](Pending::commit). Dropped without a commit, it leaves an
-/// incomplete directory, which loading ignores and [`Store::gc`] (or a
+/// incomplete checkpoint, which loading ignores and [`Store::gc`] (or a
 /// [`Store::begin`] of the same id) removes.
 #[derive(Debug)]
 pub struct Pending {
-    dir: PathBuf,
+    store: Store,
+    location: String,
     id: u64,
     frontier: u64,
     files: Vec<FileEntry>,
     names: BTreeSet<String>,
 }
 
-/// The directory name of checkpoint `id`: 20 digits, zero-padded.
+/// One checkpoint as found by a scan: its id, and the name and size of
+/// each of its files (or objects).
+struct Scanned {
+    id: u64,
+    files: BTreeMap<String, u64>,
+}
+
+impl Scanned {
+    fn has_manifest(&self) -> bool {
+        self.files.contains_key(MANIFEST_NAME)
+    }
+}
+
+/// The directory name (or key segment) of checkpoint `id`: 20 digits,
+/// zero-padded.
 pub fn dir_name(id: u64) -> String {
     format!("{id:020}")
 }
 
 /// The id named by a checkpoint directory name, if it is one.
-fn parse_dir_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_dir_name(name: &str) -> Option<u64> {
     if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
         name.parse().ok()
     } else {
@@ -96,8 +126,24 @@ fn parse_dir_name(name: &str) -> Option<u64> {
     }
 }
 
-/// The local directory of a store location: a path or a `file://` URL.
-fn parse_location(location: &str) -> Result<PathBuf> {
+/// Whether `location` names a store on object storage (`s3://…`). Such a
+/// store has no directory to look for: whether it holds checkpoints is
+/// known only by listing it.
+pub fn is_object_storage(location: &str) -> bool {
+    matches!(parse_location(location), Ok(Parsed::S3(_)))
+}
+
+/// A store location, parsed.
+#[derive(Debug, PartialEq)]
+enum Parsed<'a> {
+    /// A local directory: a path or a `file://` URL.
+    Local(PathBuf),
+    /// `s3://` and what follows it.
+    S3(&'a str),
+}
+
+/// Parses a store location: a path, a `file://` URL or an `s3://` URL.
+fn parse_location(location: &str) -> Result<Parsed<'_>> {
     let invalid = |reason| Error::InvalidLocation { location: location.into(), reason };
     if location.is_empty() {
         return Err(invalid("empty location"));
@@ -106,6 +152,9 @@ fn parse_location(location: &str) -> Result<PathBuf> {
         let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
             && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if is_scheme {
+            if scheme.eq_ignore_ascii_case("s3") {
+                return Ok(Parsed::S3(rest));
+            }
             if !scheme.eq_ignore_ascii_case("file") {
                 return Err(Error::UnsupportedScheme { location: location.into(), scheme: scheme.into() });
             }
@@ -116,10 +165,10 @@ fn parse_location(location: &str) -> Result<PathBuf> {
             if !path.starts_with('/') {
                 return Err(invalid("a file:// URL needs an absolute path (file:///dir)"));
             }
-            return Ok(PathBuf::from(path));
+            return Ok(Parsed::Local(PathBuf::from(path)));
         }
     }
-    Ok(PathBuf::from(location))
+    Ok(Parsed::Local(PathBuf::from(location)))
 }
 
 /// Fsyncs a directory, so that creations, renames and removals in it are
@@ -137,15 +186,6 @@ fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
-/// Whether `path` exists (without following a symlink at its end).
-fn exists(path: &Path) -> Result<bool> {
-    match fs::symlink_metadata(path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
 /// Milliseconds since the Unix epoch, now.
 fn now_unix_ms() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
@@ -154,94 +194,169 @@ fn now_unix_ms() -> i64 {
     }
 }
 
-/// The total size of the files directly in `dir` (0 when unreadable).
-fn bytes_on_disk(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
-    entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+/// The files directly in `dir` and their sizes (entries that are not
+/// regular files, and ones that vanish meanwhile, are left out).
+fn local_files(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut files = BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        match entry.metadata() {
+            Ok(m) if m.is_file() => {
+                files.insert(name, m.len());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&entry.path(), e)),
+        }
+    }
+    Ok(files)
 }
 
 impl Store {
-    /// Opens (creating the directory if missing) a store at `location`: a
-    /// plain path or a `file://` URL (`file:///abs/dir`). Any other scheme
-    /// (`s3://`, …) is [`Error::UnsupportedScheme`]: object storage will come
-    /// behind the same API.
+    /// Opens a store at `location`:
+    ///
+    /// - a plain path or a `file://` URL (`file:///abs/dir`): a local
+    ///   directory, created if missing;
+    /// - `s3://bucket` or `s3://bucket/prefix`: objects under `prefix/` in
+    ///   an S3 bucket (which must exist), the client configured from the
+    ///   `AWS_*` environment variables (see the [crate
+    ///   documentation](crate#object-storage)). Opening sends no request:
+    ///   a missing bucket or a wrong endpoint is reported by the first call
+    ///   that reads or writes.
+    ///
+    /// Any other scheme is [`Error::UnsupportedScheme`].
     pub fn open(location: &str) -> Result<Store> {
-        let root = parse_location(location)?;
-        fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        if !root.is_dir() {
-            return Err(Error::io(&root, std::io::Error::new(ErrorKind::NotADirectory, "not a directory")));
-        }
-        tracing::debug!(root = %root.display(), "checkpoint store opened");
-        Ok(Store { root })
+        Store::open_with(location, &[])
     }
 
-    /// The store's root directory.
-    pub fn location(&self) -> &Path {
-        &self.root
-    }
-
-    /// The directory of checkpoint `id` (whether or not it exists).
-    pub fn checkpoint_dir(&self, id: u64) -> PathBuf {
-        self.root.join(dir_name(id))
-    }
-
-    /// Every checkpoint directory's id and path, oldest first.
-    fn scan(&self) -> Result<Vec<(u64, PathBuf)>> {
-        let entries = fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
-        let mut dirs = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&self.root, e))?;
-            let Some(id) = entry.file_name().to_str().and_then(parse_dir_name) else { continue };
-            let is_dir = entry.file_type().map_err(|e| Error::io(&entry.path(), e))?.is_dir();
-            if is_dir {
-                dirs.push((id, entry.path()));
+    /// [`open`](Store::open), with client options for an `s3://` store
+    /// that override the environment: object_store's configuration keys
+    /// (`aws_endpoint`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_region`, `aws_allow_http`, …). A local store takes none
+    /// ([`Error::InvalidLocation`] if any is given).
+    pub fn open_with(location: &str, options: &[(&str, &str)]) -> Result<Store> {
+        match parse_location(location)? {
+            Parsed::Local(root) => {
+                if !options.is_empty() {
+                    return Err(Error::InvalidLocation {
+                        location: location.into(),
+                        reason: "client options apply to s3:// stores only",
+                    });
+                }
+                fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+                if !root.is_dir() {
+                    return Err(Error::io(&root, std::io::Error::new(ErrorKind::NotADirectory, "not a directory")));
+                }
+                tracing::debug!(root = %root.display(), "checkpoint store opened");
+                Ok(Store { location: root.display().to_string(), backend: Backend::Local(root) })
+            }
+            Parsed::S3(rest) => {
+                let backend = ObjectBackend::open(location, rest, options)?;
+                Ok(Store { location: backend.url().to_string(), backend: Backend::Object(Arc::new(backend)) })
             }
         }
-        dirs.sort_unstable_by_key(|(id, _)| *id);
-        Ok(dirs)
     }
 
-    /// Reads and verifies the manifest of checkpoint `id` in `dir`;
+    /// Where the store is, for messages: the root directory's path, or
+    /// `s3://bucket/prefix`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Where checkpoint `id` is (whether or not it exists), for messages:
+    /// its directory's path, or the URL of its key prefix (ending in `/`).
+    pub fn checkpoint_location(&self, id: u64) -> String {
+        self.describe(id, None)
+    }
+
+    /// Where file `name` of checkpoint `id` is (or the checkpoint itself,
+    /// for `None`): a path, or an object's URL.
+    fn describe(&self, id: u64, name: Option<&str>) -> String {
+        match &self.backend {
+            Backend::Local(root) => {
+                let dir = root.join(dir_name(id));
+                name.map_or(dir.clone(), |n| dir.join(n)).display().to_string()
+            }
+            Backend::Object(o) => o.describe(id, name),
+        }
+    }
+
+    /// Every checkpoint's id and files, oldest first.
+    fn scan(&self) -> Result<Vec<Scanned>> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let entries = fs::read_dir(root).map_err(|e| Error::io(root, e))?;
+                let mut found = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io(root, e))?;
+                    let Some(id) = entry.file_name().to_str().and_then(parse_dir_name) else { continue };
+                    let is_dir = entry.file_type().map_err(|e| Error::io(&entry.path(), e))?.is_dir();
+                    if is_dir {
+                        found.push(Scanned { id, files: local_files(&entry.path())? });
+                    }
+                }
+                found.sort_unstable_by_key(|s| s.id);
+                Ok(found)
+            }
+            Backend::Object(o) => Ok(o.scan()?.into_iter().map(|(id, files)| Scanned { id, files }).collect()),
+        }
+    }
+
+    /// The bytes of file `name` of checkpoint `id`; `None` if there is no
+    /// such file.
+    fn read(&self, id: u64, name: &str) -> Result<Option<Vec<u8>>> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let path = root.join(dir_name(id)).join(name);
+                match fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::io(&path, e)),
+                }
+            }
+            Backend::Object(o) => o.read(id, name),
+        }
+    }
+
+    /// Reads and verifies the manifest of checkpoint `id`;
     /// [`Error::Incomplete`] when there is none.
-    fn read_manifest(id: u64, dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST_NAME);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::Incomplete { id, path: dir.to_path_buf() });
-            }
-            Err(e) => return Err(Error::io(&path, e)),
+    fn read_manifest(&self, id: u64) -> Result<Manifest> {
+        let Some(bytes) = self.read(id, MANIFEST_NAME)? else {
+            return Err(Error::Incomplete { id, location: self.describe(id, None) });
         };
-        Manifest::from_json(&bytes, id, &path)
+        Manifest::from_json(&bytes, id, &self.describe(id, Some(MANIFEST_NAME)))
     }
 
-    /// The cheap status of checkpoint `id` in `dir`: its manifest, and the
-    /// presence and sizes of its state files.
-    fn status(id: u64, dir: &Path) -> Status {
-        let manifest = match Self::read_manifest(id, dir) {
+    /// The cheap status of checkpoint `c`: its manifest, and the presence
+    /// and sizes of its state files as scanned.
+    fn status(&self, c: &Scanned) -> Status {
+        let id = c.id;
+        if !c.has_manifest() {
+            return Status::Incomplete;
+        }
+        let manifest = match self.read_manifest(id) {
             Ok(m) => m,
             Err(Error::Incomplete { .. }) => return Status::Incomplete,
             Err(e) => return Status::Corrupt(e),
         };
         for f in &manifest.files {
-            let path = dir.join(&f.name);
-            match fs::metadata(&path) {
-                Ok(m) => {
-                    let expected = f.bytes.saturating_add(HEADER_LEN as u64);
-                    if m.len() != expected {
-                        return Status::Corrupt(Error::ManifestMismatch {
-                            id,
-                            file: f.name.clone(),
-                            what: "file size",
-                            expected,
-                            found: m.len(),
-                        });
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Status::Corrupt(Error::MissingFile { id, file: f.name.clone(), path });
-                }
-                Err(e) => return Status::Corrupt(Error::io(&path, e)),
+            let Some(&size) = c.files.get(&f.name) else {
+                return Status::Corrupt(Error::MissingFile {
+                    id,
+                    file: f.name.clone(),
+                    location: self.describe(id, Some(&f.name)),
+                });
+            };
+            let expected = f.bytes.saturating_add(HEADER_LEN as u64);
+            if size != expected {
+                return Status::Corrupt(Error::ManifestMismatch {
+                    id,
+                    file: f.name.clone(),
+                    what: "file size",
+                    expected,
+                    found: size,
+                });
             }
         }
         Status::Complete(manifest)
@@ -251,57 +366,74 @@ impl Store {
     /// or 1 in an empty store.
     pub fn next_id(&self) -> Result<u64> {
         match self.scan()?.last() {
-            Some((id, _)) => id.checked_add(1).ok_or(Error::IdExhausted),
+            Some(c) => c.id.checked_add(1).ok_or(Error::IdExhausted),
             None => Ok(1),
         }
     }
 
     /// Starts checkpoint `id`, taken at dataflow time `frontier`. `id` must
     /// be greater than every id in the store ([`Error::IdNotIncreasing`]
-    /// otherwise), except that a leftover incomplete directory of the same
+    /// otherwise), except that a leftover incomplete checkpoint of the same
     /// id (a crash while writing it) is removed and written anew.
+    ///
+    /// A local store creates the checkpoint's directory here; on object
+    /// storage a checkpoint exists from its first state file on.
     pub fn begin(&self, id: u64, frontier: u64) -> Result<Pending> {
-        let dir = self.checkpoint_dir(id);
-        if let Some((newest, newest_dir)) = self.scan()?.pop() {
-            let leftover = newest == id && !exists(&newest_dir.join(MANIFEST_NAME))?;
-            if newest > id || (newest == id && !leftover) {
-                return Err(Error::IdNotIncreasing { id, newest });
+        if let Some(newest) = self.scan()?.pop() {
+            let leftover = newest.id == id && !newest.has_manifest();
+            if newest.id > id || (newest.id == id && !leftover) {
+                return Err(Error::IdNotIncreasing { id, newest: newest.id });
             }
             if leftover {
-                tracing::info!(id, dir = %dir.display(), "removing an incomplete checkpoint before rewriting it");
-                fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                tracing::info!(id, at = %self.describe(id, None), "removing an incomplete checkpoint before rewriting it");
+                self.remove(&newest)?;
             }
         }
-        fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        sync_dir(&self.root)?;
+        if let Backend::Local(root) = &self.backend {
+            let dir = root.join(dir_name(id));
+            fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            sync_dir(root)?;
+        }
         tracing::debug!(id, frontier, "checkpoint begun");
-        Ok(Pending { dir, id, frontier, files: Vec::new(), names: BTreeSet::new() })
+        Ok(Pending {
+            store: self.clone(),
+            location: self.describe(id, None),
+            id,
+            frontier,
+            files: Vec::new(),
+            names: BTreeSet::new(),
+        })
     }
 
-    /// Every checkpoint directory, oldest first, with its [`Status`]. Reads
-    /// each manifest but not the state files (it checks only that they
-    /// exist with the right size), so it is cheap.
+    /// Every checkpoint, oldest first, with its [`Status`]. Reads each
+    /// manifest but not the state files (it checks only that they exist
+    /// with the right size), so it is cheap.
     pub fn list(&self) -> Result<Vec<Listed>> {
         Ok(self
             .scan()?
-            .into_iter()
-            .map(|(id, dir)| Listed { id, status: Self::status(id, &dir), bytes_on_disk: bytes_on_disk(&dir) })
+            .iter()
+            .map(|c| Listed { id: c.id, status: self.status(c), bytes_on_disk: c.files.values().sum() })
             .collect())
     }
 
-    /// Reads and verifies checkpoint `id` in `dir`: its manifest, then every
-    /// state file in full.
-    fn load_dir(id: u64, dir: &Path) -> Result<Loaded> {
-        let manifest = Self::read_manifest(id, dir)?;
+    /// Reads and verifies checkpoint `id`: its manifest, then every state
+    /// file in full.
+    fn load_checkpoint(&self, id: u64) -> Result<Loaded> {
+        let manifest = self.read_manifest(id)?;
+        let names: Vec<String> = manifest.files.iter().map(|f| f.name.clone()).collect();
+        let contents = match &self.backend {
+            Backend::Local(_) => names.iter().map(|n| self.read(id, n)).collect::<Result<Vec<_>>>()?,
+            // One request after another would wait for each round trip.
+            Backend::Object(o) => o.read_all(id, &names)?,
+        };
         let mut files = BTreeMap::new();
-        for entry in &manifest.files {
-            let path = dir.join(&entry.name);
-            let mut bytes = match fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(Error::MissingFile { id, file: entry.name.clone(), path });
-                }
-                Err(e) => return Err(Error::io(&path, e)),
+        for (entry, bytes) in manifest.files.iter().zip(contents) {
+            let Some(mut bytes) = bytes else {
+                return Err(Error::MissingFile {
+                    id,
+                    file: entry.name.clone(),
+                    location: self.describe(id, Some(&entry.name)),
+                });
             };
             let payload_len = unframe(&bytes).map_err(|e| e.in_file(id, &entry.name))?.len() as u64;
             let mismatch =
@@ -322,32 +454,35 @@ impl Store {
 
     /// Reads and verifies checkpoint `id`: its manifest and every state
     /// file, read in full and checksum-checked. [`Error::NotFound`] when
-    /// there is no such directory, [`Error::Incomplete`] when it has no
+    /// there is no such checkpoint, [`Error::Incomplete`] when it has no
     /// manifest.
     pub fn load(&self, id: u64) -> Result<Loaded> {
-        let dir = self.checkpoint_dir(id);
-        if !exists(&dir)? {
-            return Err(Error::NotFound { id, root: self.root.clone() });
+        if !self.scan()?.iter().any(|c| c.id == id) {
+            return Err(Error::NotFound { id, store: self.location.clone() });
         }
-        Self::load_dir(id, &dir)
+        self.load_checkpoint(id)
     }
 
     /// The newest checkpoint whose manifest and every state file verify
     /// (read in full and checksum-checked), with the newer ones rejected
     /// and why in [`Loaded::skipped`] (each also logged with
-    /// `tracing::warn!`). Incomplete directories are passed over.
+    /// `tracing::warn!`). Incomplete checkpoints are passed over.
     ///
     /// `Ok(None)` when the store has no committed checkpoint at all. When it
     /// has some but every one is rejected, the error is
     /// [`Error::AllRejected`]: starting afresh is then the caller's call.
     pub fn load_latest(&self) -> Result<Option<Loaded>> {
         let mut skipped = Vec::new();
-        for (id, dir) in self.scan()?.into_iter().rev() {
-            match Self::load_dir(id, &dir) {
+        for c in self.scan()?.into_iter().rev() {
+            if !c.has_manifest() {
+                tracing::debug!(id = c.id, "ignoring incomplete checkpoint (no manifest)");
+                continue;
+            }
+            match self.load_checkpoint(c.id) {
                 Ok(mut loaded) => {
                     loaded.skipped = skipped;
                     tracing::info!(
-                        id,
+                        id = c.id,
                         frontier = loaded.manifest.frontier,
                         skipped = loaded.skipped.len(),
                         "loaded checkpoint"
@@ -355,39 +490,50 @@ impl Store {
                     return Ok(Some(loaded));
                 }
                 Err(Error::Incomplete { .. }) => {
-                    tracing::debug!(id, "ignoring incomplete checkpoint (no manifest)");
+                    tracing::debug!(id = c.id, "ignoring incomplete checkpoint (no manifest)");
                 }
-                Err(e) => {
-                    tracing::warn!(id, error = %e, "checkpoint rejected, falling back to an older one");
-                    skipped.push((id, e));
+                Err(e) if e.is_corruption() => {
+                    tracing::warn!(id = c.id, error = %e, "checkpoint rejected, falling back to an older one");
+                    skipped.push((c.id, e));
                 }
+                // The store cannot be read (I/O, a request that failed): not
+                // a reason to fall back to an older checkpoint.
+                Err(e) => return Err(e),
             }
         }
         if skipped.is_empty() {
             Ok(None)
         } else {
-            Err(Error::AllRejected { root: self.root.clone(), rejected: skipped })
+            Err(Error::AllRejected { store: self.location.clone(), rejected: skipped })
         }
     }
 
-    /// Deletes checkpoint `id`'s directory: the manifest first, so that a
-    /// crash midway leaves an incomplete checkpoint rather than a corrupt
-    /// one.
-    fn remove(&self, id: u64) -> Result<()> {
-        let dir = self.checkpoint_dir(id);
-        let manifest = dir.join(MANIFEST_NAME);
-        match fs::remove_file(&manifest) {
-            Ok(()) => sync_dir(&dir)?,
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&manifest, e)),
+    /// Deletes checkpoint `c`: the manifest first, so that a crash midway
+    /// leaves an incomplete checkpoint rather than a corrupt one.
+    fn remove(&self, c: &Scanned) -> Result<()> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let dir = root.join(dir_name(c.id));
+                let manifest = dir.join(MANIFEST_NAME);
+                match fs::remove_file(&manifest) {
+                    Ok(()) => sync_dir(&dir)?,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&manifest, e)),
+                }
+                fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
+            }
+            Backend::Object(o) => {
+                let manifest = c.has_manifest().then(|| MANIFEST_NAME.to_string());
+                let rest = c.files.keys().filter(|n| *n != MANIFEST_NAME).cloned();
+                o.delete(c.id, manifest.into_iter().chain(rest).collect())
+            }
         }
-        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))
     }
 
     /// Keeps the newest `keep` complete checkpoints (`keep >= 1`), and
     /// deletes the older complete ones and every incomplete or corrupt one
-    /// older than the newest complete one. A directory newer than the newest
-    /// complete checkpoint is never deleted: it may be being written.
+    /// older than the newest complete one. A checkpoint newer than the
+    /// newest complete one is never deleted: it may be being written.
     /// "Complete" is [`list`](Store::list)'s cheap check; state file
     /// checksums are not read, so keep at least 2 to have a fallback from
     /// a damaged newest checkpoint. Returns the removed ids, oldest first.
@@ -395,31 +541,36 @@ impl Store {
         if keep == 0 {
             return Err(Error::InvalidKeep { keep });
         }
-        let listed = self.list()?;
-        let complete: Vec<u64> =
-            listed.iter().filter(|l| matches!(l.status, Status::Complete(_))).map(|l| l.id).collect();
+        let scanned = self.scan()?;
+        let statuses: Vec<Status> = scanned.iter().map(|c| self.status(c)).collect();
+        let complete: Vec<u64> = scanned
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, s)| matches!(s, Status::Complete(_)))
+            .map(|(c, _)| c.id)
+            .collect();
         let Some(&newest_complete) = complete.last() else {
             return Ok(Vec::new());
         };
         let oldest_kept = complete[complete.len().saturating_sub(keep)];
         let mut removed = Vec::new();
-        for l in &listed {
-            let remove = match l.status {
-                Status::Complete(_) => l.id < oldest_kept,
-                Status::Incomplete | Status::Corrupt(_) => l.id < newest_complete,
+        for (c, status) in scanned.iter().zip(&statuses) {
+            let remove = match status {
+                Status::Complete(_) => c.id < oldest_kept,
+                Status::Incomplete | Status::Corrupt(_) => c.id < newest_complete,
             };
             if remove {
-                self.remove(l.id)?;
-                match &l.status {
-                    Status::Corrupt(e) => tracing::info!(id = l.id, reason = %e, "gc: removed corrupt checkpoint"),
-                    Status::Incomplete => tracing::info!(id = l.id, "gc: removed incomplete checkpoint"),
-                    Status::Complete(_) => tracing::debug!(id = l.id, "gc: removed checkpoint"),
+                self.remove(c)?;
+                match status {
+                    Status::Corrupt(e) => tracing::info!(id = c.id, reason = %e, "gc: removed corrupt checkpoint"),
+                    Status::Incomplete => tracing::info!(id = c.id, "gc: removed incomplete checkpoint"),
+                    Status::Complete(_) => tracing::debug!(id = c.id, "gc: removed checkpoint"),
                 }
-                removed.push(l.id);
+                removed.push(c.id);
             }
         }
-        if !removed.is_empty() {
-            sync_dir(&self.root)?;
+        if let (Backend::Local(root), false) = (&self.backend, removed.is_empty()) {
+            sync_dir(root)?;
         }
         Ok(removed)
     }
@@ -436,9 +587,10 @@ impl Pending {
         self.frontier
     }
 
-    /// The checkpoint's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where the checkpoint is written, for messages: its directory's
+    /// path, or the URL of its key prefix.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// The state files written so far.
@@ -447,15 +599,19 @@ impl Pending {
     }
 
     /// Writes state file `name` holding `payload` (framed: header, then
-    /// payload) and fsyncs it. [`Error::InvalidName`] or
-    /// [`Error::DuplicateName`] for a refused name.
+    /// payload): to a local file, fsynced; or as one object, in one PUT.
+    /// [`Error::InvalidName`] or [`Error::DuplicateName`] for a refused
+    /// name.
     pub fn put(&mut self, name: &str, payload: &[u8]) -> Result<FileEntry> {
         validate_name(name)?;
         if self.names.contains(name) {
             return Err(Error::DuplicateName { id: self.id, name: name.into() });
         }
         let head = header(payload);
-        write_synced(&self.dir.join(name), &[&head, payload])?;
+        match &self.store.backend {
+            Backend::Local(root) => write_synced(&root.join(dir_name(self.id)).join(name), &[&head, payload])?,
+            Backend::Object(o) => o.write(self.id, name, [&head[..], payload].concat())?,
+        }
         let crc32 = u32::from_le_bytes(head[20..24].try_into().expect("4 bytes"));
         let entry = FileEntry { name: name.into(), bytes: payload.len() as u64, crc32 };
         self.names.insert(name.into());
@@ -463,9 +619,10 @@ impl Pending {
         Ok(entry)
     }
 
-    /// Writes `manifest.json` with `meta` atomically (to a temporary name,
-    /// fsync, rename, fsync the directory): the checkpoint is complete from
-    /// then on. Returns the manifest written.
+    /// Writes `manifest.json` with `meta` atomically: on a local store to a
+    /// temporary name, fsync, rename, fsync the directory; on object
+    /// storage in one PUT, after every state file's PUT has succeeded. The
+    /// checkpoint is complete from then on. Returns the manifest written.
     pub fn commit(self, meta: serde_json::Value) -> Result<Manifest> {
         let manifest = Manifest {
             version: FORMAT_VERSION,
@@ -476,13 +633,19 @@ impl Pending {
             meta,
         };
         let json = manifest.to_json()?;
-        // The state files' directory entries are durable before the manifest.
-        sync_dir(&self.dir)?;
-        let tmp = self.dir.join(MANIFEST_TMP);
-        write_synced(&tmp, &[&json])?;
-        let path = self.dir.join(MANIFEST_NAME);
-        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(&self.dir)?;
+        match &self.store.backend {
+            Backend::Local(root) => {
+                let dir = root.join(dir_name(self.id));
+                // The state files' directory entries are durable before the manifest.
+                sync_dir(&dir)?;
+                let tmp = dir.join(MANIFEST_TMP);
+                write_synced(&tmp, &[&json])?;
+                let path = dir.join(MANIFEST_NAME);
+                fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+                sync_dir(&dir)?;
+            }
+            Backend::Object(o) => o.write(self.id, MANIFEST_NAME, json)?,
+        }
         tracing::info!(id = self.id, frontier = self.frontier, files = manifest.files.len(), "checkpoint committed");
         Ok(manifest)
     }
@@ -492,18 +655,26 @@ impl Pending {
 mod tests {
     use super::*;
 
+    fn local(location: &str) -> PathBuf {
+        match parse_location(location).unwrap() {
+            Parsed::Local(p) => p,
+            other => panic!("{location}: {other:?}"),
+        }
+    }
+
     #[test]
     fn locations() {
-        assert_eq!(parse_location("/tmp/x").unwrap(), PathBuf::from("/tmp/x"));
-        assert_eq!(parse_location("rel/dir").unwrap(), PathBuf::from("rel/dir"));
-        assert_eq!(parse_location("file:///tmp/x").unwrap(), PathBuf::from("/tmp/x"));
-        assert_eq!(parse_location("FILE:///tmp/x").unwrap(), PathBuf::from("/tmp/x"));
-        assert_eq!(parse_location("file://localhost/tmp/x").unwrap(), PathBuf::from("/tmp/x"));
+        assert_eq!(local("/tmp/x"), PathBuf::from("/tmp/x"));
+        assert_eq!(local("rel/dir"), PathBuf::from("rel/dir"));
+        assert_eq!(local("file:///tmp/x"), PathBuf::from("/tmp/x"));
+        assert_eq!(local("FILE:///tmp/x"), PathBuf::from("/tmp/x"));
+        assert_eq!(local("file://localhost/tmp/x"), PathBuf::from("/tmp/x"));
+        assert_eq!(parse_location("s3://bucket/ckpt").unwrap(), Parsed::S3("bucket/ckpt"));
+        assert_eq!(parse_location("S3://bucket").unwrap(), Parsed::S3("bucket"));
         assert!(matches!(
-            parse_location("s3://bucket/ckpt"),
-            Err(Error::UnsupportedScheme { ref scheme, .. }) if scheme == "s3"
+            parse_location("gs://b"),
+            Err(Error::UnsupportedScheme { ref scheme, .. }) if scheme == "gs"
         ));
-        assert!(matches!(parse_location("gs://b"), Err(Error::UnsupportedScheme { .. })));
         assert!(matches!(parse_location("file://host/x"), Err(Error::InvalidLocation { .. })));
         assert!(matches!(parse_location(""), Err(Error::InvalidLocation { .. })));
     }

@@ -48,7 +48,7 @@ fn round_trip() {
     assert_eq!(written.files.len(), 2);
     assert!(written.created_unix_ms > 1_600_000_000_000);
 
-    let dir = store.location().join("00000000000000000001");
+    let dir = Path::new(store.location()).join("00000000000000000001");
     let mut names: Vec<String> =
         fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
@@ -71,7 +71,7 @@ fn round_trip() {
     assert_eq!(store.next_id().unwrap(), 2);
 
     // Reopening, also as a file:// URL, sees the same checkpoint.
-    let url = format!("file://{}", store.location().display());
+    let url = format!("file://{}", store.location());
     let again = Store::open(&url).unwrap();
     assert_eq!(again.location(), store.location());
     assert_eq!(again.load_latest().unwrap().unwrap().manifest, written);
@@ -104,7 +104,7 @@ fn incomplete_checkpoints_are_ignored_and_gced_only_when_older() {
     assert_eq!(ids(&store), [1, 3]);
     assert_eq!(store.gc(1).unwrap(), [1]);
     assert_eq!(ids(&store), [3]);
-    assert!(!store.location().join(dir_name(2)).exists());
+    assert!(!Path::new(store.location()).join(dir_name(2)).exists());
 }
 
 #[test]
@@ -117,7 +117,7 @@ fn begin_replaces_a_leftover_incomplete_directory_of_the_same_id() {
     let mut p = store.begin(2, 21).unwrap();
     p.put("s", b"fresh").unwrap();
     p.commit(json!(null)).unwrap();
-    assert!(!store.location().join(dir_name(2)).join("old").exists());
+    assert!(!Path::new(store.location()).join(dir_name(2)).join("old").exists());
     let loaded = store.load_latest().unwrap().unwrap();
     assert_eq!((loaded.manifest.id, loaded.manifest.frontier), (2, 21));
     assert_eq!(loaded.file("s").unwrap(), b"fresh");
@@ -128,7 +128,7 @@ fn two() -> (tempfile::TempDir, Store, std::path::PathBuf) {
     let (tmp, store) = store();
     commit(&store, 1, b"older state");
     commit(&store, 2, b"newer state");
-    let dir = store.location().join(dir_name(2));
+    let dir = Path::new(store.location()).join(dir_name(2));
     (tmp, store, dir)
 }
 
@@ -219,7 +219,7 @@ fn other_damage_is_detected() {
     assert!(matches!(&loaded.skipped[0].1, Error::BadMagic { id: 2, .. }));
 
     // Every checkpoint damaged: an error, not a silent fresh start.
-    flip(&store.location().join(dir_name(1)).join("s"), HEADER_LEN);
+    flip(&Path::new(store.location()).join(dir_name(1)).join("s"), HEADER_LEN);
     match store.load_latest() {
         Err(Error::AllRejected { rejected, .. }) => {
             assert_eq!(rejected.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 1]);
@@ -269,14 +269,18 @@ fn names_and_locations_are_checked() {
     p.commit(json!({})).unwrap();
     assert_eq!(store.load(1).unwrap().file("ok-1.bin").unwrap(), b"x");
 
-    let err = Store::open("s3://bucket/checkpoints").unwrap_err();
-    assert!(matches!(&err, Error::UnsupportedScheme { scheme, .. } if scheme == "s3"));
-    assert!(err.to_string().contains("s3"), "{err}");
+    let err = Store::open("gs://bucket/checkpoints").unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedScheme { scheme, .. } if scheme == "gs"));
+    assert!(err.to_string().contains("gs"), "{err}");
+    let no_bucket = Store::open("s3:///checkpoints").unwrap_err();
+    assert!(matches!(&no_bucket, Error::InvalidLocation { .. }), "{no_bucket}");
+    let local_with_options = Store::open_with(tmp.path().to_str().unwrap(), &[("aws_region", "x")]).unwrap_err();
+    assert!(matches!(&local_with_options, Error::InvalidLocation { .. }), "{local_with_options}");
     let nested = tmp.path().join("a/b/c");
     Store::open(nested.to_str().unwrap()).unwrap();
     assert!(nested.is_dir());
     // Stray entries in the root are not checkpoints.
-    fs::write(store.location().join("README"), "x").unwrap();
-    fs::create_dir(store.location().join("123")).unwrap();
+    fs::write(Path::new(store.location()).join("README"), "x").unwrap();
+    fs::create_dir(Path::new(store.location()).join("123")).unwrap();
     assert_eq!(ids(&store), [1]);
 }

@@ -439,7 +439,8 @@ where
     let supported = opts.spec.ingest.epoch.ms() >= 2 && !opts.spec.adapter.enabled && opts.spec.score.model.is_none();
     let location = ckpt.location(&opts.out);
     // A run that takes no checkpoints still restarts from a store that holds some.
-    let existing = Path::new(location.strip_prefix("file://").unwrap_or(&location)).is_dir();
+    let existing = eddy_checkpoint::is_object_storage(&location)
+        || Path::new(location.strip_prefix("file://").unwrap_or(&location)).is_dir();
     let store = match (ckpt.every.is_some() || existing, supported) {
         (true, true) => {
             Some(eddy_checkpoint::Store::open(&location).map_err(|e| Error::Usage(format!("checkpoints: {e}")))?)

@@ -37,7 +37,8 @@ use crate::runner::{Commits, Next};
 pub struct CheckpointOptions {
     /// How often (processing time) to take one; `None` takes none.
     pub every: Option<Duration>,
-    /// The store: a directory or a `file://` URL; `None` is `OUT/_checkpoints`.
+    /// The store: a directory, a `file://` or an `s3://bucket/prefix` URL;
+    /// `None` is `OUT/_checkpoints`.
     pub store: Option<String>,
     /// How many complete checkpoints to keep (at least 2).
     pub keep: usize,
@@ -198,7 +199,7 @@ pub fn load(store: &Store, specs: &BTreeMap<String, String>, input: &str) -> Res
     }
     let id = loaded.manifest.id;
     let meta: ReplayMeta = serde_json::from_value(loaded.manifest.meta.clone()).map_err(|e| {
-        Error::Usage(format!("checkpoint {id} in {}: not an eddy replay checkpoint: {e}", store.location().display()))
+        Error::Usage(format!("checkpoint {id} in {}: not an eddy replay checkpoint: {e}", store.location()))
     })?;
     if meta.version != ReplayMeta::VERSION {
         return Err(Error::Usage(format!(
@@ -210,7 +211,7 @@ pub fn load(store: &Store, specs: &BTreeMap<String, String>, input: &str) -> Res
     if meta.input != input {
         return Err(Error::Usage(format!(
             "{} holds a checkpoint of input {}, not of {input}: use another --out (or delete the store)",
-            store.location().display(),
+            store.location(),
             meta.input
         )));
     }
@@ -233,7 +234,7 @@ pub fn load(store: &Store, specs: &BTreeMap<String, String>, input: &str) -> Res
             .collect();
         return Err(Error::Usage(format!(
             "checkpoint {id} in {} was taken with other specs ({}); restart with the same specs, or delete the store to start over\n{}",
-            store.location().display(),
+            store.location(),
             differ.join(", "),
             detail.join("\n")
         )));

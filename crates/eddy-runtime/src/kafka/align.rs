@@ -111,7 +111,7 @@ pub fn load(store: &Store, group: &str, spec: &str) -> Result<Option<JobRestart>
         eprintln!("warning: checkpoint {id} does not verify ({why}); using checkpoint {}", loaded.manifest.id);
     }
     let id = loaded.manifest.id;
-    let at = store.location().display();
+    let at = store.location();
     let meta: JobMeta = serde_json::from_value(loaded.manifest.meta.clone())
         .map_err(|e| Error::Usage(format!("checkpoint {id} in {at}: not a Kafka job's checkpoint: {e}")))?;
     if meta.version != JobMeta::VERSION {

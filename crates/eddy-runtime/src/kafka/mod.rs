@@ -391,7 +391,8 @@ pub fn run_job(opts: &RunOptions, mut on_progress: impl FnMut(RunProgress)) -> R
     // The job's state: the newest checkpoint, and a writer for new ones.
     let (restart, writer) = if opts.checkpointable() {
         let location = opts.store_location();
-        let existing = std::path::Path::new(location.strip_prefix("file://").unwrap_or(&location)).is_dir();
+        let existing = eddy_checkpoint::is_object_storage(&location)
+            || std::path::Path::new(location.strip_prefix("file://").unwrap_or(&location)).is_dir();
         let store = if opts.checkpoints.every.is_some() || existing {
             Some(eddy_checkpoint::Store::open(&location).map_err(crate::snapshots::checkpoint_error)?)
         } else {
