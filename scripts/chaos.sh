@@ -17,4 +17,6 @@ if ! (exec 3<>"/dev/tcp/${EDDY_BROKERS%:*}/${EDDY_BROKERS##*:}") 2>/dev/null; th
   echo "chaos.sh: no broker at $EDDY_BROKERS: run scripts/test.sh once (it installs and starts tansu)" >&2
   exit 1
 fi
-cargo test --test kafka_chaos -- --ignored --nocapture 2>&1 | grep -E "^chaos:|test result|panicked|FAILED|error|did not finish|lost after|records over Kafka|that replay does not make"
+# The whole output goes to target/chaos.log; the summary lines to the screen.
+mkdir -p target
+cargo test --test kafka_chaos -- --ignored --nocapture 2>&1 | tee target/chaos.log | grep -E "^chaos:|test result|panicked|FAILED|error|did not finish|lost after|records over Kafka|that replay does not make"

@@ -93,7 +93,10 @@ fn the_chain_survives_random_kills_and_computes_what_replay_computes() {
     eprintln!("chaos: {kills} kills, EDDY_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
 
-    let data = Data::new();
+    let mut data = Data::new();
+    let keep = std::env::var_os("EDDY_CHAOS_KEEP").is_some();
+    // Kept even when the run fails, for a look at the jobs' logs.
+    data.root.disable_cleanup(keep);
     eddy_ok(&["gen", data.dir().to_str().unwrap(), "--devices", "12", "--hours", "12", "--seed", "9"]);
     eddy_ok(&["replay", data.dir().to_str().unwrap(), "--out", data.out().to_str().unwrap(), "-q"]);
     let root = data.root.path().to_path_buf();
@@ -143,10 +146,9 @@ fn the_chain_survives_random_kills_and_computes_what_replay_computes() {
     }
     eprintln!("chaos: {restored} restarts restored a checkpoint of their state");
     let replay_out = data.out();
-    if std::env::var_os("EDDY_CHAOS_KEEP").is_some() {
+    if keep {
         // For a look at a failure: the outputs stay, and so do the topics.
         eprintln!("chaos: kept {} (topic prefix {p})", root.display());
-        let _ = data.root.keep();
     }
 
     // Every record once at least, and nothing replay does not make (no

@@ -69,7 +69,7 @@ impl Checkpointed for AlertState {
 }
 
 /// The alerts operator's state: the hysteresis state, and the readings
-/// waiting for the rules frontier (none at a checkpoint: they are not saved).
+/// waiting for the rules frontier.
 struct AlertsOp<C> {
     state: AlertState,
     stash: Waiting<Enriched, C>,
@@ -79,15 +79,43 @@ impl<C: Batch<Enriched> + 'static> Checkpointed for AlertsOp<C> {
     type Saved = SavedAlerts;
 
     fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
-        debug_assert!(
-            self.stash.low(timely::progress::frontier::AntichainRef::new(&[])).is_none(),
-            "a checkpoint of an alerts operator with readings waiting"
-        );
         self.state.save()
     }
 
     fn restore(&mut self, saved: SavedAlerts, owner: &Owner) {
         self.state.restore(saved, owner);
+    }
+}
+
+/// The readings an alerts operator holds at a cut, waiting for the rules
+/// frontier to pass their `ts`, saved under `<name>.waiting`. A reading can
+/// be far ahead of its dataflow time (a device whose clock runs fast, within
+/// `max_future`), further than the reference data of a live job is let run
+/// ahead of its input; at a cut that input stops, so such a reading waits
+/// until after the cut. It then no longer holds the output below `t - 1`
+/// (see [`Waiting::hold_at_least`]) and goes into the checkpoint; a restored
+/// operator holds it again, at the time it was saved at, before any new
+/// reading.
+struct Held<C> {
+    op: Rc<RefCell<AlertsOp<C>>>,
+    /// Restored: the time they were held at, and the readings of this
+    /// worker's devices, in arrival order.
+    restored: Option<(u64, Vec<Enriched>)>,
+}
+
+impl<C: Batch<Enriched> + 'static> Checkpointed for Held<C> {
+    type Saved = (u64, Vec<Enriched>);
+
+    fn save(&self) -> Result<Vec<u8>, eddy_checkpoint::Error> {
+        let op = self.op.borrow();
+        let at = op.stash.low(timely::progress::frontier::AntichainRef::new(&[])).unwrap_or(0);
+        snapshot::encode(&(at, op.stash.records().collect::<Vec<_>>()))
+    }
+
+    fn restore(&mut self, (at, readings): (u64, Vec<Enriched>), owner: &Owner) {
+        let (t, held) = self.restored.get_or_insert_with(|| (at, Vec::new()));
+        *t = (*t).max(at);
+        held.extend(readings.into_iter().filter(|r| owner.owns(r.device)));
     }
 }
 
@@ -191,9 +219,15 @@ pub fn alerts<'s, C: Batch<Enriched>>(
 ) -> StreamVec<'s, u64, EventRecord> {
     let mut trace = rules.trace;
     let name_owned = name.to_string();
-    enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |_cap, _info| {
+    enriched.binary_frontier(rules.stream, Pipeline, Pipeline, name, move |cap, _info| {
         let op = Rc::new(RefCell::new(AlertsOp::<C> { state: AlertState::default(), stash: Waiting::default() }));
         snapshot::register(&name_owned, &op);
+        let held = Rc::new(RefCell::new(Held { op: Rc::clone(&op), restored: None }));
+        snapshot::register(&format!("{name_owned}.waiting"), &held);
+        if let Some((at, readings)) = held.borrow_mut().restored.take().filter(|(_, r)| !r.is_empty()) {
+            op.borrow_mut().stash.push(cap.delayed(&at), C::from_vec(readings));
+        }
+        drop(cap);
         move |(input, frontier), (rule_batches, rules_frontier), output| {
             let mut op = op.borrow_mut();
             let AlertsOp { state, stash } = &mut *op;
@@ -249,6 +283,14 @@ pub fn alerts<'s, C: Batch<Enriched>>(
                         crate::metrics::latency().events(*cap.time(), out.len() as u64);
                         output.session(&cap).give_iterator(out.drain(..));
                     }
+                }
+            }
+            // A checkpoint's cut at `t`: once the input has passed `t - 1`,
+            // the readings still waiting hold the output at `t - 1`, no lower
+            // (they go into the checkpoint: see `Held`).
+            if let Some(t) = snapshot::cut() {
+                if !frontier.frontier().less_equal(&t.saturating_sub(2)) {
+                    stash.hold_at_least(t.saturating_sub(1));
                 }
             }
             let low = stash.low(frontier.frontier());

@@ -112,6 +112,22 @@ impl<D: Clone + 'static, C: Batch<D>> Waiting<D, C> {
         out
     }
 
+    /// Moves the capability of every waiting batch below `t` up to `t`: at a
+    /// checkpoint's cut at `t + 1`, the records waiting no longer hold the
+    /// output below `t` (what they make goes out at `t` or later).
+    pub fn hold_at_least(&mut self, t: u64) {
+        for (cap, _) in self.stash.iter_mut() {
+            if *cap.time() < t {
+                cap.downgrade(&t);
+            }
+        }
+    }
+
+    /// The waiting records, in arrival order.
+    pub fn records(&self) -> impl Iterator<Item = &D> {
+        self.stash.iter().flat_map(|(_, b)| b.records().iter())
+    }
+
     /// The least time of a waiting or future record, given the input frontier.
     pub fn low(&self, input: AntichainRef<u64>) -> Option<u64> {
         let waiting = self.stash.iter().map(|(c, _)| *c.time()).min();
