@@ -224,4 +224,73 @@ mod tests {
         assert_eq!(as_of(&h, 25), vec!["b", "c"]);
         assert_eq!(max_time(&h), 20);
     }
+
+    /// A record waiting for a reference frontier far ahead holds the output
+    /// at its own time until a cut moves it up; it still goes out, at the
+    /// cut's time, once the reference frontier passes it.
+    #[test]
+    fn a_cut_moves_the_waiting_records_up_and_they_still_go_out() {
+        use std::cell::{Cell, RefCell};
+        use std::rc::Rc;
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::Operator;
+        use timely::dataflow::operators::{Input, Probe};
+
+        timely::execute_directly(|worker| {
+            let cut: Rc<Cell<Option<u64>>> = Rc::default();
+            let waiting: Rc<RefCell<Vec<u64>>> = Rc::default();
+            let out: Rc<RefCell<Vec<(u64, u64)>>> = Rc::default();
+            let (c, w, o) = (Rc::clone(&cut), Rc::clone(&waiting), Rc::clone(&out));
+            let (mut data, mut reference, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (data, records) = scope.new_input::<Vec<u64>>();
+                let (reference, refs) = scope.new_input::<Vec<u64>>();
+                let stream = records.binary_frontier(refs, Pipeline, Pipeline, "waits", move |_cap, _info| {
+                    let mut stash: Waiting<u64> = Waiting::default();
+                    move |(input, frontier), (refs, ref_frontier), output| {
+                        input.for_each(|cap, data| {
+                            if let Some(cap) = cap.retain_least(0) {
+                                stash.push(cap, std::mem::take(data));
+                            }
+                        });
+                        refs.for_each(|_, _| {});
+                        let rf = ref_frontier.frontier();
+                        for (cap, mut batch) in stash.take_ready_by(rf, |d| *d, |d, _| !rf.less_equal(d)) {
+                            o.borrow_mut().extend(batch.iter().map(|d| (*cap.time(), *d)));
+                            output.session(&cap).give_container(&mut batch);
+                        }
+                        if let Some(t) = c.get() {
+                            if !frontier.frontier().less_equal(&(t - 2)) {
+                                stash.hold_at_least(t - 1);
+                            }
+                        }
+                        *w.borrow_mut() = stash.records().copied().collect();
+                    }
+                });
+                let probe = stream.probe().0;
+                (data, reference, probe)
+            });
+            data.send(100); // at time 0, ready once the reference passes 100
+            reference.advance_to(50);
+            data.advance_to(9);
+            for _ in 0..10 {
+                worker.step();
+            }
+            assert!(probe.less_equal(&0), "the waiting record holds the output at its time");
+            assert_eq!(*waiting.borrow(), [100]);
+            // A cut at 10: the input has passed 9, the record moves up to 9
+            // (at the operator's next activation).
+            cut.set(Some(10));
+            reference.advance_to(60);
+            for _ in 0..10 {
+                worker.step();
+            }
+            assert!(!probe.less_than(&9) && probe.less_equal(&9), "held at 9 by the record, no lower");
+            assert_eq!(*waiting.borrow(), [100], "still waiting, to be saved");
+            cut.set(None);
+            reference.advance_to(101);
+            drop((data, reference));
+            worker.step_while(|| !probe.done());
+            assert_eq!(*out.borrow(), [(9, 100)]);
+        });
+    }
 }
