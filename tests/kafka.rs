@@ -201,6 +201,34 @@ fn a_job_on_two_processes_of_two_workers_computes_what_one_process_computes() {
     assert_same(values(topic(&p, "events")), file_lines(&out, "events"), "events");
 }
 
+/// The processes of a job must place keys alike: two started with other
+/// `--key-groups` both stop, naming the two numbers, before reading.
+#[test]
+fn processes_of_one_job_with_other_key_groups_are_refused() {
+    let data = Data::new();
+    gen(&data.dir(), "4", "1");
+    let p = prefix("groups");
+    publish(&data.dir(), &p, &[]);
+    let hostfile = data.root.path().join("hosts-groups");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port())).unwrap();
+    let h = hostfile.to_str().unwrap();
+    let procs: Vec<Child> = [("0", "8"), ("1", "16")]
+        .iter()
+        .map(|(i, g)| start_loud("stats", &p, &["-n", "2", "-p", i, "-h", h, "--key-groups", g]))
+        .collect();
+    for child in procs {
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "a process ran with other key groups than its peer");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("16 key groups") && err.contains("has 8")
+                || err.contains("8 key groups") && err.contains("has 16"),
+            "{err}"
+        );
+        assert!(err.contains("the same --key-groups"), "{err}");
+    }
+}
+
 /// Stops `job` with `signal` once it has written some of `own` (its
 /// output), restarts it, and checks each of `checks` (a topic and the replay
 /// output it must equal): nothing lost, nothing that replay does not make,

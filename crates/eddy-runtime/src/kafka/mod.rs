@@ -907,9 +907,42 @@ impl Ctx<'_> {
     }
 }
 
+/// Checks that every process of the job places keys alike: a process
+/// started with another `--key-groups` would send each reading to another
+/// worker than the one holding its device's reference data and state. Every
+/// worker hears every worker's key groups, so each fails alike.
+fn agree_on_key_groups(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<()> {
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Input, Inspect, Probe};
+    if shared.opts.workers.processes <= 1 {
+        return Ok(());
+    }
+    let mine = shared.key_groups.get();
+    let heard: Rc<RefCell<Vec<(usize, u32)>>> = Rc::default();
+    let into = Rc::clone(&heard);
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(move |scope| {
+        let (input, stream) = scope.new_input::<Vec<(usize, u32)>>();
+        let (probe, _) = stream.broadcast().inspect(move |x: &(usize, u32)| into.borrow_mut().push(*x)).probe();
+        (input, probe)
+    });
+    input.send((worker.index(), mine));
+    drop(input);
+    worker.step_while(|| !probe.done());
+    let heard = heard.borrow();
+    match heard.iter().find(|(_, g)| *g != mine) {
+        Some((other, theirs)) => Err(Error::Usage(format!(
+            "worker {other} of this job has {theirs} key groups and worker {} has {mine}: \
+             start every process of a job with the same --key-groups",
+            worker.index()
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Arc<Shared>) -> Result<()> {
     let opts = &shared.opts;
     eddy_core::keys::install(shared.key_groups);
+    agree_on_key_groups(worker, shared)?;
     let producer = Rc::new(RefCell::new(Producer::new(&opts.kafka).map_err(kafka_err)?));
     let probe = ProbeHandle::new();
     let progress = Rc::new(SourceProgress::default());
