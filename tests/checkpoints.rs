@@ -71,13 +71,29 @@ fn counts(s: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// A run without checkpoints at one worker: what a restarted run must end with.
+fn clean_run(data: &Path, clean: &Path) {
+    eddy_ok(&replay_args(data, clean, 1, "off").iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// Every output of `out` holds exactly the records of `clean`'s, and the
+/// summaries agree on the counts and records of every output, the backup's
+/// included.
+fn assert_like_clean(out: &Path, clean: &Path) {
+    let (want, got) = (output_sets(clean), output_sets(out));
+    for (name, lines) in &want {
+        assert_same(got[name].clone(), lines.clone(), name);
+    }
+    assert_eq!(counts(&summary(out)), counts(&summary(clean)), "the counts and records of every output");
+}
+
 #[test]
 fn a_replay_killed_twenty_times_at_changing_worker_counts_ends_with_a_clean_runs_records() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     gen(&data, "150", "24");
     let clean = root.path().join("clean");
-    eddy_ok(&replay_args(&data, &clean, 1, "off").iter().map(String::as_str).collect::<Vec<_>>());
+    clean_run(&data, &clean);
     assert!(!clean.join("_checkpoints").exists(), "no store without checkpoints");
 
     let out = root.path().join("killed");
@@ -97,11 +113,7 @@ fn a_replay_killed_twenty_times_at_changing_worker_counts_ends_with_a_clean_runs
     let s = summary(&out);
     assert!(s["checkpoints"]["restored_from"].is_u64(), "the last run restarted from a checkpoint: {s}");
     assert!(!out.join("_checkpoints").exists(), "a complete run removes its store");
-    let (want, got) = (output_sets(&clean), output_sets(&out));
-    for (name, lines) in &want {
-        assert_same(got[name].clone(), lines.clone(), name);
-    }
-    assert_eq!(counts(&s), counts(&summary(&clean)), "the counts and records of every output, the backup's included");
+    assert_like_clean(&out, &clean);
 }
 
 #[test]
@@ -110,7 +122,7 @@ fn at_one_worker_the_outputs_are_byte_identical_to_a_clean_runs_after_kills() {
     let data = root.path().join("data");
     gen(&data, "80", "24");
     let clean = root.path().join("clean");
-    eddy_ok(&replay_args(&data, &clean, 1, "off").iter().map(String::as_str).collect::<Vec<_>>());
+    clean_run(&data, &clean);
     let out = root.path().join("killed");
     let mut kills = 0;
     for _ in 0..30 {
@@ -191,11 +203,7 @@ fn a_corrupt_newest_checkpoint_is_skipped_and_the_one_before_is_used() {
     let err = text(&run.stderr);
     assert!(err.contains("did not verify") && err.contains(&format!("restarting from checkpoint {older}")), "{err}");
     assert_eq!(summary(&out)["checkpoints"]["restored_from"], older);
-    let (want, got) = (output_sets(&clean), output_sets(&out));
-    for (name, lines) in &want {
-        assert_same(got[name].clone(), lines.clone(), name);
-    }
-    assert_eq!(counts(&summary(&out)), counts(&summary(&clean)));
+    assert_like_clean(&out, &clean);
 }
 
 #[test]
@@ -230,7 +238,7 @@ fn a_job_keeps_the_key_groups_it_was_first_started_with_at_any_worker_count() {
     let data = root.path().join("data");
     gen(&data, "80", "24");
     let clean = root.path().join("clean");
-    eddy_ok(&replay_args(&data, &clean, 1, "off").iter().map(String::as_str).collect::<Vec<_>>());
+    clean_run(&data, &clean);
 
     let out = root.path().join("killed");
     let mut first = replay_args(&data, &out, 2, "20ms");
@@ -262,9 +270,5 @@ fn a_job_keeps_the_key_groups_it_was_first_started_with_at_any_worker_count() {
         .collect();
     assert!(manifests.iter().any(|m| m.contains("-w2of3g6-")), "{manifests:?}");
     assert!(manifests.iter().any(|m| m.contains("-w1of2g6-")), "{manifests:?}");
-    let (want, got) = (output_sets(&clean), output_sets(&out));
-    for (name, lines) in &want {
-        assert_same(got[name].clone(), lines.clone(), name);
-    }
-    assert_eq!(counts(&s), counts(&summary(&clean)));
+    assert_like_clean(&out, &clean);
 }

@@ -1,5 +1,6 @@
-//! The store's behaviour on disk: commits, fallbacks from damaged
-//! checkpoints, gc, id rules.
+//! The directory store's own behaviour: its layout on disk, fallbacks from
+//! damaged files, an empty directory among the ids, names and locations. The
+//! behaviour every backend shares is checked in `backends.rs`.
 
 use std::fs;
 use std::path::Path;
@@ -75,52 +76,6 @@ fn round_trip() {
     let again = Store::open(&url).unwrap();
     assert_eq!(again.location(), store.location());
     assert_eq!(again.load_latest().unwrap().unwrap().manifest, written);
-}
-
-#[test]
-fn incomplete_checkpoints_are_ignored_and_gced_only_when_older() {
-    let (_tmp, store) = store();
-    commit(&store, 1, b"one");
-    // Checkpoint 2 crashes before its manifest.
-    let mut p = store.begin(2, 20).unwrap();
-    p.put("s", b"two").unwrap();
-    drop(p);
-
-    let loaded = store.load_latest().unwrap().unwrap();
-    assert_eq!(loaded.manifest.id, 1);
-    assert!(loaded.skipped.is_empty());
-    assert!(matches!(store.list().unwrap()[1].status, Status::Incomplete));
-    assert!(matches!(store.load(2), Err(Error::Incomplete { id: 2, .. })));
-    assert!(matches!(store.load(9), Err(Error::NotFound { id: 9, .. })));
-    assert_eq!(store.next_id().unwrap(), 3);
-
-    // Newer than the newest complete checkpoint: kept.
-    assert_eq!(store.gc(1).unwrap(), Vec::<u64>::new());
-    assert_eq!(ids(&store), [1, 2]);
-
-    // Older than the newest complete checkpoint: removed.
-    commit(&store, 3, b"three");
-    assert_eq!(store.gc(5).unwrap(), [2]);
-    assert_eq!(ids(&store), [1, 3]);
-    assert_eq!(store.gc(1).unwrap(), [1]);
-    assert_eq!(ids(&store), [3]);
-    assert!(!Path::new(store.location()).join(dir_name(2)).exists());
-}
-
-#[test]
-fn begin_replaces_a_leftover_incomplete_directory_of_the_same_id() {
-    let (_tmp, store) = store();
-    commit(&store, 1, b"one");
-    let mut p = store.begin(2, 20).unwrap();
-    p.put("old", b"stale").unwrap();
-    drop(p);
-    let mut p = store.begin(2, 21).unwrap();
-    p.put("s", b"fresh").unwrap();
-    p.commit(json!(null)).unwrap();
-    assert!(!Path::new(store.location()).join(dir_name(2)).join("old").exists());
-    let loaded = store.load_latest().unwrap().unwrap();
-    assert_eq!((loaded.manifest.id, loaded.manifest.frontier), (2, 21));
-    assert_eq!(loaded.file("s").unwrap(), b"fresh");
 }
 
 /// A store with complete checkpoints 1 and 2, and the path of 2's files.
@@ -226,20 +181,6 @@ fn other_damage_is_detected() {
         }
         other => panic!("expected AllRejected, got {other:?}"),
     }
-}
-
-#[test]
-fn gc_keeps_the_newest() {
-    let (_tmp, store) = store();
-    for id in 1..=5 {
-        commit(&store, id, format!("state {id}").as_bytes());
-    }
-    assert!(matches!(store.gc(0), Err(Error::InvalidKeep { keep: 0 })));
-    assert_eq!(store.gc(3).unwrap(), [1, 2]);
-    assert_eq!(ids(&store), [3, 4, 5]);
-    assert_eq!(store.gc(3).unwrap(), Vec::<u64>::new());
-    assert_eq!(store.load_latest().unwrap().unwrap().file("s").unwrap(), b"state 5");
-    assert_eq!(store.load(3).unwrap().file("s").unwrap(), b"state 3");
 }
 
 #[test]
